@@ -1,0 +1,320 @@
+"""A collection: its config, dense and keyword indexes, metadata postings, and durable storage.
+
+Write path (one batch): validate -> chunk -> embed (no lock held) -> append to the WAL and fsync -> apply to
+the in-memory indexes -> ack. Recovery: load the last snapshot, replay WAL records newer than it. A snapshot
+(checkpoint) persists the LlamaIndex StorageContext into a fresh directory, fsyncs it, switches the CURRENT
+pointer with an atomic rename, then empties the WAL. Every step leaves a state that `open` can recover.
+
+On-disk layout under <index_dir>/<name>/:
+    collection.json    config (written once, atomically)
+    CURRENT            name of the live snapshot directory
+    snap-<seq>/        LlamaIndex docstore/index_store JSON + FAISS index + id map; state.json {"seq": n}
+    wal.log            records after the snapshot (see store/wal.py)
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from searchsvc.errors import FailedPrecondition, InvalidArgument
+from searchsvc.ingest.chunking import Chunker
+from searchsvc.retrieve.analyzers import get_analyzer
+from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex
+from searchsvc.retrieve.keyword import KeywordIndex
+from searchsvc.store.files import fsync_dir, fsync_tree, write_json_atomic, write_text_atomic
+from searchsvc.store.wal import WriteAheadLog
+from searchsvc.types import MAX_DOCUMENT_ID_BYTES, Chunk, CollectionConfig, Document
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DocumentError:
+    index: int
+    document_id: str
+    field: str
+    message: str
+    code: str = "INVALID_ARGUMENT"
+
+
+@dataclass
+class IndexReport:
+    indexed: int = 0
+    replaced: int = 0
+    chunks: int = 0
+    errors: list[DocumentError] = field(default_factory=list)
+
+
+class MetadataIndex:
+    """Exact-match postings (key, value) -> chunk ids, shared by both legs so filters run before fusion."""
+
+    def __init__(self) -> None:
+        self._postings: dict[tuple[str, str], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, chunk_id: str, metadata: dict[str, str]) -> None:
+        with self._lock:
+            for pair in metadata.items():
+                self._postings.setdefault(pair, set()).add(chunk_id)
+
+    def remove(self, chunk_id: str, metadata: dict[str, str]) -> None:
+        with self._lock:
+            for pair in metadata.items():
+                ids = self._postings.get(pair)
+                if ids is not None:
+                    ids.discard(chunk_id)
+                    if not ids:
+                        del self._postings[pair]
+
+    def match(self, filter: dict[str, str]) -> set[str]:
+        with self._lock:
+            sets = sorted((self._postings.get(pair, set()) for pair in filter.items()), key=len)
+            return set.intersection(*sets) if sets else set()
+
+
+def _user_metadata(node_metadata: dict) -> dict[str, str]:
+    return {k: v for k, v in node_metadata.items() if k not in RESERVED_METADATA}
+
+
+class Collection:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        config: CollectionConfig,
+        dense: DenseIndex,
+        max_document_bytes: int,
+        checkpoint_wal_bytes: int,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.config = config
+        self.dense = dense
+        refresh_s = max(config.refresh_interval_ms, 0) / 1000
+        self.keyword = KeywordIndex(get_analyzer(config.analyzer), refresh_interval_s=refresh_s)
+        self.metadata = MetadataIndex()
+        self.chunker = Chunker(config.chunk_size, config.chunk_overlap)
+        self.max_document_bytes = max_document_bytes
+        self.checkpoint_wal_bytes = checkpoint_wal_bytes
+        self.wal = WriteAheadLog(path / "wal.log")
+        self._seq = 0
+        self._write_lock = threading.Lock()
+        self.closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @staticmethod
+    def write_config(path: Path, config: CollectionConfig) -> None:
+        path.mkdir(parents=True)
+        write_json_atomic(path / "collection.json", dataclasses.asdict(config))
+
+    @staticmethod
+    def read_config(path: Path) -> CollectionConfig:
+        return CollectionConfig(**json.loads((path / "collection.json").read_text(encoding="utf-8")))
+
+    @classmethod
+    def open(cls, path: Path, embed_model, dimension: int, *, max_document_bytes: int, checkpoint_wal_bytes: int):
+        started = time.perf_counter()
+        config = cls.read_config(path)
+        snapshot, seq = cls._current_snapshot(path)
+        if snapshot is None:
+            dense = DenseIndex.create(embed_model, dimension)
+        else:
+            dense = DenseIndex.load(snapshot, embed_model)
+        coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes)
+        coll._seq = seq
+        coll._rebuild_derived_indexes()
+        replayed = 0
+        for record in coll.wal.open():
+            if record["seq"] > coll._seq:
+                coll._apply(record)
+                coll._seq = record["seq"]
+                replayed += 1
+        coll.keyword.refresh()
+        coll.keyword.start_refresher()
+        log.info(
+            "collection %s loaded: %d chunks, snapshot seq %d, %d WAL records replayed, %.2f s",
+            coll.name, len(coll.keyword), seq, replayed, time.perf_counter() - started,
+        )
+        return coll
+
+    @staticmethod
+    def _current_snapshot(path: Path) -> tuple[Path | None, int]:
+        current = path / "CURRENT"
+        if not current.exists():
+            return None, 0
+        snapshot = path / current.read_text(encoding="utf-8").strip()
+        state = json.loads((snapshot / "state.json").read_text(encoding="utf-8"))
+        return snapshot, int(state["seq"])
+
+    def _rebuild_derived_indexes(self) -> None:
+        """Keyword terms and metadata postings are derived from the docstore, so snapshots don't store them."""
+        nodes = list(self.dense.docstore.docs.values())
+        for node in nodes:
+            self.metadata.add(node.node_id, _user_metadata(node.metadata))
+        self.keyword.add([n.node_id for n in nodes], [_indexed_text(n) for n in nodes])
+
+    def close(self, checkpoint: bool = True) -> None:
+        with self._write_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.keyword.stop_refresher()
+            if checkpoint and self.wal.size() > 0:
+                self._checkpoint_locked()
+            self.wal.close()
+
+    # ------------------------------------------------------------------ writes
+    def index_documents(self, docs: Sequence[Document]) -> IndexReport:
+        report = IndexReport()
+        valid = self._validate(docs, report)
+        chunks = [c for d in valid for c in self.chunker.chunk(d)]
+        vectors = self._embed([c.indexed_text for c in chunks])
+        record = {
+            "op": "upsert",
+            "documents": [d.id for d in valid],
+            "chunks": [dataclasses.asdict(c) for c in chunks],
+            "vectors": base64.b64encode(vectors.astype(np.float32).tobytes()).decode("ascii"),
+        }
+        with self._write_lock:
+            self._check_open()
+            existing = {d.id for d in valid if self.dense.chunk_ids_of(d.id)}
+            self._commit(record)
+            self._maybe_checkpoint()
+        if self.config.refresh_interval_ms < 0:
+            self.keyword.refresh()
+        report.indexed, report.replaced, report.chunks = len(valid), len(existing), len(chunks)
+        return report
+
+    def delete_documents(self, ids: Iterable[str]) -> tuple[int, int]:
+        ids = list(dict.fromkeys(ids))
+        with self._write_lock:
+            self._check_open()
+            present = [i for i in ids if self.dense.chunk_ids_of(i)]
+            if present:
+                self._commit({"op": "delete", "documents": present})
+        if self.config.refresh_interval_ms < 0:
+            self.keyword.refresh()
+        return len(present), len(ids) - len(present)
+
+    def _commit(self, record: dict) -> None:
+        """WAL first (durable), then memory. Called with the write lock held."""
+        record["seq"] = self._seq + 1
+        self.wal.append(record)
+        self._seq = record["seq"]
+        self._apply(record)
+
+    def _apply(self, record: dict) -> None:
+        for doc_id in record["documents"]:
+            old = self.dense.get_nodes(self.dense.chunk_ids_of(doc_id))
+            for node in old:
+                self.metadata.remove(node.node_id, _user_metadata(node.metadata))
+            self.keyword.remove([n.node_id for n in old])
+            self.dense.remove([n.node_id for n in old])
+        if record["op"] != "upsert" or not record["chunks"]:
+            return
+        chunks = [Chunk(**c) for c in record["chunks"]]
+        vectors = np.frombuffer(base64.b64decode(record["vectors"]), dtype=np.float32).reshape(len(chunks), -1)
+        self.dense.add(chunks, vectors)
+        self.keyword.add([c.id for c in chunks], [c.indexed_text for c in chunks])
+        for c in chunks:
+            self.metadata.add(c.id, c.metadata)
+
+    def _validate(self, docs: Sequence[Document], report: IndexReport) -> list[Document]:
+        last_position = {d.id: i for i, d in enumerate(docs)}
+        valid = []
+        for i, doc in enumerate(docs):
+            error = None
+            if not doc.id:
+                error = (f"documents[{i}].id", "must not be empty")
+            elif len(doc.id.encode()) > MAX_DOCUMENT_ID_BYTES:
+                error = (f"documents[{i}].id", f"longer than {MAX_DOCUMENT_ID_BYTES} bytes")
+            elif not doc.text.strip():
+                error = (f"documents[{i}].text", "must not be empty")
+            elif len(doc.text.encode()) + len(doc.title.encode()) > self.max_document_bytes:
+                error = (f"documents[{i}].text", f"document larger than {self.max_document_bytes} bytes")
+            elif reserved := sorted(set(doc.metadata) & set(RESERVED_METADATA)):
+                error = (f"documents[{i}].metadata", f"reserved keys {reserved}")
+            elif last_position[doc.id] != i:
+                error = (f"documents[{i}].id", f"repeated later in the batch at documents[{last_position[doc.id]}]")
+            if error:
+                report.errors.append(DocumentError(i, doc.id, *error))
+            else:
+                valid.append(doc)
+        return valid
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, 0), dtype=np.float32)
+        return np.asarray(self.dense.embed_model.get_text_embedding_batch(texts), dtype=np.float32)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise FailedPrecondition(f"collection {self.name!r} was deleted or the server is stopping")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _maybe_checkpoint(self) -> None:
+        if self.wal.size() >= self.checkpoint_wal_bytes:
+            self._checkpoint_locked()
+
+    def checkpoint(self) -> None:
+        with self._write_lock:
+            self._check_open()
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        started = time.perf_counter()
+        name = f"snap-{self._seq:012d}"
+        tmp = self.path / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.dense.persist(tmp)
+        write_json_atomic(tmp / "state.json", {"seq": self._seq})
+        fsync_tree(tmp)
+        final = self.path / name
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_dir(self.path)
+        write_text_atomic(self.path / "CURRENT", name)
+        self.wal.truncate()
+        for old in self.path.glob("snap-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in self.path.glob(".tmp-snap-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        log.info("collection %s: checkpoint at seq %d in %.2f s", self.name, self._seq, time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ stats
+    @property
+    def document_count(self) -> int:
+        return len(self.dense.docstore.get_all_ref_doc_info() or {})
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.keyword)
+
+    @property
+    def dimension(self) -> int:
+        return self.dense.store._faiss_index.d
+
+
+def _indexed_text(node) -> str:
+    title = node.metadata.get("title", "")
+    return f"{title}\n{node.get_content()}" if title else node.get_content()
+
+
+def validate_config_values(config: CollectionConfig) -> None:
+    get_analyzer(config.analyzer)
+    if config.chunk_size < 32 or config.chunk_size > 8192:
+        raise InvalidArgument("config.chunk_size", "must be between 32 and 8192")
+    if not 0 <= config.chunk_overlap < config.chunk_size:
+        raise InvalidArgument("config.chunk_overlap", "must be >= 0 and < chunk_size")

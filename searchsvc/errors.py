@@ -1,0 +1,36 @@
+"""Domain errors. Stages raise these; only the gRPC servicer turns them into status codes."""
+
+from __future__ import annotations
+
+
+class SearchsvcError(Exception):
+    """Base class; `message` is safe to show to callers."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(SearchsvcError):
+    """A request field is invalid; `field` is its path, e.g. `documents[3].text`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.description = message
+
+
+class NotFound(SearchsvcError):
+    pass
+
+
+class AlreadyExists(SearchsvcError):
+    pass
+
+
+class ResourceExhausted(SearchsvcError):
+    pass
+
+
+class FailedPrecondition(SearchsvcError):
+    pass

@@ -1,0 +1,1 @@
+"""Ingest: loaders (files -> Documents), validation, and chunking (Document -> Chunks)."""

@@ -1,0 +1,75 @@
+"""Loaders: JSONL (including BEIR corpus.jsonl), CSV, and folders of text/markdown files -> Documents."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from searchsvc.types import Document
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+
+
+def _as_metadata(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in value.items()}
+
+
+def load_jsonl(path: Path) -> Iterator[Document]:
+    """One JSON object per line: `id` or BEIR's `_id`, `text`, optional `title` and `metadata`."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            doc_id = row.get("id", row.get("_id"))
+            if doc_id is None:
+                raise ValueError(f"{path}:{line_no}: no 'id' or '_id'")
+            yield Document(str(doc_id), row.get("text", ""), row.get("title") or "", _as_metadata(row.get("metadata")))
+
+
+def load_csv(path: Path) -> Iterator[Document]:
+    """Header row with `id` and `text`, optional `title`; every other column becomes metadata."""
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            doc_id, text = row.pop("id", None), row.pop("text", None)
+            if doc_id is None or text is None:
+                raise ValueError(f"{path}: CSV needs 'id' and 'text' columns")
+            title = row.pop("title", "") or ""
+            yield Document(doc_id, text, title, {k: v for k, v in row.items() if k and v is not None})
+
+
+def load_folder(root: Path) -> Iterator[Document]:
+    """Every .txt/.md/.rst file below `root`; id = relative path, title = first markdown heading or file stem."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        title = path.stem
+        for line in text.splitlines():
+            if line.startswith("# "):
+                title = line[2:].strip()
+                break
+            if line.strip():
+                break
+        rel = path.relative_to(root).as_posix()
+        yield Document(rel, text, title, {"path": rel})
+
+
+def load_documents(path: Path) -> Iterator[Document]:
+    if path.is_dir():
+        corpus = path / "corpus.jsonl"  # a BEIR dataset folder
+        return load_jsonl(corpus) if corpus.exists() else load_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return load_jsonl(path)
+    if suffix == ".csv":
+        return load_csv(path)
+    if suffix in TEXT_SUFFIXES:
+        return load_folder_file(path)
+    raise ValueError(f"unsupported input {path}: expected a folder, .jsonl, .csv, .txt or .md")
+
+
+def load_folder_file(path: Path) -> Iterator[Document]:
+    yield from (d for d in load_folder(path.parent) if d.id == path.name)

@@ -1,0 +1,123 @@
+"""The search pipeline: filter -> dense + keyword legs -> RRF -> rerank -> similarity cutoff -> top_k."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from searchsvc.collection import Collection, _user_metadata
+from searchsvc.cutoff import apply_similarity_cutoff
+from searchsvc.fuse import fuse_rrf
+from searchsvc.models import ModelRegistry
+from searchsvc.rerank import CrossEncoderReranker
+from searchsvc.types import Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+
+class SearchPipeline:
+    def __init__(self, models: ModelRegistry) -> None:
+        self.models = models
+
+    def reranker_for(self, collection: Collection) -> CrossEncoderReranker | None:
+        name = collection.config.reranker_model
+        return CrossEncoderReranker(self.models.cross_encoder(name), name) if name else None
+
+    def search(self, coll: Collection, p: SearchParams) -> SearchResult:
+        clock = _Stopwatch()
+        started = time.perf_counter()
+        use_dense = p.mode in (SearchMode.HYBRID, SearchMode.DENSE)
+        use_keyword = p.mode in (SearchMode.HYBRID, SearchMode.KEYWORD)
+        reranker = self.reranker_for(coll) if p.rerank else None
+        rerank = RerankOutcome()
+        if p.rerank and reranker is None:
+            rerank.skipped_reason = "no reranker_model configured for this collection"
+
+        allowed = coll.metadata.match(p.filter) if p.filter else None
+        query_vector = None
+        needs_cosine = p.similarity_cutoff is not None and reranker is None
+        if (use_dense or needs_cosine) and allowed != set():
+            with clock.stage("embed"):
+                query_vector = coll.dense.embed_query(p.query)
+
+        dense: list[ScoredId] = []
+        keyword: list[ScoredId] = []
+        if allowed != set():
+            if use_dense:
+                with clock.stage("dense"):
+                    dense = coll.dense.search(query_vector, p.dense_candidates, allowed)
+            if use_keyword:
+                with clock.stage("keyword"):
+                    keyword = coll.keyword.search(p.query, p.keyword_candidates, allowed)
+
+        with clock.stage("fuse"):
+            if p.mode is SearchMode.HYBRID:
+                ranked = fuse_rrf({"dense": dense, "keyword": keyword}, {"dense": p.dense_weight, "keyword": p.keyword_weight}, p.rrf_k)
+            else:
+                ranked = [(s.chunk_id, s.score) for s in (dense or keyword)]
+            window = max(p.top_k, p.rerank_candidates) if reranker else p.top_k
+            hits = self._hits(coll, ranked[:window], dense, keyword, p.mode)
+
+        if reranker is not None and hits:
+            with clock.stage("rerank"):
+                scores = reranker.score(p.query, [h.title + "\n" + h.text if h.title else h.text for h in hits])
+                for hit, score in zip(hits, scores):
+                    hit.rerank_score = hit.score = score
+                hits.sort(key=lambda h: (-h.score, h.chunk_id))
+                rerank = RerankOutcome(applied=True, model=reranker.name)
+        hits = hits[: p.top_k]
+
+        dropped = 0
+        if p.similarity_cutoff is not None:
+            with clock.stage("cutoff"):
+                if reranker is None:
+                    missing = [h.chunk_id for h in hits if h.similarity is None]
+                    cosines = coll.dense.similarities(query_vector, missing)
+                    for h in hits:
+                        if h.similarity is None:
+                            h.similarity = cosines.get(h.chunk_id)
+                kept = apply_similarity_cutoff(hits, p.similarity_cutoff)
+                dropped, hits = len(hits) - len(kept), kept
+
+        clock.ms["total"] = (time.perf_counter() - started) * 1000
+        return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped)
+
+    @staticmethod
+    def _hits(coll, ranked, dense, keyword, mode) -> list[Hit]:
+        dense_by_id = {s.chunk_id: s for s in dense}
+        keyword_by_id = {s.chunk_id: s for s in keyword}
+        nodes = [coll.dense.docstore.get_node(cid, raise_error=False) for cid, _ in ranked]
+        hits = []
+        for (chunk_id, score), node in zip(ranked, nodes):
+            if node is None:  # deleted between the leg and here
+                continue
+            d = dense_by_id.get(chunk_id)
+            hits.append(
+                Hit(
+                    chunk_id=chunk_id,
+                    document_id=node.metadata["document_id"],
+                    text=node.get_content(),
+                    title=node.metadata.get("title", ""),
+                    score=score,
+                    metadata={
+                        **_user_metadata(node.metadata),
+                        **{k: str(node.metadata[k]) for k in ("chunk_index", "start_char", "end_char")},
+                    },
+                    dense=d,
+                    keyword=keyword_by_id.get(chunk_id),
+                    fused_score=score if mode is SearchMode.HYBRID else None,
+                    similarity=d.score if d else None,
+                )
+            )
+        return hits

@@ -1,0 +1,176 @@
+"""Dense leg: a LlamaIndex VectorStoreIndex over FAISS (inner product on normalized embeddings = cosine).
+
+Text and metadata live in LlamaIndex's docstore; FAISS holds only vectors, keyed by an IndexIDMap2 so chunks
+can be deleted and their vectors read back (for the cosine of hits that only the keyword leg found).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import faiss
+import numpy as np
+from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
+from llama_index.core.indices.vector_store.retrievers import VectorIndexRetriever
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.schema import BaseNode, NodeRelationship, QueryBundle, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
+from llama_index.vector_stores.faiss import FaissMapVectorStore
+
+from searchsvc.types import Chunk, ScoredId
+
+# Metadata keys we add to every chunk; user metadata may not use them.
+RESERVED_METADATA = ("document_id", "title", "chunk_index", "start_char", "end_char")
+
+
+class FilterableFaissStore(FaissMapVectorStore):
+    """FaissMapVectorStore with three changes LlamaIndex's version lacks (0.7.0):
+
+    - `add` assigns ids from a monotonic counter in one bulk `add_with_ids`; upstream uses `ntotal` as the next
+      id, which collides with a live id after any delete, and adds one vector per call.
+    - `query` honours `VectorStoreQuery.node_ids` as a FAISS `IDSelectorBatch`, a true pre-filter (upstream
+      raises on filters), so metadata filters cost no candidate slots.
+    - `vectors(node_ids)` reads stored vectors back.
+    """
+
+    def __init__(self, faiss_index: Any) -> None:
+        super().__init__(faiss_index=faiss_index)
+        self._next_id = 0
+
+    @classmethod
+    def new(cls, dimension: int) -> "FilterableFaissStore":
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)))
+
+    @classmethod
+    def from_persist_path(cls, persist_path: str, fs: Any = None) -> "FilterableFaissStore":
+        store = super().from_persist_path(persist_path, fs)
+        store._next_id = max(store._faiss_id_to_node_id_map, default=-1) + 1
+        return store
+
+    def add(self, nodes: list[BaseNode], **add_kwargs: Any) -> list[str]:
+        if not nodes:
+            return []
+        vectors = np.asarray([n.get_embedding() for n in nodes], dtype=np.float32)
+        ids = np.arange(self._next_id, self._next_id + len(nodes), dtype=np.int64)
+        self._next_id += len(nodes)
+        self._faiss_index.add_with_ids(vectors, ids)
+        for node, faiss_id in zip(nodes, ids.tolist()):
+            self._node_id_to_faiss_id_map[node.id_] = faiss_id
+            self._faiss_id_to_node_id_map[faiss_id] = node.id_
+        return [n.id_ for n in nodes]
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        if query.filters is not None:
+            raise ValueError("pass allowed chunk ids as VectorStoreQuery.node_ids")
+        vector = np.asarray(query.query_embedding, dtype=np.float32)[np.newaxis, :]
+        k = min(query.similarity_top_k, self._faiss_index.ntotal)
+        params = None
+        if query.node_ids is not None:
+            allowed = [self._node_id_to_faiss_id_map[n] for n in query.node_ids if n in self._node_id_to_faiss_id_map]
+            k = min(k, len(allowed))
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
+        if k <= 0:
+            return VectorStoreQueryResult(similarities=[], ids=[])
+        scores, ids = self._faiss_index.search(vector, k, params=params)
+        hits = [(float(s), self._faiss_id_to_node_id_map[i]) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        return VectorStoreQueryResult(similarities=[s for s, _ in hits], ids=[n for _, n in hits])
+
+    def vectors(self, node_ids: Sequence[str]) -> np.ndarray:
+        faiss_ids = [self._node_id_to_faiss_id_map[n] for n in node_ids]
+        return np.stack([self._faiss_index.reconstruct(i) for i in faiss_ids]) if faiss_ids else np.empty((0, 0))
+
+
+class DenseIndex:
+    """Chunks in a VectorStoreIndex; callers pass embeddings they computed in batches."""
+
+    def __init__(self, index: VectorStoreIndex, store: FilterableFaissStore, embed_model: BaseEmbedding) -> None:
+        self.index = index
+        self.store = store
+        self.embed_model = embed_model
+        # FAISS indexes are not safe for concurrent add/remove and search; LlamaIndex's dict stores neither.
+        self._lock = threading.RLock()
+
+    @classmethod
+    def create(cls, embed_model: BaseEmbedding, dimension: int) -> "DenseIndex":
+        store = FilterableFaissStore.new(dimension)
+        storage = StorageContext.from_defaults(vector_store=store)
+        index = VectorStoreIndex(nodes=[], storage_context=storage, embed_model=embed_model)
+        return cls(index, store, embed_model)
+
+    @classmethod
+    def load(cls, persist_dir: Path, embed_model: BaseEmbedding) -> "DenseIndex":
+        store = FilterableFaissStore.from_persist_dir(str(persist_dir))
+        storage = StorageContext.from_defaults(vector_store=store, persist_dir=str(persist_dir))
+        index = load_index_from_storage(storage, embed_model=embed_model)
+        return cls(index, store, embed_model)
+
+    def persist(self, persist_dir: Path) -> None:
+        with self._lock:
+            self.index.storage_context.persist(persist_dir=str(persist_dir))
+
+    # --- writes
+    def add(self, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
+        nodes = [_to_node(c, e) for c, e in zip(chunks, embeddings.tolist())]
+        with self._lock:
+            self.index.insert_nodes(nodes)
+
+    def remove(self, chunk_ids: Sequence[str]) -> None:
+        if chunk_ids:
+            with self._lock:
+                self.index.delete_nodes(list(chunk_ids), delete_from_docstore=True)
+
+    # --- reads
+    @property
+    def docstore(self):
+        return self.index.docstore
+
+    def chunk_ids_of(self, document_id: str) -> list[str]:
+        info = self.docstore.get_ref_doc_info(document_id)
+        return list(info.node_ids) if info else []
+
+    def get_nodes(self, chunk_ids: Sequence[str]) -> list[BaseNode]:
+        return self.docstore.get_nodes(list(chunk_ids))
+
+    def embed_query(self, query: str) -> np.ndarray:
+        return np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
+
+    def search(self, query_vector: np.ndarray, k: int, allowed: set[str] | None = None) -> list[ScoredId]:
+        # Not `index.as_retriever()`: it passes every node id as `node_ids`, which would turn each query into a
+        # filtered search over an O(N) id list.
+        retriever = VectorIndexRetriever(
+            self.index, similarity_top_k=k, node_ids=None if allowed is None else list(allowed)
+        )
+        bundle = QueryBundle(query_str="", embedding=query_vector.tolist())
+        with self._lock:
+            results = retriever.retrieve(bundle)
+        return [ScoredId(r.node.node_id, rank, float(r.score)) for rank, r in enumerate(results, start=1)]
+
+    def similarities(self, query_vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
+        if not chunk_ids:
+            return {}
+        with self._lock:
+            vectors = self.store.vectors(chunk_ids)
+        return dict(zip(chunk_ids, (vectors @ query_vector).tolist()))
+
+
+def _to_node(chunk: Chunk, embedding: list[float]) -> TextNode:
+    metadata = {
+        **chunk.metadata,
+        "document_id": chunk.document_id,
+        "title": chunk.title,
+        "chunk_index": chunk.index,
+        "start_char": chunk.start_char,
+        "end_char": chunk.end_char,
+    }
+    return TextNode(
+        id_=chunk.id,
+        text=chunk.text,
+        metadata=metadata,
+        embedding=embedding,
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=chunk.document_id)},
+        # We embed `title + text` ourselves; LlamaIndex must not append metadata to the text.
+        excluded_embed_metadata_keys=list(metadata),
+        excluded_llm_metadata_keys=list(metadata),
+    )

@@ -1,0 +1,121 @@
+"""Domain types shared by the pipeline stages. Plain dataclasses: no gRPC, no storage."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+from searchsvc.errors import InvalidArgument
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_DOCUMENT_ID_BYTES = 512
+
+
+def validate_collection_name(name: str, field_name: str = "name") -> str:
+    # The name becomes a directory under the index dir: this pattern admits no '/', '.', or '..'.
+    if not COLLECTION_NAME.match(name or ""):
+        raise InvalidArgument(field_name, "must be 1-64 characters of [A-Za-z0-9_-] starting with a letter or digit")
+    return name
+
+
+class SearchMode(enum.Enum):
+    HYBRID = "hybrid"
+    DENSE = "dense"
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """Fixed at creation: changing any of these needs a re-index."""
+
+    embedding_model: str
+    analyzer: str
+    chunk_size: int
+    chunk_overlap: int
+    reranker_model: str = ""
+    # <0: the keyword leg refreshes before each ack; >0: at most this long after an ack.
+    refresh_interval_ms: int = 1000
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Chunk:
+    """The unit of retrieval. `id` is deterministic: `<document_id>#<index>`, so re-sends replace."""
+
+    id: str
+    document_id: str
+    index: int
+    text: str
+    title: str
+    metadata: dict[str, str]
+    start_char: int
+    end_char: int
+
+    @property
+    def indexed_text(self) -> str:
+        """What both legs see: the title is part of the evidence."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True)
+class ScoredId:
+    """One candidate from one leg: 1-based rank and that leg's raw score."""
+
+    chunk_id: str
+    rank: int
+    score: float
+
+
+@dataclass
+class SearchParams:
+    query: str
+    top_k: int = 10
+    filter: dict[str, str] = field(default_factory=dict)
+    mode: SearchMode = SearchMode.HYBRID
+    explain: bool = False
+    dense_candidates: int = 50
+    keyword_candidates: int = 50
+    rrf_k: float = 60.0
+    dense_weight: float = 1.0
+    keyword_weight: float = 1.0
+    rerank: bool = False
+    rerank_candidates: int = 50
+    similarity_cutoff: float | None = None
+
+
+@dataclass
+class Hit:
+    chunk_id: str
+    document_id: str
+    text: str
+    title: str
+    score: float
+    metadata: dict[str, str]
+    dense: ScoredId | None = None
+    keyword: ScoredId | None = None
+    fused_score: float | None = None
+    rerank_score: float | None = None
+    similarity: float | None = None
+
+
+@dataclass
+class RerankOutcome:
+    applied: bool = False
+    model: str = ""
+    skipped_reason: str = ""
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    timings_ms: dict[str, float]
+    rerank: RerankOutcome
+    cutoff_dropped: int = 0
