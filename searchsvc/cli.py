@@ -1,0 +1,122 @@
+"""Command line: `searchsvc serve | index | eval | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from searchsvc.config import apply_offline_env, load_settings
+
+
+def _settings(args: argparse.Namespace, **extra):
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "index_dir", None) is not None:
+        overrides["index_dir"] = args.index_dir
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from searchsvc.server import serve
+
+    settings = _settings(args, host=args.host, port=args.port)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import grpc
+    from tqdm import tqdm
+
+    from searchsvc.client import bulk_index
+    from searchsvc.ingest.loaders import load_documents
+    from searchsvc.v1 import searchsvc_pb2 as pb
+    from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        try:
+            stub.CreateCollection(pb.CreateCollectionRequest(name=args.collection), timeout=120)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+    progress = tqdm(unit="doc", desc=f"indexing into {args.collection}")
+    failed = 0
+
+    def on_ack(ack) -> None:
+        nonlocal failed
+        progress.update(ack.indexed_count + ack.failed_count)
+        failed += ack.failed_count
+        for e in ack.errors:
+            tqdm.write(f"rejected {e.document_id!r}: {e.field}: {e.message}")
+
+    bulk_index(lambda: grpc.insecure_channel(args.target), args.collection, load_documents(Path(args.path)),
+               batch_size=args.batch_size, on_ack=on_ack)
+    progress.close()
+    print(f"indexed {progress.n - failed} documents, {failed} rejected")
+    return 1 if failed else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from searchsvc.evaluate import run_eval
+
+    settings = _settings(args, port=0)
+    logging.basicConfig(level=logging.WARNING)
+    run_eval(settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from searchsvc.bench import run_bench
+
+    settings = _settings(args, port=0)
+    logging.basicConfig(level=logging.WARNING)
+    run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="searchsvc", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings file (same keys as SEARCHSVC_* variables)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gRPC server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--index-dir", type=Path)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="stream a folder, .jsonl (BEIR corpus too) or .csv into a collection")
+    p.add_argument("path")
+    p.add_argument("--collection", required=True)
+    p.add_argument("--target", default="127.0.0.1:50051")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("eval", help="nDCG@10 / Recall@100 / MRR@10 per mode on a BEIR-layout dataset")
+    p.add_argument("dataset")
+    p.add_argument("--index-dir", type=Path, help="default: a temporary directory")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--limit-queries", type=int)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="ingest ratio vs bare encoder, search latency at scale, peak RSS")
+    p.add_argument("--index-dir", type=Path, help="default: a temporary directory")
+    p.add_argument("--sizes", default="10000,100000", help="chunk counts for the search latency runs")
+    p.add_argument("--ingest-docs", type=int, default=2000)
+    p.add_argument("--queries", type=int, default=200)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_offline_env()
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

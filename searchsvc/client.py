@@ -1,0 +1,83 @@
+"""Client helpers used by the CLI, eval and bench: resumable bulk indexing over the BulkIndex stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable, Iterator
+
+import grpc
+
+from searchsvc.types import Document
+from searchsvc.v1 import searchsvc_pb2 as pb
+from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+
+def batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def to_pb(doc: Document) -> pb.Document:
+    return pb.Document(id=doc.id, text=doc.text, title=doc.title, metadata=doc.metadata)
+
+
+def bulk_index(
+    channel_factory: Callable[[], grpc.Channel],
+    collection: str,
+    docs: Iterable[Document],
+    *,
+    batch_size: int = 64,
+    window: int = 4,
+    retries: int = 5,
+    on_ack: Callable[[pb.BulkIndexResponse], None] | None = None,
+) -> list[pb.BulkIndexResponse]:
+    """Stream `docs` in batches, at most `window` unacked at once. If the stream breaks with UNAVAILABLE
+    (server restart), reconnect and resend every unacked batch: re-sent ids replace, so nothing duplicates."""
+    pending: OrderedDict[int, pb.BulkIndexRequest] = OrderedDict()  # sent, not yet acked
+    source = iter(enumerate(batches(docs, batch_size), start=1))
+    acks: list[pb.BulkIndexResponse] = []
+    slots = threading.Semaphore(window)
+    lock = threading.Lock()
+
+    def requests(resend: list[pb.BulkIndexRequest]):
+        for request in resend:
+            slots.acquire()
+            yield request
+        for seq, batch in source:
+            slots.acquire()
+            request = pb.BulkIndexRequest(collection=collection, sequence=seq, documents=[to_pb(d) for d in batch])
+            with lock:
+                pending[seq] = request
+            yield request
+
+    attempt = 0
+    while True:
+        with lock:
+            resend = list(pending.values())
+        slots = threading.Semaphore(window)
+        channel = channel_factory()
+        try:
+            stub = pb_grpc.SearchServiceStub(channel)
+            for ack in stub.BulkIndex(requests(resend)):
+                with lock:
+                    pending.pop(ack.sequence, None)
+                slots.release()
+                acks.append(ack)
+                if on_ack:
+                    on_ack(ack)
+            return acks
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or attempt >= retries:
+                raise
+            attempt += 1
+            time.sleep(min(0.5 * 2**attempt, 10))
+        finally:
+            channel.close()

@@ -1,0 +1,117 @@
+"""Server wiring: grpc.aio server, health (overall and per collection), reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from searchsvc.catalog import Catalog
+from searchsvc.config import Settings, apply_offline_env
+from searchsvc.models import ModelRegistry
+from searchsvc.pipeline import SearchPipeline
+from searchsvc.service import SearchService, collection_health_name
+from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = searchsvc_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+def configure_threads(settings: Settings) -> int:
+    import torch
+
+    threads = settings.torch_threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+async def serve(settings: Settings, started: asyncio.Future | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or `stop` is set). `started` receives the bound port."""
+    apply_offline_env()
+    threads = configure_threads(settings)
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(settings.search_workers, thread_name_prefix="searchsvc")
+    models = ModelRegistry(settings.default_embedding_model, settings.embed_batch_size)
+    catalog = Catalog(settings, models)
+    # Load the default embedder up front so the first request doesn't pay for it.
+    await loop.run_in_executor(executor, models.embedder, models.default_embedding_model)
+    await loop.run_in_executor(executor, catalog.open_all)
+
+    limits = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=limits)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    searchsvc_pb2_grpc.add_SearchServiceServicer_to_server(
+        SearchService(settings, catalog, SearchPipeline(models), executor, health), server
+    )
+    reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for collection in catalog.list():
+        await health.set(collection_health_name(collection.name), health_pb2.HealthCheckResponse.SERVING)
+    log.info("torch threads %d, %d worker threads, index dir %s", threads, settings.search_workers, settings.index_dir)
+    print(f"searchsvc listening on {settings.host}:{port}", flush=True)
+    if started is not None:
+        started.set_result(port)
+
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (RuntimeError, ValueError):  # not the main thread (in-process use): rely on `stop`
+            pass
+    await stop.wait()
+    log.info("shutting down: draining calls, then checkpointing collections")
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=10)
+    await loop.run_in_executor(executor, catalog.close)
+    executor.shutdown()
+
+
+class BackgroundServer:
+    """The real server on its own event loop thread, for eval, bench and tests in one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._thread = None
+        self.port = 0
+
+    def __enter__(self) -> "BackgroundServer":
+        import threading
+
+        started = self._loop.create_future()
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            await serve(self.settings, started, self._stop)
+
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(_wait(started), self._loop).result(timeout=300)
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+
+
+async def _wait(future: asyncio.Future):
+    return await future

@@ -1,0 +1,255 @@
+"""gRPC servicer: maps proto <-> domain and domain errors -> status codes. No search logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from searchsvc import errors
+from searchsvc.catalog import Catalog
+from searchsvc.collection import Collection, IndexReport
+from searchsvc.config import Settings
+from searchsvc.pipeline import SearchPipeline
+from searchsvc.types import CollectionConfig, Document, SearchMode, SearchParams, SearchResult
+from searchsvc.v1 import searchsvc_pb2 as pb
+from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    errors.InvalidArgument: code_pb2.INVALID_ARGUMENT,
+    errors.NotFound: code_pb2.NOT_FOUND,
+    errors.AlreadyExists: code_pb2.ALREADY_EXISTS,
+    errors.ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: code_pb2.FAILED_PRECONDITION,
+}
+_MODES = {
+    pb.SEARCH_MODE_UNSPECIFIED: SearchMode.HYBRID,
+    pb.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+    pb.SEARCH_MODE_DENSE: SearchMode.DENSE,
+    pb.SEARCH_MODE_KEYWORD: SearchMode.KEYWORD,
+}
+
+
+def _status_for(exc: errors.SearchsvcError) -> grpc.Status:
+    status = status_pb2.Status(code=_CODES[type(exc)], message=exc.message)
+    if isinstance(exc, errors.InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)]
+            )
+        )
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+def _maps_errors(method):
+    """Turn domain errors into their status (with BadRequest details for INVALID_ARGUMENT)."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self, request, context):
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except errors.SearchsvcError as exc:
+                await context.abort_with_status(_status_for(exc))
+
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context):
+        try:
+            return await method(self, request, context)
+        except errors.SearchsvcError as exc:
+            await context.abort_with_status(_status_for(exc))
+
+    return wrapper
+
+
+class SearchService(pb_grpc.SearchServiceServicer):
+    def __init__(self, settings: Settings, catalog: Catalog, pipeline: SearchPipeline, executor: ThreadPoolExecutor, health=None):
+        self.settings = settings
+        self.catalog = catalog
+        self.pipeline = pipeline
+        self.executor = executor
+        self.health = health
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    # ----------------------------------------------------------- collections
+    @_maps_errors
+    async def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.Collection:
+        c = request.config
+        config = CollectionConfig(
+            c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms
+        )
+        collection = await self._run(self.catalog.create, request.name, config)
+        if self.health:
+            await self.health.set(collection_health_name(collection.name), serving())
+        return collection_to_pb(collection)
+
+    @_maps_errors
+    async def GetCollection(self, request: pb.GetCollectionRequest, context) -> pb.Collection:
+        return collection_to_pb(self.catalog.get(request.name))
+
+    @_maps_errors
+    async def ListCollections(self, request, context) -> pb.ListCollectionsResponse:
+        return pb.ListCollectionsResponse(collections=[collection_to_pb(c) for c in self.catalog.list()])
+
+    @_maps_errors
+    async def DeleteCollection(self, request: pb.DeleteCollectionRequest, context) -> pb.DeleteCollectionResponse:
+        await self._run(self.catalog.delete, request.name)
+        if self.health:
+            await self.health.set(collection_health_name(request.name), not_serving())
+        return pb.DeleteCollectionResponse()
+
+    # ----------------------------------------------------------- documents
+    @_maps_errors
+    async def BulkIndex(self, request_iterator, context):
+        # One batch in flight per stream: the next request is read only after this ack, so HTTP/2 flow control
+        # holds back a client that sends faster than we embed (server memory stays ~ one batch per stream).
+        ordinal = 0
+        async for request in request_iterator:
+            ordinal += 1
+            collection = self.catalog.get(request.collection)
+            if len(request.documents) > self.settings.max_batch_documents:
+                raise errors.InvalidArgument(
+                    "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
+                )
+            docs = [Document(d.id, d.text, d.title, dict(d.metadata)) for d in request.documents]
+            report = await self._run(collection.index_documents, docs)
+            yield ack_to_pb(request.sequence or ordinal, report)
+
+    @_maps_errors
+    async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context) -> pb.DeleteDocumentsResponse:
+        collection = self.catalog.get(request.collection)
+        deleted, missing = await self._run(collection.delete_documents, list(request.ids))
+        return pb.DeleteDocumentsResponse(deleted_count=deleted, not_found_count=missing)
+
+    # ----------------------------------------------------------- search
+    @_maps_errors
+    async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
+        collection = self.catalog.get(request.collection)
+        params = search_params_from_pb(request, self.settings)
+        result = await self._run(self.pipeline.search, collection, params)
+        return search_result_to_pb(result, params.explain)
+
+
+# --------------------------------------------------------------- mapping helpers
+def serving():
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse.SERVING
+
+
+def not_serving():
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def collection_health_name(name: str) -> str:
+    """Per-collection readiness is served under this health service name."""
+    return f"searchsvc.v1.Collection/{name}"
+
+
+def collection_to_pb(c: Collection) -> pb.Collection:
+    cfg = c.config
+    return pb.Collection(
+        name=c.name,
+        config=pb.CollectionConfig(
+            embedding_model=cfg.embedding_model,
+            analyzer=cfg.analyzer,
+            chunk_size=cfg.chunk_size,
+            chunk_overlap=cfg.chunk_overlap,
+            reranker_model=cfg.reranker_model,
+            refresh_interval_ms=cfg.refresh_interval_ms,
+        ),
+        document_count=c.document_count,
+        chunk_count=c.chunk_count,
+        dimension=c.dimension,
+    )
+
+
+def ack_to_pb(sequence: int, report: IndexReport) -> pb.BulkIndexResponse:
+    return pb.BulkIndexResponse(
+        sequence=sequence,
+        indexed_count=report.indexed,
+        replaced_count=report.replaced,
+        failed_count=len(report.errors),
+        chunk_count=report.chunks,
+        errors=[
+            pb.DocumentError(index=e.index, document_id=e.document_id, code=code_pb2.Code.Value(e.code), field=e.field, message=e.message)
+            for e in report.errors
+        ],
+    )
+
+
+def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
+    if r.mode not in _MODES:
+        raise errors.InvalidArgument("mode", f"unknown search mode {r.mode}")
+    top_k = r.top_k or 10
+    params = SearchParams(
+        query=r.query,
+        top_k=top_k,
+        filter=dict(r.filter),
+        mode=_MODES[r.mode],
+        explain=r.explain,
+        dense_candidates=r.dense_candidates or max(s.default_candidates, top_k),
+        keyword_candidates=r.keyword_candidates or max(s.default_candidates, top_k),
+        rrf_k=r.rrf_k if r.HasField("rrf_k") else s.default_rrf_k,
+        dense_weight=r.dense_weight if r.HasField("dense_weight") else 1.0,
+        keyword_weight=r.keyword_weight if r.HasField("keyword_weight") else 1.0,
+        rerank=r.rerank.enabled,
+        rerank_candidates=r.rerank.candidates or s.default_rerank_candidates,
+        similarity_cutoff=r.similarity_cutoff if r.HasField("similarity_cutoff") else None,
+    )
+    params.validate(max_top_k=s.max_top_k, max_query_chars=s.max_query_chars)
+    return params
+
+
+def search_result_to_pb(result: SearchResult, explain: bool) -> pb.SearchResponse:
+    t = result.timings_ms
+    response = pb.SearchResponse(
+        timings=pb.Timings(
+            embed_ms=t.get("embed", 0.0),
+            dense_ms=t.get("dense", 0.0),
+            keyword_ms=t.get("keyword", 0.0),
+            fuse_ms=t.get("fuse", 0.0),
+            rerank_ms=t.get("rerank", 0.0),
+            cutoff_ms=t.get("cutoff", 0.0),
+            total_ms=t.get("total", 0.0),
+        ),
+        rerank=pb.RerankStatus(
+            applied=result.rerank.applied, model=result.rerank.model, skipped_reason=result.rerank.skipped_reason
+        ),
+        cutoff_dropped=result.cutoff_dropped,
+    )
+    for h in result.hits:
+        hit = response.hits.add(
+            chunk_id=h.chunk_id, document_id=h.document_id, text=h.text, title=h.title, score=h.score, metadata=h.metadata
+        )
+        if explain:
+            e = hit.explanation
+            if h.dense:
+                e.dense.rank, e.dense.score = h.dense.rank, h.dense.score
+            if h.keyword:
+                e.keyword.rank, e.keyword.score = h.keyword.rank, h.keyword.score
+            if h.fused_score is not None:
+                e.fused_score = h.fused_score
+            if h.rerank_score is not None:
+                e.rerank_score = h.rerank_score
+            if h.similarity is not None:
+                e.similarity = h.similarity
+    return response

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real server on a loopback port (in-process or as a subprocess) and real models."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from searchsvc.config import apply_offline_env, load_settings
+
+apply_offline_env()
+
+from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402
+from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc  # noqa: E402
+
+SYNC_REFRESH = -1  # keyword leg refreshes before each ack: deterministic tests
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    from searchsvc.server import BackgroundServer
+
+    settings = load_settings(index_dir=tmp_path_factory.mktemp("indexes"), port=0, max_document_bytes=20_000, torch_threads=1)
+    with BackgroundServer(settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def channel(server):
+    with grpc.insecure_channel(server.target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stub(channel):
+    return pb_grpc.SearchServiceStub(channel)
+
+
+_names = iter(range(10**6))
+
+
+@pytest.fixture
+def collection(stub):
+    """A fresh collection with synchronous keyword refresh; deleted afterwards."""
+    name = f"t{next(_names)}"
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH)))
+    yield name
+    try:
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+    except grpc.RpcError:
+        pass
+
+
+def doc(id: str, text: str, title: str = "", **metadata: str) -> pb.Document:
+    return pb.Document(id=id, text=text, title=title, metadata=metadata)
+
+
+CORPUS = [
+    doc("cats", "Cats are small domesticated felines that purr and hunt mice.", "Cats", kind="animal", lang="en"),
+    doc("dogs", "Dogs are loyal companions that bark and fetch sticks.", "Dogs", kind="animal", lang="en"),
+    doc("faiss", "FAISS is a library for efficient similarity search over dense vectors.", "FAISS", kind="software", lang="en"),
+    doc("bm25", "BM25 ranks documents by term frequency and inverse document frequency.", "BM25", kind="software", lang="en"),
+    doc("paris", "Paris is the capital of France, famous for the Eiffel Tower.", "Paris", kind="city", lang="en"),
+    doc("seoul", "Seoul is the capital of South Korea, on the Han River.", "Seoul", kind="city", lang="en"),
+]
+
+
+def index(stub, collection: str, docs, batch_size: int = 2) -> list[pb.BulkIndexResponse]:
+    docs = list(docs)
+    requests = [
+        pb.BulkIndexRequest(collection=collection, documents=docs[i : i + batch_size], sequence=i // batch_size + 1)
+        for i in range(0, len(docs), batch_size)
+    ]
+    return list(stub.BulkIndex(iter(requests), timeout=120))
+
+
+def search(stub, collection: str, query: str, **kwargs) -> pb.SearchResponse:
+    return stub.Search(pb.SearchRequest(collection=collection, query=query, **kwargs), timeout=60)
+
+
+def ids(response: pb.SearchResponse) -> list[str]:
+    return [h.document_id for h in response.hits]
+
+
+class ServerProcess:
+    """`python -m searchsvc serve` as a child process, for restart and kill -9 tests."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self.index_dir = index_dir
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> "ServerProcess":
+        env = {**os.environ, "SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_LOG_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "searchsvc", "serve", "--port", "0", "--index-dir", str(self.index_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        deadline = time.monotonic() + 180
+        output = []
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            match = re.search(r"listening on [\w.\[\]:]+:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                return self
+        self.proc.kill()
+        raise RuntimeError("server did not start:\n" + "".join(output))
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stub(self) -> tuple[grpc.Channel, pb_grpc.SearchServiceStub]:
+        ch = grpc.insecure_channel(self.target)
+        return ch, pb_grpc.SearchServiceStub(ch)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
