@@ -22,6 +22,8 @@ from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG at import, which logs every rebuild; keep it to warnings.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""`searchsvc eval DATASET_DIR`: index a BEIR-layout dataset through the service, score every mode.
+
+Metrics follow pytrec_eval/BEIR: nDCG@10 with the qrels' graded relevance as linear gain and log2 discount,
+Recall@100 and MRR@10 over documents judged relevant (grade > 0). Hits are chunks; a document's rank is the
+rank of its first chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from searchsvc.client import bulk_index
+from searchsvc.config import Settings
+from searchsvc.ingest.loaders import load_jsonl
+from searchsvc.server import BackgroundServer
+from searchsvc.v1 import searchsvc_pb2 as pb
+from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+MODES = {"KEYWORD": pb.SEARCH_MODE_KEYWORD, "DENSE": pb.SEARCH_MODE_DENSE, "HYBRID": pb.SEARCH_MODE_HYBRID}
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    return qrels
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    with open(path, encoding="utf-8") as f:
+        return {str(q["_id"]): q["text"] for q in map(json.loads, f) if q}
+
+
+def ndcg_at_k(ranked: list[str], qrel: dict[str, int], k: int = 10) -> float:
+    dcg = sum(qrel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted(qrel.values(), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: list[str], qrel: dict[str, int], k: int = 100) -> float:
+    relevant = {d for d, g in qrel.items() if g > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def mrr_at_k(ranked: list[str], qrel: dict[str, int], k: int = 10) -> float:
+    return next((1 / (i + 1) for i, d in enumerate(ranked[:k]) if qrel.get(d, 0) > 0), 0.0)
+
+
+def documents_in_order(response: pb.SearchResponse) -> list[str]:
+    return list(dict.fromkeys(h.document_id for h in response.hits))
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+def run_eval(settings: Settings, dataset: Path, *, limit_queries: int | None = None, split: str = "dev", extra_modes=None) -> dict:
+    qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
+    queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
+    qids = sorted(queries)[:limit_queries] if limit_queries else sorted(queries)
+    name = "eval-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.resolve().name)[:40]
+    with tempfile.TemporaryDirectory() as tmp:
+        if settings.index_dir == Path("indexes"):  # the default: evaluate in a scratch dir
+            settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.SearchServiceStub(channel)
+            docs = list(load_jsonl(dataset / "corpus.jsonl"))
+            existing = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
+            if name in existing and existing[name].document_count == len(docs):
+                print(f"reusing collection {name} ({len(docs)} documents) in {settings.index_dir}")
+            else:
+                if name in existing:
+                    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+                stub.CreateCollection(pb.CreateCollectionRequest(name=name))
+                started = time.perf_counter()
+                bulk_index(lambda: grpc.insecure_channel(server.target), name, docs, batch_size=64)
+                elapsed = time.perf_counter() - started
+                print(f"indexed {len(docs)} documents in {elapsed:.1f} s ({len(docs) / elapsed:.1f} docs/s)")
+            results = {}
+            for label, mode in MODES.items():
+                rows = {"ndcg@10": [], "recall@100": [], "mrr@10": []}
+                latency: dict[str, list[float]] = {"client": [], "embed": [], "dense": [], "keyword": [], "fuse": [], "total": []}
+                for qid in qids:
+                    started = time.perf_counter()
+                    response = stub.Search(pb.SearchRequest(collection=name, query=queries[qid], top_k=100, mode=mode), timeout=30)
+                    latency["client"].append((time.perf_counter() - started) * 1000)
+                    t = response.timings
+                    for stage in ("embed", "dense", "keyword", "fuse", "total"):
+                        latency[stage].append(getattr(t, f"{stage}_ms"))
+                    ranked = documents_in_order(response)
+                    rows["ndcg@10"].append(ndcg_at_k(ranked, qrels[qid]))
+                    rows["recall@100"].append(recall_at_k(ranked, qrels[qid]))
+                    rows["mrr@10"].append(mrr_at_k(ranked, qrels[qid]))
+                results[label] = {"metrics": {m: float(np.mean(v)) for m, v in rows.items()}, "per_query": rows["ndcg@10"], "latency": latency}
+    print_report(dataset.name, len(qids), results)
+    return results
+
+
+def print_report(dataset: str, n_queries: int, results: dict) -> None:
+    print(f"\n{dataset}: {n_queries} queries")
+    print(f"{'mode':<8} {'nDCG@10':>8} {'R@100':>7} {'MRR@10':>7}   {'p50 ms':>7} {'p95 ms':>7}  server p50: embed / dense / keyword / fuse")
+    for label, r in results.items():
+        m, lat = r["metrics"], r["latency"]
+        stages = " / ".join(f"{pct(lat[s], 50):.1f}" for s in ("embed", "dense", "keyword", "fuse"))
+        print(f"{label:<8} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f}   "
+              f"{pct(lat['client'], 50):>7.1f} {pct(lat['client'], 95):>7.1f}  {stages}")
+    if "HYBRID" in results:
+        hybrid = np.array(results["HYBRID"]["per_query"])
+        for leg in ("KEYWORD", "DENSE"):
+            other = np.array(results[leg]["per_query"])
+            print(f"HYBRID vs {leg}: wins {int((hybrid > other).sum())}, losses {int((hybrid < other).sum())}, "
+                  f"ties {int((hybrid == other).sum())}")
