@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from searchsvc.config import apply_offline_env, load_settings
+from searchsvc.config import apply_process_env, load_settings
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--collection", required=True)
     p.add_argument("--target", default="127.0.0.1:50051")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("eval", help="nDCG@10 / Recall@100 / MRR@10 per mode on a BEIR-layout dataset")
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    apply_offline_env()
+    apply_process_env()
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -34,7 +34,7 @@ def bulk_index(
     collection: str,
     docs: Iterable[Document],
     *,
-    batch_size: int = 64,
+    batch_size: int = 256,
     window: int = 4,
     retries: int = 5,
     on_ack: Callable[[pb.BulkIndexResponse], None] | None = None,

@@ -176,10 +176,13 @@ class Collection:
 
     # ------------------------------------------------------------------ writes
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
+        started = time.perf_counter()
         report = IndexReport()
         valid = self._validate(docs, report)
         chunks = [c for d in valid for c in self.chunker.chunk(d)]
+        chunked = time.perf_counter()
         vectors = self._embed([c.indexed_text for c in chunks])
+        embedded = time.perf_counter()
         record = {
             "op": "upsert",
             "documents": [d.id for d in valid],
@@ -194,6 +197,11 @@ class Collection:
         if self.config.refresh_interval_ms < 0:
             self.keyword.refresh()
         report.indexed, report.replaced, report.chunks = len(valid), len(existing), len(chunks)
+        log.debug(
+            "%s: batch of %d docs / %d chunks: chunk %.0f ms, embed %.0f ms, commit %.0f ms",
+            self.name, len(docs), len(chunks), (chunked - started) * 1000, (embedded - chunked) * 1000,
+            (time.perf_counter() - embedded) * 1000,
+        )
         return report
 
     def delete_documents(self, ids: Iterable[str]) -> tuple[int, int]:
@@ -256,7 +264,7 @@ class Collection:
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.empty((0, 0), dtype=np.float32)
-        return np.asarray(self.dense.embed_model.get_text_embedding_batch(texts), dtype=np.float32)
+        return self.dense.embed_passages(texts)
 
     def _check_open(self) -> None:
         if self.closed:

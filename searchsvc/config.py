@@ -17,9 +17,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# Set before torch / HF libraries are imported.
 # Offline by construction: model weights come from installed packages or local paths, never from a hub, and
-# NeMo Guardrails (a later stage) must not phone home. Set before any HF / torch import happens.
-OFFLINE_ENV = {
+# NeMo Guardrails (a later stage) must not phone home.
+# OMP_WAIT_POLICY=PASSIVE: models run on executor threads, and each calling thread gets its own OpenMP team;
+# with the default spin-wait, idle teams burn the cores the busy one needs. Measured on 2 cores, 64-doc
+# batches encoded from a worker thread: 21.9 docs/s spinning (ACTIVE) vs 39.5 passive (main thread: ~38).
+PROCESS_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -28,8 +33,8 @@ OFFLINE_ENV = {
 }
 
 
-def apply_offline_env() -> None:
-    for key, value in OFFLINE_ENV.items():
+def apply_process_env() -> None:
+    for key, value in PROCESS_ENV.items():
         os.environ.setdefault(key, value)
 
 

@@ -83,7 +83,7 @@ def run_eval(settings: Settings, dataset: Path, *, limit_queries: int | None = N
                     stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
                 stub.CreateCollection(pb.CreateCollectionRequest(name=name))
                 started = time.perf_counter()
-                bulk_index(lambda: grpc.insecure_channel(server.target), name, docs, batch_size=64)
+                bulk_index(lambda: grpc.insecure_channel(server.target), name, docs)
                 elapsed = time.perf_counter() - started
                 print(f"indexed {len(docs)} documents in {elapsed:.1f} s ({len(docs) / elapsed:.1f} docs/s)")
             results = {}

@@ -14,7 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from searchsvc.catalog import Catalog
-from searchsvc.config import Settings, apply_offline_env
+from searchsvc.config import Settings, apply_process_env
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.service import SearchService, collection_health_name
@@ -34,7 +34,7 @@ def configure_threads(settings: Settings) -> int:
 
 async def serve(settings: Settings, started: asyncio.Future | None = None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or `stop` is set). `started` receives the bound port."""
-    apply_offline_env()
+    apply_process_env()
     threads = configure_threads(settings)
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(settings.search_workers, thread_name_prefix="searchsvc")

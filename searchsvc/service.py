@@ -82,10 +82,15 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self.catalog = catalog
         self.pipeline = pipeline
         self.executor = executor
+        # All ingest embedding runs on one thread: concurrent streams would otherwise run several encoder
+        # batches at once, each with a full set of torch threads, oversubscribing the cores; and one thread
+        # keeps one OpenMP team warm. Searches keep their own pool, so they never queue behind a batch.
+        self.ingest_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-ingest")
         self.health = health
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+    async def _run(self, fn, *args, executor: ThreadPoolExecutor | None = None):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor or self.executor, functools.partial(fn, *args))
 
     # ----------------------------------------------------------- collections
     @_maps_errors
@@ -128,7 +133,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
                 )
             docs = [Document(d.id, d.text, d.title, dict(d.metadata)) for d in request.documents]
-            report = await self._run(collection.index_documents, docs)
+            report = await self._run(collection.index_documents, docs, executor=self.ingest_executor)
             yield ack_to_pb(request.sequence or ordinal, report)
 
     @_maps_errors

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
-from searchsvc.config import apply_offline_env, load_settings
+from searchsvc.config import apply_process_env, load_settings
+from searchsvc.process import ServerProcess as _ServerProcess
 
-apply_offline_env()
+apply_process_env()
 
 from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc  # noqa: E402
@@ -89,46 +84,12 @@ def ids(response: pb.SearchResponse) -> list[str]:
     return [h.document_id for h in response.hits]
 
 
-class ServerProcess:
-    """`python -m searchsvc serve` as a child process, for restart and kill -9 tests."""
+class ServerProcess(_ServerProcess):
+    """The server as a child process, with one torch thread (tests run beside each other on 2 cores)."""
 
     def __init__(self, index_dir: Path) -> None:
-        self.index_dir = index_dir
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> "ServerProcess":
-        env = {**os.environ, "SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_LOG_LEVEL": "WARNING"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "searchsvc", "serve", "--port", "0", "--index-dir", str(self.index_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )
-        deadline = time.monotonic() + 180
-        output = []
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            match = re.search(r"listening on [\w.\[\]:]+:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                return self
-        self.proc.kill()
-        raise RuntimeError("server did not start:\n" + "".join(output))
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1"})
 
     def stub(self) -> tuple[grpc.Channel, pb_grpc.SearchServiceStub]:
         ch = grpc.insecure_channel(self.target)
         return ch, pb_grpc.SearchServiceStub(ch)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=30)
