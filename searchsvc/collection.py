@@ -83,7 +83,7 @@ class MetadataIndex:
             return set.intersection(*sets) if sets else set()
 
 
-def _user_metadata(node_metadata: dict) -> dict[str, str]:
+def user_metadata(node_metadata: dict) -> dict[str, str]:
     return {k: v for k, v in node_metadata.items() if k not in RESERVED_METADATA}
 
 
@@ -109,6 +109,7 @@ class Collection:
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.wal = WriteAheadLog(path / "wal.log")
         self._seq = 0
+        self._document_count = 0
         self._write_lock = threading.Lock()
         self.closed = False
 
@@ -160,8 +161,9 @@ class Collection:
     def _rebuild_derived_indexes(self) -> None:
         """Keyword terms and metadata postings are derived from the docstore, so snapshots don't store them."""
         nodes = list(self.dense.docstore.docs.values())
+        self._document_count = len({n.metadata["document_id"] for n in nodes})
         for node in nodes:
-            self.metadata.add(node.node_id, _user_metadata(node.metadata))
+            self.metadata.add(node.node_id, user_metadata(node.metadata))
         self.keyword.add([n.node_id for n in nodes], [_indexed_text(n) for n in nodes])
 
     def close(self, checkpoint: bool = True) -> None:
@@ -225,8 +227,10 @@ class Collection:
     def _apply(self, record: dict) -> None:
         for doc_id in record["documents"]:
             old = self.dense.get_nodes(self.dense.chunk_ids_of(doc_id))
+            # Every upserted document has at least one chunk (its text is non-empty).
+            self._document_count += (record["op"] == "upsert") - bool(old)
             for node in old:
-                self.metadata.remove(node.node_id, _user_metadata(node.metadata))
+                self.metadata.remove(node.node_id, user_metadata(node.metadata))
             self.keyword.remove([n.node_id for n in old])
             self.dense.remove([n.node_id for n in old])
         if record["op"] != "upsert" or not record["chunks"]:
@@ -304,7 +308,7 @@ class Collection:
     # ------------------------------------------------------------------ stats
     @property
     def document_count(self) -> int:
-        return len(self.dense.docstore.get_all_ref_doc_info() or {})
+        return self._document_count
 
     @property
     def chunk_count(self) -> int:

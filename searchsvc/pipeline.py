@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-from searchsvc.collection import Collection, _user_metadata
+from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_rrf
 from searchsvc.models import ModelRegistry
@@ -111,7 +111,7 @@ class SearchPipeline:
                     title=node.metadata.get("title", ""),
                     score=score,
                     metadata={
-                        **_user_metadata(node.metadata),
+                        **user_metadata(node.metadata),
                         **{k: str(node.metadata[k]) for k in ("chunk_index", "start_char", "end_char")},
                     },
                     dense=d,

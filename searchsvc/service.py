@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from searchsvc import errors
@@ -52,6 +53,14 @@ def _status_for(exc: errors.SearchsvcError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+async def _abort_for(exc: Exception, context, method_name: str) -> None:
+    if isinstance(exc, errors.SearchsvcError):
+        await context.abort_with_status(_status_for(exc))
+    # Anything else is our bug: log it in full, tell the caller no more than that it happened.
+    log.exception("%s failed", method_name)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method_name}")
+
+
 def _maps_errors(method):
     """Turn domain errors into their status (with BadRequest details for INVALID_ARGUMENT)."""
     if inspect.isasyncgenfunction(method):
@@ -61,8 +70,10 @@ def _maps_errors(method):
             try:
                 async for item in method(self, request, context):
                     yield item
-            except errors.SearchsvcError as exc:
-                await context.abort_with_status(_status_for(exc))
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await _abort_for(exc, context, method.__name__)
 
         return stream_wrapper
 
@@ -70,8 +81,10 @@ def _maps_errors(method):
     async def wrapper(self, request, context):
         try:
             return await method(self, request, context)
-        except errors.SearchsvcError as exc:
-            await context.abort_with_status(_status_for(exc))
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await _abort_for(exc, context, method.__name__)
 
     return wrapper
 
@@ -101,7 +114,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
-            await self.health.set(collection_health_name(collection.name), serving())
+            await self.health.set(collection_health_name(collection.name), health_pb2.HealthCheckResponse.SERVING)
         return collection_to_pb(collection)
 
     @_maps_errors
@@ -116,7 +129,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
     async def DeleteCollection(self, request: pb.DeleteCollectionRequest, context) -> pb.DeleteCollectionResponse:
         await self._run(self.catalog.delete, request.name)
         if self.health:
-            await self.health.set(collection_health_name(request.name), not_serving())
+            await self.health.set(collection_health_name(request.name), health_pb2.HealthCheckResponse.NOT_SERVING)
         return pb.DeleteCollectionResponse()
 
     # ----------------------------------------------------------- documents
@@ -152,18 +165,6 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
 
 # --------------------------------------------------------------- mapping helpers
-def serving():
-    from grpc_health.v1 import health_pb2
-
-    return health_pb2.HealthCheckResponse.SERVING
-
-
-def not_serving():
-    from grpc_health.v1 import health_pb2
-
-    return health_pb2.HealthCheckResponse.NOT_SERVING
-
-
 def collection_health_name(name: str) -> str:
     """Per-collection readiness is served under this health service name."""
     return f"searchsvc.v1.Collection/{name}"

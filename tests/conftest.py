@@ -85,11 +85,27 @@ def ids(response: pb.SearchResponse) -> list[str]:
 
 
 class ServerProcess(_ServerProcess):
-    """The server as a child process, with one torch thread (tests run beside each other on 2 cores)."""
+    """The server as a child process, with one torch thread (tests run beside each other on 2 cores).
+    `with ServerProcess(dir) as server:` starts it and stops it (if still running) on the way out."""
 
     def __init__(self, index_dir: Path) -> None:
         super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1"})
+        self._channel: grpc.Channel | None = None
 
-    def stub(self) -> tuple[grpc.Channel, pb_grpc.SearchServiceStub]:
-        ch = grpc.insecure_channel(self.target)
-        return ch, pb_grpc.SearchServiceStub(ch)
+    def stub(self) -> pb_grpc.SearchServiceStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+        return pb_grpc.SearchServiceStub(self._channel)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def stop(self) -> None:
+        self._close_channel()
+        super().stop()
+
+    def kill9(self) -> None:
+        self._close_channel()
+        super().kill9()
