@@ -22,7 +22,9 @@ SYNC_REFRESH = -1  # keyword leg refreshes before each ack: deterministic tests
 def server(tmp_path_factory):
     from searchsvc.server import BackgroundServer
 
-    settings = load_settings(index_dir=tmp_path_factory.mktemp("indexes"), port=0, max_document_bytes=20_000, torch_threads=1)
+    settings = load_settings(
+        index_dir=tmp_path_factory.mktemp("indexes"), port=0, max_document_bytes=20_000, max_message_bytes=2_000_000, torch_threads=1
+    )
     with BackgroundServer(settings) as running:
         yield running
 

@@ -237,3 +237,12 @@ def test_reflection_lists_and_describes_the_service(channel):
         iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="searchsvc.v1.SearchService")])
     )
     assert described.file_descriptor_response.file_descriptor_proto
+
+
+def test_message_size_limit_is_enforced_without_touching_data(stub, collection):
+    index(stub, collection, CORPUS[:1])
+    with pytest.raises(grpc.RpcError) as err:
+        index(stub, collection, [doc("big", "x" * 3_000_000)])
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    got = stub.GetCollection(pb.GetCollectionRequest(name=collection))
+    assert (got.document_count, got.chunk_count) == (1, 1)
