@@ -5,7 +5,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import CORPUS, SYNC_REFRESH, doc, ids, index, search
+from conftest import CORPUS, doc, ids, index, search
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 
