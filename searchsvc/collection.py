@@ -34,7 +34,7 @@ from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex
 from searchsvc.retrieve.keyword import KeywordIndex
 from searchsvc.store.files import fsync_dir, fsync_tree, write_json_atomic, write_text_atomic
 from searchsvc.store.wal import WriteAheadLog
-from searchsvc.types import MAX_DOCUMENT_ID_BYTES, Chunk, CollectionConfig, Document
+from searchsvc.types import MAX_DOCUMENT_ID_BYTES, Chunk, CollectionConfig, Document, indexed_text
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Collection:
         self._document_count = len({n.metadata["document_id"] for n in nodes})
         for node in nodes:
             self.metadata.add(node.node_id, user_metadata(node.metadata))
-        self.keyword.add([n.node_id for n in nodes], [_indexed_text(n) for n in nodes])
+        self.keyword.add([n.node_id for n in nodes], [indexed_text(n.metadata.get("title", ""), n.get_content()) for n in nodes])
 
     def close(self, checkpoint: bool = True) -> None:
         with self._write_lock:
@@ -193,12 +193,11 @@ class Collection:
         }
         with self._write_lock:
             self._check_open()
-            existing = {d.id for d in valid if self.dense.chunk_ids_of(d.id)}
-            self._commit(record)
+            replaced = self._commit(record)
             self._maybe_checkpoint()
         if self.config.refresh_interval_ms < 0:
             self.keyword.refresh()
-        report.indexed, report.replaced, report.chunks = len(valid), len(existing), len(chunks)
+        report.indexed, report.replaced, report.chunks = len(valid), replaced, len(chunks)
         log.debug(
             "%s: batch of %d docs / %d chunks: chunk %.0f ms, embed %.0f ms, commit %.0f ms",
             self.name, len(docs), len(chunks), (chunked - started) * 1000, (embedded - chunked) * 1000,
@@ -217,16 +216,19 @@ class Collection:
             self.keyword.refresh()
         return len(present), len(ids) - len(present)
 
-    def _commit(self, record: dict) -> None:
-        """WAL first (durable), then memory. Called with the write lock held."""
+    def _commit(self, record: dict) -> int:
+        """WAL first (durable), then memory. Called with the write lock held. Returns documents replaced."""
         record["seq"] = self._seq + 1
         self.wal.append(record)
         self._seq = record["seq"]
-        self._apply(record)
+        return self._apply(record)
 
-    def _apply(self, record: dict) -> None:
+    def _apply(self, record: dict) -> int:
+        """Apply one WAL record to the in-memory indexes; returns how many of its documents existed before."""
+        existed = 0
         for doc_id in record["documents"]:
             old = self.dense.get_nodes(self.dense.chunk_ids_of(doc_id))
+            existed += bool(old)
             # Every upserted document has at least one chunk (its text is non-empty).
             self._document_count += (record["op"] == "upsert") - bool(old)
             for node in old:
@@ -234,13 +236,14 @@ class Collection:
             self.keyword.remove([n.node_id for n in old])
             self.dense.remove([n.node_id for n in old])
         if record["op"] != "upsert" or not record["chunks"]:
-            return
+            return existed
         chunks = [Chunk(**c) for c in record["chunks"]]
         vectors = np.frombuffer(base64.b64decode(record["vectors"]), dtype=np.float32).reshape(len(chunks), -1)
         self.dense.add(chunks, vectors)
         self.keyword.add([c.id for c in chunks], [c.indexed_text for c in chunks])
         for c in chunks:
             self.metadata.add(c.id, c.metadata)
+        return existed
 
     def _validate(self, docs: Sequence[Document], report: IndexReport) -> list[Document]:
         last_position = {d.id: i for i, d in enumerate(docs)}
@@ -317,11 +320,6 @@ class Collection:
     @property
     def dimension(self) -> int:
         return self.dense.store._faiss_index.d
-
-
-def _indexed_text(node) -> str:
-    title = node.metadata.get("title", "")
-    return f"{title}\n{node.get_content()}" if title else node.get_content()
 
 
 def validate_config_values(config: CollectionConfig) -> None:

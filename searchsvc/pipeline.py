@@ -10,7 +10,7 @@ from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_rrf
 from searchsvc.models import ModelRegistry
 from searchsvc.rerank import CrossEncoderReranker
-from searchsvc.types import Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult
+from searchsvc.types import Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
 
 
 class _Stopwatch:
@@ -71,7 +71,7 @@ class SearchPipeline:
 
         if reranker is not None and hits:
             with clock.stage("rerank"):
-                scores = reranker.score(p.query, [h.title + "\n" + h.text if h.title else h.text for h in hits])
+                scores = reranker.score(p.query, [indexed_text(h.title, h.text) for h in hits])
                 for hit, score in zip(hits, scores):
                     hit.rerank_score = hit.score = score
                 hits.sort(key=lambda h: (-h.score, h.chunk_id))

@@ -25,6 +25,11 @@ class SearchMode(enum.Enum):
     KEYWORD = "keyword"
 
 
+def indexed_text(title: str, text: str) -> str:
+    """What both legs and the reranker see: the title is part of the evidence."""
+    return f"{title}\n{text}" if title else text
+
+
 @dataclass(frozen=True)
 class CollectionConfig:
     """Fixed at creation: changing any of these needs a re-index."""
@@ -61,8 +66,7 @@ class Chunk:
 
     @property
     def indexed_text(self) -> str:
-        """What both legs see: the title is part of the evidence."""
-        return f"{self.title}\n{self.text}" if self.title else self.text
+        return indexed_text(self.title, self.text)
 
 
 @dataclass(frozen=True)

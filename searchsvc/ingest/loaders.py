@@ -45,16 +45,20 @@ def load_csv(path: Path) -> Iterator[Document]:
 def load_folder(root: Path) -> Iterator[Document]:
     """Every .txt/.md/.rst file below `root`; id = relative path, title = first markdown heading or file stem."""
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        title = path.stem
-        for line in text.splitlines():
-            if line.startswith("# "):
-                title = line[2:].strip()
-                break
-            if line.strip():
-                break
-        rel = path.relative_to(root).as_posix()
-        yield Document(rel, text, title, {"path": rel})
+        yield load_text_file(path, root)
+
+
+def load_text_file(path: Path, root: Path) -> Document:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    title = path.stem
+    for line in text.splitlines():
+        if line.startswith("# "):
+            title = line[2:].strip()
+            break
+        if line.strip():
+            break
+    rel = path.relative_to(root).as_posix()
+    return Document(rel, text, title, {"path": rel})
 
 
 def load_documents(path: Path) -> Iterator[Document]:
@@ -67,9 +71,5 @@ def load_documents(path: Path) -> Iterator[Document]:
     if suffix == ".csv":
         return load_csv(path)
     if suffix in TEXT_SUFFIXES:
-        return load_folder_file(path)
+        return iter([load_text_file(path, path.parent)])
     raise ValueError(f"unsupported input {path}: expected a folder, .jsonl, .csv, .txt or .md")
-
-
-def load_folder_file(path: Path) -> Iterator[Document]:
-    yield from (d for d in load_folder(path.parent) if d.id == path.name)
