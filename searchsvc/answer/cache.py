@@ -1,0 +1,86 @@
+"""Answer cache: an in-memory LRU in front of a SQLite file under the index dir.
+
+Keys include the collection's write sequence, so any write makes its old entries unreachable; they are also
+deleted on the next put for that collection and when the collection is deleted. Rows hold AnswerResult JSON
+(never pickle: the file is data, not code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import unicodedata
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from searchsvc.answer.types import AnswerResult
+
+
+def normalize_query(query: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: "  What is  BM25?" and "what is bm25?" share an entry."""
+    return " ".join(unicodedata.normalize("NFKC", query).casefold().split())
+
+
+def cache_key(collection: str, version: int, query: str, params: dict[str, Any]) -> str:
+    payload = json.dumps(
+        {"c": collection, "v": version, "q": normalize_query(query), "p": params}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class AnswerCache:
+    def __init__(self, path: Path, memory_entries: int = 1024) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.memory_entries = memory_entries
+        self._memory: OrderedDict[str, AnswerResult] = OrderedDict()
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a lost cache row costs one regeneration, not data
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, collection TEXT NOT NULL,"
+            " version INTEGER NOT NULL, result TEXT NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS answers_collection ON answers (collection, version)")
+
+    def get(self, key: str) -> AnswerResult | None:
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
+            row = self._db.execute("SELECT result FROM answers WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            result = AnswerResult.from_json(json.loads(row[0]))
+            self._remember(key, result)
+            return result
+
+    def put(self, key: str, collection: str, version: int, result: AnswerResult) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM answers WHERE collection = ? AND version < ?", (collection, version))
+            self._db.execute(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                (key, collection, version, json.dumps(result.to_json(), ensure_ascii=False)),
+            )
+            self._remember(key, result)
+
+    def drop_collection(self, collection: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM answers WHERE collection = ?", (collection,))
+            # Memory entries are keyed by hash only; clearing all is simple and rare (collection deletes).
+            self._memory.clear()
+
+    def _remember(self, key: str, result: AnswerResult) -> None:
+        if self.memory_entries <= 0:
+            return
+        self._memory[key] = result
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.memory_entries:
+            self._memory.popitem(last=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,367 @@
+"""The answer pipeline: input rails -> retrieve -> (cache) -> untrusted-context scan -> pack -> generate
+(or extract) -> output rails per sentence window and on the whole answer -> citations -> cache.
+
+Synthesis uses our own prompt through LlamaIndex's LLM interface (`AnswerLLM.stream`, a LlamaIndex LLM
+underneath) rather than `get_response_synthesizer`: we need numbered, delimited sources, one LLM call per
+answer (its compact/refine modes may make several), token streaming we can stop mid-answer, and the backend's
+own token counts -- none of which the synthesizers expose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from searchsvc.answer.cache import AnswerCache, cache_key
+from searchsvc.answer.citations import extract_citations, strip_invalid_markers
+from searchsvc.answer.extractive import extractive_answer
+from searchsvc.answer.prompt import PROMPT_VERSION, build_messages, pack_context, refusal_for
+from searchsvc.answer.types import (
+    AnswerEvent,
+    AnswerKind,
+    AnswerResult,
+    ContextEvent,
+    DeltaEvent,
+    DoneEvent,
+    GenerationParams,
+    GeneratorInfo,
+    GuardOutcome,
+    TokenUsage,
+)
+from searchsvc.collection import Collection
+from searchsvc.config import Settings
+from searchsvc.pipeline import SearchPipeline
+from searchsvc.text import complete_prefix
+from searchsvc.types import Hit, SearchParams, indexed_text
+
+log = logging.getLogger(__name__)
+
+
+class LLMProvider:
+    """Loads the configured LLM once, on first use; remembers why it could not (then answers are extractive)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.llm
+        self.models_dir = settings.llm.models_dir or Path(settings.index_dir) / "models"
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._llm = None
+        self._reason = ""
+
+    def get(self):
+        """(AnswerLLM or None, reason it is None)."""
+        with self._lock:
+            if not self._loaded:
+                self._llm, self._reason = self._load()
+                self._loaded = True
+            return self._llm, self._reason
+
+    def _load(self):
+        if self.settings.backend == "none":
+            return None, "no LLM configured (llm.backend = none)"
+        try:
+            from searchsvc.answer.llm import build_llm
+
+            started = time.perf_counter()
+            llm = build_llm(self.settings, self.models_dir)
+            log.info("LLM %s/%s ready in %.1f s", llm.backend, llm.model, time.perf_counter() - started)
+            return llm, ""
+        except Exception as exc:  # LLMUnavailable, or the backend package missing: answer extractively
+            log.warning("LLM unavailable, answers will be extractive: %s", exc)
+            return None, f"LLM unavailable: {exc}"
+
+
+class AnswerStats:
+    def __init__(self) -> None:
+        self.answers_by_kind: Counter[str] = Counter()
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.last_cancel_stop_ms: float | None = None  # cancel -> generation thread stopped
+
+
+class AnswerEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: SearchPipeline,
+        executor: ThreadPoolExecutor,
+        guard=None,
+        llms: LLMProvider | None = None,
+        cache: AnswerCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.executor = executor
+        self.guard = guard
+        self.llms = llms or LLMProvider(settings)
+        self.cache = cache
+        self.stats = AnswerStats()
+        # Generation waits on the network or holds the local model's lock for seconds: its own threads, so
+        # searches never queue behind it.
+        self.generate_executor = ThreadPoolExecutor(4, thread_name_prefix="searchsvc-generate")
+
+    async def _run(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    async def answer(self, collection: Collection, params: SearchParams, gen: GenerationParams) -> AnswerResult:
+        async for event in self.stream(collection, params, gen):
+            if isinstance(event, DoneEvent):
+                return event.result
+        raise AssertionError("answer stream ended without a done event")
+
+    async def stream(self, collection: Collection, params: SearchParams, gen: GenerationParams) -> AsyncIterator[AnswerEvent]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        guard = GuardOutcome()
+
+        if self.guard is not None:
+            verdict = await self.guard.check_input(params.query)
+            guard.input_ms = timings["guard_input"] = verdict.latency_ms
+            guard.merge(verdict.status, verdict.hits)
+            if verdict.status == "BLOCKED":
+                result = AnswerResult(verdict.text, AnswerKind.REFUSED, [], [], guard, TokenUsage(), GeneratorInfo("none"))
+                yield ContextEvent([])
+                yield DoneEvent(self._finish(result, timings, started))
+                return
+
+        llm, reason = (None, "extractive answer requested") if gen.extractive else await self._run(self.llms.get)
+        generator = GeneratorInfo(llm.backend, llm.model) if llm else GeneratorInfo("extractive", "", reason)
+
+        key = cache_key(collection.name, collection.version, params.query, self._key_params(params, gen, generator))
+        if self.cache is not None and not gen.bypass_cache:
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.stats.cache_hits += 1
+                cached.usage.cached = True
+                cached.guard.input_ms = guard.input_ms
+                yield ContextEvent(cached.context)
+                yield DeltaEvent(cached.answer)
+                yield DoneEvent(self._finish(cached, timings, started, count_tokens=False))
+                return
+            self.stats.cache_misses += 1
+
+        t = time.perf_counter()
+        search = await self._run(self.pipeline.search, collection, params)
+        timings["retrieve"] = (time.perf_counter() - t) * 1000
+        hits = self._drop_untrusted(search.hits, guard)
+
+        count_tokens = llm.count_tokens if llm else _estimate_tokens
+        budget = self.settings.answer.context_tokens
+        max_hits = min(params.top_k, self.settings.answer.max_context_hits)
+        packed = await self._run(pack_context, hits, count_tokens, budget, max_hits)
+        yield ContextEvent(packed.hits)
+
+        if not packed.hits:
+            result = AnswerResult(refusal_for(params.query), AnswerKind.NO_CONTEXT, [], [], guard, TokenUsage(), generator)
+            result.search_timings_ms = search.timings_ms
+            yield DoneEvent(self._finish(result, timings, started))
+            return
+
+        # Grounding sees what the model saw, title included.
+        sources = {n: indexed_text(h.title, h.text) for n, h in enumerate(packed.hits, start=1)}
+        usage = TokenUsage()
+        kind = AnswerKind.GENERATED if llm else AnswerKind.EXTRACTIVE
+        if llm is not None:
+            pieces = self._generate(llm, build_messages(params.query, packed), gen, usage, timings)
+        else:
+            pieces = self._extract(params.query, packed.hits, collection, timings)
+
+        released: list[str] = []
+        blocked_text = None
+        buffer = ""
+        output_ms = 0.0
+        try:
+            async for piece in pieces:
+                buffer += piece
+                cut = len(buffer) if piece == "" else complete_prefix(buffer)  # "" marks the end of generation
+                if not cut:
+                    continue
+                window, buffer = buffer[:cut], buffer[cut:]
+                text, blocked_text, ms = await self._check_window(window, sources, guard)
+                output_ms += ms
+                if blocked_text is not None:
+                    break  # closing `pieces` stops generation
+                if text:
+                    released.append(text)
+                    yield DeltaEvent(text)
+        except _GenerationFailed as failure:
+            if released:  # keep what was checked and sent; say what happened
+                generator.fallback_reason = f"generation failed mid-answer: {failure}"
+            else:
+                log.warning("generation failed, answering extractively: %s", failure)
+                generator = GeneratorInfo("extractive", "", f"generation failed: {failure}")
+                kind = AnswerKind.EXTRACTIVE
+                async for piece in self._extract(params.query, packed.hits, collection, timings):
+                    if piece:
+                        text, blocked_text, ms = await self._check_window(piece, sources, guard)
+                        output_ms += ms
+                        if text and blocked_text is None:
+                            released.append(text)
+                            yield DeltaEvent(text)
+        finally:
+            await pieces.aclose()
+
+        answer = blocked_text
+        if answer is None:
+            answer = strip_invalid_markers("".join(released).strip(), len(packed.hits))
+            if self.guard is not None:
+                verdict = await self.guard.check_output(answer, sources, final=True)
+                output_ms += verdict.latency_ms
+                guard.merge(verdict.status, verdict.hits)
+                answer = verdict.text
+                if verdict.status == "BLOCKED":
+                    blocked_text = answer
+        guard.output_ms = timings["guard_output"] = output_ms
+        if blocked_text is not None:
+            kind = AnswerKind.REFUSED
+        citations = [] if kind is AnswerKind.REFUSED else extract_citations(answer, packed.hits)
+        result = AnswerResult(answer, kind, citations, packed.hits, guard, usage, generator)
+        result.search_timings_ms = search.timings_ms
+        result = self._finish(result, timings, started)
+        if self.cache is not None:
+            self.cache.put(key, collection.name, collection.version, result)
+        yield DoneEvent(result)
+
+    # ------------------------------------------------------------------ stages
+    def _drop_untrusted(self, hits: list[Hit], guard: GuardOutcome) -> list[Hit]:
+        """Passages carrying instruction-like text are left out of the prompt (and reported), not obeyed."""
+        if self.guard is None:
+            return hits
+        from searchsvc.guard import scan_untrusted
+
+        kept = []
+        for hit in hits:
+            found = scan_untrusted(indexed_text(hit.title, hit.text))
+            if found:
+                guard.merge("ALLOWED", [_removed(h, hit.chunk_id) for h in found])
+            else:
+                kept.append(hit)
+        return kept
+
+    async def _check_window(self, window: str, sources: dict[int, str], guard: GuardOutcome):
+        """(text to release, refusal text if blocked else None, ms). Leading whitespace is kept for joining."""
+        if self.guard is None:
+            return window, None, 0.0
+        verdict = await self.guard.check_output(window.strip(), sources, final=False)
+        guard.merge(verdict.status, verdict.hits)
+        if verdict.status == "BLOCKED":
+            return "", verdict.text, verdict.latency_ms
+        if not verdict.text.strip():
+            return "", None, verdict.latency_ms
+        lead = window[: len(window) - len(window.lstrip())]
+        return lead + verdict.text.strip(), None, verdict.latency_ms
+
+    async def _generate(self, llm, messages, gen: GenerationParams, usage: TokenUsage, timings: dict[str, float]):
+        """Yield text deltas from a generation thread, then "" at the end. Closing this generator (client
+        cancelled, or output blocked) tells the thread to stop; it stops after at most one more token."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        stop_requested: list[float] = []
+
+        def post(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # loop closed: the server is shutting down
+                stop.set()
+
+        def produce() -> None:
+            generation = None
+            try:
+                generation = llm.stream(messages, max_tokens=gen.max_tokens, temperature=gen.temperature)
+                for delta in generation:
+                    if stop.is_set():
+                        break
+                    post(("delta", delta))
+            except Exception as exc:
+                post(("error", exc))
+            finally:
+                if generation is not None:
+                    generation.close()
+                    usage.prompt_tokens = generation.usage.prompt_tokens
+                    usage.completion_tokens = generation.usage.completion_tokens
+                if stop_requested:
+                    self.stats.last_cancel_stop_ms = (time.perf_counter() - stop_requested[0]) * 1000
+                    log.info("generation stopped %.1f ms after cancel", self.stats.last_cancel_stop_ms)
+                post(("end", None))
+
+        started = time.perf_counter()
+        future = loop.run_in_executor(self.generate_executor, produce)
+        try:
+            while True:
+                what, value = await queue.get()
+                if what == "delta":
+                    timings.setdefault("first_token", (time.perf_counter() - started) * 1000)
+                    yield value
+                elif what == "error":
+                    raise _GenerationFailed(str(value) or type(value).__name__)
+                else:
+                    break
+            timings["generate"] = (time.perf_counter() - started) * 1000
+            yield ""
+        finally:
+            if not future.done():
+                stop_requested.append(time.perf_counter())
+                stop.set()
+
+    async def _extract(self, query: str, hits: list[Hit], collection: Collection, timings: dict[str, float]):
+        started = time.perf_counter()
+        text = await self._run(extractive_answer, query, hits, collection.dense.embed_query, collection.dense.embed_passages)
+        timings["generate"] = (time.perf_counter() - started) * 1000
+        yield text
+        yield ""
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _key_params(self, params: SearchParams, gen: GenerationParams, generator: GeneratorInfo) -> dict:
+        p = asdict(params)
+        p.pop("query")
+        p["mode"] = params.mode.value
+        p.pop("explain")  # explanations don't change the answer
+        return {
+            "search": p,
+            "max_tokens": gen.max_tokens,
+            "temperature": gen.temperature,
+            "generator": [generator.backend, generator.model],
+            "prompt": PROMPT_VERSION,
+            "answer": self.settings.answer.model_dump(),
+            "guard": self.settings.guard.model_dump(mode="json"),
+        }
+
+    def _finish(self, result: AnswerResult, timings: dict[str, float], started: float, count_tokens: bool = True) -> AnswerResult:
+        timings["total"] = (time.perf_counter() - started) * 1000
+        result.timings_ms = dict(timings)
+        self.stats.answers_by_kind[result.kind.value] += 1
+        if count_tokens:
+            self.stats.prompt_tokens += result.usage.prompt_tokens
+            self.stats.completion_tokens += result.usage.completion_tokens
+        return result
+
+    def close(self) -> None:
+        self.generate_executor.shutdown(wait=False, cancel_futures=True)
+        if self.cache is not None:
+            self.cache.close()
+
+
+class _GenerationFailed(Exception):
+    pass
+
+
+def _removed(hit, chunk_id: str):
+    from searchsvc.guard import RailHit
+
+    return RailHit(hit.rail, "removed", f"{chunk_id} left out of the context: {hit.reason}")
+
+
+def _estimate_tokens(text: str) -> int:
+    # Extractive answers never reach a tokenizer; ~3 chars per token is conservative for English and Korean.
+    return len(text) // 3 + 1

@@ -1,0 +1,124 @@
+"""The answer pipeline's pure parts: sentence windows, citations, context packing, the answer cache."""
+
+from __future__ import annotations
+
+from searchsvc.answer.cache import AnswerCache, cache_key
+from searchsvc.answer.citations import extract_citations, strip_invalid_markers
+from searchsvc.answer.prompt import build_messages, pack_context
+from searchsvc.answer.types import AnswerKind, AnswerResult, Citation, GeneratorInfo, GuardOutcome, RailHitInfo, TokenUsage
+from searchsvc.text import complete_prefix, content_tokens, split_sentences
+from searchsvc.types import Hit, ScoredId
+
+
+def hit(chunk_id: str, text: str, title: str = "") -> Hit:
+    return Hit(chunk_id, chunk_id.split("#")[0], text, title, 0.5, {}, dense=ScoredId(chunk_id, 1, 0.8))
+
+
+def test_sentences_keep_markers_and_decimals():
+    text = "Water boils at 99.9 degrees at sea level [1]. It freezes at 0 degrees. [2] 서울은 수도입니다. 끝"
+    assert [text[s:e] for s, e in split_sentences(text)] == [
+        "Water boils at 99.9 degrees at sea level [1].",
+        "It freezes at 0 degrees. [2]",
+        "서울은 수도입니다.",
+        "끝",
+    ]
+
+
+def test_complete_prefix_waits_for_a_boundary():
+    assert complete_prefix("Seoul is the capital") == 0
+    assert complete_prefix("Seoul is the capital [1]") == 0
+    buffer = "Seoul is the capital [1]. It lies on the Han"
+    cut = complete_prefix(buffer)
+    assert buffer[:cut] == "Seoul is the capital [1]."
+
+
+def test_korean_content_tokens_ignore_particles():
+    assert {"은행"} <= content_tokens("은행은") & content_tokens("은행에서")
+    assert "the" not in content_tokens("The bank [1]") and "1" not in content_tokens("The bank [1]")
+
+
+def test_citations_quote_the_supporting_sentence():
+    sources = [
+        hit("seoul#0", "Seoul has ten million people. Seoul is the capital of South Korea. It is old."),
+        hit("paris#0", "Paris is the capital of France."),
+    ]
+    answer = "The capital of South Korea is Seoul [1]. France's capital is Paris [2]."
+    citations = extract_citations(answer, sources)
+    assert [c.marker for c in citations] == ["[1]", "[2]"]
+    assert citations[0].quote == "Seoul is the capital of South Korea."
+    assert sources[0].text[citations[0].quote_start : citations[0].quote_end] == citations[0].quote
+    assert citations[1].document_id == "paris"
+
+
+def test_invalid_markers_are_stripped():
+    assert strip_invalid_markers("A [1]. B [7].", 2) == "A [1]. B ."
+    assert extract_citations("A [3].", [hit("a#0", "x")]) == []
+
+
+def test_pack_context_respects_the_token_budget():
+    hits = [hit(f"d{i}#0", "word " * 200, f"T{i}") for i in range(5)]
+
+    def count(s: str) -> int:
+        return len(s.split())
+
+    packed = pack_context(hits, count, budget_tokens=500, max_hits=5)
+    assert packed.tokens <= 500
+    assert len(packed.hits) == 3  # two whole passages (~204 tokens each) and a truncated third
+    assert packed.passages[2].count("word") < 200 and packed.passages[2].endswith("</source>")
+    assert pack_context(hits, count, budget_tokens=5000, max_hits=2).hits == hits[:2]
+
+
+def test_prompt_numbers_and_delimits_sources_and_follows_korean():
+    packed = pack_context([hit("a#0", "Alpha.", "A"), hit("b#0", "Beta.")], len, 10_000, 5)
+    system, user = build_messages("서울은 어디에 있나요?", packed)
+    assert '<source id="1" title="A">' in user.content and '<source id="2">' in user.content
+    assert "Korean" in system.content and "untrusted" in system.content
+    assert "제공된 문서에서 답을 찾을 수 없습니다." in system.content
+
+
+def _result(answer: str) -> AnswerResult:
+    return AnswerResult(
+        answer,
+        AnswerKind.GENERATED,
+        [Citation(1, "a#0", "a", "q", 0, 1)],
+        [hit("a#0", "Alpha.")],
+        GuardOutcome("MODIFIED", [RailHitInfo("output.pii", "masked", "email")]),
+        TokenUsage(100, 20),
+        GeneratorInfo("llama_cpp", "m"),
+    )
+
+
+def test_cache_round_trips_through_sqlite_and_drops_old_versions(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    key1 = cache_key("c", 1, "What is  BM25?", {"top_k": 5})
+    assert key1 == cache_key("c", 1, "what is bm25?", {"top_k": 5})
+    assert key1 != cache_key("c", 2, "what is bm25?", {"top_k": 5})
+    assert key1 != cache_key("c", 1, "what is bm25?", {"top_k": 6})
+
+    cache = AnswerCache(path, memory_entries=0)  # memory off: every get reads SQLite
+    cache.put(key1, "c", 1, _result("A [1]."))
+    cache.close()
+    reopened = AnswerCache(path)
+    got = reopened.get(key1)
+    assert got == _result("A [1].")
+    key2 = cache_key("c", 2, "q", {})
+    reopened.put(key2, "c", 2, _result("B [1]."))  # a newer version deletes version 1's rows
+    reopened._memory.clear()
+    assert reopened.get(key1) is None and reopened.get(key2).answer == "B [1]."
+    reopened.drop_collection("c")
+    assert reopened.get(key2) is None
+
+
+def test_cache_lru_bound(tmp_path):
+    cache = AnswerCache(tmp_path / "c.sqlite", memory_entries=2)
+    for i in range(3):
+        cache.put(f"k{i}", "c", 1, _result(str(i)))
+    assert list(cache._memory) == ["k1", "k2"]
+    assert cache.get("k0").answer == "0"  # still in SQLite
+
+
+def test_stream_boundary_waits_for_a_trailing_marker():
+    assert complete_prefix("Cats hunt mice. [") == 0
+    assert complete_prefix("Cats hunt mice. [1]") == 0
+    buffer = "Cats hunt mice. [1] Dogs"
+    assert buffer[: complete_prefix(buffer)] == "Cats hunt mice. [1]"
