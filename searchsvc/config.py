@@ -46,7 +46,7 @@ class LLMSettings(BaseModel):
     backend: Literal["llama_cpp", "ollama", "openai_like", "none"] = "llama_cpp"
     # llama_cpp: a known model name (see searchsvc/answer/gguf.py) or a path to a .gguf file.
     # ollama / openai_like: the model name the server knows.
-    model: str = "qwen2.5-coder-0.5b-instruct"
+    model: str = "qwen2.5-coder-1.5b-instruct"
     base_url: str = Field("", description="ollama: http://host:11434; openai_like: http://host:8000/v1.")
     api_key: str = Field("", description="openai_like only; sent as a bearer token.")
     models_dir: Path | None = Field(None, description="Where assembled GGUF files are cached; unset: <index_dir>/models.")

@@ -275,10 +275,13 @@ class AnswerEngine:
             except RuntimeError:  # loop closed: the server is shutting down
                 stop.set()
 
+        running: list = []
+
         def produce() -> None:
             generation = None
             try:
                 generation = llm.stream(messages, max_tokens=gen.max_tokens, temperature=gen.temperature)
+                running.append(generation)
                 for delta in generation:
                     if stop.is_set():
                         break
@@ -313,6 +316,8 @@ class AnswerEngine:
             if not future.done():
                 stop_requested.append(time.perf_counter())
                 stop.set()
+                if running:  # thread-safe: also stops a prompt still being read, not only between tokens
+                    running[0].close()
 
     async def _extract(self, query: str, hits: list[Hit], collection: Collection, timings: dict[str, float]):
         started = time.perf_counter()
