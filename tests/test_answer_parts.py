@@ -64,14 +64,14 @@ def test_pack_context_respects_the_token_budget():
     packed = pack_context(hits, count, budget_tokens=500, max_hits=5)
     assert packed.tokens <= 500
     assert len(packed.hits) == 3  # two whole passages (~204 tokens each) and a truncated third
-    assert packed.passages[2].count("word") < 200 and packed.passages[2].endswith("</source>")
+    assert packed.passages[2].count("word") < 200 and packed.passages[2].startswith("[3] T2: word")
     assert pack_context(hits, count, budget_tokens=5000, max_hits=2).hits == hits[:2]
 
 
-def test_prompt_numbers_and_delimits_sources_and_follows_korean():
+def test_prompt_numbers_sources_and_follows_korean():
     packed = pack_context([hit("a#0", "Alpha.", "A"), hit("b#0", "Beta.")], len, 10_000, 5)
     system, user = build_messages("서울은 어디에 있나요?", packed)
-    assert '<source id="1" title="A">' in user.content and '<source id="2">' in user.content
+    assert "[1] A: Alpha." in user.content and "\n\n[2] Beta." in user.content
     assert "Korean" in system.content and "untrusted" in system.content
     assert "제공된 문서에서 답을 찾을 수 없습니다." in system.content
 

@@ -296,10 +296,14 @@ needs_llama = pytest.mark.skipif(
 )
 
 
+from conftest import MODELS_DIR  # noqa: E402
+
+
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory) -> Iterator[AnswerLLM]:
     try:
-        llm = build_llm(LLMSettings(threads=0, context_window=2048), tmp_path_factory.mktemp("models"))
+        # The 0.5B: this tests the llama.cpp layer, not answer quality; assembled once per checkout (MODELS_DIR).
+        llm = build_llm(LLMSettings(model="qwen2.5-coder-0.5b-instruct", threads=0, context_window=2048), MODELS_DIR)
     except LLMUnavailable as exc:
         pytest.skip(f"0.5B model unavailable: {exc.reason}")
     yield llm

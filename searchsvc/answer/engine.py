@@ -2,7 +2,7 @@
 (or extract) -> output rails per sentence window and on the whole answer -> citations -> cache.
 
 Synthesis uses our own prompt through LlamaIndex's LLM interface (`AnswerLLM.stream`, a LlamaIndex LLM
-underneath) rather than `get_response_synthesizer`: we need numbered, delimited sources, one LLM call per
+underneath) rather than `get_response_synthesizer`: we need numbered sources, one LLM call per
 answer (its compact/refine modes may make several), token streaming we can stop mid-answer, and the backend's
 own token counts -- none of which the synthesizers expose.
 """
