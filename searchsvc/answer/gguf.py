@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from searchsvc.answer.llm import LLMUnavailable
+from searchsvc.store.files import fsync_dir
 
 _CHUNK = 1 << 20
 
@@ -146,7 +147,7 @@ def _assemble(spec: KnownModel, target: Path) -> None:
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is an ordinary readable file
         os.replace(tmp, target)
-        _fsync_dir(target.parent)  # make the rename itself durable
+        fsync_dir(target.parent)  # make the rename itself durable
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -159,10 +160,3 @@ def _sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
