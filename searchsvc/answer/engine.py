@@ -106,6 +106,12 @@ class AnswerEngine:
         self.llms = llms or LLMProvider(settings)
         self.cache = cache
         self.stats = AnswerStats()
+        # The server-wide part of every cache key (prompt, packing and guard settings): fixed for the process.
+        self._server_key = {
+            "prompt": PROMPT_VERSION,
+            "answer": settings.answer.model_dump(),
+            "guard": settings.guard.model_dump(mode="json"),
+        }
         # Generation waits on the network or holds the local model's lock for seconds: its own threads, so
         # searches never queue behind it.
         self.generate_executor = ThreadPoolExecutor(4, thread_name_prefix="searchsvc-generate")
@@ -337,9 +343,7 @@ class AnswerEngine:
             "max_tokens": gen.max_tokens,
             "temperature": gen.temperature,
             "generator": [generator.backend, generator.model],
-            "prompt": PROMPT_VERSION,
-            "answer": self.settings.answer.model_dump(),
-            "guard": self.settings.guard.model_dump(mode="json"),
+            "server": self._server_key,
         }
 
     def _finish(self, result: AnswerResult, timings: dict[str, float], started: float, count_tokens: bool = True) -> AnswerResult:
