@@ -78,6 +78,13 @@ class AnswerSettings(BaseModel):
     max_tokens_limit: int = Field(1024, ge=1)
     default_temperature: float = Field(0.1, ge=0.0, le=2.0)
     cache_entries: int = Field(1024, ge=0, description="In-memory LRU entries in front of the SQLite cache; 0 disables.")
+    attribution_min_overlap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.01,
+        description="A generated sentence with no [n] gets the marker of the source covering at least this share "
+        "of its content tokens (Citation.inferred = true); above 1 disables attribution.",
+    )
 
 
 class Settings(BaseSettings):

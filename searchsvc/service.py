@@ -362,7 +362,7 @@ def answer_result_to_pb(r: AnswerResult, explain: bool) -> pb.AnswerResponse:
         citations=[
             pb.Citation(
                 marker=c.marker, source=c.source, chunk_id=c.chunk_id, document_id=c.document_id,
-                quote=c.quote, quote_start=c.quote_start, quote_end=c.quote_end,
+                quote=c.quote, quote_start=c.quote_start, quote_end=c.quote_end, inferred=c.inferred,
             )
             for c in r.citations
         ],

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from searchsvc.answer.cache import AnswerCache, cache_key
-from searchsvc.answer.citations import extract_citations, strip_invalid_markers
+from searchsvc.answer.citations import attribute_uncited, extract_citations, strip_invalid_markers
 from searchsvc.answer.extractive import extractive_answer
 from searchsvc.answer.prompt import PROMPT_VERSION, build_messages, pack_context, refusal_for
 from searchsvc.answer.types import (
@@ -34,11 +34,13 @@ from searchsvc.answer.types import (
     GenerationParams,
     GeneratorInfo,
     GuardOutcome,
+    RailHitInfo,
     TokenUsage,
 )
 from searchsvc.collection import Collection
 from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
+from searchsvc.text import citations as markers_in
 from searchsvc.text import complete_prefix
 from searchsvc.types import Hit, SearchParams, indexed_text
 
@@ -183,6 +185,8 @@ class AnswerEngine:
             pieces = self._extract(params.query, packed.hits, collection, timings)
 
         released: list[str] = []
+        model_cited: set[int] = set()  # sources the model cited itself
+        inferred: set[int] = set()  # sources the server attributed uncited sentences to
         blocked_text = None
         buffer = ""
         output_ms = 0.0
@@ -193,6 +197,10 @@ class AnswerEngine:
                 if not cut:
                     continue
                 window, buffer = buffer[:cut], buffer[cut:]
+                if kind is AnswerKind.GENERATED:
+                    model_cited.update(markers_in(window))
+                    window, added = attribute_uncited(window, sources, self.settings.answer.attribution_min_overlap)
+                    inferred |= added
                 text, blocked_text, ms = await self._check_window(window, sources, guard)
                 output_ms += ms
                 if blocked_text is not None:
@@ -227,10 +235,15 @@ class AnswerEngine:
                 answer = verdict.text
                 if verdict.status == "BLOCKED":
                     blocked_text = answer
+            if not answer.strip():
+                # Never silence: every sentence was removed as unsupported (or the model said nothing).
+                blocked_text = answer = refusal_for(params.query)
+                if any(h.rail == "output.grounding" for h in guard.hits):
+                    guard.merge("BLOCKED", [RailHitInfo("output.grounding", "blocked", "no supported sentence left")])
         guard.output_ms = timings["guard_output"] = output_ms
         if blocked_text is not None:
             kind = AnswerKind.REFUSED
-        citations = [] if kind is AnswerKind.REFUSED else extract_citations(answer, packed.hits)
+        citations = [] if kind is AnswerKind.REFUSED else extract_citations(answer, packed.hits, inferred - model_cited)
         result = AnswerResult(answer, kind, citations, packed.hits, guard, usage, generator)
         result.search_timings_ms = search.timings_ms
         result = self._finish(result, timings, started)

@@ -32,6 +32,7 @@ class Citation:
     quote: str
     quote_start: int
     quote_end: int
+    inferred: bool = False  # every marker for this source was added by the server, not written by the model
 
     @property
     def marker(self) -> str:

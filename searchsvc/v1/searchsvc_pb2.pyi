@@ -328,7 +328,7 @@ class AnswerRequest(_message.Message):
     def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., extractive: _Optional[bool] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class Citation(_message.Message):
-    __slots__ = ("marker", "source", "chunk_id", "document_id", "quote", "quote_start", "quote_end")
+    __slots__ = ("marker", "source", "chunk_id", "document_id", "quote", "quote_start", "quote_end", "inferred")
     MARKER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,7 @@ class Citation(_message.Message):
     QUOTE_FIELD_NUMBER: _ClassVar[int]
     QUOTE_START_FIELD_NUMBER: _ClassVar[int]
     QUOTE_END_FIELD_NUMBER: _ClassVar[int]
+    INFERRED_FIELD_NUMBER: _ClassVar[int]
     marker: str
     source: int
     chunk_id: str
@@ -343,7 +344,8 @@ class Citation(_message.Message):
     quote: str
     quote_start: int
     quote_end: int
-    def __init__(self, marker: _Optional[str] = ..., source: _Optional[int] = ..., chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., quote: _Optional[str] = ..., quote_start: _Optional[int] = ..., quote_end: _Optional[int] = ...) -> None: ...
+    inferred: bool
+    def __init__(self, marker: _Optional[str] = ..., source: _Optional[int] = ..., chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., quote: _Optional[str] = ..., quote_start: _Optional[int] = ..., quote_end: _Optional[int] = ..., inferred: _Optional[bool] = ...) -> None: ...
 
 class RailHit(_message.Message):
     __slots__ = ("rail", "action", "reason")

@@ -1,0 +1,68 @@
+"""What the server does with what a model writes, end to end through the Answer RPC: a real server on loopback
+whose LLM backend is an OpenAI-compatible server double on loopback, scripted to answer with chosen text
+(no local model needed, so these run everywhere)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CORPUS, SYNC_REFRESH, index
+from fake_llm_servers import FakeOpenAI
+
+from searchsvc.config import load_settings
+from searchsvc.server import BackgroundServer
+from searchsvc.v1 import searchsvc_pb2 as pb
+from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="module")
+def llm_server():
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory, llm_server):
+    import grpc
+
+    settings = load_settings(
+        index_dir=tmp_path_factory.mktemp("indexes"),
+        port=0,
+        torch_threads=1,
+        llm={"backend": "openai_like", "model": "served-model", "base_url": llm_server.url + "/v1", "api_key": "sk-test"},
+    )
+    with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="kb", config=pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH)))
+        index(stub, "kb", CORPUS)
+        yield stub
+
+
+def answer(stub, llm_server, *pieces: str) -> pb.AnswerResponse:
+    llm_server.pieces = pieces
+    search = pb.SearchRequest(collection="kb", query="What is the capital of South Korea?", top_k=2)
+    return stub.Answer(pb.AnswerRequest(search=search, bypass_cache=True), timeout=60)
+
+
+def test_an_uncited_supported_sentence_gets_an_inferred_marker(stub, llm_server):
+    r = answer(stub, llm_server, "Seoul is the capital", " of South Korea", ", on the Han River.")
+    assert r.kind == pb.ANSWER_KIND_GENERATED
+    assert r.answer == "Seoul is the capital of South Korea, on the Han River. [1]"
+    assert r.context[0].document_id == "seoul"
+    [citation] = r.citations
+    assert (citation.marker, citation.document_id, citation.inferred) == ("[1]", "seoul", True)
+    assert citation.quote == "Seoul is the capital of South Korea, on the Han River."
+
+
+def test_a_marker_the_model_wrote_is_not_inferred(stub, llm_server):
+    r = answer(stub, llm_server, "Seoul is the capital of South Korea [1].")
+    assert r.generator.backend == "openai_like"
+    assert [(c.document_id, c.inferred) for c in r.citations] == [("seoul", False)]
+
+
+def test_an_answer_with_no_supported_sentence_is_a_refusal_not_silence(stub, llm_server):
+    r = answer(stub, llm_server, "Bananas are purple", " fruit grown on Mars by robots.")
+    assert r.kind == pb.ANSWER_KIND_REFUSED
+    assert r.answer and "Bananas" not in r.answer
+    assert r.guardrails.status == pb.GUARDRAIL_STATUS_BLOCKED
+    assert ("output.grounding", "blocked") in {(h.rail, h.action) for h in r.guardrails.hits}
+    assert not r.citations
