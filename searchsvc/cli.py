@@ -1,4 +1,4 @@
-"""Command line: `searchsvc serve | index | eval | bench`."""
+"""Command line: `searchsvc serve | index | eval | eval-answers | train-embedder | bench`."""
 
 from __future__ import annotations
 
@@ -66,7 +66,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _settings(args, port=0)
     logging.basicConfig(level=logging.WARNING)
-    run_eval(settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split)
+    run_eval(
+        settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split, holdout=args.holdout,
+        seed=args.seed, embedding_model=args.embedding_model,
+    )
     return 0
 
 
@@ -83,6 +86,24 @@ def cmd_eval_answers(args: argparse.Namespace) -> int:
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return 0
+
+
+def cmd_train_embedder(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from searchsvc.train.data import load_retrieval_data
+    from searchsvc.train.embedder import EmbedderRecipe, train_embedder
+
+    settings = _settings(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
+    recipe = EmbedderRecipe(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives, seed=args.seed)
+    out = args.out or Path(settings.index_dir) / "models"
+    report = train_embedder(data, args.base or settings.default_embedding_model, out, recipe, data_licence=args.data_licence)
+    summary = asdict(report)
+    summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -118,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dir", type=Path, help="default: a temporary directory")
     p.add_argument("--split", default="dev")
     p.add_argument("--limit-queries", type=int)
+    p.add_argument("--holdout", choices=["train", "validation"], help="only this side of train-embedder's query split")
+    p.add_argument("--seed", type=int, default=13, help="the split's seed (as given to train-embedder)")
+    p.add_argument("--embedding-model", default="", help="model id or directory for the eval collection")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("eval-answers", help="citation accuracy, answer similarity, refusals, TTFT on a dataset")
@@ -129,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="override llm.model (e.g. qwen2.5-coder-1.5b-instruct)")
     p.add_argument("--out", help="write every answer and the summary as JSON here")
     p.set_defaults(func=cmd_eval_answers)
+
+    p = sub.add_parser("train-embedder", help="fine-tune the embedder on a dataset's judged queries (train split)")
+    p.add_argument("dataset", help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    p.add_argument("--base", help="model to start from (default: the server's default embedding model)")
+    p.add_argument("--out", type=Path, help="where the versioned model directory goes (default: <index_dir>/models)")
+    p.add_argument("--index-dir", type=Path)
+    p.add_argument("--split", default="dev", help="qrels file whose queries are split into train/validation")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--negatives", type=int, default=1, help="mined hard negatives per pair")
+    p.add_argument("--data-licence", default="", help="recorded in the manifest")
+    p.set_defaults(func=cmd_train_embedder)
 
     p = sub.add_parser("bench", help="ingest ratio vs bare encoder, search latency at scale, peak RSS")
     p.add_argument("--index-dir", type=Path, help="default: a temporary directory")

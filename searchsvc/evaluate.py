@@ -8,6 +8,7 @@ rank of its first chunk.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import tempfile
@@ -56,13 +57,31 @@ def mrr_at_k(ranked: list[str], qrel: dict[str, int], k: int = 10) -> float:
     return next((1 / (i + 1) for i, d in enumerate(ranked[:k]) if qrel.get(d, 0) > 0), 0.0)
 
 
+def paired_bootstrap(before, after, n: int = 10_000, seed: int = 0) -> dict:
+    """Paired bootstrap over queries of mean(after - before): the mean difference, its 95% interval and the
+    share of resamples in which `after` does not beat `before` (a one-sided p-value)."""
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    if diff.size == 0:
+        return {"mean_diff": 0.0, "ci95": [0.0, 0.0], "p_not_better": 1.0}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n, diff.size))].mean(axis=1)
+    return {
+        "mean_diff": float(diff.mean()),
+        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        "p_not_better": float((means <= 0).mean()),
+    }
+
+
 def documents_in_order(response: pb.SearchResponse) -> list[str]:
     return list(dict.fromkeys(h.document_id for h in response.hits))
 
 
-def ensure_indexed(stub, target: str, dataset: Path) -> str:
-    """Index the dataset's corpus.jsonl into `eval-<dataset>` unless an equal-sized collection is there."""
+def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "") -> str:
+    """Index the dataset's corpus.jsonl into `eval-<dataset>[-<model hash>]` unless an equal-sized collection is
+    there. `embedding_model`: a model id or directory (e.g. one written by train-embedder); default: the server's."""
     name = "eval-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.resolve().name)[:40]
+    if embedding_model:
+        name += "-" + hashlib.sha256(embedding_model.encode()).hexdigest()[:8]
     docs = list(load_jsonl(dataset / "corpus.jsonl"))
     existing = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
     if name in existing and existing[name].document_count == len(docs):
@@ -70,7 +89,7 @@ def ensure_indexed(stub, target: str, dataset: Path) -> str:
         return name
     if name in existing:
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
-    stub.CreateCollection(pb.CreateCollectionRequest(name=name))
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(embedding_model=embedding_model)))
     started = time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(target), name, docs)
     elapsed = time.perf_counter() - started
@@ -82,16 +101,31 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
 
-def run_eval(settings: Settings, dataset: Path, *, limit_queries: int | None = None, split: str = "dev", extra_modes=None) -> dict:
+def run_eval(
+    settings: Settings,
+    dataset: Path,
+    *,
+    limit_queries: int | None = None,
+    split: str = "dev",
+    holdout: str = "",
+    seed: int = 13,
+    embedding_model: str = "",
+) -> dict:
+    """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries."""
     qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
     queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
+    if holdout:
+        from searchsvc.train.data import split_queries
+
+        keep = set(getattr(split_queries(list(queries), seed), holdout))
+        queries = {q: t for q, t in queries.items() if q in keep}
     qids = sorted(queries)[:limit_queries] if limit_queries else sorted(queries)
     with tempfile.TemporaryDirectory() as tmp:
         if settings.index_dir == Path("indexes"):  # the default: evaluate in a scratch dir
             settings = settings.model_copy(update={"index_dir": Path(tmp)})
         with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
-            name = ensure_indexed(stub, server.target, dataset)
+            name = ensure_indexed(stub, server.target, dataset, embedding_model)
             results = {}
             for label, mode in MODES.items():
                 rows = {"ndcg@10": [], "recall@100": [], "mrr@10": []}

@@ -30,6 +30,8 @@ _SENTENCE_END = re.compile(
     rf"|(?:(?:니다|[어아여에예해세까네군데지래]요|죠){_CITES}[.!?。]?(?=\s|$))"
     r"|\n+"
 )
+_ENUMERATOR = re.compile(r"(?:\d{1,3}|[A-Za-z]|[ivxIVX]{1,4})[.)]")
+_LETTER = re.compile(r"[^\W\d_]")
 _ABBREVIATIONS = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|prof|fig|approx|inc|ltd|u\.s)\.)$", re.IGNORECASE)
 
 _STOPWORDS = frozenset(
@@ -76,6 +78,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         end = m.end() if m.group(0).strip() else m.start()
         if m.group(0).startswith(".") and _ABBREVIATIONS.search(text[start : m.start() + 1]):
             continue  # "e.g." / "Dr." is not the end of a sentence
+        if _ENUMERATOR.fullmatch(text[start : m.end()].strip()):
+            continue  # "1. " / "a) " opening a list item belongs to the item's sentence
         spans.append((start, end))
         start = m.end()
     spans.append((start, len(text)))
@@ -142,6 +146,11 @@ def complete_prefix(buffer: str) -> int:
         if _NEXT_SENTENCE_STARTED.match(buffer, end) and buffer[next_start] != "[":
             return end
     return 0
+
+
+def has_words(text: str) -> bool:
+    """False for what is left when every sentence of a list was removed ("1.\n\n2.", "- **")."""
+    return _LETTER.search(_NOT_CONTENT.sub(" ", text)) is not None
 
 
 def is_refusal(text: str) -> bool:

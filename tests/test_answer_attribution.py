@@ -66,3 +66,14 @@ def test_an_answer_with_no_supported_sentence_is_a_refusal_not_silence(stub, llm
     assert r.guardrails.status == pb.GUARDRAIL_STATUS_BLOCKED
     assert ("output.grounding", "blocked") in {(h.rail, h.action) for h in r.guardrails.hits}
     assert not r.citations
+
+
+def test_a_list_whose_items_are_all_unsupported_is_a_refusal(stub, llm_server):
+    r = answer(stub, llm_server, "1. Bananas are purple fruit grown on Mars.\n", "2. Robots farm the moons of Jupiter.")
+    assert r.kind == pb.ANSWER_KIND_REFUSED and "1." not in r.answer
+
+
+def test_the_model_saying_the_context_lacks_the_answer_is_unanswered(stub, llm_server):
+    r = answer(stub, llm_server, "I don't know: the provided documents do not contain the answer.")
+    assert r.kind == pb.ANSWER_KIND_UNANSWERED and not r.citations
+    assert r.guardrails.status == pb.GUARDRAIL_STATUS_ALLOWED

@@ -283,6 +283,21 @@ def test_sentence_split() -> None:
         "- item",
     ]
     assert sentences("서울은 수도입니다 [1] 인구는 많아요 그리고 넓다。끝") == ["서울은 수도입니다 [1]", "인구는 많아요", "그리고 넓다。", "끝"]
+    # A list item's enumerator belongs to its sentence ("1." alone would survive grounding as a skeleton).
+    assert sentences("전략:\n1. 배송 구축입니다.\n2. 비용 절감 [1].\nIt costs 3. a) More.") == [
+        "전략:",
+        "1. 배송 구축입니다.",
+        "2. 비용 절감 [1].",
+        "It costs 3.",
+        "a) More.",
+    ]
+
+
+def test_removing_every_list_item_leaves_no_skeleton() -> None:
+    text = "Key points:\n1. Bananas are purple fruit grown on Mars.\n2. Paris is the capital of France [1].\n3. Robots farm the moons of Jupiter."
+    kept, hits = d.check_grounding(text, {1: "Paris is the capital of France."}, 0.5, "remove")
+    assert kept == "Key points:\n\n2. Paris is the capital of France [1]."
+    assert len(hits) == 2
 
 
 # --- configuration, failure, concurrency ----------------------------------------------------------------------

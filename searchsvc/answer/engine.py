@@ -41,7 +41,7 @@ from searchsvc.collection import Collection
 from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.text import citations as markers_in
-from searchsvc.text import complete_prefix
+from searchsvc.text import complete_prefix, has_words, is_refusal
 from searchsvc.types import Hit, SearchParams, indexed_text
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class AnswerEngine:
                 answer = verdict.text
                 if verdict.status == "BLOCKED":
                     blocked_text = answer
-            if not answer.strip():
+            if not has_words(answer):
                 # Never silence: every sentence was removed as unsupported (or the model said nothing).
                 blocked_text = answer = refusal_for(params.query)
                 if any(h.rail == "output.grounding" for h in guard.hits):
@@ -244,6 +244,8 @@ class AnswerEngine:
         if blocked_text is not None:
             kind = AnswerKind.REFUSED
         citations = [] if kind is AnswerKind.REFUSED else extract_citations(answer, packed.hits, inferred - model_cited)
+        if kind is AnswerKind.GENERATED and not citations and is_refusal(answer):
+            kind = AnswerKind.UNANSWERED
         result = AnswerResult(answer, kind, citations, packed.hits, guard, usage, generator)
         result.search_timings_ms = search.timings_ms
         result = self._finish(result, timings, started)

@@ -14,6 +14,7 @@ class AnswerKind(enum.Enum):
     EXTRACTIVE = "extractive"
     NO_CONTEXT = "no_context"
     REFUSED = "refused"
+    UNANSWERED = "unanswered"  # the model said the context lacks the answer
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping
 
-from searchsvc.text import _REFUSAL, citations, content_tokens, is_korean, split_sentences  # noqa: F401
+from searchsvc.text import _REFUSAL, citations, content_tokens, has_words, is_korean, split_sentences  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -311,4 +311,6 @@ def check_grounding(
         pos = e
     out.append(text[pos:])
     kept = re.sub(r"[ \t]+\n", "\n", re.sub(r"[ \t]{2,}", " ", "".join(out)))
+    # A list whose items were removed leaves its skeleton ("2.", "- **"): drop lines with no words.
+    kept = "\n".join(line for line in kept.split("\n") if has_words(line) or not line.strip())
     return re.sub(r"\n{3,}", "\n\n", kept).strip(), hits

@@ -21,6 +21,7 @@ class AnswerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ANSWER_KIND_EXTRACTIVE: _ClassVar[AnswerKind]
     ANSWER_KIND_NO_CONTEXT: _ClassVar[AnswerKind]
     ANSWER_KIND_REFUSED: _ClassVar[AnswerKind]
+    ANSWER_KIND_UNANSWERED: _ClassVar[AnswerKind]
 
 class GuardrailStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +38,7 @@ ANSWER_KIND_GENERATED: AnswerKind
 ANSWER_KIND_EXTRACTIVE: AnswerKind
 ANSWER_KIND_NO_CONTEXT: AnswerKind
 ANSWER_KIND_REFUSED: AnswerKind
+ANSWER_KIND_UNANSWERED: AnswerKind
 GUARDRAIL_STATUS_UNSPECIFIED: GuardrailStatus
 GUARDRAIL_STATUS_ALLOWED: GuardrailStatus
 GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
