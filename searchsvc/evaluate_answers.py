@@ -100,7 +100,7 @@ def _ask(stub, collection: str, q: dict, max_tokens: int) -> dict:
         "cited": sorted(cited),
         "citation_hit": bool(cited & q["gold"]),
         "context_hit": bool({h.document_id for h in r.context} & q["gold"]),
-        "refused": is_refusal(r.answer) or r.kind == pb.ANSWER_KIND_REFUSED,
+        "refused": r.kind in _NO_ANSWER or is_refusal(r.answer),
         "f1": token_f1(r.answer, q["reference"]) if q["reference"] else None,
         "prompt_tokens": r.usage.prompt_tokens,
         "completion_tokens": r.usage.completion_tokens,
@@ -114,10 +114,13 @@ def _ask(stub, collection: str, q: dict, max_tokens: int) -> dict:
     return row
 
 
+_NO_ANSWER = (pb.ANSWER_KIND_REFUSED, pb.ANSWER_KIND_UNANSWERED, pb.ANSWER_KIND_NO_CONTEXT)
+
+
 def summarize(rows: list[dict], off_domain: list[dict]) -> dict:
-    def mean(key: str, subset=None) -> float:
-        values = [r[key] for r in (subset or rows) if r[key] is not None]
-        return float(np.mean(values)) if values else 0.0
+    def mean(key: str, subset=None) -> float | None:
+        values = [r[key] for r in (rows if subset is None else subset) if r[key] is not None]
+        return float(np.mean(values)) if values else None  # None: nothing to measure (no reference answers)
 
     answered = [r for r in rows if not r["refused"]]
     return {
