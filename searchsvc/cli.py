@@ -92,6 +92,7 @@ def cmd_eval_answers(args: argparse.Namespace) -> int:
 def cmd_train_embedder(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from searchsvc.models import DEFAULT_EMBEDDING_MODEL
     from searchsvc.train.data import load_retrieval_data
     from searchsvc.train.embedder import EmbedderRecipe, train_embedder
 
@@ -100,7 +101,8 @@ def cmd_train_embedder(args: argparse.Namespace) -> int:
     data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
     recipe = EmbedderRecipe(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives, seed=args.seed)
     out = args.out or Path(settings.index_dir) / "models"
-    report = train_embedder(data, args.base or settings.default_embedding_model, out, recipe, data_licence=args.data_licence)
+    base = args.base or settings.default_embedding_model or DEFAULT_EMBEDDING_MODEL
+    report = train_embedder(data, base, out, recipe, data_licence=args.data_licence)
     summary = asdict(report)
     summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
     print(json.dumps(summary, indent=2))
