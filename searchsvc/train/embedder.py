@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -135,7 +136,7 @@ def train_embedder(data: RetrievalData, base: str, out_root: Path, recipe: Embed
         num_train_epochs=recipe.epochs,
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate,
-        warmup_ratio=recipe.warmup_ratio,
+        warmup_steps=math.ceil(recipe.warmup_ratio * recipe.epochs * math.ceil(len(rows) / recipe.batch_size)),
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch would be a false in-batch negative
         seed=recipe.seed,
         logging_steps=5,
