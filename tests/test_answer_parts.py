@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from searchsvc.answer.cache import AnswerCache, cache_key
-from searchsvc.answer.citations import attribute_uncited, extract_citations, strip_invalid_markers
+from searchsvc.answer.citations import attribute_uncited, extract_citations, source_token_sets, strip_invalid_markers
 from searchsvc.answer.prompt import build_messages, pack_context
 from searchsvc.answer.types import AnswerKind, AnswerResult, Citation, GeneratorInfo, GuardOutcome, RailHitInfo, TokenUsage
 from searchsvc.text import complete_prefix, content_tokens, split_sentences
@@ -61,12 +61,12 @@ def test_uncited_sentences_get_the_marker_of_the_source_that_supports_them():
         2: "Seoul is the capital of South Korea and its largest city.",
     }
     answer = "보육수당의 비과세 한도가 월 20만원으로 상향되었습니다. Seoul is South Korea's capital [2]. Bananas grow on tall plants."
-    text, added = attribute_uncited(answer, sources, min_overlap=0.5)
+    text, added = attribute_uncited(answer, source_token_sets(sources), min_overlap=0.5)
     assert text == "보육수당의 비과세 한도가 월 20만원으로 상향되었습니다. [1] Seoul is South Korea's capital [2]. Bananas grow on tall plants."
     assert added == {1}  # the model's own [2] is left alone; the unsupported sentence gets nothing
     citations = extract_citations(text, [hit("kr#0", sources[1]), hit("seoul#0", sources[2])], inferred=added)
     assert [(c.marker, c.inferred) for c in citations] == [("[1]", True), ("[2]", False)]
-    assert attribute_uncited(answer, sources, min_overlap=1.01)[1] == set()  # above 1: off
+    assert attribute_uncited(answer, source_token_sets(sources), min_overlap=1.01)[1] == set()  # above 1: off
 
 
 def test_pack_context_respects_the_token_budget():

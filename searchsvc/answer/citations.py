@@ -18,7 +18,12 @@ def strip_invalid_markers(answer: str, n_sources: int) -> str:
     return _MARKER.sub(lambda m: m.group(0) if 1 <= int(m.group(1)) <= n_sources else "", answer)
 
 
-def attribute_uncited(text: str, sources: Mapping[int, str], min_overlap: float) -> tuple[str, set[int]]:
+def source_token_sets(sources: Mapping[int, str]) -> dict[int, set[str]]:
+    """Content tokens of each numbered source, computed once per answer (every streamed window uses them)."""
+    return {n: content_tokens(passage, generous=True) for n, passage in sources.items()}
+
+
+def attribute_uncited(text: str, source_tokens: Mapping[int, set[str]], min_overlap: float) -> tuple[str, set[int]]:
     """Append a marker to each sentence the model left uncited: the source sharing the largest share of the
     sentence's content tokens, if that share reaches `min_overlap`. Returns (text, sources added this way).
 
@@ -26,9 +31,8 @@ def attribute_uncited(text: str, sources: Mapping[int, str], min_overlap: float)
     with no marker can't be checked by the reader. Post-hoc attribution by lexical overlap is the same
     measure the grounding rail uses, so an added marker never points at a source the rail would reject.
     """
-    if not sources:
+    if not source_tokens:
         return text, set()
-    source_tokens = {n: content_tokens(passage, generous=True) for n, passage in sources.items()}
     out, pos, added = [], 0, set()
     for start, end in split_sentences(text):
         sentence = text[start:end]

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from searchsvc.answer.cache import AnswerCache, cache_key
-from searchsvc.answer.citations import attribute_uncited, extract_citations, strip_invalid_markers
+from searchsvc.answer.citations import attribute_uncited, extract_citations, source_token_sets, strip_invalid_markers
 from searchsvc.answer.extractive import extractive_answer
 from searchsvc.answer.prompt import PROMPT_VERSION, build_messages, pack_context, refusal_for
 from searchsvc.answer.types import (
@@ -185,6 +185,7 @@ class AnswerEngine:
             pieces = self._extract(params.query, packed.hits, collection, timings)
 
         released: list[str] = []
+        source_tokens = source_token_sets(sources)
         model_cited: set[int] = set()  # sources the model cited itself
         inferred: set[int] = set()  # sources the server attributed uncited sentences to
         blocked_text = None
@@ -199,7 +200,7 @@ class AnswerEngine:
                 window, buffer = buffer[:cut], buffer[cut:]
                 if kind is AnswerKind.GENERATED:
                     model_cited.update(markers_in(window))
-                    window, added = attribute_uncited(window, sources, self.settings.answer.attribution_min_overlap)
+                    window, added = attribute_uncited(window, source_tokens, self.settings.answer.attribution_min_overlap)
                     inferred |= added
                 text, blocked_text, ms = await self._check_window(window, sources, guard)
                 output_ms += ms

@@ -126,7 +126,7 @@ def train_embedder(data: RetrievalData, base: str, out_root: Path, recipe: Embed
     clock = time.perf_counter()
     rows = mine_negatives(data.pairs(train), query_emb, doc_emb, data, recipe)
     seconds["mine"] = time.perf_counter() - clock
-    log.info("%d training rows (%d pairs)", len(rows), len(data.pairs(train)))
+    log.info("%d training rows", len(rows))
 
     clock = time.perf_counter()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
