@@ -68,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     run_eval(
         settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split, holdout=args.holdout,
-        seed=args.seed, embedding_model=args.embedding_model,
+        seed=args.seed, validation_fraction=args.validation_fraction, embedding_model=args.embedding_model,
     )
     return 0
 
@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-queries", type=int)
     p.add_argument("--holdout", choices=["train", "validation"], help="only this side of train-embedder's query split")
     p.add_argument("--seed", type=int, default=13, help="the split's seed (as given to train-embedder)")
+    p.add_argument("--validation-fraction", type=float, default=0.2, help="as given to train-embedder")
     p.add_argument("--embedding-model", default="", help="model id or directory for the eval collection")
     p.set_defaults(func=cmd_eval)
 

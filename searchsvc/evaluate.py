@@ -109,6 +109,7 @@ def run_eval(
     split: str = "dev",
     holdout: str = "",
     seed: int = 13,
+    validation_fraction: float = 0.2,
     embedding_model: str = "",
 ) -> dict:
     """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries."""
@@ -117,7 +118,7 @@ def run_eval(
     if holdout:
         from searchsvc.train.data import split_queries
 
-        keep = set(getattr(split_queries(list(queries), seed), holdout))
+        keep = set(getattr(split_queries(list(queries), seed, validation_fraction), holdout))
         queries = {q: t for q, t in queries.items() if q in keep}
     qids = sorted(queries)[:limit_queries] if limit_queries else sorted(queries)
     with tempfile.TemporaryDirectory() as tmp:
