@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 from searchsvc.collection import Collection, validate_config_values
 from searchsvc.config import Settings
-from searchsvc.errors import AlreadyExists, InvalidArgument, NotFound
+from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from searchsvc.models import ModelRegistry
-from searchsvc.store.files import remove_tree_atomic
+from searchsvc.retrieve.dense import DenseIndex
+from searchsvc.store.files import fsync_dir, remove_tree_atomic
 from searchsvc.types import CollectionConfig, validate_collection_name
 
 log = logging.getLogger(__name__)
@@ -23,6 +27,7 @@ class Catalog:
         self.models = models
         self.root = Path(settings.index_dir)
         self._collections: dict[str, Collection] = {}
+        self._reembedding: set[str] = set()
         self._lock = threading.Lock()
 
     def with_defaults(self, config: CollectionConfig) -> CollectionConfig:
@@ -51,6 +56,7 @@ class Catalog:
     def open_all(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        self._recover_reembeds()
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and not path.name.startswith(".") and (path / "collection.json").exists():
                 self._collections[path.name] = self._open(path)
@@ -97,6 +103,76 @@ class Catalog:
             collection.close(checkpoint=False)
             remove_tree_atomic(collection.path)
             log.info("deleted collection %s", name)
+
+    # ------------------------------------------------------------------ re-embed
+    def reembed(self, name: str, embedding_model: str) -> Collection:
+        """Re-embed every chunk of `name` with `embedding_model` into a new collection version that replaces the
+        old one atomically. Searches keep using the old version throughout; writes keep going while the bulk of
+        the chunks is embedded and wait only while the late ones are embedded and the new version is written.
+
+        On disk: `.reembed-<name>/` is built beside the live directory and is complete once its CURRENT exists;
+        the swap is two renames (live -> `.old-<name>`, staging -> live). `_recover_reembeds` finishes or rolls
+        back a swap a crash interrupted, so a restart always finds exactly one complete version.
+        """
+        if not embedding_model:
+            raise InvalidArgument("embedding_model", "must not be empty")
+        coll = self.get(name)
+        if embedding_model == coll.config.embedding_model:
+            raise InvalidArgument("embedding_model", f"is already the model of collection {name!r}")
+        try:
+            embedder, dimension = self.models.embedder(embedding_model), self.models.dimension(embedding_model)
+        except Exception as exc:
+            raise InvalidArgument("embedding_model", f"cannot load {embedding_model!r}: {exc}") from exc
+        with self._lock:
+            if name in self._reembedding:
+                raise FailedPrecondition(f"collection {name!r} is already being re-embedded")
+            self._reembedding.add(name)
+        staging, old = self.root / f".reembed-{name}", self.root / f".old-{name}"
+        try:
+            started = time.perf_counter()
+            shutil.rmtree(staging, ignore_errors=True)
+            dense = DenseIndex.create(embedder, dimension)
+            _, chunks = coll.chunks()
+            done = {}
+            batch = 256  # bounded memory per step; the embedder batches inside
+            ordered = list(chunks.values())
+            for i in range(0, len(ordered), batch):
+                part = ordered[i : i + batch]
+                vectors = dense.embed_passages([c.indexed_text for c in part])
+                done.update({c.id: (c.indexed_text, v) for c, v in zip(part, vectors)})
+            config = dataclasses.replace(coll.config, embedding_model=embedding_model)
+            # Lock order as in delete/close: the catalog's, then the collection's write lock.
+            with self._lock, coll.write_reembedded(staging, config, dense, done):
+                os.replace(coll.path, old)
+                os.replace(staging, coll.path)
+                fsync_dir(self.root)
+                coll.retire("was replaced by a re-embed with a new model")
+                self._collections[name] = self._open(coll.path)
+            shutil.rmtree(old, ignore_errors=True)
+            log.info("re-embedded collection %s with %s: %d chunks in %.1f s", name, embedding_model, len(done), time.perf_counter() - started)
+            return self._collections[name]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with self._lock:
+                self._reembedding.discard(name)
+
+    def _recover_reembeds(self) -> None:
+        """Finish a re-embed swap a crash interrupted (staging complete, live moved away) or discard it."""
+        for staging in sorted(self.root.glob(".reembed-*")):
+            live = self.root / staging.name.removeprefix(".reembed-")
+            if not live.exists() and (staging / "CURRENT").exists():
+                os.replace(staging, live)
+                log.warning("finished the interrupted re-embed of %s", live.name)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+        for old in sorted(self.root.glob(".old-*")):
+            live = self.root / old.name.removeprefix(".old-")
+            if live.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, live)
+                log.warning("rolled back the interrupted re-embed of %s", live.name)
+        fsync_dir(self.root)
 
     def close(self) -> None:
         with self._lock:

@@ -99,10 +99,38 @@ def cmd_train_embedder(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
-    recipe = EmbedderRecipe(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives, seed=args.seed)
+    recipe = EmbedderRecipe(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives, seed=args.seed,
+        use_qrels=not args.no_qrels, pseudo_queries=args.pseudo_queries or "",
+    )
     out = args.out or Path(settings.index_dir) / "models"
     base = args.base or settings.default_embedding_model or DEFAULT_EMBEDDING_MODEL
     report = train_embedder(data, base, out, recipe, data_licence=args.data_licence)
+    summary = asdict(report)
+    summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_train_reranker(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from searchsvc.models import DEFAULT_EMBEDDING_MODEL
+    from searchsvc.train.data import load_retrieval_data
+    from searchsvc.train.reranker import RerankerRecipe, train_reranker
+
+    settings = _settings(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
+    recipe = RerankerRecipe(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives,
+        candidates=args.candidates, max_length=args.max_length, teacher_dense_weight=args.teacher_dense_weight,
+        use_qrels=not args.no_qrels, pseudo_queries=args.pseudo_queries or "", max_pseudo_queries=args.max_pseudo_queries,
+        seed=args.seed,
+    )
+    out = args.out or Path(settings.index_dir) / "models"
+    base = args.base or settings.default_embedding_model or DEFAULT_EMBEDDING_MODEL
+    report = train_reranker(data, base, out, recipe, data_licence=args.data_licence)
     summary = asdict(report)
     summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
     print(json.dumps(summary, indent=2))
@@ -169,8 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--negatives", type=int, default=1, help="mined hard negatives per pair")
+    p.add_argument("--pseudo-queries", choices=["title", "ict"], help="add label-free pairs made from the corpus")
+    p.add_argument("--no-qrels", action="store_true", help="label-free: train on pseudo-queries only (the qrels still measure)")
     p.add_argument("--data-licence", default="", help="recorded in the manifest")
     p.set_defaults(func=cmd_train_embedder)
+
+    p = sub.add_parser("train-reranker", help="distil a cross-encoder from the collection's bi-encoder + BM25 ranking")
+    p.add_argument("dataset", help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    p.add_argument("--base", help="bi-encoder: the teacher's dense leg and the student's initial weights (e.g. a train-embedder output)")
+    p.add_argument("--out", type=Path, help="where the versioned model directory goes (default: <index_dir>/models)")
+    p.add_argument("--index-dir", type=Path)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--validation-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8, help="rows of 1 positive + negatives")
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--negatives", type=int, default=3, help="teacher candidates per row besides the positive")
+    p.add_argument("--candidates", type=int, default=20, help="teacher top-k: negatives' pool and the validation input")
+    p.add_argument("--max-length", type=int, default=192, help="query + passage tokens")
+    p.add_argument("--teacher-dense-weight", type=float, default=0.6)
+    p.add_argument("--pseudo-queries", choices=["title", "ict"], help="add label-free queries made from the corpus")
+    p.add_argument("--max-pseudo-queries", type=int, default=2000)
+    p.add_argument("--no-qrels", action="store_true", help="label-free: pseudo-queries only (the qrels still measure)")
+    p.add_argument("--data-licence", default="", help="recorded in the manifest")
+    p.set_defaults(func=cmd_train_reranker)
 
     p = sub.add_parser("bench", help="ingest ratio vs bare encoder, search latency at scale, peak RSS")
     p.add_argument("--index-dir", type=Path, help="default: a temporary directory")

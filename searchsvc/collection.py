@@ -27,10 +27,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from searchsvc.errors import FailedPrecondition, InvalidArgument
+from searchsvc.errors import FailedPrecondition, InvalidArgument, Unavailable
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
-from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex
+from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, node_to_chunk
 from searchsvc.retrieve.keyword import KeywordIndex
 from searchsvc.store.files import fsync_dir, fsync_tree, write_json_atomic, write_text_atomic
 from searchsvc.store.wal import WriteAheadLog
@@ -112,6 +112,7 @@ class Collection:
         self._document_count = 0
         self._write_lock = threading.Lock()
         self.closed = False
+        self.closed_reason = ""
 
     # ------------------------------------------------------------------ lifecycle
     @staticmethod
@@ -168,13 +169,36 @@ class Collection:
 
     def close(self, checkpoint: bool = True) -> None:
         with self._write_lock:
-            if self.closed:
-                return
-            self.closed = True
-            self.keyword.stop_refresher()
-            if checkpoint and self.wal.size() > 0:
-                self._checkpoint_locked()
-            self.wal.close()
+            self._close_locked(checkpoint)
+
+    def _close_locked(self, checkpoint: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.keyword.stop_refresher()
+        if checkpoint and self.wal.size() > 0:
+            self._checkpoint_locked()
+        self.wal.close()
+
+    # ------------------------------------------------------------------ re-embed
+    def chunks(self) -> tuple[int, dict[str, Chunk]]:
+        """(sequence number, every live chunk by id), read consistently."""
+        with self._write_lock:
+            self._check_open()
+            return self._seq, {n.node_id: node_to_chunk(n) for n in self.dense.docstore.docs.values()}
+
+    def write_reembedded(self, target: Path, config: CollectionConfig, dense: DenseIndex, done: dict[str, tuple[str, np.ndarray]]):
+        """Hold the write lock and yield once `target` holds this collection's chunks re-embedded into `dense`
+        (`config`'s model): a complete collection directory (config, snapshot, CURRENT written last) whose
+        version is one past this one's, so cached answers keyed on the version never match it. `done`: chunk id ->
+        (indexed text, vector) computed outside the lock; chunks written since are embedded here. Writers wait until
+        the caller's swap is over, then find this collection closed."""
+        return _ReembedWriter(self, target, config, dense, done)
+
+    def retire(self, reason: str) -> None:
+        """Close without a checkpoint (the caller holds the write lock): later writes get UNAVAILABLE."""
+        self.closed_reason = reason
+        self._close_locked(checkpoint=False)
 
     # ------------------------------------------------------------------ writes
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
@@ -274,6 +298,8 @@ class Collection:
         return self.dense.embed_passages(texts)
 
     def _check_open(self) -> None:
+        if self.closed and self.closed_reason:
+            raise Unavailable(f"collection {self.name!r} {self.closed_reason}; retry")
         if self.closed:
             raise FailedPrecondition(f"collection {self.name!r} was deleted or the server is stopping")
 
@@ -325,6 +351,41 @@ class Collection:
     @property
     def dimension(self) -> int:
         return self.dense.store._faiss_index.d
+
+
+class _ReembedWriter:
+    """Context manager behind Collection.write_reembedded."""
+
+    def __init__(self, coll: Collection, target: Path, config: CollectionConfig, dense: DenseIndex, done: dict):
+        self.coll, self.target, self.config, self.dense, self.done = coll, target, config, dense, done
+
+    def __enter__(self) -> Collection:
+        coll = self.coll
+        coll._write_lock.acquire()
+        try:
+            coll._check_open()
+            chunks = [node_to_chunk(n) for n in coll.dense.docstore.docs.values()]
+            # Chunks written (or rewritten with new text under the same id) since the vectors were computed.
+            late = [c for c in chunks if self.done.get(c.id, ("", None))[0] != c.indexed_text]
+            if late:
+                vectors = self.dense.embed_passages([c.indexed_text for c in late])
+                self.done.update({c.id: (c.indexed_text, v) for c, v in zip(late, vectors)})
+            if chunks:
+                self.dense.add(chunks, np.stack([self.done[c.id][1] for c in chunks]))
+            Collection.write_config(self.target, self.config)
+            seq = coll._seq + 1
+            name = f"snap-{seq:012d}"
+            self.dense.persist(self.target / name)
+            write_json_atomic(self.target / name / "state.json", {"seq": seq})
+            fsync_tree(self.target)
+            write_text_atomic(self.target / "CURRENT", name)  # last: a staging dir with CURRENT is complete
+        except BaseException:
+            coll._write_lock.release()
+            raise
+        return coll
+
+    def __exit__(self, *exc) -> None:
+        self.coll._write_lock.release()
 
 
 def validate_config_values(config: CollectionConfig) -> None:

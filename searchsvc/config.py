@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     default_candidates: int = Field(50, ge=1, le=1000)
     default_rrf_k: float = Field(60.0, ge=0)
     default_rerank_candidates: int = Field(50, ge=1, le=200)
+    # Rerank cost: pairs are truncated to this many tokens; int8 quantizes the cross-encoder's Linear layers.
+    rerank_max_length: int = Field(256, ge=16, le=512)
+    rerank_int8: bool = False
 
     # Limits: requests beyond these are rejected with a precise status rather than slowing everyone down.
     max_document_bytes: int = Field(1_000_000, ge=1)

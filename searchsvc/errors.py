@@ -34,3 +34,7 @@ class ResourceExhausted(SearchsvcError):
 
 class FailedPrecondition(SearchsvcError):
     pass
+
+
+class Unavailable(SearchsvcError):
+    """Transient: the caller should retry (e.g. a write that raced a collection's re-embed swap)."""

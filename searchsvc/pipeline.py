@@ -70,18 +70,25 @@ class SearchPipeline:
             hits = self._hits(coll, ranked[:window], dense, keyword, p.mode)
 
         if reranker is not None and hits:
-            with clock.stage("rerank"):
-                scores = reranker.score(p.query, [indexed_text(h.title, h.text) for h in hits])
-                for hit, score in zip(hits, scores):
-                    hit.rerank_score = hit.score = score
-                hits.sort(key=lambda h: (-h.score, h.chunk_id))
-                rerank = RerankOutcome(applied=True, model=reranker.name)
+            texts = [indexed_text(h.title, h.text) for h in hits]
+            rerank.skipped_reason = reranker.unreadable(p.query, texts)
+            if rerank.skipped_reason:
+                reranker = None
+            else:
+                with clock.stage("rerank"):
+                    scores = reranker.score(p.query, texts)
+                    for hit, score in zip(hits, scores):
+                        hit.rerank_score = hit.score = score
+                    hits.sort(key=lambda h: (-h.score, h.chunk_id))
+                    rerank = RerankOutcome(applied=True, model=reranker.name)
         hits = hits[: p.top_k]
 
         dropped = 0
         if p.similarity_cutoff is not None:
             with clock.stage("cutoff"):
                 if reranker is None:
+                    if query_vector is None:  # a keyword search whose rerank was skipped
+                        query_vector = coll.dense.embed_query(p.query)
                     missing = [h.chunk_id for h in hits if h.similarity is None]
                     cosines = coll.dense.similarities(query_vector, missing)
                     for h in hits:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -56,7 +57,10 @@ async def serve(
     threads = configure_threads(settings)
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(settings.search_workers, thread_name_prefix="searchsvc")
-    models = ModelRegistry(settings.default_embedding_model, settings.embed_batch_size)
+    models = ModelRegistry(
+        settings.default_embedding_model, settings.embed_batch_size, settings.rerank_max_length, settings.rerank_int8,
+        models_dir=Path(settings.index_dir) / "models",
+    )
     catalog = Catalog(settings, models)
     # Load the default embedder up front so the first request doesn't pay for it.
     await loop.run_in_executor(executor, models.embedder, models.default_embedding_model)

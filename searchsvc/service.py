@@ -33,6 +33,7 @@ _CODES = {
     errors.AlreadyExists: code_pb2.ALREADY_EXISTS,
     errors.ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: code_pb2.FAILED_PRECONDITION,
+    errors.Unavailable: code_pb2.UNAVAILABLE,
 }
 _MODES = {
     pb.SEARCH_MODE_UNSPECIFIED: SearchMode.HYBRID,
@@ -110,6 +111,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         # batches at once, each with a full set of torch threads, oversubscribing the cores; and one thread
         # keeps one OpenMP team warm. Searches keep their own pool, so they never queue behind a batch.
         self.ingest_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-ingest")
+        self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-admin")  # re-embeds
         self.health = health
 
     async def _run(self, fn, *args, executor: ThreadPoolExecutor | None = None):
@@ -144,6 +146,14 @@ class SearchService(pb_grpc.SearchServiceServicer):
         if self.health:
             await self.health.set(collection_health_name(request.name), health_pb2.HealthCheckResponse.NOT_SERVING)
         return pb.DeleteCollectionResponse()
+
+    @_maps_errors
+    async def ReembedCollection(self, request: pb.ReembedCollectionRequest, context) -> pb.Collection:
+        # On its own thread: neither the search pool's threads nor the ingest thread (writes go on meanwhile).
+        collection = await self._run(self.catalog.reembed, request.name, request.embedding_model, executor=self.admin_executor)
+        if self.answers is not None and self.answers.cache is not None:
+            self.answers.cache.drop_collection(request.name)
+        return collection_to_pb(collection)
 
     # ----------------------------------------------------------- documents
     @_maps_errors

@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 import grpc
+import numpy as np
 import pytest
 
-from conftest import CORPUS, SYNC_REFRESH, index, search
+from conftest import CORPUS, SYNC_REFRESH, doc, index, search
 from searchsvc.models import packaged_minilm_path
 from searchsvc.v1 import searchsvc_pb2 as pb
 
@@ -14,12 +15,67 @@ from searchsvc.v1 import searchsvc_pb2 as pb
 @pytest.fixture(scope="module")
 def plumbing_cross_encoder(tmp_path_factory):
     """A CrossEncoder on MiniLM with an UNTRAINED head: its scores are arbitrary but fixed once saved.
-    Only good for checking that the stage orders, reports and cuts by the model's scores. Never a default."""
+    Only good for checking that the stage orders, reports and cuts by the model's scores. Never a default.
+    Saved with an identity activation, so it predicts raw logits: the stage must still give sigmoid scores."""
+    import torch
     from sentence_transformers import CrossEncoder
 
     path = tmp_path_factory.mktemp("cross-encoder")
-    CrossEncoder(packaged_minilm_path(), num_labels=1, device="cpu").save(str(path))
+    CrossEncoder(packaged_minilm_path(), num_labels=1, device="cpu", activation_fn=torch.nn.Identity()).save(str(path))
     return str(path)
+
+
+def test_scores_are_the_sigmoid_of_the_logit_whatever_the_saved_activation(plumbing_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    from searchsvc.models import ModelRegistry
+    from searchsvc.rerank import CrossEncoderReranker
+
+    pairs = [("capital city", d.text) for d in CORPUS]
+    logits = CrossEncoder(plumbing_cross_encoder, device="cpu").predict(pairs)
+    assert logits.min() < 0 or logits.max() > 1, "the fixture must predict raw logits"
+    reranker = CrossEncoderReranker(ModelRegistry().cross_encoder(plumbing_cross_encoder), "plumbing")
+    scores = reranker.score("capital city", [t for _, t in pairs])
+    assert scores == pytest.approx((1 / (1 + np.exp(-logits))).tolist(), abs=1e-5)
+
+
+def test_int8_fast_path_keeps_the_order(plumbing_cross_encoder):
+    from scipy.stats import spearmanr
+
+    from searchsvc.models import ModelRegistry
+    from searchsvc.rerank import CrossEncoderReranker
+
+    texts = [f"{d.title}\n{d.text}" for d in CORPUS]
+    fp32 = CrossEncoderReranker(ModelRegistry().cross_encoder(plumbing_cross_encoder), "fp32")
+    int8 = CrossEncoderReranker(ModelRegistry(rerank_int8=True).cross_encoder(plumbing_cross_encoder), "int8")
+    assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in int8.model.modules())
+    a, b = fp32.score("capital city", texts), int8.score("capital city", texts)
+    assert all(0 <= s <= 1 for s in b) and spearmanr(a, b).statistic > 0.7, (a, b)
+
+
+KOREAN = [
+    doc("bank", "은행에서 대출을 받으려면 신분증과 소득 증빙 서류가 필요합니다.", "은행 대출"),
+    doc("seoul-ko", "서울은 대한민국의 수도이며 한강이 도시를 가로지릅니다.", "서울"),
+    doc("kimchi", "김치는 배추와 고춧가루로 만드는 한국의 전통 발효 음식입니다.", "김치"),
+]
+
+
+def test_a_reranker_without_korean_vocabulary_is_skipped_and_says_so(stub, plumbing_cross_encoder):
+    name = "rerank-korean"
+    stub.CreateCollection(pb.CreateCollectionRequest(
+        name=name, config=pb.CollectionConfig(reranker_model=plumbing_cross_encoder, refresh_interval_ms=SYNC_REFRESH)))
+    try:
+        index(stub, name, KOREAN + CORPUS[:1])
+        rerank = pb.RerankOptions(enabled=True, candidates=4)
+        for query in ("대한민국의 수도는 어디인가요", "capital of Korea"):  # a Korean query; an English one over Korean text
+            r = search(stub, name, query, top_k=4, rerank=rerank)
+            plain = search(stub, name, query, top_k=4)
+            assert not r.rerank.applied and "Korean" in r.rerank.skipped_reason, query
+            assert [h.chunk_id for h in r.hits] == [h.chunk_id for h in plain.hits]
+        english = search(stub, name, "cats that purr", top_k=1, rerank=pb.RerankOptions(enabled=True, candidates=1))
+        assert english.rerank.applied
+    finally:
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
 
 
 def test_rerank_orders_by_cross_encoder_scores_and_cutoff_uses_them(stub, plumbing_cross_encoder):

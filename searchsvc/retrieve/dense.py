@@ -196,3 +196,18 @@ def _to_node(chunk: Chunk, embedding: list[float]) -> TextNode:
         excluded_embed_metadata_keys=list(metadata),
         excluded_llm_metadata_keys=list(metadata),
     )
+
+
+def node_to_chunk(node: BaseNode) -> Chunk:
+    """The inverse of _to_node: what a re-embed needs to rebuild a collection from its docstore."""
+    m = node.metadata
+    return Chunk(
+        id=node.node_id,
+        document_id=m["document_id"],
+        index=int(m["chunk_index"]),
+        text=node.get_content(),
+        title=m.get("title", ""),
+        metadata={k: v for k, v in m.items() if k not in RESERVED_METADATA},
+        start_char=int(m["start_char"]),
+        end_char=int(m["end_char"]),
+    )

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from searchsvc.evaluate import ndcg_at_k, paired_bootstrap
-from searchsvc.models import resolve_model_path
+from searchsvc.models import TRAINED_MANIFEST, resolve_model_path
 from searchsvc.train.data import RetrievalData
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "searchsvc-manifest.json"
+MANIFEST = TRAINED_MANIFEST
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class EmbedderRecipe:
     relative_margin: float = 0.05
     max_seq_length: int = 256
     seed: int = 13
+    use_qrels: bool = True  # (train query, judged passage) pairs
+    pseudo_queries: str = ""  # "title" / "ict": add label-free pairs made from the corpus (see RetrievalData.pseudo_pairs)
 
 
 @dataclass
@@ -80,15 +82,18 @@ def mine_negatives(
     doc_emb: np.ndarray,
     data: RetrievalData,
     recipe: EmbedderRecipe,
+    positives: dict[str, set[str]] | None = None,
 ) -> list[dict[str, str]]:
     """(anchor, positive, negative_1..n) rows. A pair with too few safe candidates is topped up with random
-    unjudged documents (every row needs the same columns; an easy negative still teaches something)."""
+    unjudged documents (every row needs the same columns; an easy negative still teaches something).
+    `positives`: document ids never to use as a negative, per query id (default: the query's judged ones)."""
     index_of = {d: i for i, d in enumerate(data.doc_ids)}
     rng = np.random.default_rng(recipe.seed)
     rows = []
     for qid, query, positive in pairs:
         scores = doc_emb @ query_emb[qid]
-        judged = {index_of[d] for d, g in data.qrels[qid].items() if d in index_of and g > 0}
+        relevant = positives[qid] if positives is not None else {d for d, g in data.qrels[qid].items() if g > 0}
+        judged = {index_of[d] for d in relevant if d in index_of}
         positive_score = max(scores[i] for i in judged)
         ceiling = positive_score - recipe.relative_margin * abs(positive_score)
         order = np.argsort(-scores)[recipe.mine_from_rank : recipe.mine_to_rank]
@@ -124,7 +129,17 @@ def train_embedder(data: RetrievalData, base: str, out_root: Path, recipe: Embed
     log.info("validation nDCG@10 before: %.4f", np.mean(before))
 
     clock = time.perf_counter()
-    rows = mine_negatives(data.pairs(train), query_emb, doc_emb, data, recipe)
+    pairs = data.pairs(train) if recipe.use_qrels else []
+    positives = {qid: {d for d, g in data.qrels[qid].items() if g > 0} for qid, _, _ in pairs}
+    if recipe.pseudo_queries:
+        # Pseudo-query ids are "doc:<id>" so they never collide with query ids; their one positive is the document.
+        pseudo = [("doc:" + d, q, p) for d, q, p in data.pseudo_pairs(recipe.pseudo_queries, recipe.seed)]
+        query_emb.update(zip((qid for qid, _, _ in pseudo), encode(model, [q for _, q, _ in pseudo])))
+        positives.update({qid: {qid[4:]} for qid, _, _ in pseudo})
+        pairs += pseudo
+    if not pairs:
+        raise ValueError("no training pairs: use the qrels, pseudo-queries, or both")
+    rows = mine_negatives(pairs, query_emb, doc_emb, data, recipe, positives)
     seconds["mine"] = time.perf_counter() - clock
     log.info("%d training rows", len(rows))
 
@@ -186,6 +201,8 @@ def train_embedder(data: RetrievalData, base: str, out_root: Path, recipe: Embed
             "split": {"seed": data.split.seed, "train_queries": len(train), "validation_queries": val},
         },
         "recipe": {"loss": "MultipleNegativesRankingLoss", **asdict(recipe)},
+        "labels": ("qrels train split" if recipe.use_qrels else "none (label-free)")
+        + (f" + pseudo-queries ({recipe.pseudo_queries})" if recipe.pseudo_queries else ""),
         "metrics": {k: v for k, v in asdict(report).items() if k not in ("recipe", "model_dir", "base_model")},
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }

@@ -60,6 +60,14 @@ class CollectionConfig(_message.Message):
     refresh_interval_ms: int
     def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ...) -> None: ...
 
+class ReembedCollectionRequest(_message.Message):
+    __slots__ = ("name", "embedding_model")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    embedding_model: str
+    def __init__(self, name: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
+
 class Collection(_message.Message):
     __slots__ = ("name", "config", "document_count", "chunk_count", "dimension")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,11 @@ class SearchServiceStub:
                 request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteCollectionResponse.FromString,
                 _registered_method=True)
+        self.ReembedCollection = channel.unary_unary(
+                '/searchsvc.v1.SearchService/ReembedCollection',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ReembedCollectionRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
+                _registered_method=True)
         self.BulkIndex = channel.stream_stream(
                 '/searchsvc.v1.SearchService/BulkIndex',
                 request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.BulkIndexRequest.SerializeToString,
@@ -114,6 +119,19 @@ class SearchServiceServicer:
 
     def DeleteCollection(self, request, context):
         """Deletes a collection and all its stored data. NOT_FOUND if it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReembedCollection(self, request, context):
+        """Re-embeds every chunk with another embedding model (e.g. one `searchsvc train-embedder` wrote) into a new
+        collection version that replaces the old one atomically, and returns the collection with its new config.
+        Searches use the old version until the swap. Writes go on, pausing only at the end while chunks written
+        meanwhile are embedded and the new version is stored; a write caught by the swap fails with UNAVAILABLE
+        and can be retried. Takes minutes for large collections: set a long deadline (the work finishes server
+        side even if the caller stops waiting). INVALID_ARGUMENT for an empty, unloadable or unchanged model;
+        NOT_FOUND; FAILED_PRECONDITION while another re-embed of the collection runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +211,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.DeleteCollection,
                     request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteCollectionRequest.FromString,
                     response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'ReembedCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReembedCollection,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ReembedCollectionRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.SerializeToString,
             ),
             'BulkIndex': grpc.stream_stream_rpc_method_handler(
                     servicer.BulkIndex,
@@ -334,6 +357,33 @@ class SearchService:
             '/searchsvc.v1.SearchService/DeleteCollection',
             searchsvc_dot_v1_dot_searchsvc__pb2.DeleteCollectionRequest.SerializeToString,
             searchsvc_dot_v1_dot_searchsvc__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReembedCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/ReembedCollection',
+            searchsvc_dot_v1_dot_searchsvc__pb2.ReembedCollectionRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
             options,
             channel_credentials,
             insecure,
