@@ -64,12 +64,16 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from searchsvc.evaluate import run_eval
 
-    settings = _settings(args, port=0)
+    settings = _settings(args, port=0, rerank_int8=args.rerank_int8, rerank_max_length=args.rerank_max_length)
     logging.basicConfig(level=logging.WARNING)
-    run_eval(
+    result = run_eval(
         settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split, holdout=args.holdout,
         seed=args.seed, validation_fraction=args.validation_fraction, embedding_model=args.embedding_model,
+        reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates,
+        modes=args.modes.split(",") if args.modes else None,
     )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 
 
@@ -173,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=13, help="the split's seed (as given to train-embedder)")
     p.add_argument("--validation-fraction", type=float, default=0.2, help="as given to train-embedder")
     p.add_argument("--embedding-model", default="", help="model id or directory for the eval collection")
+    p.add_argument("--reranker-model", default="", help="adds a HYBRID+RERANK row with this cross-encoder")
+    p.add_argument("--rerank-candidates", type=int, default=20, help="fused candidates the reranker scores")
+    p.add_argument("--rerank-int8", action="store_true", help="the int8 fast path (settings.rerank_int8)")
+    p.add_argument("--rerank-max-length", type=int, default=256, help="query + passage tokens per pair")
+    p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID+RERANK")
+    p.add_argument("--out", help="write per-query nDCG@10 and latencies as JSON here")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("eval-answers", help="citation accuracy, answer similarity, refusals, TTFT on a dataset")

@@ -89,7 +89,9 @@ def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "") 
         return name
     if name in existing:
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
-    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(embedding_model=embedding_model)))
+    # Synchronous keyword refresh: every acked batch is searchable before the first query runs.
+    config = pb.CollectionConfig(embedding_model=embedding_model, refresh_interval_ms=-1)
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
     started = time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(target), name, docs)
     elapsed = time.perf_counter() - started
@@ -111,8 +113,12 @@ def run_eval(
     seed: int = 13,
     validation_fraction: float = 0.2,
     embedding_model: str = "",
+    reranker_model: str = "",
+    rerank_candidates: int = 20,
+    modes: list[str] | None = None,
 ) -> dict:
-    """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries."""
+    """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries.
+    `reranker_model`: adds HYBRID+RERANK, the hybrid ranking's top `rerank_candidates` reordered by it."""
     qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
     queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
     if holdout:
@@ -128,36 +134,45 @@ def run_eval(
             stub = pb_grpc.SearchServiceStub(channel)
             name = ensure_indexed(stub, server.target, dataset, embedding_model)
             results = {}
-            for label, mode in MODES.items():
+            runs = {label: (mode, None) for label, mode in MODES.items()}
+            if reranker_model:
+                rerank = pb.RerankOptions(enabled=True, candidates=rerank_candidates, model=reranker_model)
+                runs["HYBRID+RERANK"] = (pb.SEARCH_MODE_HYBRID, rerank)
+            for label, (mode, rerank) in runs.items():
+                if modes and label not in modes:
+                    continue
                 rows = {"ndcg@10": [], "recall@100": [], "mrr@10": []}
-                latency: dict[str, list[float]] = {"client": [], "embed": [], "dense": [], "keyword": [], "fuse": [], "total": []}
+                latency: dict[str, list[float]] = {s: [] for s in ("client", "embed", "dense", "keyword", "fuse", "rerank", "total")}
                 for qid in qids:
                     started = time.perf_counter()
-                    response = stub.Search(pb.SearchRequest(collection=name, query=queries[qid], top_k=100, mode=mode), timeout=30)
+                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=100, mode=mode, rerank=rerank)
+                    response = stub.Search(request, timeout=60)
                     latency["client"].append((time.perf_counter() - started) * 1000)
+                    if rerank is not None and not response.rerank.applied:
+                        raise RuntimeError(f"rerank skipped: {response.rerank.skipped_reason}")
                     t = response.timings
-                    for stage in ("embed", "dense", "keyword", "fuse", "total"):
+                    for stage in ("embed", "dense", "keyword", "fuse", "rerank", "total"):
                         latency[stage].append(getattr(t, f"{stage}_ms"))
                     ranked = documents_in_order(response)
                     rows["ndcg@10"].append(ndcg_at_k(ranked, qrels[qid]))
                     rows["recall@100"].append(recall_at_k(ranked, qrels[qid]))
                     rows["mrr@10"].append(mrr_at_k(ranked, qrels[qid]))
-                results[label] = {"metrics": {m: float(np.mean(v)) for m, v in rows.items()}, "per_query": rows["ndcg@10"], "latency": latency}
+                results[label] = {"metrics": {m: float(np.mean(v)) for m, v in rows.items()}, "qids": qids, "per_query": rows["ndcg@10"], "latency": latency}
     print_report(dataset.name, len(qids), results)
     return results
 
 
 def print_report(dataset: str, n_queries: int, results: dict) -> None:
     print(f"\n{dataset}: {n_queries} queries")
-    print(f"{'mode':<8} {'nDCG@10':>8} {'R@100':>7} {'MRR@10':>7}   {'p50 ms':>7} {'p95 ms':>7}  server p50: embed / dense / keyword / fuse")
+    print(f"{'mode':<14} {'nDCG@10':>8} {'R@100':>7} {'MRR@10':>7}   {'p50 ms':>7} {'p95 ms':>7}  server p50: embed / dense / keyword / fuse / rerank")
     for label, r in results.items():
         m, lat = r["metrics"], r["latency"]
-        stages = " / ".join(f"{pct(lat[s], 50):.1f}" for s in ("embed", "dense", "keyword", "fuse"))
-        print(f"{label:<8} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f}   "
+        stages = " / ".join(f"{pct(lat[s], 50):.1f}" for s in ("embed", "dense", "keyword", "fuse", "rerank"))
+        print(f"{label:<14} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f}   "
               f"{pct(lat['client'], 50):>7.1f} {pct(lat['client'], 95):>7.1f}  {stages}")
-    if "HYBRID" in results:
-        hybrid = np.array(results["HYBRID"]["per_query"])
-        for leg in ("KEYWORD", "DENSE"):
-            other = np.array(results[leg]["per_query"])
-            print(f"HYBRID vs {leg}: wins {int((hybrid > other).sum())}, losses {int((hybrid < other).sum())}, "
-                  f"ties {int((hybrid == other).sum())}")
+    for a, b in (("HYBRID", "KEYWORD"), ("HYBRID", "DENSE"), ("HYBRID+RERANK", "HYBRID")):
+        if a in results and b in results:
+            x, y = np.array(results[a]["per_query"]), np.array(results[b]["per_query"])
+            boot = paired_bootstrap(y, x)
+            print(f"{a} vs {b}: wins {int((x > y).sum())}, losses {int((x < y).sum())}, ties {int((x == y).sum())}; "
+                  f"mean diff {boot['mean_diff']:+.4f}, 95% CI [{boot['ci95'][0]:+.4f}, {boot['ci95'][1]:+.4f}]")

@@ -9,6 +9,7 @@ from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_rrf
 from searchsvc.models import ModelRegistry
+from searchsvc.errors import InvalidArgument
 from searchsvc.rerank import CrossEncoderReranker
 from searchsvc.types import Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
 
@@ -30,16 +31,23 @@ class SearchPipeline:
     def __init__(self, models: ModelRegistry) -> None:
         self.models = models
 
-    def reranker_for(self, collection: Collection) -> CrossEncoderReranker | None:
-        name = collection.config.reranker_model
-        return CrossEncoderReranker(self.models.cross_encoder(name), name) if name else None
+    def reranker_for(self, collection: Collection, override: str = "") -> CrossEncoderReranker | None:
+        name = override or collection.config.reranker_model
+        if not name:
+            return None
+        try:
+            return CrossEncoderReranker(self.models.cross_encoder(name), name)
+        except Exception as exc:
+            if override:
+                raise InvalidArgument("rerank.model", f"cannot load {name!r}: {exc}") from exc
+            raise
 
     def search(self, coll: Collection, p: SearchParams) -> SearchResult:
         clock = _Stopwatch()
         started = time.perf_counter()
         use_dense = p.mode in (SearchMode.HYBRID, SearchMode.DENSE)
         use_keyword = p.mode in (SearchMode.HYBRID, SearchMode.KEYWORD)
-        reranker = self.reranker_for(coll) if p.rerank else None
+        reranker = self.reranker_for(coll, p.rerank_model) if p.rerank else None
         rerank = RerankOutcome()
         if p.rerank and reranker is None:
             rerank.skipped_reason = "no reranker_model configured for this collection"

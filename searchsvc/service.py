@@ -278,6 +278,7 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         keyword_weight=r.keyword_weight if r.HasField("keyword_weight") else 1.0,
         rerank=r.rerank.enabled,
         rerank_candidates=r.rerank.candidates or s.default_rerank_candidates,
+        rerank_model=r.rerank.model,
         similarity_cutoff=r.similarity_cutoff if r.HasField("similarity_cutoff") else None,
     )
     params.validate(max_top_k=s.max_top_k, max_query_chars=s.max_query_chars)

@@ -92,6 +92,7 @@ class SearchParams:
     keyword_weight: float = 1.0
     rerank: bool = False
     rerank_candidates: int = 50
+    rerank_model: str = ""  # overrides the collection's reranker_model
     similarity_cutoff: float | None = None
 
     def validate(self, *, max_top_k: int, max_query_chars: int) -> None:

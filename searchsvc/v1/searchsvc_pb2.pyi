@@ -192,12 +192,14 @@ class DeleteDocumentsResponse(_message.Message):
     def __init__(self, deleted_count: _Optional[int] = ..., not_found_count: _Optional[int] = ...) -> None: ...
 
 class RerankOptions(_message.Message):
-    __slots__ = ("enabled", "candidates")
+    __slots__ = ("enabled", "candidates", "model")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     candidates: int
-    def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff")
