@@ -136,3 +136,47 @@ def run_bench(settings: Settings, *, sizes: list[int], ingest_docs: int, queries
                 print(f"  BulkIndex, {size} docs per request: {rate:.1f} docs/s, ratio to bare {ingest['ratio'][size]:.3f}", flush=True)
             bench_search(server, corpus, sizes, queries)
             print(f"server peak RSS: {server.peak_rss_mb():.0f} MB")
+
+
+def bench_rerank(settings: Settings, model: str, dataset: Path, candidates=(20, 50), queries: int = 30) -> list[dict]:
+    """Rerank-stage latency per query (p50/p95) for `candidates` pairs, for each speed setting, with the
+    agreement of each setting's top 10 with full-length fp32's (the reference), on a dataset's real passages:
+    each query's candidates are the first passages of the corpus after a fixed-seed shuffle.
+    """
+    import json
+
+    from scipy.stats import spearmanr
+
+    from searchsvc.rerank import CrossEncoderReranker
+
+    configure_threads(settings)
+    with open(dataset / "corpus.jsonl", encoding="utf-8") as f:
+        passages = [f"{d.get('title', '')}\n{d['text']}".strip() for d in map(json.loads, f)]
+    with open(dataset / "queries.jsonl", encoding="utf-8") as f:
+        texts = [q["text"] for q in map(json.loads, f)][:queries]
+    rng = random.Random(13)
+    pools = [rng.sample(passages, max(candidates)) for _ in texts]
+    variants = [("fp32", 256, False), ("fp32", 128, False), ("int8", 256, True), ("int8", 128, True)]
+    reference: dict[tuple[int, int], list[float]] = {}
+    rows = []
+    for label, max_length, int8 in variants:
+        reranker = CrossEncoderReranker(ModelRegistry(rerank_max_length=max_length, rerank_int8=int8).cross_encoder(model), model)
+        reranker.score(texts[0], pools[0][:8])  # warm-up
+        for n in candidates:
+            times, overlap, rho = [], [], []
+            for i, (query, pool) in enumerate(zip(texts, pools)):
+                started = time.perf_counter()
+                scores = reranker.score(query, pool[:n])
+                times.append((time.perf_counter() - started) * 1000)
+                ref = reference.setdefault((n, i), scores)
+                top = lambda s: set(np.argsort(s)[::-1][:10].tolist())  # noqa: E731
+                overlap.append(len(top(scores) & top(ref)) / 10)
+                rho.append(spearmanr(scores, ref).statistic)
+            rows.append({
+                "variant": f"{label} max_length {max_length}", "candidates": n,
+                "p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+                "top10_overlap_vs_fp32_256": float(np.mean(overlap)), "spearman_vs_fp32_256": float(np.mean(rho)),
+            })
+            print(f"{rows[-1]['variant']:<22} {n:>3} candidates: p50 {rows[-1]['p50_ms']:7.1f} ms  p95 {rows[-1]['p95_ms']:7.1f} ms  "
+                  f"top-10 overlap {rows[-1]['top10_overlap_vs_fp32_256']:.2f}  spearman {rows[-1]['spearman_vs_fp32_256']:.3f}")
+    return rows

@@ -69,7 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = run_eval(
         settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split, holdout=args.holdout,
         seed=args.seed, validation_fraction=args.validation_fraction, embedding_model=args.embedding_model,
-        reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates,
+        reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates, rerank_fusion=args.rerank_fusion,
         modes=args.modes.split(",") if args.modes else None,
     )
     if args.out:
@@ -141,6 +141,14 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_rerank(args: argparse.Namespace) -> int:
+    from searchsvc.bench import bench_rerank
+
+    logging.basicConfig(level=logging.WARNING)
+    bench_rerank(_settings(args), args.model, Path(args.dataset), queries=args.queries)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from searchsvc.bench import run_bench
 
@@ -179,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-model", default="", help="model id or directory for the eval collection")
     p.add_argument("--reranker-model", default="", help="adds a HYBRID+RERANK row with this cross-encoder")
     p.add_argument("--rerank-candidates", type=int, default=20, help="fused candidates the reranker scores")
+    p.add_argument("--rerank-fusion", choices=["rrf", "relative_score"], default="rrf", help="the hybrid ranking reranked")
     p.add_argument("--rerank-int8", action="store_true", help="the int8 fast path (settings.rerank_int8)")
     p.add_argument("--rerank-max-length", type=int, default=256, help="query + passage tokens per pair")
-    p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID+RERANK")
+    p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID-RSF,HYBRID+RERANK")
     p.add_argument("--out", help="write per-query nDCG@10 and latencies as JSON here")
     p.set_defaults(func=cmd_eval)
 
@@ -239,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ingest-docs", type=int, default=2000)
     p.add_argument("--queries", type=int, default=200)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-rerank", help="rerank latency p50/p95 for 20 and 50 candidates: fp32 vs int8, 256 vs 128 tokens")
+    p.add_argument("model", help="cross-encoder id, path or trained-model id")
+    p.add_argument("dataset", help="BEIR layout: its passages and queries are the pairs scored")
+    p.add_argument("--queries", type=int, default=30)
+    p.set_defaults(func=cmd_bench_rerank)
     return parser
 
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -107,6 +106,7 @@ class Settings(BaseSettings):
     # Defaults for every search, overridable per request.
     default_candidates: int = Field(50, ge=1, le=1000)
     default_rrf_k: float = Field(60.0, ge=0)
+    default_fusion: Literal["rrf", "relative_score"] = "rrf"
     default_rerank_candidates: int = Field(50, ge=1, le=200)
     # Rerank cost: pairs are truncated to this many tokens; int8 quantizes the cross-encoder's Linear layers.
     rerank_max_length: int = Field(256, ge=16, le=512)

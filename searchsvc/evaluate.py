@@ -25,7 +25,7 @@ from searchsvc.server import BackgroundServer
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
-MODES = {"KEYWORD": pb.SEARCH_MODE_KEYWORD, "DENSE": pb.SEARCH_MODE_DENSE, "HYBRID": pb.SEARCH_MODE_HYBRID}
+MODES = {"KEYWORD": pb.SEARCH_MODE_KEYWORD, "DENSE": pb.SEARCH_MODE_DENSE, "HYBRID": pb.SEARCH_MODE_HYBRID}  # + HYBRID-RSF
 
 
 def load_qrels(path: Path) -> dict[str, dict[str, int]]:
@@ -115,10 +115,12 @@ def run_eval(
     embedding_model: str = "",
     reranker_model: str = "",
     rerank_candidates: int = 20,
+    rerank_fusion: str = "rrf",
     modes: list[str] | None = None,
 ) -> dict:
     """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries.
-    `reranker_model`: adds HYBRID+RERANK, the hybrid ranking's top `rerank_candidates` reordered by it."""
+    HYBRID fuses with RRF, HYBRID-RSF with relative-score fusion. `reranker_model`: adds HYBRID+RERANK, the
+    top `rerank_candidates` of the hybrid ranking (`rerank_fusion`) reordered by it."""
     qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
     queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
     if holdout:
@@ -134,18 +136,20 @@ def run_eval(
             stub = pb_grpc.SearchServiceStub(channel)
             name = ensure_indexed(stub, server.target, dataset, embedding_model)
             results = {}
-            runs = {label: (mode, None) for label, mode in MODES.items()}
+            rrf, rsf = pb.FUSION_RRF, pb.FUSION_RELATIVE_SCORE
+            runs = {label: (mode, rrf, None) for label, mode in MODES.items()}
+            runs["HYBRID-RSF"] = (pb.SEARCH_MODE_HYBRID, rsf, None)
             if reranker_model:
                 rerank = pb.RerankOptions(enabled=True, candidates=rerank_candidates, model=reranker_model)
-                runs["HYBRID+RERANK"] = (pb.SEARCH_MODE_HYBRID, rerank)
-            for label, (mode, rerank) in runs.items():
+                runs["HYBRID+RERANK"] = (pb.SEARCH_MODE_HYBRID, rsf if rerank_fusion == "relative_score" else rrf, rerank)
+            for label, (mode, fusion, rerank) in runs.items():
                 if modes and label not in modes:
                     continue
                 rows = {"ndcg@10": [], "recall@100": [], "mrr@10": []}
                 latency: dict[str, list[float]] = {s: [] for s in ("client", "embed", "dense", "keyword", "fuse", "rerank", "total")}
                 for qid in qids:
                     started = time.perf_counter()
-                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=100, mode=mode, rerank=rerank)
+                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=100, mode=mode, fusion=fusion, rerank=rerank)
                     response = stub.Search(request, timeout=60)
                     latency["client"].append((time.perf_counter() - started) * 1000)
                     if rerank is not None and not response.rerank.applied:
@@ -170,7 +174,7 @@ def print_report(dataset: str, n_queries: int, results: dict) -> None:
         stages = " / ".join(f"{pct(lat[s], 50):.1f}" for s in ("embed", "dense", "keyword", "fuse", "rerank"))
         print(f"{label:<14} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f}   "
               f"{pct(lat['client'], 50):>7.1f} {pct(lat['client'], 95):>7.1f}  {stages}")
-    for a, b in (("HYBRID", "KEYWORD"), ("HYBRID", "DENSE"), ("HYBRID+RERANK", "HYBRID")):
+    for a, b in (("HYBRID", "KEYWORD"), ("HYBRID", "DENSE"), ("HYBRID-RSF", "HYBRID"), ("HYBRID+RERANK", "HYBRID"), ("HYBRID+RERANK", "HYBRID-RSF")):
         if a in results and b in results:
             x, y = np.array(results[a]["per_query"]), np.array(results[b]["per_query"])
             boot = paired_bootstrap(y, x)

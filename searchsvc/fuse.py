@@ -33,3 +33,26 @@ def fuse_rrf(
             scores[item.chunk_id] = scores.get(item.chunk_id, 0.0) + weight / (k + item.rank)
             best_rank[item.chunk_id] = min(best_rank.get(item.chunk_id, item.rank), item.rank)
     return sorted(scores.items(), key=lambda cs: (-cs[1], best_rank[cs[0]], cs[0]))
+
+
+def fuse_relative_score(
+    scores: Mapping[str, Mapping[str, float]], weights: Mapping[str, float]
+) -> list[tuple[str, float]]:
+    """Relative-score fusion (Weaviate's relativeScoreFusion): each leg's raw scores are min-max normalised to
+    [0, 1] over the candidates that leg scored, a candidate a leg did not score counts 0 for that leg, and the
+    result is the weighted mean: sum_L weights[L] * norm_L(c) / sum_L weights[L], in [0, 1].
+
+    Unlike RRF it keeps how far apart the scores are, not just their order. The caller should give each leg a
+    score for every candidate it can compute cheaply (the dense leg's exact cosine for keyword-only hits,
+    from the stored vectors): a missing score is treated as the leg's worst. Ties: smaller chunk id first.
+    """
+    total = sum(weights.get(leg, 1.0) for leg in scores) or 1.0
+    fused = dict.fromkeys(set().union(*scores.values()), 0.0)
+    for leg, by_id in scores.items():
+        if not by_id:
+            continue
+        lo, hi = min(by_id.values()), max(by_id.values())
+        weight = weights.get(leg, 1.0) / total
+        for chunk_id, score in by_id.items():
+            fused[chunk_id] += weight * ((score - lo) / (hi - lo) if hi > lo else 1.0)
+    return sorted(fused.items(), key=lambda cs: (-cs[1], cs[0]))

@@ -7,11 +7,11 @@ from contextlib import contextmanager
 
 from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
-from searchsvc.fuse import fuse_rrf
+from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.models import ModelRegistry
 from searchsvc.errors import InvalidArgument
 from searchsvc.rerank import CrossEncoderReranker
-from searchsvc.types import Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
+from searchsvc.types import Fusion, Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
 
 
 class _Stopwatch:
@@ -70,8 +70,14 @@ class SearchPipeline:
                     keyword = coll.keyword.search(p.query, p.keyword_candidates, allowed)
 
         with clock.stage("fuse"):
-            if p.mode is SearchMode.HYBRID:
-                ranked = fuse_rrf({"dense": dense, "keyword": keyword}, {"dense": p.dense_weight, "keyword": p.keyword_weight}, p.rrf_k)
+            weights = {"dense": p.dense_weight, "keyword": p.keyword_weight}
+            if p.mode is SearchMode.HYBRID and p.fusion is Fusion.RELATIVE_SCORE:
+                dense_scores = {s.chunk_id: s.score for s in dense}
+                if query_vector is not None:  # keyword-only hits: their exact cosine, not the dense leg's worst
+                    dense_scores |= coll.dense.similarities(query_vector, [s.chunk_id for s in keyword if s.chunk_id not in dense_scores])
+                ranked = fuse_relative_score({"dense": dense_scores, "keyword": {s.chunk_id: s.score for s in keyword}}, weights)
+            elif p.mode is SearchMode.HYBRID:
+                ranked = fuse_rrf({"dense": dense, "keyword": keyword}, weights, p.rrf_k)
             else:
                 ranked = [(s.chunk_id, s.score) for s in (dense or keyword)]
             window = max(p.top_k, p.rerank_candidates) if reranker else p.top_k

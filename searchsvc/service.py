@@ -21,7 +21,7 @@ from searchsvc.catalog import Catalog
 from searchsvc.collection import Collection, IndexReport
 from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
-from searchsvc.types import CollectionConfig, Document, SearchMode, SearchParams, SearchResult
+from searchsvc.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams, SearchResult
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -35,6 +35,7 @@ _CODES = {
     errors.FailedPrecondition: code_pb2.FAILED_PRECONDITION,
     errors.Unavailable: code_pb2.UNAVAILABLE,
 }
+_FUSIONS = {pb.FUSION_RRF: Fusion.RRF, pb.FUSION_RELATIVE_SCORE: Fusion.RELATIVE_SCORE}
 _MODES = {
     pb.SEARCH_MODE_UNSPECIFIED: SearchMode.HYBRID,
     pb.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
@@ -264,6 +265,8 @@ def ack_to_pb(sequence: int, report: IndexReport) -> pb.BulkIndexResponse:
 def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
     if r.mode not in _MODES:
         raise errors.InvalidArgument("mode", f"unknown search mode {r.mode}")
+    if r.fusion and r.fusion not in _FUSIONS:
+        raise errors.InvalidArgument("fusion", f"unknown fusion {r.fusion}")
     top_k = r.top_k or 10
     params = SearchParams(
         query=r.query,
@@ -274,6 +277,7 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         dense_candidates=r.dense_candidates or max(s.default_candidates, top_k),
         keyword_candidates=r.keyword_candidates or max(s.default_candidates, top_k),
         rrf_k=r.rrf_k if r.HasField("rrf_k") else s.default_rrf_k,
+        fusion=_FUSIONS[r.fusion] if r.fusion else Fusion(s.default_fusion),
         dense_weight=r.dense_weight if r.HasField("dense_weight") else 1.0,
         keyword_weight=r.keyword_weight if r.HasField("keyword_weight") else 1.0,
         rerank=r.rerank.enabled,

@@ -25,6 +25,11 @@ class SearchMode(enum.Enum):
     KEYWORD = "keyword"
 
 
+class Fusion(enum.Enum):
+    RRF = "rrf"
+    RELATIVE_SCORE = "relative_score"
+
+
 def indexed_text(title: str, text: str) -> str:
     """What both legs and the reranker see: the title is part of the evidence."""
     return f"{title}\n{text}" if title else text
@@ -88,6 +93,7 @@ class SearchParams:
     dense_candidates: int = 50
     keyword_candidates: int = 50
     rrf_k: float = 60.0
+    fusion: Fusion = Fusion.RRF
     dense_weight: float = 1.0
     keyword_weight: float = 1.0
     rerank: bool = False

@@ -121,6 +121,22 @@ def test_hybrid_search_with_explanations(stub, collection):
     assert dense_only, "some hits come from the dense leg alone"
 
 
+def test_relative_score_fusion_scores_every_candidate_on_both_legs(stub, collection):
+    index(stub, collection, CORPUS)
+    query = "which capital city lies on the Han River"
+    r = search(stub, collection, query, fusion=pb.FUSION_RELATIVE_SCORE, explain=True, top_k=6)
+    fused = [h.explanation.fused_score for h in r.hits]
+    assert ids(r)[0] == "seoul" and fused == sorted(fused, reverse=True) and all(0 <= f <= 1 for f in fused)
+    dense = {h.chunk_id: h.explanation.dense.score for h in search(stub, collection, query, mode=pb.SEARCH_MODE_DENSE, explain=True, top_k=6).hits}
+    keyword = {h.chunk_id: h.explanation.keyword.score for h in search(stub, collection, query, mode=pb.SEARCH_MODE_KEYWORD, explain=True, top_k=6).hits}
+    # The documented formula, by hand: min-max per leg (a keyword-missing hit counts 0), equal weights.
+    norm = lambda scores, c: (scores[c] - min(scores.values())) / (max(scores.values()) - min(scores.values())) if c in scores else 0.0  # noqa: E731
+    for h in r.hits:
+        assert h.explanation.fused_score == pytest.approx((norm(dense, h.chunk_id) + norm(keyword, h.chunk_id)) / 2, abs=1e-5)
+    rrf = search(stub, collection, query, fusion=pb.FUSION_RRF, explain=True, top_k=1)
+    assert rrf.hits[0].explanation.fused_score < 0.05  # RRF's scale: the request's fusion chose it
+
+
 def test_modes_and_knobs(stub, collection):
     index(stub, collection, CORPUS)
     keyword = search(stub, collection, "purr mice", mode=pb.SEARCH_MODE_KEYWORD, explain=True)
@@ -194,6 +210,8 @@ def test_rerank_requested_without_model_is_skipped_and_said(stub, collection):
         ({"query": "x", "top_k": 5000}, "top_k"),
         ({"query": "x", "top_k": -1}, "top_k"),
         ({"query": "x", "mode": 42}, "mode"),
+        ({"query": "x", "fusion": 42}, "fusion"),
+        ({"query": "x", "rerank": pb.RerankOptions(enabled=True, model="/no/such/model")}, "rerank.model"),
         ({"query": "x", "rrf_k": -1}, "rrf_k"),
         ({"query": "x", "dense_weight": -0.5}, "dense_weight"),
         ({"query": "x", "dense_candidates": 5000}, "dense_candidates"),

@@ -26,7 +26,7 @@ def test_eval_reports_every_mode_and_the_rerank_row(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert set(result) == {"KEYWORD", "DENSE", "HYBRID", "HYBRID+RERANK"}
+    assert set(result) == {"KEYWORD", "DENSE", "HYBRID", "HYBRID-RSF", "HYBRID+RERANK"}
     # Each query names its document's animal: BM25 must put it first.
     assert result["KEYWORD"]["metrics"]["ndcg@10"] == 1.0
     assert len(result["HYBRID+RERANK"]["per_query"]) == 12

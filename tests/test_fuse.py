@@ -1,4 +1,6 @@
-from searchsvc.fuse import fuse_rrf
+import pytest
+
+from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.types import ScoredId
 
 
@@ -34,3 +36,9 @@ def test_rrf_ties_break_by_best_rank_then_id():
     fused = fuse_rrf(legs, {}, k=60)
     assert [c for c, _ in fused] == ["x", "y", "q"]  # x, y: 1/61 + 1/63 > q: 2/62; x < y by id
     assert fuse_rrf(legs, {}, k=60) == fused
+
+
+def test_relative_score_fusion_normalises_each_leg_and_weights_them():
+    fused = dict(fuse_relative_score({"dense": {"a": 0.9, "b": 0.5, "c": 0.7}, "keyword": {"b": 12.0, "d": 2.0}}, {"dense": 3, "keyword": 1}))
+    assert fused == pytest.approx({"a": 0.75, "b": 0.25, "c": 0.75 * 0.5, "d": 0.0})
+    assert fuse_relative_score({"dense": {"a": 0.9, "b": 0.5}, "keyword": {}}, {})[0] == ("a", 0.5)

@@ -98,3 +98,17 @@ def test_train_reranker_learns_to_match_and_scores_are_calibrated(tmp_path):
         scores = reranker.predict([(data.queries[qid], text_of[d]) for d in [positive, *others]])
         assert np.all((scores >= 0) & (scores <= 1))
         assert scores[0] > scores[1:].max(), (qid, scores)
+
+
+def test_platt_fit_matches_the_base_rate_and_stays_finite_when_scores_separate():
+    from searchsvc.train.reranker import fit_platt
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(4000) < 0.06).astype(float)
+    logits = np.where(labels > 0, rng.normal(300, 80, 4000), rng.normal(100, 80, 4000))  # a MarginMSE student's range
+    a, b = fit_platt(logits, labels)
+    p = 1 / (1 + np.exp(-(a * logits + b)))
+    assert p.mean() == pytest.approx(labels.mean(), abs=0.005)  # calibrated in the large
+    assert p[labels > 0].mean() > 0.4 > 0.05 > p[labels == 0].mean()
+    a, b = fit_platt(np.where(labels > 0, 5.0, -5.0), labels)
+    assert 0 < a < 10 and abs(b) < 10

@@ -138,23 +138,33 @@ def training_rows(
 
 
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Logistic regression of the 0/1 labels on the logit (Platt 1999), by Newton's method on two parameters;
-    written here because scikit-learn is not a dependency for one 2-parameter fit. Platt's smoothed targets
-    ((n+ + 1) / (n+ + 2) and 1 / (n- + 2)) keep the fit finite when the training scores separate perfectly."""
-    a, b = 1.0, 0.0
+    """(a, b) such that sigmoid(a * logit + b) estimates P(relevant): Platt (1999) scaling with his smoothed
+    targets ((n+ + 1) / (n+ + 2) and 1 / (n- + 2)), which keep the fit finite when the scores separate
+    perfectly. Newton's method with step halving on standardised logits (plain Newton diverged on our
+    MarginMSE students, whose logits span hundreds); written here because it is a 2-parameter fit."""
     x = logits.astype(float)
-    n_pos, n_neg = float(labels.sum()), float(len(labels) - labels.sum())
-    y = np.where(labels > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(a * x + b)))
-        w = np.maximum(p * (1 - p), 1e-9)
-        grad = np.array([((p - y) * x).sum(), (p - y).sum()])
-        hess = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]]) + 1e-6 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
+    mu, sigma = float(x.mean()), float(x.std()) or 1.0
+    z = (x - mu) / sigma
+    n_pos = float((labels > 0).sum())
+    y = np.where(labels > 0, (n_pos + 1) / (n_pos + 2), 1 / (len(labels) - n_pos + 2))
+
+    def loss(w: np.ndarray) -> float:
+        t = w[0] * z + w[1]
+        return float((np.logaddexp(0, t) - y * t).sum())
+
+    w = np.zeros(2)
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(w[0] * z + w[1])))
+        grad = np.array([((p - y) * z).sum(), (p - y).sum()])
+        h = p * (1 - p)
+        hess = np.array([[(h * z * z).sum(), (h * z).sum()], [(h * z).sum(), h.sum()]]) + 1e-9 * np.eye(2)
+        step, current = np.linalg.solve(hess, grad), loss(w)
+        while loss(w - step) > current and np.abs(step).max() > 1e-12:
+            step /= 2
+        w = w - step
+        if np.abs(step).max() < 1e-10:
             break
-    return float(a), float(b)
+    return float(w[0] / sigma), float(w[1] - w[0] * mu / sigma)
 
 
 def rerank_ndcg(model, queries: list[str], ranked: list[list[tuple[str, float]]], qids: list[str], data: RetrievalData):
