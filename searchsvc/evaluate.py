@@ -149,7 +149,10 @@ def run_eval(
                 latency: dict[str, list[float]] = {s: [] for s in ("client", "embed", "dense", "keyword", "fuse", "rerank", "total")}
                 for qid in qids:
                     started = time.perf_counter()
-                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=100, mode=mode, fusion=fusion, rerank=rerank)
+                    # The rerank stage scores every hit it returns: ask for its candidates only (R@100 is then
+                    # recall over those), not 100, or it would rerank 100.
+                    top_k = max(rerank_candidates, 10) if rerank is not None else 100
+                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=top_k, mode=mode, fusion=fusion, rerank=rerank)
                     response = stub.Search(request, timeout=60)
                     latency["client"].append((time.perf_counter() - started) * 1000)
                     if rerank is not None and not response.rerank.applied:
