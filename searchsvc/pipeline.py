@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
-from searchsvc.models import ModelRegistry
 from searchsvc.errors import InvalidArgument
+from searchsvc.models import ModelRegistry
 from searchsvc.rerank import CrossEncoderReranker
 from searchsvc.types import Fusion, Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
 
@@ -30,13 +30,17 @@ class _Stopwatch:
 class SearchPipeline:
     def __init__(self, models: ModelRegistry) -> None:
         self.models = models
+        self._rerankers: dict[str, CrossEncoderReranker] = {}  # one per model: its vocabulary check runs once
 
     def reranker_for(self, collection: Collection, override: str = "") -> CrossEncoderReranker | None:
         name = override or collection.config.reranker_model
         if not name:
             return None
+        if name in self._rerankers:
+            return self._rerankers[name]
         try:
-            return CrossEncoderReranker(self.models.cross_encoder(name), name)
+            reranker = self._rerankers[name] = CrossEncoderReranker(self.models.cross_encoder(name), name)
+            return reranker
         except Exception as exc:
             if override:
                 raise InvalidArgument("rerank.model", f"cannot load {name!r}: {exc}") from exc
