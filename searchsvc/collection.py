@@ -21,6 +21,7 @@ import logging
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -187,13 +188,30 @@ class Collection:
             self._check_open()
             return self._seq, {n.node_id: node_to_chunk(n) for n in self.dense.docstore.docs.values()}
 
+    @contextmanager
     def write_reembedded(self, target: Path, config: CollectionConfig, dense: DenseIndex, done: dict[str, tuple[str, np.ndarray]]):
         """Hold the write lock and yield once `target` holds this collection's chunks re-embedded into `dense`
         (`config`'s model): a complete collection directory (config, snapshot, CURRENT written last) whose
         version is one past this one's, so cached answers keyed on the version never match it. `done`: chunk id ->
         (indexed text, vector) computed outside the lock; chunks written since are embedded here. Writers wait until
         the caller's swap is over, then find this collection closed."""
-        return _ReembedWriter(self, target, config, dense, done)
+        with self._write_lock:
+            self._check_open()
+            chunks = [node_to_chunk(n) for n in self.dense.docstore.docs.values()]
+            # Chunks written (or rewritten with new text under the same id) since the vectors were computed.
+            late = [c for c in chunks if done.get(c.id, ("", None))[0] != c.indexed_text]
+            if late:
+                vectors = dense.embed_passages([c.indexed_text for c in late])
+                done.update({c.id: (c.indexed_text, v) for c, v in zip(late, vectors)})
+            if chunks:
+                dense.add(chunks, np.stack([done[c.id][1] for c in chunks]))
+            Collection.write_config(target, config)
+            name = f"snap-{self._seq + 1:012d}"
+            dense.persist(target / name)
+            write_json_atomic(target / name / "state.json", {"seq": self._seq + 1})
+            fsync_tree(target)
+            write_text_atomic(target / "CURRENT", name)  # last: a staging dir with CURRENT is complete
+            yield self
 
     def retire(self, reason: str) -> None:
         """Close without a checkpoint (the caller holds the write lock): later writes get UNAVAILABLE."""
@@ -351,41 +369,6 @@ class Collection:
     @property
     def dimension(self) -> int:
         return self.dense.store._faiss_index.d
-
-
-class _ReembedWriter:
-    """Context manager behind Collection.write_reembedded."""
-
-    def __init__(self, coll: Collection, target: Path, config: CollectionConfig, dense: DenseIndex, done: dict):
-        self.coll, self.target, self.config, self.dense, self.done = coll, target, config, dense, done
-
-    def __enter__(self) -> Collection:
-        coll = self.coll
-        coll._write_lock.acquire()
-        try:
-            coll._check_open()
-            chunks = [node_to_chunk(n) for n in coll.dense.docstore.docs.values()]
-            # Chunks written (or rewritten with new text under the same id) since the vectors were computed.
-            late = [c for c in chunks if self.done.get(c.id, ("", None))[0] != c.indexed_text]
-            if late:
-                vectors = self.dense.embed_passages([c.indexed_text for c in late])
-                self.done.update({c.id: (c.indexed_text, v) for c, v in zip(late, vectors)})
-            if chunks:
-                self.dense.add(chunks, np.stack([self.done[c.id][1] for c in chunks]))
-            Collection.write_config(self.target, self.config)
-            seq = coll._seq + 1
-            name = f"snap-{seq:012d}"
-            self.dense.persist(self.target / name)
-            write_json_atomic(self.target / name / "state.json", {"seq": seq})
-            fsync_tree(self.target)
-            write_text_atomic(self.target / "CURRENT", name)  # last: a staging dir with CURRENT is complete
-        except BaseException:
-            coll._write_lock.release()
-            raise
-        return coll
-
-    def __exit__(self, *exc) -> None:
-        self.coll._write_lock.release()
 
 
 def validate_config_values(config: CollectionConfig) -> None:

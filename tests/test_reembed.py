@@ -7,7 +7,6 @@ import json
 import shutil
 
 import grpc
-import numpy as np
 import pytest
 
 from conftest import CORPUS, SYNC_REFRESH, doc, ids, index, search
