@@ -93,52 +93,44 @@ def cmd_eval_answers(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_embedder(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, train, recipe) -> int:
+    """Shared by the train-* commands: load the dataset, resolve base model and output dir, print the report."""
     from dataclasses import asdict
 
     from searchsvc.models import DEFAULT_EMBEDDING_MODEL
     from searchsvc.train.data import load_retrieval_data
-    from searchsvc.train.embedder import EmbedderRecipe, train_embedder
 
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
-    recipe = EmbedderRecipe(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives, seed=args.seed,
-        use_qrels=not args.no_qrels, pseudo_queries=args.pseudo_queries or "",
-    )
     out = args.out or Path(settings.index_dir) / "models"
     base = args.base or settings.default_embedding_model or DEFAULT_EMBEDDING_MODEL
-    report = train_embedder(data, base, out, recipe, data_licence=args.data_licence)
-    summary = asdict(report)
+    summary = asdict(train(data, base, out, recipe, data_licence=args.data_licence))
     summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def cmd_train_reranker(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+def cmd_train_embedder(args: argparse.Namespace) -> int:
+    from searchsvc.train.embedder import EmbedderRecipe, train_embedder
 
-    from searchsvc.models import DEFAULT_EMBEDDING_MODEL
-    from searchsvc.train.data import load_retrieval_data
+    recipe = EmbedderRecipe(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives, seed=args.seed,
+        use_qrels=not args.no_qrels, pseudo_queries=args.pseudo_queries or "",
+    )
+    return _train(args, train_embedder, recipe)
+
+
+def cmd_train_reranker(args: argparse.Namespace) -> int:
     from searchsvc.train.reranker import RerankerRecipe, train_reranker
 
-    settings = _settings(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
     recipe = RerankerRecipe(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, negatives=args.negatives,
         candidates=args.candidates, max_length=args.max_length, teacher_dense_weight=args.teacher_dense_weight,
         use_qrels=not args.no_qrels, pseudo_queries=args.pseudo_queries or "", max_pseudo_queries=args.max_pseudo_queries,
         seed=args.seed,
     )
-    out = args.out or Path(settings.index_dir) / "models"
-    base = args.base or settings.default_embedding_model or DEFAULT_EMBEDDING_MODEL
-    report = train_reranker(data, base, out, recipe, data_licence=args.data_licence)
-    summary = asdict(report)
-    summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
-    print(json.dumps(summary, indent=2))
-    return 0
+    return _train(args, train_reranker, recipe)
 
 
 def cmd_bench_rerank(args: argparse.Namespace) -> int:

@@ -190,21 +190,28 @@ def train_embedder(data: RetrievalData, base: str, out_root: Path, recipe: Embed
         seconds=seconds,
     )
     model.save(str(model_dir))
+    write_manifest(model_dir, "embedder", stamp, base, data, data_licence, "MultipleNegativesRankingLoss", recipe, report)
+    return report
+
+
+def write_manifest(model_dir: Path, kind: str, stamp: str, base: str, data: RetrievalData, data_licence: str, loss: str, recipe, report) -> None:
+    """`searchsvc-manifest.json` beside a trained model's weights: what it was made from, how, and how it scored."""
+    import torch
+
     manifest = {
-        "kind": "embedder",
+        "kind": kind,
         "created": stamp,
         "base_model": base,
         "data": {
             "dataset": data.name,
             "fingerprint_sha256": data.fingerprint,
             "licence": data_licence or "not given (pass --data-licence)",
-            "split": {"seed": data.split.seed, "train_queries": len(train), "validation_queries": val},
+            "split": {"seed": data.split.seed, "train_queries": len(data.split.train), "validation_queries": data.split.validation},
         },
-        "recipe": {"loss": "MultipleNegativesRankingLoss", **asdict(recipe)},
+        "recipe": {"loss": loss, **asdict(recipe)},
         "labels": ("qrels train split" if recipe.use_qrels else "none (label-free)")
         + (f" + pseudo-queries ({recipe.pseudo_queries})" if recipe.pseudo_queries else ""),
         "metrics": {k: v for k, v in asdict(report).items() if k not in ("recipe", "model_dir", "base_model")},
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    return report

@@ -18,10 +18,8 @@ graded target instead of a bare 0/1:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +30,7 @@ import numpy as np
 from searchsvc.evaluate import ndcg_at_k, paired_bootstrap
 from searchsvc.models import resolve_model_path
 from searchsvc.train.data import RetrievalData
-from searchsvc.train.embedder import MANIFEST, encode
+from searchsvc.train.embedder import encode, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -260,23 +258,9 @@ def train_reranker(
         seconds=seconds,
     )
     model.save_pretrained(str(model_dir))
-    manifest = {
-        "kind": "reranker",
-        "created": stamp,
-        "base_model": base,
-        "data": {
-            "dataset": data.name,
-            "fingerprint_sha256": data.fingerprint,
-            "licence": data_licence or "not given (pass --data-licence)",
-            "split": {"seed": data.split.seed, "train_queries": len(train), "validation_queries": val},
-        },
-        "labels": ("qrels train split" if recipe.use_qrels else "none (label-free)")
-        + (f" + pseudo-queries ({recipe.pseudo_queries})" if recipe.pseudo_queries else ""),
-        "recipe": {"loss": "MarginMSELoss (teacher: convex fusion of cosine and BM25)", **asdict(recipe)},
-        "metrics": {k: v for k, v in asdict(report).items() if k not in ("recipe", "model_dir", "base_model")},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-    }
-    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    write_manifest(
+        model_dir, "reranker", stamp, base, data, data_licence, "MarginMSELoss (teacher: convex fusion of cosine and BM25)", recipe, report
+    )
     return report
 
 
