@@ -1,6 +1,7 @@
 """Text analyzers for the keyword leg: text -> index terms. Chosen per collection by name.
 
-The query and the documents of a collection always go through the same analyzer.
+The query and the documents of a collection always go through the same analyzer. `analyze_many` is the
+ingest path (batched: kiwi spreads a batch over its worker threads); `analyze` the query path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class Analyzer(Protocol):
 
     def analyze(self, text: str) -> list[str]: ...
 
+    def analyze_many(self, texts: list[str]) -> list[list[str]]: ...
+
 
 class WhitespaceAnalyzer:
     """Lowercased whitespace split. Predictable; meant for tests and pre-tokenized text."""
@@ -28,6 +31,9 @@ class WhitespaceAnalyzer:
 
     def analyze(self, text: str) -> list[str]:
         return text.lower().split()
+
+    def analyze_many(self, texts: list[str]) -> list[list[str]]:
+        return [self.analyze(t) for t in texts]
 
 
 class EnglishAnalyzer:
@@ -45,15 +51,127 @@ class EnglishAnalyzer:
         self._new_stemmer = lambda: Stemmer.Stemmer("english")
 
     def analyze(self, text: str) -> list[str]:
+        return self.stem([w for w in _WORD.findall(text.lower()) if w not in self._stopwords])
+
+    def analyze_many(self, texts: list[str]) -> list[list[str]]:
+        return [self.analyze(t) for t in texts]
+
+    def stem(self, words: list[str]) -> list[str]:
         stemmer = getattr(self._local, "stemmer", None)
         if stemmer is None:
             stemmer = self._local.stemmer = self._new_stemmer()
-        words = [w for w in _WORD.findall(text.lower()) if w not in self._stopwords]
         return stemmer.stemWords(words)
+
+
+# Kiwi tags kept as index terms (content morphemes); particles (J*), endings (E*), affixes (X* but XR) and
+# punctuation are dropped. VV/VA come with irregular-conjugation suffixes (VV-R, VA-I): matched by prefix.
+_KOREAN_CONTENT = frozenset({"NNG", "NNP", "NNB", "NR", "NP", "XR", "SH", "W_URL", "W_EMAIL", "W_HASHTAG", "W_MENTION", "W_SERIAL"})
+_KOREAN_PREDICATES = ("VV", "VA")
+_NOUNS = frozenset({"NNG", "NNP"})
+_LATIN_OR_NUMBER = frozenset({"SL", "SN"})  # kiwi splits "B2B" into B/SL 2/SN B/SL: contiguous runs are rejoined
+_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
+# Han ideographs, kana: no spaces between words, so character bigrams (the CJK analyzer of Lucene/Elasticsearch).
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+
+
+def _kiwi():
+    """One kiwi model per process (~1 s and ~100 MB to load). Its analysis is re-entrant; `tokenize` over a
+    list fans out to its own worker threads (one per core)."""
+    from kiwipiepy import Kiwi
+
+    global _KIWI
+    with _kiwi_lock:
+        if _KIWI is None:
+            _KIWI = Kiwi(num_workers=-1)  # -1: one worker per core for batches
+        return _KIWI
+
+
+_KIWI = None
+_kiwi_lock = threading.Lock()
+
+
+class KoreanAnalyzer:
+    """Kiwi morphemes: content POS (nouns, numerals, pronouns, verb/adjective stems, roots, foreign words) in
+    their morpheme form, so 은행은/은행의/은행에서 all index as 은행 and 먹었던 as 먹. Latin and digit runs
+    (B2B, ETF, 3.5) are lowercased as one term. `compound_joins` also indexes two adjacent nouns as one term
+    (지방 + 은행 -> 지방은행): measured on autorag-ko (see README), not on by default unless it helped."""
+
+    name = "korean"
+
+    def __init__(self, compound_joins: bool = False, latin: Callable[[list[str]], list[str]] | None = None) -> None:
+        self.compound_joins = compound_joins
+        self._latin = latin or (lambda words: words)
+        self._kiwi = _kiwi()
+
+    def analyze(self, text: str) -> list[str]:
+        return self._terms(self._kiwi.tokenize(text))
+
+    def analyze_many(self, texts: list[str]) -> list[list[str]]:
+        if len(texts) < 2:
+            return [self.analyze(t) for t in texts]
+        return [self._terms(tokens) for tokens in self._kiwi.tokenize(texts)]
+
+    def _terms(self, tokens) -> list[str]:
+        terms: list[str] = []
+        latin: list[str] = []  # the current run of contiguous Latin/digit tokens
+        run_end = -1
+        prev_noun_end, prev_noun = -1, ""
+        for tok in tokens:
+            tag, form = tok.tag, tok.form
+            if tag in _LATIN_OR_NUMBER:
+                if latin and tok.start == run_end:
+                    latin[-1] += form
+                else:
+                    latin.append(form)
+                run_end = tok.start + tok.len
+                continue
+            if tag in _KOREAN_CONTENT or tag.startswith(_KOREAN_PREDICATES):
+                terms.append(form.lower())
+                if self.compound_joins and tag in _NOUNS:
+                    if tok.start == prev_noun_end:
+                        terms.append(prev_noun + form)
+                    prev_noun_end, prev_noun = tok.start + tok.len, form
+        if latin:
+            terms += self._latin([w.lower() for w in latin])
+        return terms
+
+
+class MultilingualAnalyzer:
+    """Script-aware: text with Hangul goes through kiwi (Latin runs inside it through the English chain),
+    text without through the English chain; Han ideographs and kana become character bigrams. One analyzer
+    for collections that mix Korean, English and some CJK."""
+
+    name = "multilingual"
+
+    def __init__(self) -> None:
+        self._english = EnglishAnalyzer()
+        self._korean = KoreanAnalyzer(latin=self._english_words)
+
+    def _english_words(self, words: list[str]) -> list[str]:
+        return self._english.stem([w for w in words if w not in self._english._stopwords])
+
+    def analyze(self, text: str) -> list[str]:
+        return self.analyze_many([text])[0]
+
+    def analyze_many(self, texts: list[str]) -> list[list[str]]:
+        out: list[list[str]] = [[] for _ in texts]
+        rest = []
+        for i, text in enumerate(texts):
+            for run in _CJK_RUN.findall(text):
+                out[i] += [run[j : j + 2] for j in range(max(len(run) - 1, 1))]
+            rest.append(_CJK_RUN.sub(" ", text))
+        korean = [i for i, t in enumerate(rest) if _HANGUL.search(t)]
+        for i, terms in zip(korean, self._korean.analyze_many([rest[i] for i in korean])):
+            out[i] = terms + out[i]
+        for i in sorted(set(range(len(texts))) - set(korean)):
+            out[i] = self._english.analyze(rest[i]) + out[i]
+        return out
 
 
 ANALYZERS: dict[str, Callable[[], Analyzer]] = {
     "english": EnglishAnalyzer,
+    "korean": KoreanAnalyzer,
+    "multilingual": MultilingualAnalyzer,
     "whitespace": WhitespaceAnalyzer,
 }
 

@@ -61,7 +61,7 @@ class KeywordIndex:
 
     # --- writes
     def add(self, chunk_ids: list[str], texts: list[str]) -> None:
-        analyzed = [self.analyzer.analyze(t) for t in texts]  # outside the lock: the costly part
+        analyzed = self.analyzer.analyze_many(texts)  # outside the lock: the costly part
         with self._lock:
             for chunk_id, terms in zip(chunk_ids, analyzed):
                 self._terms[chunk_id] = [self._term_id(t) for t in terms]
