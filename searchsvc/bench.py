@@ -56,7 +56,7 @@ def bench_ingest(server: ServerProcess, settings: Settings, docs: list[Document]
     from sentence_transformers import SentenceTransformer
 
     texts = [d.text for d in docs]
-    model = SentenceTransformer(resolve_model_path(ModelRegistry().default_embedding_model), device="cpu")
+    model = SentenceTransformer(resolve_model_path(DEFAULT_EMBEDDING_MODEL), device="cpu")
     model.encode(texts[:64], batch_size=settings.embed_batch_size)  # warm-up
 
     def bare() -> float:

@@ -16,6 +16,7 @@ from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from searchsvc.models import ModelRegistry
 from searchsvc.retrieve.dense import DenseIndex
 from searchsvc.store.files import fsync_dir, remove_tree_atomic
+from searchsvc.language import COLLECTION_DEFAULTS, validate_language
 from searchsvc.types import CollectionConfig, validate_collection_name
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,16 @@ class Catalog:
         self._lock = threading.Lock()
 
     def with_defaults(self, config: CollectionConfig) -> CollectionConfig:
+        """Fill what the request left empty: the server's explicit defaults first, then the language's."""
         s = self.settings
         size = config.chunk_size or s.default_chunk_size
         overlap = config.chunk_overlap if config.chunk_size else s.default_chunk_overlap
+        language = validate_language(config.language or s.default_language)
+        by_language = COLLECTION_DEFAULTS[language]
         return CollectionConfig(
-            embedding_model=config.embedding_model or self.models.default_embedding_model,
-            analyzer=config.analyzer or s.default_analyzer,
+            language=language,
+            embedding_model=config.embedding_model or s.default_embedding_model or by_language.embedding_model,
+            analyzer=config.analyzer or s.default_analyzer or by_language.analyzer,
             chunk_size=size,
             chunk_overlap=overlap,
             reranker_model=config.reranker_model,

@@ -69,7 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = run_eval(
         settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split, holdout=args.holdout,
         seed=args.seed, validation_fraction=args.validation_fraction, embedding_model=args.embedding_model,
-        reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates, rerank_fusion=args.rerank_fusion,
+        analyzer=args.analyzer, language=args.language, reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates, rerank_fusion=args.rerank_fusion,
         modes=args.modes.split(",") if args.modes else None,
     )
     if args.out:
@@ -177,12 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=13, help="the split's seed (as given to train-embedder)")
     p.add_argument("--validation-fraction", type=float, default=0.2, help="as given to train-embedder")
     p.add_argument("--embedding-model", default="", help="model id or directory for the eval collection")
+    p.add_argument("--analyzer", default="", help="the eval collection's analyzer (default: by language)")
+    p.add_argument("--language", default="", choices=["", "auto", "en", "ko"], help="the eval collection's language (default: the server's)")
     p.add_argument("--reranker-model", default="", help="adds a HYBRID+RERANK row with this cross-encoder")
     p.add_argument("--rerank-candidates", type=int, default=20, help="fused candidates the reranker scores")
     p.add_argument("--rerank-fusion", choices=["rrf", "relative_score"], default="rrf", help="the hybrid ranking reranked")
     p.add_argument("--rerank-int8", action="store_true", help="the int8 fast path (settings.rerank_int8)")
     p.add_argument("--rerank-max-length", type=int, default=256, help="query + passage tokens per pair")
-    p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID-RSF,HYBRID+RERANK")
+    p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID-RSF,HYBRID-DEFAULT,HYBRID+RERANK")
     p.add_argument("--out", help="write per-query nDCG@10 and latencies as JSON here")
     p.set_defaults(func=cmd_eval)
 

@@ -123,7 +123,9 @@ class Collection:
 
     @staticmethod
     def read_config(path: Path) -> CollectionConfig:
-        return CollectionConfig(**json.loads((path / "collection.json").read_text(encoding="utf-8")))
+        stored = json.loads((path / "collection.json").read_text(encoding="utf-8"))
+        stored.setdefault("language", "en")  # written before collections had a language: English defaults
+        return CollectionConfig(**stored)
 
     @classmethod
     def open(cls, path: Path, embed_model, dimension: int, *, max_document_bytes: int, checkpoint_wal_bytes: int):

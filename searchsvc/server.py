@@ -21,6 +21,7 @@ from searchsvc.config import Settings, apply_process_env
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.service import SearchService, collection_health_name
+from searchsvc.types import CollectionConfig, Fusion
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(settings.search_workers, thread_name_prefix="searchsvc")
     models = ModelRegistry(
-        settings.default_embedding_model, settings.embed_batch_size, settings.rerank_max_length, settings.rerank_int8,
-        models_dir=Path(settings.index_dir) / "models",
+        settings.embed_batch_size, settings.rerank_max_length, settings.rerank_int8,
+        models_dir=Path(settings.index_dir) / "models", e5_engine=settings.e5_engine,
     )
     catalog = Catalog(settings, models)
-    # Load the default embedder up front so the first request doesn't pay for it.
-    await loop.run_in_executor(executor, models.embedder, models.default_embedding_model)
+    # Load the default collection's embedder up front so the first request doesn't pay for it.
+    default = catalog.with_defaults(CollectionConfig("", "", 0, 0))
+    await loop.run_in_executor(executor, models.embedder, default.embedding_model)
     await loop.run_in_executor(executor, catalog.open_all)
 
     limits = [
@@ -73,7 +75,7 @@ async def serve(
     server = grpc.aio.server(options=limits)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    pipeline = SearchPipeline(models)
+    pipeline = SearchPipeline(models, Fusion(settings.default_fusion))
     answers = await loop.run_in_executor(executor, build_answer_engine, settings, pipeline, executor)
     # Load (and on first start assemble) the LLM in the background: the first Answer waits for it, nothing else does.
     llm_ready = loop.run_in_executor(executor, answers.llms.get)

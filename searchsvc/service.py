@@ -36,6 +36,7 @@ _CODES = {
     errors.Unavailable: code_pb2.UNAVAILABLE,
 }
 _FUSIONS = {pb.FUSION_RRF: Fusion.RRF, pb.FUSION_RELATIVE_SCORE: Fusion.RELATIVE_SCORE}
+_FUSION_TO_PB = {v: k for k, v in _FUSIONS.items()}
 _MODES = {
     pb.SEARCH_MODE_UNSPECIFIED: SearchMode.HYBRID,
     pb.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
@@ -124,7 +125,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
     async def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.Collection:
         c = request.config
         config = CollectionConfig(
-            c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms
+            c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
@@ -241,6 +242,7 @@ def collection_to_pb(c: Collection) -> pb.Collection:
             chunk_overlap=cfg.chunk_overlap,
             reranker_model=cfg.reranker_model,
             refresh_interval_ms=cfg.refresh_interval_ms,
+            language=cfg.language,
         ),
         document_count=c.document_count,
         chunk_count=c.chunk_count,
@@ -277,9 +279,9 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         dense_candidates=r.dense_candidates or max(s.default_candidates, top_k),
         keyword_candidates=r.keyword_candidates or max(s.default_candidates, top_k),
         rrf_k=r.rrf_k if r.HasField("rrf_k") else s.default_rrf_k,
-        fusion=_FUSIONS[r.fusion] if r.fusion else Fusion(s.default_fusion),
-        dense_weight=r.dense_weight if r.HasField("dense_weight") else 1.0,
-        keyword_weight=r.keyword_weight if r.HasField("keyword_weight") else 1.0,
+        fusion=_FUSIONS[r.fusion] if r.fusion else None,
+        dense_weight=r.dense_weight if r.HasField("dense_weight") else None,
+        keyword_weight=r.keyword_weight if r.HasField("keyword_weight") else None,
         rerank=r.rerank.enabled,
         rerank_candidates=r.rerank.candidates or s.default_rerank_candidates,
         rerank_model=r.rerank.model,
@@ -296,6 +298,8 @@ def search_result_to_pb(result: SearchResult, explain: bool) -> pb.SearchRespons
             applied=result.rerank.applied, model=result.rerank.model, skipped_reason=result.rerank.skipped_reason
         ),
         cutoff_dropped=result.cutoff_dropped,
+        fusion=_FUSION_TO_PB.get(result.fusion, pb.FUSION_UNSPECIFIED),
+        query_language=result.query_language,
     )
     response.hits.extend(hit_to_pb(h, explain) for h in result.hits)
     return response

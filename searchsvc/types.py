@@ -46,6 +46,8 @@ class CollectionConfig:
     reranker_model: str = ""
     # <0: the keyword leg refreshes before each ack; >0: at most this long after an ack.
     refresh_interval_ms: int = 1000
+    # "en", "ko", "auto" (searchsvc/language.py); empty in a request: the server's default_language.
+    language: str = ""
 
 
 @dataclass
@@ -93,9 +95,10 @@ class SearchParams:
     dense_candidates: int = 50
     keyword_candidates: int = 50
     rrf_k: float = 60.0
-    fusion: Fusion = Fusion.RRF
-    dense_weight: float = 1.0
-    keyword_weight: float = 1.0
+    # None: the defaults of the query's language (searchsvc/language.py).
+    fusion: Fusion | None = None
+    dense_weight: float | None = None
+    keyword_weight: float | None = None
     rerank: bool = False
     rerank_candidates: int = 50
     rerank_model: str = ""  # overrides the collection's reranker_model
@@ -134,6 +137,8 @@ class SearchResult:
     timings_ms: dict[str, float]
     rerank: RerankOutcome
     cutoff_dropped: int = 0
+    fusion: Fusion | None = None  # as applied (hybrid mode only)
+    query_language: str = ""
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:
@@ -148,8 +153,8 @@ def validate_search_params(p: SearchParams, *, max_top_k: int, max_query_chars: 
     _check(1 <= p.dense_candidates <= 1000, "dense_candidates", "must be between 1 and 1000")
     _check(1 <= p.keyword_candidates <= 1000, "keyword_candidates", "must be between 1 and 1000")
     _check(p.rrf_k >= 0, "rrf_k", "must be >= 0")
-    _check(p.dense_weight >= 0, "dense_weight", "must be >= 0")
-    _check(p.keyword_weight >= 0, "keyword_weight", "must be >= 0")
+    _check(p.dense_weight is None or p.dense_weight >= 0, "dense_weight", "must be >= 0")
+    _check(p.keyword_weight is None or p.keyword_weight >= 0, "keyword_weight", "must be >= 0")
     _check(1 <= p.rerank_candidates <= 200, "rerank.candidates", "must be between 1 and 200")
     for key in p.filter:
         _check(bool(key), "filter", "keys must not be empty")

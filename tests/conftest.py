@@ -30,6 +30,8 @@ def server(tmp_path_factory):
         max_document_bytes=20_000,
         max_message_bytes=2_000_000,
         torch_threads=1,
+        # Most tests are about English behaviour (stemming, MiniLM scores); language tests ask for theirs.
+        default_language="en",
         llm={"models_dir": MODELS_DIR},
     )
     with BackgroundServer(settings) as running:
@@ -94,11 +96,12 @@ def ids(response: pb.SearchResponse) -> list[str]:
 
 
 class ServerProcess(_ServerProcess):
-    """The server as a child process, with one torch thread (tests run beside each other on 2 cores).
-    `with ServerProcess(dir) as server:` starts it and stops it (if still running) on the way out."""
+    """The server as a child process, with one torch thread (tests run beside each other on 2 cores) and English
+    defaults (as the in-process server). `with ServerProcess(dir) as server:` starts it and stops it (if still
+    running) on the way out."""
 
     def __init__(self, index_dir: Path) -> None:
-        super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1"})
+        super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_DEFAULT_LANGUAGE": "en"})
         self._channel: grpc.Channel | None = None
 
     def stub(self) -> pb_grpc.SearchServiceStub:

@@ -28,6 +28,7 @@ def stub(tmp_path_factory, llm_server):
         index_dir=tmp_path_factory.mktemp("indexes"),
         port=0,
         torch_threads=1,
+        default_language="en",
         llm={"backend": "openai_like", "model": "served-model", "base_url": llm_server.url + "/v1", "api_key": "sk-test"},
     )
     with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:

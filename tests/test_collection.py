@@ -9,7 +9,7 @@ from searchsvc.types import CollectionConfig, Document, SearchParams
 
 def test_snapshot_plus_newer_wal_records_recover_after_a_crash(tmp_path):
     # A tiny WAL threshold: every batch checkpoints, so the state is split between snapshots and the WAL.
-    settings = load_settings(index_dir=tmp_path, checkpoint_wal_bytes=1)
+    settings = load_settings(index_dir=tmp_path, checkpoint_wal_bytes=1, default_language="en")
     models = ModelRegistry()
     catalog = Catalog(settings, models)
     catalog.open_all()

@@ -20,13 +20,13 @@ def test_eval_reports_every_mode_and_the_rerank_row(tmp_path):
     CrossEncoder(packaged_minilm_path(), num_labels=1, device="cpu", activation_fn=torch.nn.Identity()).save(str(reranker))
     out = tmp_path / "eval.json"
     done = subprocess.run(
-        [sys.executable, "-m", "searchsvc", "eval", str(dataset), "--reranker-model", str(reranker),
+        [sys.executable, "-m", "searchsvc", "eval", str(dataset), "--language", "en", "--reranker-model", str(reranker),
          "--rerank-candidates", "5", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert set(result) == {"KEYWORD", "DENSE", "HYBRID", "HYBRID-RSF", "HYBRID+RERANK"}
+    assert set(result) == {"KEYWORD", "DENSE", "HYBRID", "HYBRID-RSF", "HYBRID-DEFAULT", "HYBRID+RERANK"}
     # Each query names its document's animal: BM25 must put it first.
     assert result["KEYWORD"]["metrics"]["ndcg@10"] == 1.0
     assert len(result["HYBRID+RERANK"]["per_query"]) == 12

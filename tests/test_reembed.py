@@ -75,7 +75,7 @@ def test_reembed_rejects_bad_requests_and_keeps_the_data(stub, collection):
 
 @pytest.fixture
 def catalog(tmp_path):
-    settings = load_settings(index_dir=tmp_path / "idx", port=0, torch_threads=1)
+    settings = load_settings(index_dir=tmp_path / "idx", port=0, torch_threads=1, default_language="en")
     models = ModelRegistry(models_dir=tmp_path / "idx" / "models")
     (tmp_path / "idx" / "models").mkdir(parents=True)
     short_model(tmp_path / "idx" / "models")

@@ -54,20 +54,22 @@ GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
 GUARDRAIL_STATUS_BLOCKED: GuardrailStatus
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms")
+    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language")
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     ANALYZER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_OVERLAP_FIELD_NUMBER: _ClassVar[int]
     RERANKER_MODEL_FIELD_NUMBER: _ClassVar[int]
     REFRESH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     embedding_model: str
     analyzer: str
     chunk_size: int
     chunk_overlap: int
     reranker_model: str
     refresh_interval_ms: int
-    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ...) -> None: ...
+    language: str
+    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ...) -> None: ...
 
 class ReembedCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model")
@@ -325,16 +327,20 @@ class RerankStatus(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., model: _Optional[str] = ..., skipped_reason: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timings", "rerank", "cutoff_dropped")
+    __slots__ = ("hits", "timings", "rerank", "cutoff_dropped", "fusion", "query_language")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     CUTOFF_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings: Timings
     rerank: RerankStatus
     cutoff_dropped: int
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., rerank: _Optional[_Union[RerankStatus, _Mapping]] = ..., cutoff_dropped: _Optional[int] = ...) -> None: ...
+    fusion: Fusion
+    query_language: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., rerank: _Optional[_Union[RerankStatus, _Mapping]] = ..., cutoff_dropped: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_language: _Optional[str] = ...) -> None: ...
 
 class AnswerRequest(_message.Message):
     __slots__ = ("search", "max_tokens", "temperature", "extractive", "bypass_cache")
