@@ -147,7 +147,7 @@ def run_eval(
             rrf, rsf = pb.FUSION_RRF, pb.FUSION_RELATIVE_SCORE
             runs = {label: (mode, rrf, None) for label, mode in MODES.items()}
             runs["HYBRID-RSF"] = (pb.SEARCH_MODE_HYBRID, rsf, None)
-            runs["HYBRID-DEFAULT"] = (pb.SEARCH_MODE_HYBRID, pb.FUSION_UNSPECIFIED, None)
+            runs["HYBRID-DEFAULT"] = (pb.SEARCH_MODE_HYBRID, pb.FUSION_UNSPECIFIED, None)  # the only row without weights 1
             if reranker_model:
                 rerank = pb.RerankOptions(enabled=True, candidates=rerank_candidates, model=reranker_model)
                 runs["HYBRID+RERANK"] = (pb.SEARCH_MODE_HYBRID, rsf if rerank_fusion == "relative_score" else rrf, rerank)
@@ -162,6 +162,8 @@ def run_eval(
                     # recall over those), not 100, or it would rerank 100.
                     top_k = max(rerank_candidates, 10) if rerank is not None else 100
                     request = pb.SearchRequest(collection=name, query=queries[qid], top_k=top_k, mode=mode, fusion=fusion, rerank=rerank)
+                    if fusion != pb.FUSION_UNSPECIFIED:
+                        request.dense_weight = request.keyword_weight = 1.0
                     response = stub.Search(request, timeout=60)
                     latency["client"].append((time.perf_counter() - started) * 1000)
                     if rerank is not None and not response.rerank.applied:
