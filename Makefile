@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 50051
 
-.PHONY: install run test proto eval bench clean
+.PHONY: install run test proto proto-release clients eval bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ eval: install
 
 bench: install
 	$(BIN)/searchsvc bench
+
+# Generate the Go and Node clients from proto/ and build their examples (toolchains: see .ci/run).
+clients:
+	clients/go/build.sh
+	clients/node/build.sh
+
+# Record the current proto as the released contract that `buf breaking` (tests/test_clients.py) compares against.
+proto-release: clients
+	clients/node/node_modules/.bin/buf build --exclude-source-info -o proto/released/searchsvc-v1.binpb
 
 clean:
 	rm -rf $(VENV) build *.egg-info
