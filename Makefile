@@ -45,6 +45,7 @@ bench: install
 clients:
 	clients/go/build.sh
 	clients/node/build.sh
+	clients/ruby/build.sh
 
 # Record the current proto as the released contract that `buf breaking` (tests/test_clients.py) compares against.
 proto-release: clients

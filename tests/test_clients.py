@@ -1,8 +1,9 @@
-"""Clients generated from proto/ in Go and Node, built from scratch and run live against the server, and the
+"""Clients generated from proto/ in Go, Node and Ruby, built from scratch and run live against the server, and the
 proto contract checks (buf lint: comments everywhere; buf breaking: nothing breaks the released descriptors).
 
 Each client is regenerated from the current proto/ and compiled, so a proto change that breaks a client fails
-here. Toolchains: Go from Debian's packages (GOPATH mode, no module proxy), Node with the committed lockfile;
+here. Toolchains: Go and Ruby from Debian's packages (Go in GOPATH mode, no module proxy), Node with the
+committed lockfile;
 `.ci/run` installs both and sets SEARCHSVC_REQUIRE_CLIENTS=1, which turns a missing toolchain from a skip into
 a failure.
 """
@@ -69,6 +70,14 @@ def test_go_client_generated_from_the_proto_runs_against_the_server(server, stub
     _run([str(CLIENTS / "go" / "build.sh")])
     out = _run([str(CLIENTS / "go" / "build" / "bin" / "example"), "-addr", server.target, "-collection", "go-example"], timeout=120)
     _check_example_output(out, "go-example", stub)
+
+
+def test_ruby_client_generated_from_the_proto_runs_against_the_server(server, stub):
+    _require("ruby", "grpc_tools_ruby_protoc")
+    _run([str(CLIENTS / "ruby" / "build.sh")])
+    ruby = CLIENTS / "ruby"
+    out = _run(["ruby", "-I", str(ruby / "build"), str(ruby / "example.rb"), server.target, "ruby-example"], timeout=120)
+    _check_example_output(out, "ruby-example", stub)
 
 
 def test_node_client_generated_from_the_proto_runs_against_the_server(server, stub, node_toolchain):
