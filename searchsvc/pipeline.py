@@ -77,7 +77,7 @@ class SearchPipeline:
                     keyword = coll.keyword.search(p.query, p.keyword_candidates, allowed)
 
         with clock.stage("fuse"):
-            fusion, weights = self._fusion(coll, p, language)
+            fusion, weights = self._fusion(p, language)
             if p.mode is SearchMode.HYBRID and fusion is Fusion.RELATIVE_SCORE:
                 dense_scores = {s.chunk_id: s.score for s in dense}
                 if query_vector is not None:  # keyword-only hits: their exact cosine, not the dense leg's worst
@@ -122,7 +122,7 @@ class SearchPipeline:
         applied = fusion if p.mode is SearchMode.HYBRID else None
         return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied, query_language=language)
 
-    def _fusion(self, coll: Collection, p: SearchParams, language: str) -> tuple[Fusion, dict[str, float]]:
+    def _fusion(self, p: SearchParams, language: str) -> tuple[Fusion, dict[str, float]]:
         """The request's fusion and weights, each unset one from the query language's defaults. Default weights
         belong to the default fusion: a request that picks another fusion gets weights 1."""
         defaults = KOREAN_FUSION if language == "ko" else self.english_fusion
