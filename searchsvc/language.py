@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from searchsvc.errors import InvalidArgument
 from searchsvc.models import DEFAULT_EMBEDDING_MODEL, E5_MODEL
+from searchsvc.retrieve.analyzers import HANGUL_SCRIPT
 from searchsvc.types import Fusion
 
 LANGUAGES = ("auto", "en", "ko")
 
-_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 _LETTER = re.compile(r"[^\W\d_]")
 
 
@@ -54,12 +54,17 @@ def validate_language(language: str, field_name: str = "config.language") -> str
     return language
 
 
+def hangul_share(text: str) -> float:
+    """Share of the letters in `text` that are Hangul."""
+    letters = len(_LETTER.findall(text))
+    return len(HANGUL_SCRIPT.findall(text)) / letters if letters else 0.0
+
+
 def detect(text: str) -> str:
     """"ko" when at least 30% of the letters are Hangul (a Korean query with English terms, e.g. "B2B e커머스
-    장점", stays Korean), else "en". Script counting, not a language model: queries are short and the only
-    decision riding on it is which fusion defaults apply."""
-    letters = len(_LETTER.findall(text))
-    return "ko" if letters and len(_HANGUL.findall(text)) / letters >= 0.3 else "en"
+    장점", stays Korean), else "en". Script counting, not a language model: queries are short, and what rides
+    on it (fusion defaults, whether an English reranker can read the text) only needs the script."""
+    return "ko" if hangul_share(text) >= 0.3 else "en"
 
 
 def query_language(collection_language: str, query: str) -> str:

@@ -19,24 +19,19 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-_HANGUL = re.compile("[\uac00-\ud7a3]")
-_LETTER = re.compile(r"[^\W\d_]")
+from searchsvc.language import detect
 
-
-def hangul_share(text: str) -> float:
-    """Share of the letters in `text` that are Hangul syllables."""
-    letters = len(_LETTER.findall(text))
-    return len(_HANGUL.findall(text)) / letters if letters else 0.0
+_HANGUL_SYLLABLE = re.compile("[\uac00-\ud7a3]")  # not jamo: English WordPiece vocabularies hold those
 
 
 def is_korean(text: str) -> bool:
-    return hangul_share(text) >= 0.3  # mixed text such as "B2B e커머스 전략" is Korean
+    return detect(text) == "ko"  # mixed text such as "B2B e커머스 전략" is Korean
 
 
 def reads_korean(tokenizer, min_tokens: int = 100) -> bool:
     """Whether the vocabulary has Korean words: multilingual vocabularies (XLM-R, mBERT) hold thousands of
     Hangul-syllable tokens, English ones none."""
-    return sum(1 for token in tokenizer.get_vocab() if _HANGUL.search(token)) >= min_tokens
+    return sum(1 for token in tokenizer.get_vocab() if _HANGUL_SYLLABLE.search(token)) >= min_tokens
 
 
 class CrossEncoderReranker:

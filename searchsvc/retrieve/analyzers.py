@@ -69,7 +69,7 @@ _KOREAN_CONTENT = frozenset({"NNG", "NNP", "NNB", "NR", "NP", "XR", "SH", "W_URL
 _KOREAN_PREDICATES = ("VV", "VA")
 _NOUNS = frozenset({"NNG", "NNP"})
 _LATIN_OR_NUMBER = frozenset({"SL", "SN"})  # kiwi splits "B2B" into B/SL 2/SN B/SL: contiguous runs are rejoined
-_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
+HANGUL_SCRIPT = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")  # syllables and jamo
 # Han ideographs, kana: no spaces between words, so character bigrams (the CJK analyzer of Lucene/Elasticsearch).
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 
@@ -160,7 +160,7 @@ class MultilingualAnalyzer:
             for run in _CJK_RUN.findall(text):
                 out[i] += [run[j : j + 2] for j in range(max(len(run) - 1, 1))]
             rest.append(_CJK_RUN.sub(" ", text))
-        korean = [i for i, t in enumerate(rest) if _HANGUL.search(t)]
+        korean = [i for i, t in enumerate(rest) if HANGUL_SCRIPT.search(t)]
         for i, terms in zip(korean, self._korean.analyze_many([rest[i] for i in korean])):
             out[i] = terms + out[i]
         for i in sorted(set(range(len(texts))) - set(korean)):
