@@ -84,7 +84,7 @@ class ModelRegistry:
 
     def dimension(self, name: str) -> int:
         model = self.embedder(name)
-        if name in E5_MODELS:
+        if hasattr(model, "dimension"):  # E5Embedding
             return model.dimension
         return int(model._model.get_embedding_dimension())  # the SentenceTransformer inside HuggingFaceEmbedding
 

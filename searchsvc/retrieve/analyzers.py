@@ -51,10 +51,14 @@ class EnglishAnalyzer:
         self._new_stemmer = lambda: Stemmer.Stemmer("english")
 
     def analyze(self, text: str) -> list[str]:
-        return self.stem([w for w in _WORD.findall(text.lower()) if w not in self._stopwords])
+        return self.terms(_WORD.findall(text.lower()))
 
     def analyze_many(self, texts: list[str]) -> list[list[str]]:
         return [self.analyze(t) for t in texts]
+
+    def terms(self, words: list[str]) -> list[str]:
+        """Lowercased words -> index terms: stopwords dropped, the rest stemmed."""
+        return self.stem([w for w in words if w not in self._stopwords])
 
     def stem(self, words: list[str]) -> list[str]:
         stemmer = getattr(self._local, "stemmer", None)
@@ -145,10 +149,7 @@ class MultilingualAnalyzer:
 
     def __init__(self) -> None:
         self._english = EnglishAnalyzer()
-        self._korean = KoreanAnalyzer(latin=self._english_words)
-
-    def _english_words(self, words: list[str]) -> list[str]:
-        return self._english.stem([w for w in words if w not in self._english._stopwords])
+        self._korean = KoreanAnalyzer(latin=self._english.terms)
 
     def analyze(self, text: str) -> list[str]:
         return self.analyze_many([text])[0]
