@@ -112,3 +112,36 @@ def test_platt_fit_matches_the_base_rate_and_stays_finite_when_scores_separate()
     assert p[labels > 0].mean() > 0.4 > 0.05 > p[labels == 0].mean()
     a, b = fit_platt(np.where(labels > 0, 5.0, -5.0), labels)
     assert 0 < a < 10 and abs(b) < 10
+
+
+def test_reranker_rows_from_title_and_inverse_cloze_queries(tmp_path):
+    """Both label-free kinds in one run: a title row's positive is the stored document, an inverse-cloze row's is
+    the document without the query sentence (otherwise the pair is a string match the model learns nothing from)."""
+    from searchsvc.train.reranker import RerankerRecipe, training_rows
+
+    root = tmp_path / "sentences"
+    (root / "qrels").mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for i, animal in enumerate(ANIMALS):
+            body = f"The {animal} sleeps at noon. It eats grass in spring. Farmers count {animal}s at dusk."
+            f.write(json.dumps({"_id": f"d{i}", "title": f"Habits of the {animal}", "text": body}) + "\n")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q0", "text": "cat habits"}) + "\n")
+    (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\n")
+    data = load_retrieval_data(root, validation_fraction=0.0)
+    text_of = dict(zip(data.doc_ids, data.doc_texts))
+
+    queries, positive_text = [], {}
+    for kind in ("title", "ict"):
+        for doc_id, query, passage in data.pseudo_pairs(kind):
+            queries.append((f"{kind}:{doc_id}", query, {doc_id}))
+            if kind == "ict":
+                positive_text[f"{kind}:{doc_id}"] = passage
+    ranked = [[(d, 1.0 - 0.05 * j) for j, d in enumerate(data.doc_ids)] for _ in queries]
+    rows = training_rows(queries, ranked, data, RerankerRecipe(negatives=2), positive_text)
+
+    assert len(rows) == 2 * len(ANIMALS)
+    by_query = {row["query"]: row for row in rows}
+    assert by_query["Habits of the cat"]["positive"] == text_of["d0"]
+    ict = [row for row in rows if not row["query"].startswith("Habits")]
+    assert all(row["query"] not in row["positive"] and row["positive"] for row in ict)
+    assert all(row["label"][0] > max(row["label"][1:]) for row in rows)

@@ -48,8 +48,8 @@ class RerankerRecipe:
     target_scale: float = 10.0  # targets in logit units: [0, 1] margins would ask for near-equal logits
     max_length: int = 192  # query + passage tokens; longer passages are truncated
     use_qrels: bool = True
-    pseudo_queries: str = ""  # "title" / "ict"
-    max_pseudo_queries: int = 2000  # a random sample (seeded) of the corpus' pseudo-queries
+    pseudo_queries: str = ""  # "title", "ict" or both ("title,ict")
+    max_pseudo_queries: int = 2000  # per kind: a random sample (seeded) of the corpus' pseudo-queries
     seed: int = 13
 
 
@@ -96,35 +96,42 @@ class Teacher:
             dense_top = np.argsort(-cos)[:100]
             bm25 = {s.chunk_id: s.score for s in self.keyword.search(q, 100)}
             pool = set(bm25) | {self.data.doc_ids[i] for i in dense_top}
-            dense = {d: float(cos[self.index_of[d]]) for d in pool}
-            score = {d: self.dense_weight * _minmax(dense, d) + (1 - self.dense_weight) * _minmax(bm25, d) for d in pool}
+            dense, keyword = _minmax({d: float(cos[self.index_of[d]]) for d in pool}), _minmax(bm25)
+            score = {d: self.dense_weight * dense[d] + (1 - self.dense_weight) * keyword.get(d, 0.0) for d in pool}
             out.append(sorted(score.items(), key=lambda ds: (-ds[1], ds[0]))[:k])
         return out
 
 
-def _minmax(scores: dict[str, float], d: str) -> float:
-    if d not in scores:
-        return 0.0
+def _minmax(scores: dict[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
     lo, hi = min(scores.values()), max(scores.values())
-    return (scores[d] - lo) / (hi - lo) if hi > lo else 1.0
+    return {d: (s - lo) / (hi - lo) if hi > lo else 1.0 for d, s in scores.items()}
 
 
 def training_rows(
-    queries: list[tuple[str, str, set[str]]], ranked: list[list[tuple[str, float]]], data: RetrievalData, recipe: RerankerRecipe
+    queries: list[tuple[str, str, set[str]]],
+    ranked: list[list[tuple[str, float]]],
+    data: RetrievalData,
+    recipe: RerankerRecipe,
+    positive_text: dict[str, str] | None = None,
 ) -> list[dict]:
     """One row per (query, known positive): the positive and `negatives` candidates sampled from the teacher's
     top-k. Targets: 1.0 for the known positive, teacher score x `negative_ceiling` for the others (min-max
-    normalisation gives the teacher's own top 1.0, which would otherwise tie with the judgement)."""
+    normalisation gives the teacher's own top 1.0, which would otherwise tie with the judgement).
+    `positive_text`: query id -> the positive's text where it is not the stored document (an inverse-cloze
+    query's document without the query sentence, so the pair is not a string match)."""
     rng = np.random.default_rng(recipe.seed)
     text_of = dict(zip(data.doc_ids, data.doc_texts))
+    positive_text = positive_text or {}
     rows = []
-    for (_, query, positives), candidates in zip(queries, ranked):
+    for (qid, query, positives), candidates in zip(queries, ranked):
         others = [(d, s) for d, s in candidates if d not in positives]
         if len(others) < recipe.negatives:
             continue
         for p in sorted(positives):
             picks = rng.choice(len(others), size=recipe.negatives, replace=False)
-            row = {"query": query, "positive": text_of[p]}
+            row = {"query": query, "positive": positive_text.get(qid, text_of[p])}
             labels = [1.0]
             for k, i in enumerate(sorted(picks)):
                 d, s = others[int(i)]
@@ -199,15 +206,21 @@ def train_reranker(
     queries: list[tuple[str, str, set[str]]] = []
     if recipe.use_qrels:
         queries += [(q, data.queries[q], {d for d, g in data.qrels[q].items() if g > 0}) for q in train]
-    if recipe.pseudo_queries:
-        pseudo = data.pseudo_pairs(recipe.pseudo_queries, recipe.seed)
+    positive_text: dict[str, str] = {}
+    for kind in filter(None, recipe.pseudo_queries.split(",")):
+        pseudo = data.pseudo_pairs(kind, recipe.seed)
         rng = np.random.default_rng(recipe.seed)
         keep = sorted(rng.choice(len(pseudo), size=min(recipe.max_pseudo_queries, len(pseudo)), replace=False))
-        queries += [("doc:" + pseudo[i][0], pseudo[i][1], {pseudo[i][0]}) for i in keep]
+        for i in keep:
+            doc_id, query, passage = pseudo[i]
+            qid = f"{kind}:{doc_id}"
+            queries.append((qid, query, {doc_id}))
+            if kind == "ict":
+                positive_text[qid] = passage
     if not queries:
         raise ValueError("no training queries: use the qrels, pseudo-queries, or both")
     ranked = teacher.rank([q for _, q, _ in queries], recipe.candidates)
-    rows = training_rows(queries, ranked, data, recipe)
+    rows = training_rows(queries, ranked, data, recipe, positive_text)
     seconds["teacher"] = time.perf_counter() - clock
     log.info("%d training rows from %d queries", len(rows), len(queries))
 
