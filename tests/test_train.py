@@ -117,7 +117,7 @@ def test_platt_fit_matches_the_base_rate_and_stays_finite_when_scores_separate()
 def test_reranker_rows_from_title_and_inverse_cloze_queries(tmp_path):
     """Both label-free kinds in one run: a title row's positive is the stored document, an inverse-cloze row's is
     the document without the query sentence (otherwise the pair is a string match the model learns nothing from)."""
-    from searchsvc.train.reranker import RerankerRecipe, training_rows
+    from searchsvc.train.reranker import RerankerRecipe, pseudo_queries, training_rows
 
     root = tmp_path / "sentences"
     (root / "qrels").mkdir(parents=True)
@@ -130,14 +130,10 @@ def test_reranker_rows_from_title_and_inverse_cloze_queries(tmp_path):
     data = load_retrieval_data(root, validation_fraction=0.0)
     text_of = dict(zip(data.doc_ids, data.doc_texts))
 
-    queries, positive_text = [], {}
-    for kind in ("title", "ict"):
-        for doc_id, query, passage in data.pseudo_pairs(kind):
-            queries.append((f"{kind}:{doc_id}", query, {doc_id}))
-            if kind == "ict":
-                positive_text[f"{kind}:{doc_id}"] = passage
+    recipe = RerankerRecipe(negatives=2, pseudo_queries="title,ict")
+    queries, positive_text = pseudo_queries(data, recipe)
     ranked = [[(d, 1.0 - 0.05 * j) for j, d in enumerate(data.doc_ids)] for _ in queries]
-    rows = training_rows(queries, ranked, data, RerankerRecipe(negatives=2), positive_text)
+    rows = training_rows(queries, ranked, data, recipe, positive_text)
 
     assert len(rows) == 2 * len(ANIMALS)
     by_query = {row["query"]: row for row in rows}

@@ -142,6 +142,23 @@ def training_rows(
     return rows
 
 
+def pseudo_queries(data: RetrievalData, recipe: RerankerRecipe) -> tuple[list[tuple[str, str, set[str]]], dict[str, str]]:
+    """Label-free training queries, (id, text, {its document}), for each kind in `recipe.pseudo_queries`, and
+    the positive text of those whose positive is not the stored document (inverse cloze: the document without
+    the query sentence)."""
+    queries, positive_text = [], {}
+    for kind in filter(None, recipe.pseudo_queries.split(",")):
+        pairs = data.pseudo_pairs(kind, recipe.seed)
+        rng = np.random.default_rng(recipe.seed)
+        for i in sorted(rng.choice(len(pairs), size=min(recipe.max_pseudo_queries, len(pairs)), replace=False)):
+            doc_id, query, passage = pairs[i]
+            qid = f"{kind}:{doc_id}"
+            queries.append((qid, query, {doc_id}))
+            if kind == "ict":
+                positive_text[qid] = passage
+    return queries, positive_text
+
+
 def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(a, b) such that sigmoid(a * logit + b) estimates P(relevant): Platt (1999) scaling with his smoothed
     targets ((n+ + 1) / (n+ + 2) and 1 / (n- + 2)), which keep the fit finite when the scores separate
@@ -206,17 +223,8 @@ def train_reranker(
     queries: list[tuple[str, str, set[str]]] = []
     if recipe.use_qrels:
         queries += [(q, data.queries[q], {d for d, g in data.qrels[q].items() if g > 0}) for q in train]
-    positive_text: dict[str, str] = {}
-    for kind in filter(None, recipe.pseudo_queries.split(",")):
-        pseudo = data.pseudo_pairs(kind, recipe.seed)
-        rng = np.random.default_rng(recipe.seed)
-        keep = sorted(rng.choice(len(pseudo), size=min(recipe.max_pseudo_queries, len(pseudo)), replace=False))
-        for i in keep:
-            doc_id, query, passage = pseudo[i]
-            qid = f"{kind}:{doc_id}"
-            queries.append((qid, query, {doc_id}))
-            if kind == "ict":
-                positive_text[qid] = passage
+    pseudo, positive_text = pseudo_queries(data, recipe)
+    queries += pseudo
     if not queries:
         raise ValueError("no training queries: use the qrels, pseudo-queries, or both")
     ranked = teacher.rank([q for _, q, _ in queries], recipe.candidates)
