@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from searchsvc.evaluate import ndcg_at_k, paired_bootstrap
+from searchsvc.fuse import fuse_relative_score
 from searchsvc.models import resolve_model_path
 from searchsvc.train.data import RetrievalData
 from searchsvc.train.embedder import encode, write_manifest
@@ -96,17 +97,9 @@ class Teacher:
             dense_top = np.argsort(-cos)[:100]
             bm25 = {s.chunk_id: s.score for s in self.keyword.search(q, 100)}
             pool = set(bm25) | {self.data.doc_ids[i] for i in dense_top}
-            dense, keyword = _minmax({d: float(cos[self.index_of[d]]) for d in pool}), _minmax(bm25)
-            score = {d: self.dense_weight * dense[d] + (1 - self.dense_weight) * keyword.get(d, 0.0) for d in pool}
-            out.append(sorted(score.items(), key=lambda ds: (-ds[1], ds[0]))[:k])
+            legs = {"dense": {d: float(cos[self.index_of[d]]) for d in pool}, "keyword": bm25}
+            out.append(fuse_relative_score(legs, {"dense": self.dense_weight, "keyword": 1 - self.dense_weight})[:k])
         return out
-
-
-def _minmax(scores: dict[str, float]) -> dict[str, float]:
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    return {d: (s - lo) / (hi - lo) if hi > lo else 1.0 for d, s in scores.items()}
 
 
 def training_rows(
