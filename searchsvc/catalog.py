@@ -1,4 +1,8 @@
-"""The set of collections under the index dir: create, open at start, look up, delete."""
+"""The set of collections under the index dir: create, open at start, look up, reopen, delete.
+
+A collection that cannot be opened (a corrupt WAL, an unreadable snapshot) does not stop the server: it is held
+as *failed* with the reason, which GetCollection, ListCollections and its health report, until it is repaired and
+reopened or deleted."""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from pathlib import Path
 
 from searchsvc.collection import Collection, validate_config_values
 from searchsvc.config import Settings
-from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from searchsvc.models import ModelRegistry
 from searchsvc.retrieve.dense import DenseIndex
-from searchsvc.store.files import fsync_dir, remove_tree_atomic
+from searchsvc.store.wal import WalCorrupt
+from searchsvc.store.files import free_bytes, fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
 from searchsvc.types import CollectionConfig, validate_collection_name
 
@@ -28,6 +33,7 @@ class Catalog:
         self.models = models
         self.root = Path(settings.index_dir)
         self._collections: dict[str, Collection] = {}
+        self._failed: dict[str, str] = {}  # name -> why it could not be opened
         self._reembedding: set[str] = set()
         self._lock = threading.Lock()
 
@@ -56,7 +62,21 @@ class Catalog:
             self.models.dimension(config.embedding_model),
             max_document_bytes=self.settings.max_document_bytes,
             checkpoint_wal_bytes=self.settings.checkpoint_wal_bytes,
+            min_free_disk_bytes=self.settings.min_free_disk_bytes,
         )
+
+    def _open_or_fail(self, path: Path) -> Collection | None:
+        """Open a collection; on failure remember why (logged once, with the cause) and return None."""
+        try:
+            collection = self._open(path)
+        except Exception as exc:
+            reason = f"could not be opened: {exc}"
+            log.error("collection %s %s", path.name, reason, exc_info=not isinstance(exc, (OSError, WalCorrupt)))
+            self._failed[path.name] = reason
+            return None
+        self._failed.pop(path.name, None)
+        self._collections[path.name] = collection
+        return collection
 
     def open_all(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -64,8 +84,11 @@ class Catalog:
         self._recover_reembeds()
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and not path.name.startswith(".") and (path / "collection.json").exists():
-                self._collections[path.name] = self._open(path)
-        log.info("opened %d collection(s) from %s in %.2f s", len(self._collections), self.root, time.perf_counter() - started)
+                self._open_or_fail(path)
+        log.info(
+            "opened %d collection(s) from %s in %.2f s%s", len(self._collections), self.root, time.perf_counter() - started,
+            f"; {len(self._failed)} failed: {', '.join(sorted(self._failed))}" if self._failed else "",
+        )
 
     def create(self, name: str, config: CollectionConfig) -> Collection:
         validate_collection_name(name)
@@ -84,8 +107,12 @@ class Catalog:
                     self.models.cross_encoder(config.reranker_model)
                 except Exception as exc:
                     raise InvalidArgument("config.reranker_model", f"cannot load {config.reranker_model!r}: {exc}") from exc
-            Collection.write_config(path, config)
-            collection = self._collections[name] = self._open(path)
+            try:
+                Collection.write_config(path, config)
+                collection = self._collections[name] = self._open(path)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # a full disk must not leave a half-made name behind
+                raise
             log.info("created collection %s", name)
             return collection
 
@@ -93,20 +120,52 @@ class Catalog:
         validate_collection_name(name, "collection")
         collection = self._collections.get(name)
         if collection is None:
+            if name in self._failed:
+                raise FailedPrecondition(f"collection {name!r} {self._failed[name]}")
             raise NotFound(f"collection {name!r} not found")
         return collection
 
     def list(self) -> list[Collection]:
         return [self._collections[n] for n in sorted(self._collections)]
 
+    def failed(self) -> dict[str, str]:
+        """Collections that could not be opened, and why."""
+        return dict(self._failed)
+
+    def failure(self, name: str) -> str:
+        """Why `name` could not be opened; "" if it is open. NOT_FOUND if it does not exist at all."""
+        validate_collection_name(name, "name")
+        if name in self._failed:
+            return self._failed[name]
+        self.get(name)
+        return ""
+
+    def reopen(self, name: str) -> Collection:
+        """Close a collection (no checkpoint: its storage may be faulty) and open it again from disk: clears a
+        read-only state after a storage fault, or retries one that failed to open (e.g. after `searchsvc repair`).
+        FAILED_PRECONDITION if it still cannot be opened."""
+        validate_collection_name(name, "name")
+        with self._lock:
+            collection = self._collections.pop(name, None)
+            if collection is None and name not in self._failed:
+                raise NotFound(f"collection {name!r} not found")
+            if collection is not None:
+                collection.close(checkpoint=False, reason="is being reopened")
+            reopened = self._open_or_fail(self.root / name)
+            if reopened is None:
+                raise FailedPrecondition(f"collection {name!r} {self._failed[name]}")
+            log.info("reopened collection %s", name)
+            return reopened
+
     def delete(self, name: str) -> None:
         validate_collection_name(name)
         with self._lock:
             collection = self._collections.pop(name, None)
-            if collection is None:
+            if collection is None and self._failed.pop(name, None) is None:
                 raise NotFound(f"collection {name!r} not found")
-            collection.close(checkpoint=False)
-            remove_tree_atomic(collection.path)
+            if collection is not None:
+                collection.close(checkpoint=False)
+            remove_tree_atomic(self.root / name)
             log.info("deleted collection %s", name)
 
     # ------------------------------------------------------------------ re-embed
@@ -122,6 +181,13 @@ class Catalog:
         if not embedding_model:
             raise InvalidArgument("embedding_model", "must not be empty")
         coll = self.get(name)
+        coll.check_writable()
+        # The new version is a full copy beside the old one: refuse up front rather than fill the disk halfway.
+        if self.settings.min_free_disk_bytes and free_bytes(self.root) < self.settings.min_free_disk_bytes:
+            raise ResourceExhausted(
+                f"disk full: cannot re-embed collection {name!r} with {free_bytes(self.root) / 2**20:.1f} MiB free, "
+                f"below the min_free_disk_bytes watermark; free space and retry"
+            )
         if embedding_model == coll.config.embedding_model:
             raise InvalidArgument("embedding_model", f"is already the model of collection {name!r}")
         try:

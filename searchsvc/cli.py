@@ -1,4 +1,4 @@
-"""Command line: `searchsvc serve | index | eval | eval-answers | train-embedder | bench`."""
+"""Command line: `searchsvc serve | index | repair | eval | eval-answers | train-embedder | bench`."""
 
 from __future__ import annotations
 
@@ -59,6 +59,41 @@ def cmd_index(args: argparse.Namespace) -> int:
     progress.close()
     print(f"indexed {progress.n - failed} documents, {failed} rejected")
     return 1 if failed else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Report (and with --apply, drop) the bad bytes of a collection's write-ahead log. Exit 0: nothing to
+    repair, or repaired; 2: damage found and left as it is (a dry run); 1: cannot run."""
+    from searchsvc.collection import Collection
+    from searchsvc.store.wal import WalLocked, repair
+
+    index_dir = args.index_dir or _settings(args).index_dir
+    path = Path(index_dir) / args.collection
+    if not (path / "collection.json").is_file():
+        print(f"no collection {args.collection!r} under {index_dir}", file=sys.stderr)
+        return 1
+    try:
+        found, backup = repair(path / "wal.log", apply=args.apply)
+    except WalLocked as exc:
+        print(f"{exc}: stop the server first", file=sys.stderr)
+        return 1
+    _, snapshot_seq = Collection.current_snapshot(path)
+    seqs = [r["seq"] for r in found.records]
+    print(f"{path / 'wal.log'}: {found.size} bytes, {len(seqs)} records that verify"
+          + (f" (seq {seqs[0]}..{seqs[-1]})" if seqs else "") + f"; the snapshot holds seq <= {snapshot_seq}")
+    if not found.bad:
+        print("nothing to repair")
+        return 0
+    for span in found.bad:
+        lost = [s for s in span.lost_seqs if s > snapshot_seq]
+        note = f" ({len(lost)} of them not in the snapshot: acknowledged writes that are gone)" if lost else ""
+        print(f"{'dropped' if args.apply else 'would drop'}: {span.describe()}{note}")
+    if backup is None:
+        print("dry run: nothing changed. Rerun with --apply to rewrite the log without these bytes "
+              "(the original is kept beside it), then ReopenCollection or restart the server.")
+        return 2
+    print(f"repaired; the original log is kept as {backup}. Now ReopenCollection or restart the server.")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -167,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("repair", help="report what a repair of a collection's corrupt write-ahead log drops; --apply drops it")
+    p.add_argument("collection")
+    p.add_argument("--index-dir", type=Path, help="default: the configured index dir")
+    p.add_argument("--apply", action="store_true", help="rewrite the log without the bad bytes (the original is kept)")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("eval", help="nDCG@10 / Recall@100 / MRR@10 per mode on a BEIR-layout dataset")
     p.add_argument("dataset")

@@ -1,9 +1,14 @@
 """A collection: its config, dense and keyword indexes, metadata postings, and durable storage.
 
-Write path (one batch): validate -> chunk -> embed (no lock held) -> append to the WAL and fsync -> apply to
-the in-memory indexes -> ack. Recovery: load the last snapshot, replay WAL records newer than it. A snapshot
-(checkpoint) persists the LlamaIndex StorageContext into a fresh directory, fsyncs it, switches the CURRENT
-pointer with an atomic rename, then empties the WAL. Every step leaves a state that `open` can recover.
+Write path (one batch): check free space -> validate -> chunk -> embed (no lock held) -> append to the WAL and
+fsync -> apply to the in-memory indexes -> ack. Recovery: load the last snapshot, replay WAL records newer than
+it. A snapshot (checkpoint) persists the LlamaIndex StorageContext into a fresh directory, fsyncs it, switches
+the CURRENT pointer with an atomic rename, then empties the WAL. Every step leaves a state that `open` can
+recover, and a step that fails (a full disk) leaves the previous state in place.
+
+Storage faults: a WAL append that fails is rolled back and reported (disk full: RESOURCE_EXHAUSTED, other I/O:
+UNAVAILABLE); memory is updated only after the append succeeded. A fault the WAL cannot roll back, or any fsync
+failure, makes the collection read-only (`read_only_reason`) until it is reopened; searches keep working.
 
 On-disk layout under <index_dir>/<name>/:
     collection.json    config (written once, atomically)
@@ -28,16 +33,19 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from searchsvc.errors import FailedPrecondition, InvalidArgument, Unavailable
+from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, node_to_chunk
 from searchsvc.retrieve.keyword import KeywordIndex
-from searchsvc.store.files import fsync_dir, fsync_tree, write_json_atomic, write_text_atomic
-from searchsvc.store.wal import WriteAheadLog
+from searchsvc.store.files import (
+    FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
+)
+from searchsvc.store.wal import WalFailed, WriteAheadLog
 from searchsvc.types import MAX_DOCUMENT_ID_BYTES, Chunk, CollectionConfig, Document, indexed_text
 
 log = logging.getLogger(__name__)
+CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
 
 
 @dataclass
@@ -97,6 +105,8 @@ class Collection:
         dense: DenseIndex,
         max_document_bytes: int,
         checkpoint_wal_bytes: int,
+        min_free_disk_bytes: int = 0,
+        files: FileLayer | None = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -108,7 +118,9 @@ class Collection:
         self.chunker = Chunker(config.chunk_size, config.chunk_overlap)
         self.max_document_bytes = max_document_bytes
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
-        self.wal = WriteAheadLog(path / "wal.log")
+        self.min_free_disk_bytes = min_free_disk_bytes
+        self.wal = WriteAheadLog(path / "wal.log", files)
+        self._checkpoint_retry_at = 0.0
         self._seq = 0
         self._document_count = 0
         self._write_lock = threading.Lock()
@@ -128,15 +140,19 @@ class Collection:
         return CollectionConfig(**stored)
 
     @classmethod
-    def open(cls, path: Path, embed_model, dimension: int, *, max_document_bytes: int, checkpoint_wal_bytes: int):
+    def open(
+        cls, path: Path, embed_model, dimension: int, *, max_document_bytes: int, checkpoint_wal_bytes: int,
+        min_free_disk_bytes: int = 0, files: FileLayer | None = None,
+    ):
+        """Load the snapshot and replay the WAL. Raises WalCorrupt (nothing changed) for a damaged mid-log."""
         started = time.perf_counter()
         config = cls.read_config(path)
-        snapshot, seq = cls._current_snapshot(path)
+        snapshot, seq = cls.current_snapshot(path)
         if snapshot is None:
             dense = DenseIndex.create(embed_model, dimension)
         else:
             dense = DenseIndex.load(snapshot, embed_model)
-        coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes)
+        coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes, min_free_disk_bytes, files)
         coll._seq = seq
         coll._rebuild_derived_indexes()
         replayed = 0
@@ -154,13 +170,22 @@ class Collection:
         return coll
 
     @staticmethod
-    def _current_snapshot(path: Path) -> tuple[Path | None, int]:
+    def current_snapshot(path: Path) -> tuple[Path | None, int]:
         current = path / "CURRENT"
         if not current.exists():
             return None, 0
         snapshot = path / current.read_text(encoding="utf-8").strip()
         state = json.loads((snapshot / "state.json").read_text(encoding="utf-8"))
         return snapshot, int(state["seq"])
+
+    def _current_name(self) -> str:
+        """The CURRENT snapshot's name, "" if none, "?" if it cannot be read (then nothing may be removed)."""
+        try:
+            return (self.path / "CURRENT").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+        except OSError:
+            return "?"
 
     def _rebuild_derived_indexes(self) -> None:
         """Keyword terms and metadata postings are derived from the docstore, so snapshots don't store them."""
@@ -170,8 +195,10 @@ class Collection:
             self.metadata.add(node.node_id, user_metadata(node.metadata))
         self.keyword.add([n.node_id for n in nodes], [indexed_text(n.metadata.get("title", ""), n.get_content()) for n in nodes])
 
-    def close(self, checkpoint: bool = True) -> None:
+    def close(self, checkpoint: bool = True, reason: str = "") -> None:
+        """`reason`: what writes racing the close are told (UNAVAILABLE, retry); none: FAILED_PRECONDITION."""
         with self._write_lock:
+            self.closed_reason = reason or self.closed_reason
             self._close_locked(checkpoint)
 
     def _close_locked(self, checkpoint: bool) -> None:
@@ -179,8 +206,8 @@ class Collection:
             return
         self.closed = True
         self.keyword.stop_refresher()
-        if checkpoint and self.wal.size() > 0:
-            self._checkpoint_locked()
+        if checkpoint and self.wal.size() > 0 and not self.read_only_reason:
+            self._try_checkpoint_locked()
         self.wal.close()
 
     # ------------------------------------------------------------------ re-embed
@@ -223,6 +250,8 @@ class Collection:
     # ------------------------------------------------------------------ writes
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
         started = time.perf_counter()
+        self.check_writable()
+        self._check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
         report = IndexReport()
         valid = self._validate(docs, report)
         chunks = [c for d in valid for c in self.chunker.chunk(d)]
@@ -236,7 +265,7 @@ class Collection:
             "vectors": base64.b64encode(vectors.astype(np.float32).tobytes()).decode("ascii"),
         }
         with self._write_lock:
-            self._check_open()
+            self.check_writable()
             replaced = self._commit(record)
             self._maybe_checkpoint()
         if self.config.refresh_interval_ms < 0:
@@ -252,7 +281,7 @@ class Collection:
     def delete_documents(self, ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(ids))
         with self._write_lock:
-            self._check_open()
+            self.check_writable()
             present = [i for i in ids if self.dense.chunk_ids_of(i)]
             if present:
                 self._commit({"op": "delete", "documents": present})
@@ -263,7 +292,13 @@ class Collection:
     def _commit(self, record: dict) -> int:
         """WAL first (durable), then memory. Called with the write lock held. Returns documents replaced."""
         record["seq"] = self._seq + 1
-        self.wal.append(record)
+        try:
+            self.wal.append(record)
+        except OSError as exc:
+            raise self._storage_error(exc, "write its log") from None
+        except WalFailed:
+            self.check_writable()
+            raise
         self._seq = record["seq"]
         return self._apply(record)
 
@@ -323,30 +358,93 @@ class Collection:
         if self.closed:
             raise FailedPrecondition(f"collection {self.name!r} was deleted or the server is stopping")
 
+    @property
+    def read_only_reason(self) -> str:
+        """Why writes are refused after a storage fault (empty: writable). Cleared only by reopening."""
+        return self.wal.failure
+
+    def check_writable(self) -> None:
+        self._check_open()
+        if self.read_only_reason:
+            raise FailedPrecondition(
+                f"collection {self.name!r} is read-only after a storage fault: {self.read_only_reason}. Searches "
+                "still work; fix the disk, then reopen the collection (ReopenCollection, or restart the server)"
+            )
+
+    def _check_free_space(self) -> None:
+        if self.min_free_disk_bytes <= 0:
+            return
+        free = free_bytes(self.path)
+        if free < self.min_free_disk_bytes:
+            raise ResourceExhausted(
+                f"disk full: collection {self.name!r} refuses writes while {free / 2**20:.1f} MiB are free under "
+                f"{self.path.parent}, below the min_free_disk_bytes watermark ({self.min_free_disk_bytes / 2**20:.0f} "
+                "MiB); nothing was written: free space and retry"
+            )
+
+    def _storage_error(self, exc: OSError, action: str) -> SearchsvcError:
+        """A domain error for an environmental fault: the caller gets a precise code, the log one line."""
+        state = f"; the collection is now read-only: {self.read_only_reason}" if self.read_only_reason else ""
+        if is_disk_full(exc):
+            log.warning("collection %s: disk full, could not %s%s", self.name, action, state)
+            return ResourceExhausted(
+                f"disk full: collection {self.name!r} could not {action} ({exc.strerror}); nothing was written"
+                + (state or ": free space and retry")
+            )
+        log.warning("collection %s: I/O error, could not %s: %s%s", self.name, action, exc, state)
+        return Unavailable(
+            f"storage error: collection {self.name!r} could not {action} ({exc.strerror}); nothing was written"
+            + (state or ": retry later")
+        )
+
     # ------------------------------------------------------------------ checkpoints
     def _maybe_checkpoint(self) -> None:
-        if self.wal.size() >= self.checkpoint_wal_bytes:
-            self._checkpoint_locked()
+        """Called after a commit: the batch is already durable in the WAL, so a failed checkpoint must not fail
+        its ack. It is logged and retried later; the WAL keeps everything meanwhile."""
+        if self.wal.size() >= self.checkpoint_wal_bytes and time.monotonic() >= self._checkpoint_retry_at:
+            self._try_checkpoint_locked()
 
     def checkpoint(self) -> None:
         with self._write_lock:
-            self._check_open()
+            self.check_writable()
+            try:
+                self._checkpoint_locked()
+            except OSError as exc:
+                raise self._storage_error(exc, "write a checkpoint") from None
+
+    def _try_checkpoint_locked(self) -> None:
+        try:
             self._checkpoint_locked()
+        except (OSError, WalFailed) as exc:
+            self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
+            log.warning(
+                "collection %s: checkpoint at seq %d failed (%s); the WAL still holds every write, retrying in %.0f s",
+                self.name, self._seq, exc, CHECKPOINT_RETRY_S,
+            )
 
     def _checkpoint_locked(self) -> None:
+        """Snapshot, switch CURRENT, empty the WAL. An error before the switch removes what this attempt wrote and
+        leaves the old snapshot and the WAL as they were; an error after it leaves WAL records the new snapshot
+        already covers (replay skips them)."""
         started = time.perf_counter()
         name = f"snap-{self._seq:012d}"
-        tmp = self.path / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.dense.persist(tmp)
-        write_json_atomic(tmp / "state.json", {"seq": self._seq})
-        fsync_tree(tmp)
-        final = self.path / name
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        fsync_dir(self.path)
-        write_text_atomic(self.path / "CURRENT", name)
-        self.wal.truncate()
+        if self._current_name() != name:  # else nothing was written since that snapshot
+            tmp, final = self.path / f".tmp-{name}", self.path / name
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.dense.persist(tmp)
+                write_json_atomic(tmp / "state.json", {"seq": self._seq})
+                fsync_tree(tmp)
+                shutil.rmtree(final, ignore_errors=True)  # a leftover of an attempt that failed before the switch
+                tmp.rename(final)
+                fsync_dir(self.path)
+                write_text_atomic(self.path / "CURRENT", name)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if self._current_name() not in (name, "?"):
+                    shutil.rmtree(final, ignore_errors=True)
+                raise
+        self.wal.reset()
         for old in self.path.glob("snap-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     search_workers: int = Field(4, ge=1, description="Threads running searches and ingest work.")
     # Durability: the WAL is folded into a snapshot once it grows past this, and at clean shutdown.
     checkpoint_wal_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Flood stage: below this much free space on the index dir's filesystem, BulkIndex is refused up front with
+    # RESOURCE_EXHAUSTED (before embedding or writing anything), so a full disk is met by a clear refusal rather
+    # than by a failed write. About one checkpoint_wal_bytes: room for the WAL to reach its next checkpoint.
+    min_free_disk_bytes: int = Field(64 * 1024 * 1024, ge=0, description="0: no watermark.")
 
     # Answers (LLM synthesis, guardrails, cache). Nested: SEARCHSVC_LLM__BACKEND=ollama, [llm] in TOML.
     llm: LLMSettings = Field(default_factory=LLMSettings)

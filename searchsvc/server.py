@@ -90,6 +90,8 @@ async def serve(
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     for collection in catalog.list():
         await health.set(collection_health_name(collection.name), health_pb2.HealthCheckResponse.SERVING)
+    for name in catalog.failed():  # could not be opened: GetCollection says why
+        await health.set(collection_health_name(name), health_pb2.HealthCheckResponse.NOT_SERVING)
     log.info("torch threads %d, %d worker threads, index dir %s", threads, settings.search_workers, settings.index_dir)
     print(f"searchsvc listening on {settings.host}:{port}", flush=True)
     if started is not None:

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -21,6 +22,7 @@ from searchsvc.catalog import Catalog
 from searchsvc.collection import Collection, IndexReport
 from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
+from searchsvc.store.files import is_disk_full
 from searchsvc.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams, SearchResult
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -58,7 +60,28 @@ def _status_for(exc: errors.SearchsvcError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+_last_logged: dict[tuple[str, str], float] = {}
+ENVIRONMENT_LOG_INTERVAL_S = 60.0
+
+
+def _log_environmental(method_name: str, exc: OSError) -> None:
+    """One line per (method, error) a minute: a full disk fails every request, and must not flood the log."""
+    key, now = (method_name, f"{exc.errno}"), time.monotonic()
+    if now - _last_logged.get(key, -ENVIRONMENT_LOG_INTERVAL_S) >= ENVIRONMENT_LOG_INTERVAL_S:
+        _last_logged[key] = now
+        log.warning("%s failed on a storage error (repeats within %.0f s not logged): %s", method_name, ENVIRONMENT_LOG_INTERVAL_S, exc)
+
+
+def _environmental_error(exc: OSError) -> errors.SearchsvcError:
+    if is_disk_full(exc):
+        return errors.ResourceExhausted(f"disk full: {exc.strerror}; free space and retry")
+    return errors.Unavailable(f"storage error: {exc.strerror}; retry later")
+
+
 async def _abort_for(exc: Exception, context, method_name: str) -> None:
+    if isinstance(exc, OSError):  # the environment's fault (disk full, I/O error), not a bug: no traceback
+        _log_environmental(method_name, exc)
+        exc = _environmental_error(exc)
     if isinstance(exc, errors.SearchsvcError):
         await context.abort_with_status(_status_for(exc))
     # Anything else is our bug: log it in full, tell the caller no more than that it happened.
@@ -134,11 +157,33 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def GetCollection(self, request: pb.GetCollectionRequest, context) -> pb.Collection:
+        if reason := self.catalog.failure(request.name):
+            return failed_collection_to_pb(request.name, reason)
         return collection_to_pb(self.catalog.get(request.name))
 
     @_maps_errors
     async def ListCollections(self, request, context) -> pb.ListCollectionsResponse:
-        return pb.ListCollectionsResponse(collections=[collection_to_pb(c) for c in self.catalog.list()])
+        listed = [collection_to_pb(c) for c in self.catalog.list()]
+        listed += [failed_collection_to_pb(name, reason) for name, reason in self.catalog.failed().items()]
+        return pb.ListCollectionsResponse(collections=sorted(listed, key=lambda c: c.name))
+
+    @_maps_errors
+    async def ReopenCollection(self, request: pb.ReopenCollectionRequest, context) -> pb.Collection:
+        try:
+            collection = await self._run(self.catalog.reopen, request.name, executor=self.admin_executor)
+        finally:
+            await self._set_health(request.name)
+        return collection_to_pb(collection)
+
+    async def _set_health(self, name: str) -> None:
+        """A collection's health service: SERVING only while it is open and writable."""
+        if not self.health:
+            return
+        collection = next((c for c in self.catalog.list() if c.name == name), None)
+        ok = collection is not None and not collection.read_only_reason
+        await self.health.set(
+            collection_health_name(name), health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
 
     @_maps_errors
     async def DeleteCollection(self, request: pb.DeleteCollectionRequest, context) -> pb.DeleteCollectionResponse:
@@ -171,14 +216,23 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
                 )
             docs = [Document(d.id, d.text, d.title, dict(d.metadata)) for d in request.documents]
-            report = await self._run(collection.index_documents, docs, executor=self.ingest_executor)
+            report = await self._write(collection, collection.index_documents, docs)
             yield ack_to_pb(request.sequence or ordinal, report)
 
     @_maps_errors
     async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context) -> pb.DeleteDocumentsResponse:
         collection = self.catalog.get(request.collection)
-        deleted, missing = await self._run(collection.delete_documents, list(request.ids))
+        deleted, missing = await self._write(collection, collection.delete_documents, list(request.ids))
         return pb.DeleteDocumentsResponse(deleted_count=deleted, not_found_count=missing)
+
+    async def _write(self, collection: Collection, fn, *args):
+        """Run a write on the ingest thread; a storage fault that made the collection read-only turns its health
+        NOT_SERVING at once."""
+        try:
+            return await self._run(fn, *args, executor=self.ingest_executor)
+        finally:
+            if collection.read_only_reason:
+                await self._set_health(collection.name)
 
     # ----------------------------------------------------------- search
     @_maps_errors
@@ -247,7 +301,13 @@ def collection_to_pb(c: Collection) -> pb.Collection:
         document_count=c.document_count,
         chunk_count=c.chunk_count,
         dimension=c.dimension,
+        state=pb.COLLECTION_STATE_READ_ONLY if c.read_only_reason else pb.COLLECTION_STATE_READY,
+        state_reason=c.read_only_reason,
     )
+
+
+def failed_collection_to_pb(name: str, reason: str) -> pb.Collection:
+    return pb.Collection(name=name, state=pb.COLLECTION_STATE_FAILED, state_reason=reason)
 
 
 def ack_to_pb(sequence: int, report: IndexReport) -> pb.BulkIndexResponse:

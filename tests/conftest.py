@@ -100,8 +100,8 @@ class ServerProcess(_ServerProcess):
     defaults (as the in-process server). `with ServerProcess(dir) as server:` starts it and stops it (if still
     running) on the way out."""
 
-    def __init__(self, index_dir: Path) -> None:
-        super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_DEFAULT_LANGUAGE": "en"})
+    def __init__(self, index_dir: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_DEFAULT_LANGUAGE": "en", **(env or {})})
         self._channel: grpc.Channel | None = None
 
     def stub(self) -> pb_grpc.SearchServiceStub:

@@ -22,8 +22,10 @@ def test_snapshot_plus_newer_wal_records_recover_after_a_crash(tmp_path):
     coll.delete_documents(["a"])
     assert coll.wal.size() > 0
     expected = [h.chunk_id for h in SearchPipeline(models).search(coll, SearchParams("alpha beta gamma")).hits]
-    # Crash: no close(), no checkpoint. Stop only the refresher thread; the files stay as they are.
+    # Crash: no close(), no checkpoint. Stop the refresher thread and release the WAL's fd (and its lock), as a
+    # dying process does; the files stay as they are.
     coll.keyword.stop_refresher()
+    coll.wal.close()
 
     reopened = Catalog(settings, models)
     reopened.open_all()

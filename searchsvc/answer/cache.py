@@ -3,20 +3,29 @@
 Keys include the collection's write sequence, so any write makes its old entries unreachable; they are also
 deleted on the next put for that collection and when the collection is deleted. Rows hold AnswerResult JSON
 (never pickle: the file is data, not code).
+
+The file is an optimisation, never a reason to fail an answer: a SQLite error (a full disk: "database or disk is
+full", an I/O error) is logged once a minute and the entry lives in memory only; a file that cannot be opened at
+all leaves a memory-only cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
+import time
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from searchsvc.answer.types import AnswerResult
+
+log = logging.getLogger(__name__)
+ERROR_LOG_INTERVAL_S = 60.0
 
 
 def normalize_query(query: str) -> str:
@@ -33,43 +42,63 @@ def cache_key(collection: str, version: int, query: str, params: dict[str, Any])
 
 class AnswerCache:
     def __init__(self, path: Path, memory_entries: int = 1024) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.memory_entries = memory_entries
         self._memory: OrderedDict[str, AnswerResult] = OrderedDict()
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a lost cache row costs one regeneration, not data
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, collection TEXT NOT NULL,"
-            " version INTEGER NOT NULL, result TEXT NOT NULL)"
-        )
-        self._db.execute("CREATE INDEX IF NOT EXISTS answers_collection ON answers (collection, version)")
+        self._last_error_logged = -ERROR_LOG_INTERVAL_S
+        self._db: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a lost cache row costs one regeneration, not data
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, collection TEXT NOT NULL,"
+                " version INTEGER NOT NULL, result TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS answers_collection ON answers (collection, version)")
+            self._db = db
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("answer cache %s unusable (%s): caching in memory only", path, exc)
+
+    def _sql(self, statement: str, args: tuple = ()) -> list[tuple]:
+        """Run one statement; on a SQLite error log (at most once a minute) and return no rows."""
+        if self._db is None:
+            return []
+        try:
+            return self._db.execute(statement, args).fetchall()
+        except sqlite3.Error as exc:
+            now = time.monotonic()
+            if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
+                self._last_error_logged = now
+                log.warning("answer cache %s: %s (answers are unaffected; repeats within %.0f s not logged)", self.path, exc, ERROR_LOG_INTERVAL_S)
+            return []
 
     def get(self, key: str) -> AnswerResult | None:
         with self._lock:
             if key in self._memory:
                 self._memory.move_to_end(key)
                 return self._memory[key]
-            row = self._db.execute("SELECT result FROM answers WHERE key = ?", (key,)).fetchone()
-            if row is None:
+            rows = self._sql("SELECT result FROM answers WHERE key = ?", (key,))
+            if not rows:
                 return None
-            result = AnswerResult.from_json(json.loads(row[0]))
+            result = AnswerResult.from_json(json.loads(rows[0][0]))
             self._remember(key, result)
             return result
 
     def put(self, key: str, collection: str, version: int, result: AnswerResult) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM answers WHERE collection = ? AND version < ?", (collection, version))
-            self._db.execute(
+            self._remember(key, result)
+            self._sql("DELETE FROM answers WHERE collection = ? AND version < ?", (collection, version))
+            self._sql(
                 "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
                 (key, collection, version, json.dumps(result.to_json(), ensure_ascii=False)),
             )
-            self._remember(key, result)
 
     def drop_collection(self, collection: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM answers WHERE collection = ?", (collection,))
+            self._sql("DELETE FROM answers WHERE collection = ?", (collection,))
             # Memory entries are keyed by hash only; clearing all is simple and rare (collection deletes).
             self._memory.clear()
 
@@ -83,4 +112,5 @@ class AnswerCache:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 class LLMProvider:
     """Loads the configured LLM once, on first use; remembers why it could not (then answers are extractive)."""
 
+    RETRY_S = 60.0
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.llm
         self.models_dir = settings.llm.models_dir or Path(settings.index_dir) / "models"
@@ -57,11 +59,14 @@ class LLMProvider:
         self._loaded = False
         self._llm = None
         self._reason = ""
+        self._retry_at = 0.0
 
     def get(self):
-        """(AnswerLLM or None, reason it is None)."""
+        """(AnswerLLM or None, reason it is None). A load that failed for lack of disk space is tried again
+        after RETRY_S (space may have been freed); other failures are final until restart."""
         with self._lock:
-            if not self._loaded:
+            if not self._loaded or (self._retry_at and time.monotonic() >= self._retry_at):
+                self._retry_at = 0.0
                 self._llm, self._reason = self._load()
                 self._loaded = True
             return self._llm, self._reason
@@ -78,6 +83,8 @@ class LLMProvider:
             return llm, ""
         except Exception as exc:  # LLMUnavailable, or the backend package missing: answer extractively
             log.warning("LLM unavailable, answers will be extractive: %s", exc)
+            if getattr(exc, "retryable", False):
+                self._retry_at = time.monotonic() + self.RETRY_S
             return None, f"LLM unavailable: {exc}"
 
 

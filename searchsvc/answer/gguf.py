@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchsvc.answer.llm import LLMUnavailable
-from searchsvc.store.files import fsync_dir
+from searchsvc.answer.llm import LLMUnavailable, ModelDiskFull
+from searchsvc.store.files import free_bytes, fsync_dir, is_disk_full
 
 _CHUNK = 1 << 20
 
@@ -125,6 +125,12 @@ def _part_paths(spec: KnownModel) -> list[Path]:
 
 def _assemble(spec: KnownModel, target: Path) -> None:
     paths = _part_paths(spec)
+    free = free_bytes(target.parent)
+    if free < spec.size:
+        raise ModelDiskFull(
+            f"disk full: assembling LLM model {spec.name!r} needs {spec.size / 2**20:.0f} MiB under {target.parent}, "
+            f"{free / 2**20:.0f} MiB are free (answers stay extractive until there is room)"
+        )
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
@@ -148,8 +154,10 @@ def _assemble(spec: KnownModel, target: Path) -> None:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is an ordinary readable file
         os.replace(tmp, target)
         fsync_dir(target.parent)  # make the rename itself durable
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise ModelDiskFull(f"disk full while assembling LLM model {spec.name!r} under {target.parent}: {exc}") from exc
         raise
 
 

@@ -6,6 +6,9 @@ can be deleted and their vectors read back (for the cosine of hits that only the
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,8 +109,14 @@ class DenseIndex:
         return cls(index, store, embed_model)
 
     def persist(self, persist_dir: Path) -> None:
+        """Raises OSError (with its errno) when the disk is full or failing, whichever writer hit it."""
         with self._lock:
-            self.index.storage_context.persist(persist_dir=str(persist_dir))
+            try:
+                self.index.storage_context.persist(persist_dir=str(persist_dir))
+            except RuntimeError as exc:
+                if (error := _as_os_error(exc)) is None:
+                    raise
+                raise error from exc
 
     # --- writes
     def add(self, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
@@ -213,3 +222,16 @@ def node_to_chunk(node: BaseNode) -> Chunk:
         start_char=int(m["start_char"]),
         end_char=int(m["end_char"]),
     )
+
+
+# faiss.write_index reports a failed write as RuntimeError("... write error in <path>: ... (<strerror>)"): give it
+# back its errno, so a full disk during a checkpoint is handled as one, not as a bug.
+_ERRNO_BY_MESSAGE = {os.strerror(code): code for code in errno.errorcode}
+
+
+def _as_os_error(exc: RuntimeError) -> OSError | None:
+    message = str(exc)
+    match = re.search(r"write error in .*\(([^()]+)\)\s*$", message)
+    if match is None or match.group(1) not in _ERRNO_BY_MESSAGE:
+        return None
+    return OSError(_ERRNO_BY_MESSAGE[match.group(1)], f"{match.group(1)} (faiss: {message.strip()})")

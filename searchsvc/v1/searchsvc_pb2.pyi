@@ -7,6 +7,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
+    COLLECTION_STATE_READY: _ClassVar[CollectionState]
+    COLLECTION_STATE_READ_ONLY: _ClassVar[CollectionState]
+    COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
+
 class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FUSION_UNSPECIFIED: _ClassVar[Fusion]
@@ -35,6 +42,10 @@ class GuardrailStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GUARDRAIL_STATUS_ALLOWED: _ClassVar[GuardrailStatus]
     GUARDRAIL_STATUS_MODIFIED: _ClassVar[GuardrailStatus]
     GUARDRAIL_STATUS_BLOCKED: _ClassVar[GuardrailStatus]
+COLLECTION_STATE_UNSPECIFIED: CollectionState
+COLLECTION_STATE_READY: CollectionState
+COLLECTION_STATE_READ_ONLY: CollectionState
+COLLECTION_STATE_FAILED: CollectionState
 FUSION_UNSPECIFIED: Fusion
 FUSION_RRF: Fusion
 FUSION_RELATIVE_SCORE: Fusion
@@ -80,18 +91,28 @@ class ReembedCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension")
+    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     document_count: int
     chunk_count: int
     dimension: int
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ...) -> None: ...
+    state: CollectionState
+    state_reason: str
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
+
+class ReopenCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "config")

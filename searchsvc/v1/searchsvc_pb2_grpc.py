@@ -60,6 +60,11 @@ class SearchServiceStub:
                 request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ReembedCollectionRequest.SerializeToString,
                 response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
                 _registered_method=True)
+        self.ReopenCollection = channel.unary_unary(
+                '/searchsvc.v1.SearchService/ReopenCollection',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ReopenCollectionRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
+                _registered_method=True)
         self.BulkIndex = channel.stream_stream(
                 '/searchsvc.v1.SearchService/BulkIndex',
                 request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.BulkIndexRequest.SerializeToString,
@@ -137,9 +142,22 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReopenCollection(self, request, context):
+        """Closes a collection and opens it again from disk, replaying its write-ahead log. For an operator: it clears
+        the READ_ONLY state a storage fault left (once the disk is fixed) and retries a collection that FAILED to
+        open (e.g. after `searchsvc repair`). Returns the reopened collection. NOT_FOUND; FAILED_PRECONDITION, with
+        the reason, if it still cannot be opened. Writes racing the reopen fail with UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def BulkIndex(self, request_iterator, context):
         """Bulk ingest. The client streams batches; the server answers each batch with one BulkIndexResponse, in
         order, only after the batch is durable on disk (written to the collection's write-ahead log and fsynced).
+        Storage faults end the stream with: RESOURCE_EXHAUSTED when the disk is full (or free space is below the
+        server's watermark; nothing of that batch was written, free space and resend it); UNAVAILABLE for another
+        I/O error; FAILED_PRECONDITION while the collection is READ_ONLY or FAILED (see CollectionState).
         Re-sending a document id replaces that document, so a client that reconnects may resend every unacked
         batch without creating duplicates. The server reads the next batch only after acking the previous one, so
         a client that streams faster than the embedder runs is slowed by gRPC flow control (bounded memory).
@@ -215,6 +233,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
             'ReembedCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.ReembedCollection,
                     request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ReembedCollectionRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.SerializeToString,
+            ),
+            'ReopenCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReopenCollection,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ReopenCollectionRequest.FromString,
                     response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.SerializeToString,
             ),
             'BulkIndex': grpc.stream_stream_rpc_method_handler(
@@ -383,6 +406,33 @@ class SearchService:
             target,
             '/searchsvc.v1.SearchService/ReembedCollection',
             searchsvc_dot_v1_dot_searchsvc__pb2.ReembedCollectionRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReopenCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/ReopenCollection',
+            searchsvc_dot_v1_dot_searchsvc__pb2.ReopenCollectionRequest.SerializeToString,
             searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
             options,
             channel_credentials,
