@@ -126,6 +126,27 @@ def test_cache_round_trips_through_sqlite_and_drops_old_versions(tmp_path):
     assert reopened.get(key2) is None
 
 
+def test_cache_on_a_full_disk_answers_from_memory_and_never_raises(tmp_path, caplog):
+    cache = AnswerCache(tmp_path / "c.sqlite", memory_entries=4)
+    pages = cache._db.execute("PRAGMA page_count").fetchone()[0]
+    cache._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now fails writes with SQLITE_FULL
+    big = _result("A [1]. " + "x" * 50_000)
+    cache.put("k", "c", 1, big)  # "database or disk is full": logged, not raised
+    assert cache.get("k") == big, "kept in memory"
+    cache.put("k2", "c", 1, big)
+    assert len([r for r in caplog.records if "disk is full" in r.getMessage()]) == 1, "logged once, not per answer"
+    cache._memory.clear()
+    assert cache.get("k") is None
+
+
+def test_cache_file_that_cannot_be_opened_leaves_a_memory_cache(tmp_path):
+    (tmp_path / "c.sqlite").mkdir()  # a directory where the database file should be
+    cache = AnswerCache(tmp_path / "c.sqlite", memory_entries=4)
+    cache.put("k", "c", 1, _result("A [1]."))
+    assert cache.get("k").answer == "A [1]."
+    cache.close()
+
+
 def test_cache_lru_bound(tmp_path):
     cache = AnswerCache(tmp_path / "c.sqlite", memory_entries=2)
     for i in range(3):

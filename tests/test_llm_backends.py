@@ -3,8 +3,10 @@ one real llama.cpp run with the 0.5B model (skipped when llama_cpp is not instal
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -239,6 +241,37 @@ def test_ensure_model_rejects_corrupted_part(tmp_path, monkeypatch):
         ensure_model("tiny-model", models, known={"tiny-model": spec})
     assert "sha256" in err.value.reason and "fake-gguf-part1==1.0 fake-gguf-part2==1.0" in err.value.reason
     assert not (models / "tiny-model.gguf").exists() and not list(models.glob(".*.tmp"))
+
+
+def test_ensure_model_on_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    spec = _fake_parts(tmp_path, monkeypatch, [b"GGUF" + b"a" * 5000])
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(gguf, "free_bytes", lambda path: 100)  # less than the model: refused before writing
+    with pytest.raises(LLMUnavailable, match=r"disk full: assembling LLM model 'tiny-model' needs") as err:
+        ensure_model("tiny-model", models, known={"tiny-model": spec})
+    assert err.value.retryable
+    monkeypatch.setattr(gguf, "free_bytes", lambda path: 10**12)
+    # The check passed but the disk fills during the copy: ENOSPC from the write itself.
+    real_fdopen = os.fdopen
+
+    class FullFile:
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.f.close()
+        def write(self, block):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(gguf.os, "fdopen", lambda fd, mode: FullFile(real_fdopen(fd, mode)))
+    with pytest.raises(LLMUnavailable, match="disk full while assembling") as err:
+        ensure_model("tiny-model", models, known={"tiny-model": spec})
+    assert err.value.retryable
+    assert not [p for p in models.iterdir() if p.name.endswith(".tmp") or p.suffix == ".gguf"]
 
 
 def test_ensure_model_names_missing_packages(tmp_path, monkeypatch):
