@@ -128,14 +128,14 @@ def scan_bytes(data: bytes) -> Scan:
             offset = end
             last_seq = record["seq"]
             continue
-        # Resynchronise: the next offset at which a record verifies (cost: the bad span's length).
-        start, following = offset, None
-        for candidate in range(offset + 1, len(data) - _HEADER.size + 1):
-            if (following := _record_at(data, candidate)) is not None:
-                offset = candidate
+        # Resynchronise: the next offset at which a record verifies. A payload is a JSON object, so it starts with
+        # "{": only offsets 8 bytes before a "{" can start a record (vectors are base64: no braces to try).
+        start, following, brace = offset, None, data.find(b"{", offset + 1 + _HEADER.size)
+        while brace >= 0:
+            if (following := _record_at(data, brace - _HEADER.size)) is not None:
                 break
-        else:
-            offset = len(data)
+            brace = data.find(b"{", brace + 1)
+        offset = brace - _HEADER.size if following is not None else len(data)
         seq_after = following[0]["seq"] if following else None
         scan.bad.append(BadSpan(start, offset - start, last_seq, seq_after))
     return scan
