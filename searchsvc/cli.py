@@ -181,7 +181,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args, port=0)
     logging.basicConfig(level=logging.WARNING)
-    run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries)
+    if args.part in ("all", "encoders"):
+        from searchsvc import bench_encoders
+        from searchsvc.ingest.loaders import load_documents
+        from searchsvc.server import configure_threads
+
+        configure_threads(settings)
+        docs = load_documents(Path(args.passages)) if args.passages else iter(())
+        passages = [d.text for _, d in zip(range(args.passage_count), docs)]
+        if not passages:  # no dataset: synthetic abstracts of 60-200 words
+            from searchsvc.bench import SyntheticCorpus
+
+            passages = [d.text for d in SyntheticCorpus().docs(args.passage_count, min_words=60, max_words=200)]
+        bench_encoders.run(passages, runs=args.queries // 4 or 1)
+    if args.part in ("all", "service"):
+        run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries)
     return 0
 
 
@@ -282,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000", help="chunk counts for the search latency runs")
     p.add_argument("--ingest-docs", type=int, default=2000)
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--part", choices=["all", "encoders", "service"], default="all",
+                   help="encoders: each encoder on each engine vs the matmul peak; service: ingest and search through the server")
+    p.add_argument("--passages", help="a dataset (e.g. ../shared/data/scifact) whose texts the encoders embed; default: synthetic")
+    p.add_argument("--passage-count", type=int, default=256)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-rerank", help="rerank latency p50/p95 for 20 and 50 candidates: fp32 vs int8, 256 vs 128 tokens")

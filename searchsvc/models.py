@@ -54,10 +54,16 @@ class ModelRegistry:
         rerank_max_length: int = 256,
         rerank_int8: bool = False,
         models_dir: Path | None = None,
-        e5_engine: str = "torch",
+        e5_engine: str = "onnx",
+        encoder_precision: str = "auto",
+        sentence_engine: str = "onnx",
+        threads: int = 0,
     ) -> None:
         self.models_dir = models_dir
         self.e5_engine = e5_engine
+        self.encoder_precision = encoder_precision
+        self.sentence_engine = sentence_engine
+        self.threads = threads  # ONNX Runtime sessions; 0: torch's current setting
         self.embed_batch_size = embed_batch_size
         self.rerank_max_length = rerank_max_length
         self.rerank_int8 = rerank_int8
@@ -70,17 +76,43 @@ class ModelRegistry:
             if name not in self._embedders:
                 started = time.perf_counter()
                 if name in E5_MODELS:
-                    from searchsvc.retrieve.e5 import E5Embedding
-
-                    self._embedders[name] = E5Embedding(engine=self.e5_engine, embed_batch_size=self.embed_batch_size)
+                    self._embedders[name] = self._e5_embedder()
                 else:
-                    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-                    self._embedders[name] = HuggingFaceEmbedding(
-                        model_name=resolve_model_path(name, self.models_dir), device="cpu", normalize=True, embed_batch_size=self.embed_batch_size
-                    )
-                log.info("loaded embedder %s in %.1f s", name, time.perf_counter() - started)
+                    self._embedders[name] = self._sentence_embedder(name)
+                log.info("loaded embedder %s (%s) in %.1f s", name, type(self._embedders[name]).__name__, time.perf_counter() - started)
             return self._embedders[name]
+
+    def _e5_embedder(self) -> BaseEmbedding:
+        from searchsvc.retrieve.e5 import E5Embedding
+
+        options = dict(precision=self.encoder_precision, embed_batch_size=self.embed_batch_size,
+                       onnx_cache_dir=str(self.models_dir / "onnx") if self.models_dir else "")
+        if self.e5_engine == "onnx":
+            try:
+                return E5Embedding(engine="onnx", **options)
+            except Exception as exc:  # export or runtime unusable here (a full disk, say): the reference serves
+                log.warning("multilingual-e5-small on ONNX Runtime unavailable, using the torch engine: %s", exc)
+                return E5Embedding(engine="torch", **options)
+        return E5Embedding(engine=self.e5_engine, **options)
+
+    def _sentence_embedder(self, name: str) -> BaseEmbedding:
+        """A sentence-transformers model on ONNX Runtime where its pipeline allows (see sentence_onnx.py), else on
+        torch through LlamaIndex's HuggingFaceEmbedding (the reference)."""
+        path = resolve_model_path(name, self.models_dir)
+        if self.sentence_engine == "onnx":
+            from searchsvc.retrieve.onnx_runtime import default_cache_dir
+            from searchsvc.retrieve.sentence_onnx import OnnxSentenceEmbedding
+
+            cache = self.models_dir / "onnx" if self.models_dir else default_cache_dir()
+            try:
+                return OnnxSentenceEmbedding(path, cache, self.threads, model_id=name, embed_batch_size=self.embed_batch_size)
+            except ValueError as exc:  # an unsupported pipeline: torch serves it
+                log.info("embedder %s stays on torch: %s", name, exc)
+            except Exception as exc:  # export or runtime unusable here (a full disk, say): the reference serves
+                log.warning("embedder %s on ONNX Runtime unavailable, using torch: %s", name, exc)
+        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+        return HuggingFaceEmbedding(model_name=path, device="cpu", normalize=True, embed_batch_size=self.embed_batch_size)
 
     def dimension(self, name: str) -> int:
         model = self.embedder(name)

