@@ -106,17 +106,19 @@ def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", 
         rows.append({"model": "all-MiniLM-L6-v2", **row})
         print_row("all-MiniLM-L6-v2", row)
 
-    variants = [("torch", "float32"), ("torch", "bfloat16"), ("onnx", "float32")] if hardware.has_native_bf16() else [("torch", "float32"), ("onnx", "float32")]
-    for engine, precision in variants:
+    variants = [("torch", "float32", "fp32"), ("onnx", "float32", "fp32"), ("onnx", "float32", "int8")]
+    if hardware.has_native_bf16():
+        variants.insert(1, ("torch", "bfloat16", "bf16"))
+    for engine, precision, label in variants:
         if engine not in engines:
             continue
-        e5 = E5Embedding(engine=engine, precision=precision, query_cache_size=0, onnx_cache_dir=str(cache_dir))
+        e5 = E5Embedding(engine=engine, precision=precision, int8=label == "int8", query_cache_size=0, onnx_cache_dir=str(cache_dir))
         tokenizer = e5._engine.tokenizer
 
         def e5_tokens(texts, engine=e5._engine):  # per window: long passages run as several
             return [len(ids) for _, ids, _ in engine.windows(tokenizer.content_ids([f"passage: {t}" for t in texts]))]
 
-        row = bench_engine(f"{engine} {'bf16' if precision == 'bfloat16' else 'fp32'}", e5.get_query_embedding,
+        row = bench_engine(f"{engine} {label}", e5.get_query_embedding,
                            e5.embed_passages, e5_tokens, 12, passages, peak, runs)
         rows.append({"model": "multilingual-e5-small", **row})
         print_row("multilingual-e5-small", row)

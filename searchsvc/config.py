@@ -114,6 +114,9 @@ class Settings(BaseSettings):
         "onnx", description="Sentence-transformers embedders (MiniLM, trained models): onnx (exported once to ONNX Runtime, "
         "fp32, cached under <index_dir>/models/onnx) or torch (LlamaIndex's HuggingFaceEmbedding, the reference).",
     )
+    encoder_int8: bool = Field(
+        False, description="onnx e5 engine: int8 weights, FFN down-projections kept fp32 (vectors within cosine 0.998 of fp32).",
+    )
     encoder_precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="The torch e5 engine's matmul precision; auto: bfloat16 only where the CPU flags show native "
         "bf16 (avx512_bf16 or amx_bf16), float32 elsewhere.",
@@ -129,6 +132,10 @@ class Settings(BaseSettings):
     # Rerank cost: pairs are truncated to this many tokens; int8 quantizes the cross-encoder's Linear layers.
     rerank_max_length: int = Field(256, ge=16, le=512)
     rerank_int8: bool = False
+    rerank_engine: Literal["onnx", "torch"] = Field(
+        "onnx", description="The cross-encoder's engine: onnx (exported once, fp32; scores equal torch's) or torch. "
+        "rerank_int8 uses torch's dynamic int8.",
+    )
 
     # Limits: requests beyond these are rejected with a precise status rather than slowing everyone down.
     max_document_bytes: int = Field(1_000_000, ge=1)

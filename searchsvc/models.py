@@ -58,11 +58,15 @@ class ModelRegistry:
         encoder_precision: str = "auto",
         sentence_engine: str = "onnx",
         threads: int = 0,
+        encoder_int8: bool = False,
+        rerank_engine: str = "onnx",
     ) -> None:
         self.models_dir = models_dir
         self.e5_engine = e5_engine
         self.encoder_precision = encoder_precision
         self.sentence_engine = sentence_engine
+        self.encoder_int8 = encoder_int8
+        self.rerank_engine = rerank_engine
         self.threads = threads  # ONNX Runtime sessions; 0: torch's current setting
         self.embed_batch_size = embed_batch_size
         self.rerank_max_length = rerank_max_length
@@ -89,7 +93,7 @@ class ModelRegistry:
                        onnx_cache_dir=str(self.models_dir / "onnx") if self.models_dir else "")
         if self.e5_engine == "onnx":
             try:
-                return E5Embedding(engine="onnx", **options)
+                return E5Embedding(engine="onnx", int8=self.encoder_int8, **options)
             except Exception as exc:  # export or runtime unusable here (a full disk, say): the reference serves
                 log.warning("multilingual-e5-small on ONNX Runtime unavailable, using the torch engine: %s", exc)
                 return E5Embedding(engine="torch", **options)
@@ -121,15 +125,27 @@ class ModelRegistry:
         return int(model._model.get_embedding_dimension())  # the SentenceTransformer inside HuggingFaceEmbedding
 
     def cross_encoder(self, name: str):
-        """A single-logit CrossEncoder, pairs truncated to `rerank_max_length` tokens; with `rerank_int8` its
-        Linear layers run as dynamically quantized int8 (torch's built-in fast path: the ONNX one needs
-        optimum-onnx, which pins transformers < 4.58)."""
+        """A single-logit CrossEncoder, pairs truncated to `rerank_max_length` tokens: on ONNX Runtime
+        (rerank_onnx.py) unless `rerank_engine` is torch; with `rerank_int8` its Linear layers run as torch's
+        dynamically quantized int8 instead."""
         with self._lock:
             if name not in self._cross_encoders:
                 from sentence_transformers import CrossEncoder
 
                 started = time.perf_counter()
-                model = CrossEncoder(resolve_model_path(name, self.models_dir), device="cpu", max_length=self.rerank_max_length)
+                path = resolve_model_path(name, self.models_dir)
+                if self.rerank_engine == "onnx" and not self.rerank_int8:
+                    from searchsvc.rerank_onnx import OnnxCrossEncoder
+                    from searchsvc.retrieve.onnx_runtime import default_cache_dir
+
+                    try:
+                        cache = self.models_dir / "onnx" if self.models_dir else default_cache_dir()
+                        self._cross_encoders[name] = OnnxCrossEncoder(path, cache, self.threads, self.rerank_max_length, model_id=name)
+                        log.info("loaded cross-encoder %s on ONNX Runtime in %.1f s", name, time.perf_counter() - started)
+                        return self._cross_encoders[name]
+                    except OSError as exc:  # the export cannot be written (a full disk): the reference serves
+                        log.warning("cross-encoder %s on ONNX Runtime unavailable, using torch: %s", name, exc)
+                model = CrossEncoder(path, device="cpu", max_length=self.rerank_max_length)
                 if model.num_labels != 1:
                     raise ValueError(f"{name} has {model.num_labels} outputs; a reranker needs a single relevance logit")
                 if self.rerank_int8:

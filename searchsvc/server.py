@@ -62,6 +62,7 @@ async def serve(
         settings.embed_batch_size, settings.rerank_max_length, settings.rerank_int8,
         models_dir=Path(settings.index_dir) / "models", e5_engine=settings.e5_engine,
         encoder_precision=settings.encoder_precision, sentence_engine=settings.sentence_engine, threads=threads,
+        encoder_int8=settings.encoder_int8, rerank_engine=settings.rerank_engine,
     )
     catalog = Catalog(settings, models)
     # Load the default collection's embedder up front so the first request doesn't pay for it.

@@ -31,6 +31,15 @@ def test_e5_on_onnx_runtime_matches_the_torch_engine(cache_dir):
         assert cosine.min() >= 0.9999, cosine
 
 
+def test_e5_int8_stays_within_cosine_0_995_of_fp32(cache_dir):
+    int8 = get_engine("onnx", cache_dir=str(cache_dir), int8=True)
+    fp32 = get_engine("onnx", cache_dir=str(cache_dir))
+    assert "int8" in int8.precision and len(list(cache_dir.glob("*-int8-*.onnx"))) == 1
+    for is_query in (True, False):
+        cosine = (int8.embed(TEXTS, is_query) * fp32.embed(TEXTS, is_query)).sum(1)
+        assert cosine.min() >= 0.995, cosine
+
+
 def test_minilm_on_onnx_runtime_matches_sentence_transformers(cache_dir):
     from sentence_transformers import SentenceTransformer
 
@@ -135,3 +144,65 @@ def test_an_export_that_cannot_be_written_falls_back_to_torch(tmp_path, monkeypa
     assert registry.embedder(E5_MODEL).engine == "torch"
     assert isinstance(registry.embedder(DEFAULT_EMBEDDING_MODEL), HuggingFaceEmbedding)
     assert sum("No space left on device" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_concurrent_queries_share_forward_passes_and_get_their_own_vectors(cache_dir):
+    import threading
+
+    from searchsvc.retrieve.batching import QueryBatcher
+
+    engine = get_engine("onnx", cache_dir=str(cache_dir))
+    queries = [f"question number {i} about {topic}" for i, topic in enumerate(["fractures", "비타민", "BM25", "Seoul"] * 4)]
+    alone = {q: engine.embed([q], True)[0] for q in queries}
+    batcher = QueryBatcher(lambda texts: engine.embed(texts, True))
+    got: dict[str, np.ndarray] = {}
+    start = threading.Barrier(len(queries))
+
+    def ask(q: str) -> None:
+        start.wait()
+        got[q] = batcher(q)
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in queries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert batcher.queries == len(queries) and batcher.batches < len(queries), "queued queries were batched"
+    for q in queries:
+        assert float(np.dot(got[q], alone[q])) >= 0.9999, q
+
+
+def test_an_encoder_error_reaches_every_caller_and_the_batcher_lives_on():
+    from searchsvc.retrieve.batching import QueryBatcher
+
+    def embed(texts):
+        if "bad" in texts:
+            raise ValueError("cannot embed 'bad'")
+        return np.ones((len(texts), 3))
+
+    batcher = QueryBatcher(embed)
+    with pytest.raises(ValueError, match="cannot embed"):
+        batcher("bad")
+    assert batcher("good").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_cross_encoder_on_onnx_runtime_scores_as_torch(tmp_path, cache_dir):
+    import torch
+    from scipy.stats import spearmanr
+    from sentence_transformers import CrossEncoder
+
+    from searchsvc.models import packaged_minilm_path
+    from searchsvc.rerank_onnx import OnnxCrossEncoder
+
+    path = tmp_path / "ce"
+    torch.manual_seed(0)  # an untrained head: arbitrary but fixed scores, enough to compare engines
+    CrossEncoder(packaged_minilm_path(), num_labels=1, device="cpu", activation_fn=torch.nn.Identity()).save(str(path))
+    query = "does vitamin d prevent fractures"
+    pairs = [(query, t) for t in TEXTS] + [(query, f"passage {i} on bone density and calcium intake") for i in range(12)]
+    reference = CrossEncoder(str(path), device="cpu", max_length=128).predict(pairs, activation_fn=torch.nn.Identity())
+    onnx = OnnxCrossEncoder(str(path), cache_dir, threads=1, max_length=128)
+    got = onnx.predict(pairs, batch_size=5, activation_fn=torch.nn.Identity())
+    assert np.abs(got - reference).max() < 1e-3
+    assert spearmanr(got, reference).statistic >= 0.99
+    sigmoid = onnx.predict(pairs[:3], activation_fn=torch.nn.Sigmoid())
+    assert np.allclose(sigmoid, 1 / (1 + np.exp(-reference[:3])), atol=1e-4)

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 EXPORT_VERSION = 1  # bump when the export or optimization recipe changes
 
 
-def HiddenStates(model: Any, input_names: list[str]) -> Any:
+def HiddenStates(model: Any, input_names: list[str], output: str = "last_hidden_state") -> Any:
     """A torch module taking `input_names` positionally (what the exporter traces) and returning the model's
-    last_hidden_state."""
+    `output` (last_hidden_state of an encoder, logits of a classifier)."""
     import torch
 
     class _HiddenStates(torch.nn.Module):
@@ -39,7 +39,7 @@ def HiddenStates(model: Any, input_names: list[str]) -> Any:
             self.model = model
 
         def forward(self, *inputs):
-            return self.model(**dict(zip(input_names, inputs))).last_hidden_state
+            return getattr(self.model(**dict(zip(input_names, inputs))), output)
 
     return _HiddenStates()
 
@@ -76,8 +76,9 @@ def cached_export(
     *,
     num_heads: int,
     hidden_size: int,
+    output: str = "last_hidden_state",
 ) -> Path:
-    """The optimized ONNX file of `module` (output: last hidden states), exported on first use. Concurrent callers
+    """The optimized ONNX file of `module` (its one output named `output`), exported on first use. Concurrent callers
     (threads or processes) wait for one export; the file appears by an atomic rename, whole or not at all."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
@@ -91,7 +92,7 @@ def cached_export(
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".export-") as tmp:
             raw, optimized = Path(tmp) / "raw.onnx", Path(tmp) / "optimized.onnx"
-            _export(module, example_inputs, input_names, dynamic_axes, raw)
+            _export(module, example_inputs, input_names, dynamic_axes, raw, output)
             _optimize(raw, optimized, num_heads, hidden_size)
             os.replace(optimized, target)
         fsync_dir(cache_dir)
@@ -99,7 +100,7 @@ def cached_export(
     return target
 
 
-def _export(module: Any, example_inputs: tuple, input_names: list[str], dynamic_axes: dict, path: Path) -> None:
+def _export(module: Any, example_inputs: tuple, input_names: list[str], dynamic_axes: dict, path: Path, output: str) -> None:
     import warnings
 
     import torch
@@ -109,8 +110,9 @@ def _export(module: Any, example_inputs: tuple, input_names: list[str], dynamic_
         # The TorchScript exporter (dynamo=False): the dynamo one needs onnxscript and emits graphs ORT's
         # transformer optimizer does not fuse yet.
         torch.onnx.export(
-            module.eval(), example_inputs, str(path), input_names=input_names, output_names=["last_hidden_state"],
-            dynamic_axes={**dynamic_axes, "last_hidden_state": {0: "batch", 1: "sequence"}}, opset_version=17,
+            module.eval(), example_inputs, str(path), input_names=input_names, output_names=[output],
+            dynamic_axes={**dynamic_axes, output: {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}},
+            opset_version=17,
             dynamo=False,
         )
 
@@ -121,6 +123,35 @@ def _optimize(raw: Path, out: Path, num_heads: int, hidden_size: int) -> None:
 
     model = optimize_model(str(raw), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=1)
     model.save_model_to_file(str(out))
+
+
+def cached_int8(fp32_path: Path, keep_fp32: str) -> Path:
+    """A dynamically quantized copy of an exported model beside it: int8 weights per output channel, activations
+    quantized per batch; MatMuls whose node name matches the regex `keep_fp32` stay fp32 (for BERT's FFN down-projection,
+    whose GELU outputs have the outliers that per-tensor activation scales round badly). Cached like the export."""
+    tag = hashlib.sha256(f"int8|per-channel|keep {keep_fp32}|{EXPORT_VERSION}".encode()).hexdigest()[:8]
+    target = fp32_path.with_name(f"{fp32_path.stem}-int8-{tag}.onnx")
+    if target.is_file():
+        return target
+    with open(fp32_path.parent / ".export.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            return target
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        keep = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "MatMul" and re.search(keep_fp32, n.name)]
+        with tempfile.TemporaryDirectory(dir=fp32_path.parent, prefix=".quantize-") as tmp:
+            out = Path(tmp) / "int8.onnx"
+            quantize_dynamic(
+                str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
+                # The optimizer's fused ops (Attention, SkipLayerNormalization) carry no inferred output types.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+            os.replace(out, target)
+        fsync_dir(fp32_path.parent)
+        log.info("quantized %s to int8 (%d MatMuls kept fp32)", fp32_path.name, len(keep))
+    return target
 
 
 class OrtEncoder:
@@ -142,8 +173,11 @@ class OrtEncoder:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.lock = threading.Lock()
 
-    def last_hidden_state(self, **inputs: np.ndarray) -> np.ndarray:
+    def run(self, **inputs: np.ndarray) -> np.ndarray:
+        """The model's one output for these inputs (extra keys, e.g. a tokenizer's, are ignored)."""
         return self.session.run(None, {name: inputs[name] for name in self.input_names})[0]
+
+    last_hidden_state = run
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

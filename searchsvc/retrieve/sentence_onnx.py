@@ -17,6 +17,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from searchsvc.retrieve import onnx_runtime
+from searchsvc.retrieve.batching import QueryBatcher
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     _tokenizer: Any = PrivateAttr()
     _encoder: Any = PrivateAttr()
     _pool: str = PrivateAttr()
+    _batcher: Any = PrivateAttr()
     _dimension: int = PrivateAttr()
 
     def __init__(self, model_path: str, cache_dir: Path, threads: int, model_id: str = "", **kwargs: Any) -> None:
@@ -74,6 +76,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         )
         self._encoder = onnx_runtime.OrtEncoder(path, threads or torch.get_num_threads())
         self._pool = pool
+        self._batcher = QueryBatcher(self._encode, name="sentence-query-batcher")  # concurrent queries share passes
         self._dimension = int(st.get_embedding_dimension())
 
     @classmethod
@@ -109,7 +112,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         return self._encode(list(queries))
 
     def _get_query_embedding(self, query: str) -> Embedding:
-        return self._encode([query])[0].tolist()
+        return self._batcher(query).tolist()
 
     async def _aget_query_embedding(self, query: str) -> Embedding:
         return await asyncio.to_thread(self._get_query_embedding, query)
