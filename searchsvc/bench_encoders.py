@@ -51,6 +51,29 @@ def _latency(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
+def queries_per_second(embed_query: Callable[[str], object], clients: int, seconds: float = 3.0) -> float:
+    """Distinct ~8-token queries from `clients` threads at once, each sending its next as soon as one returns."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def client(c: int) -> None:
+        i = 0
+        while time.perf_counter() < stop:
+            embed_query(f"{QUERIES[8]} {c} {i}")  # distinct texts: no cache hits
+            i += 1
+        counts[c] = i
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
 def bench_engine(
     name: str, embed_query: Callable[[str], object], embed_passages: Callable[[Sequence[str]], object],
     token_counts: Callable[[Sequence[str]], list[int]], layers: int, passages: list[str], peak: float, runs: int,
@@ -66,13 +89,15 @@ def bench_engine(
     flops = sum(n * e5_flops_per_token(n, layers=layers) for n in counts)
     row.update(docs_s=len(passages) / seconds, gflops=flops / seconds / 1e9, tokens=sum(counts))
     row["peak_ratio"] = row["gflops"] / peak
+    row["qps1"], row["qps8"] = queries_per_second(embed_query, 1), queries_per_second(embed_query, 8)
     return row
 
 
 def print_row(model: str, row: dict) -> None:
     q = " ".join(f"{t:>2}-tok {row[f'q{t}'][0]:5.1f}/{row[f'q{t}'][1]:5.1f}" for t in QUERIES)
     print(f"  {model:<18} {row['engine']:<12} query p50/p99 ms: {q}   passages {row['docs_s']:6.1f} docs/s  "
-          f"{row['gflops']:6.1f} GFLOP/s = {row['peak_ratio']:.2f} of peak", flush=True)
+          f"{row['gflops']:6.1f} GFLOP/s = {row['peak_ratio']:.2f} of peak   queries/s 1 client {row['qps1']:5.0f}, "
+          f"8 clients {row['qps8']:5.0f} ({row['qps8'] / row['qps1']:.1f}x)", flush=True)
 
 
 def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", "onnx"), cache_dir: Path | None = None) -> list[dict]:

@@ -114,8 +114,10 @@ class Settings(BaseSettings):
         "onnx", description="Sentence-transformers embedders (MiniLM, trained models): onnx (exported once to ONNX Runtime, "
         "fp32, cached under <index_dir>/models/onnx) or torch (LlamaIndex's HuggingFaceEmbedding, the reference).",
     )
+    # int8 by default: vectors within cosine 0.998 of fp32, nDCG@10 within 0.005 on SciFact and autorag-ko, and
+    # int8 GEMMs are at least as fast as fp32 on every x86 server CPU (AVX2, AVX-512BW, VNNI, AMX kernels in ORT).
     encoder_int8: bool = Field(
-        False, description="onnx e5 engine: int8 weights, FFN down-projections kept fp32 (vectors within cosine 0.998 of fp32).",
+        True, description="onnx e5 engine: int8 weights, FFN down-projections kept fp32; false: fp32 (exactly torch's vectors).",
     )
     encoder_precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="The torch e5 engine's matmul precision; auto: bfloat16 only where the CPU flags show native "

@@ -58,7 +58,7 @@ class ModelRegistry:
         encoder_precision: str = "auto",
         sentence_engine: str = "onnx",
         threads: int = 0,
-        encoder_int8: bool = False,
+        encoder_int8: bool = True,
         rerank_engine: str = "onnx",
     ) -> None:
         self.models_dir = models_dir
