@@ -22,7 +22,7 @@ class OnnxCrossEncoder:
         if self.num_labels != 1:
             raise ValueError(f"{model_path} has {self.num_labels} outputs; a reranker needs a single relevance logit")
         self.tokenizer = reference.tokenizer
-        self.max_length = reference.max_length
+        self.max_length = reference.max_seq_length
         model = reference.model
         model.set_attn_implementation("eager")  # exports as the pattern ORT fuses (see sentence_onnx.py)
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self.tokenizer.model_input_names]
