@@ -17,7 +17,7 @@ import numpy as np
 
 from searchsvc.client import bulk_index
 from searchsvc.config import Settings
-from searchsvc.models import ModelRegistry, resolve_model_path
+from searchsvc.models import DEFAULT_EMBEDDING_MODEL, ModelRegistry, resolve_model_path
 from searchsvc.process import ServerProcess
 from searchsvc.server import configure_threads
 from searchsvc.types import Document

