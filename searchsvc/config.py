@@ -120,8 +120,8 @@ class Settings(BaseSettings):
         True, description="onnx e5 engine: int8 weights, FFN down-projections kept fp32; false: fp32 (exactly torch's vectors).",
     )
     encoder_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="The torch e5 engine's matmul precision; auto: bfloat16 only where the CPU flags show native "
-        "bf16 (avx512_bf16 or amx_bf16), float32 elsewhere.",
+        "auto", description="The torch e5 engine's matmul precision; auto: bfloat16 only where the CPU has usable AMX "
+        "(amx_bf16 in its flags, granted by the kernel), float32 elsewhere (AVX512-BF16 alone measured slower than fp32).",
     )
     default_chunk_size: int = Field(512, ge=32)
     default_chunk_overlap: int = Field(64, ge=0)

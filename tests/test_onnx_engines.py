@@ -105,16 +105,18 @@ def test_export_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, mo
 
 
 @pytest.mark.parametrize(
-    "flags, expected",
+    "flags, amx_granted, expected",
     [
-        ({"avx2", "fma", "avx512f", "avx512bw"}, "float32"),  # AVX-512 without native bf16: bf16 would be emulated
-        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
-        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, "bfloat16"),
-        ({"avx2", "fma"}, "float32"),
-        (set(), "float32"),
+        ({"avx2", "fma", "avx512f", "avx512bw"}, True, "float32"),  # AVX-512 without native bf16: bf16 would be emulated
+        ({"avx2", "avx512f", "avx512_bf16"}, True, "float32"),  # AVX512-BF16 alone measured slower than fp32
+        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, True, "bfloat16"),
+        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, False, "float32"),  # AMX in the flags, refused by the kernel
+        ({"avx2", "fma"}, True, "float32"),
+        (set(), True, "float32"),
     ],
 )
-def test_auto_precision_follows_the_cpu_flags(flags, expected):
+def test_auto_precision_follows_the_cpu_flags(flags, amx_granted, expected, monkeypatch):
+    monkeypatch.setattr(hardware, "amx_permitted", lambda: amx_granted)
     assert resolve_precision("auto", frozenset(flags)) == expected
     assert resolve_precision("float32", frozenset(flags)) == "float32", "a setting overrides"
     assert resolve_precision("bfloat16", frozenset(flags)) == "bfloat16"

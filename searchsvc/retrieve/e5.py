@@ -238,14 +238,14 @@ class E5Tokenizer:
 # Engines
 # --------------------------------------------------------------------------------------------------------------
 def resolve_precision(precision: str, flags: frozenset[str] | None = None) -> str:
-    """"auto" -> "bfloat16" where the CPU flags show native bf16 (AVX512-BF16 or AMX-BF16), else "float32".
-    Not torch's `_is_mkldnn_bf16_supported()`: it is true on any AVX-512 CPU, where bf16 is emulated (2.5 vs
-    6.6 docs/s in fp32 on such a Xeon). bfloat16 runs under torch.autocast: matmuls in bf16,
-    LayerNorm/softmax/pooling in fp32."""
+    """"auto" -> "bfloat16" only where AMX-BF16 is in the CPU flags and usable (hardware.bf16_is_faster), else
+    "float32". Not torch's `_is_mkldnn_bf16_supported()`: it is true on any AVX-512 CPU, where bf16 is emulated
+    (2.5 vs 6.6 docs/s in fp32 on such a Xeon); and AVX512-BF16 without AMX was slower than fp32 too (7.2 vs
+    12.1). bfloat16 runs under torch.autocast: matmuls in bf16, LayerNorm/softmax/pooling in fp32."""
     if precision == "auto":
         from searchsvc import hardware
 
-        return "bfloat16" if hardware.has_native_bf16(flags) else "float32"
+        return "bfloat16" if hardware.bf16_is_faster(flags) else "float32"
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"precision must be auto | float32 | bfloat16, not {precision!r}")
     return precision
