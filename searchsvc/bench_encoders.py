@@ -1,5 +1,5 @@
 """`searchsvc bench` part one: each encoder (MiniLM, multilingual-e5-small) on each engine (the torch reference,
-ONNX Runtime), against this machine's measured fp32 matmul peak, in one run.
+ONNX Runtime; OpenVINO for e5), against this machine's measured fp32 matmul peak, in one run.
 
 Per engine: query latency p50/p99 for ~1, ~8 and ~32-token queries (one query per call, as a search does), passage
 throughput (docs/s) on the same texts for every engine, the achieved GFLOP/s (model FLOPs per token times tokens,
@@ -111,7 +111,7 @@ def print_row(model: str, row: dict) -> None:
           f"8 clients {row['qps8']:5.0f} ({row['qps8'] / row['qps1']:.1f}x)", flush=True)
 
 
-def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", "onnx"), cache_dir: Path | None = None) -> list[dict]:
+def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", "onnx", "openvino"), cache_dir: Path | None = None) -> list[dict]:
     from sentence_transformers import SentenceTransformer
 
     from searchsvc.models import packaged_minilm_path
@@ -131,6 +131,8 @@ def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", 
         return [min(len(ids), reference.max_seq_length) for ids in reference.tokenizer(list(texts))["input_ids"]]
 
     for engine in engines:
+        if engine not in ("torch", "onnx"):  # MiniLM runs on these two (OpenVINO serves e5 only)
+            continue
         if engine == "torch":
             row = bench_engine(
                 "torch fp32", lambda q: reference.encode([q], normalize_embeddings=True),
@@ -142,9 +144,11 @@ def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", 
         rows.append({"model": "all-MiniLM-L6-v2", **row})
         print_row("all-MiniLM-L6-v2", row)
 
-    variants = [("torch", "float32", "fp32"), ("onnx", "float32", "fp32"), ("onnx", "float32", "int8")]
+    variants = [("torch", "float32", "fp32"), ("onnx", "float32", "fp32"), ("onnx", "float32", "int8"),
+                ("openvino", "float32", "fp32")]
     if hardware.has_native_bf16():
         variants.insert(1, ("torch", "bfloat16", "bf16"))
+        variants.append(("openvino", "bfloat16", "bf16"))
     for engine, precision, label in variants:
         if engine not in engines:
             continue

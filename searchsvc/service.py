@@ -455,6 +455,7 @@ def answer_result_to_pb(r: AnswerResult, explain: bool) -> pb.AnswerResponse:
             completion_tokens=r.usage.completion_tokens,
             total_tokens=r.usage.total_tokens,
             cached=r.usage.cached,
+            prompt_tokens_reused=r.usage.prompt_tokens_reused,
         ),
         timings=pb.AnswerTimings(
             retrieve_ms=t.get("retrieve", 0.0),

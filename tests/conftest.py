@@ -121,3 +121,12 @@ class ServerProcess(_ServerProcess):
     def kill9(self) -> None:
         self._close_channel()
         super().kill9()
+
+
+# Encoder parity texts: English, Korean, one word, and one longer than a 512-token window.
+ENCODER_TEXTS = [
+    "Vitamin D supplementation and the risk of hip fractures in older adults.",
+    "비타민 D 보충이 노인의 고관절 골절 위험에 미치는 영향",
+    "BM25",
+    "A long passage about retrieval. " * 120,
+]

@@ -377,6 +377,26 @@ def test_llama_cpp_answers_with_exact_usage(qwen):
 
 
 @needs_llama
+def test_llama_cpp_reuses_the_kv_cache_of_the_shared_instructions(qwen):
+    system = ChatMessage(role=MessageRole.SYSTEM, content="Answer in one word. Use only the context given by the user.")
+    first = qwen.stream([system, ChatMessage(role=MessageRole.USER, content="Context: the sky is blue. Colour of the sky?")],
+                        max_tokens=4, temperature=0.0)
+    "".join(first)
+    second = qwen.stream([system, ChatMessage(role=MessageRole.USER, content="Context: grass is green. Colour of grass?")],
+                         max_tokens=4, temperature=0.0)
+    text = "".join(second)
+    llama = qwen.llm.llama
+    instructions = len(llama.tokenize(qwen.llm.messages_to_prompt([system]).encode(), add_bos=True, special=True))
+    # Everything up to the user turn's first differing token was left by the first call, and only that.
+    assert instructions - 3 <= second.usage.prompt_tokens_reused < second.usage.prompt_tokens
+    assert "green" in text.lower()
+    other = qwen.stream([ChatMessage(role=MessageRole.SYSTEM, content="Reply in French."),
+                         ChatMessage(role=MessageRole.USER, content="Colour of grass?")], max_tokens=2, temperature=0.0)
+    "".join(other)
+    assert other.usage.prompt_tokens_reused <= 3, "another system prompt shares only the turn marker"
+
+
+@needs_llama
 def test_llama_cpp_close_stops_within_a_token(qwen):
     messages = [ChatMessage(role=MessageRole.USER, content="Count from 1 to 200, separated by commas.")]
     gen = qwen.stream(messages, max_tokens=300, temperature=0.0)

@@ -6,16 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import ENCODER_TEXTS as TEXTS
 from searchsvc import hardware
 from searchsvc.retrieve import onnx_runtime
 from searchsvc.retrieve.e5 import get_engine, resolve_precision
-
-TEXTS = [
-    "Vitamin D supplementation and the risk of hip fractures in older adults.",
-    "비타민 D 보충이 노인의 고관절 골절 위험에 미치는 영향",
-    "BM25",
-    "A long passage about retrieval. " * 120,  # longer than one 512-token window
-]
 
 
 @pytest.fixture(scope="module")

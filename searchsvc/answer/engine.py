@@ -322,6 +322,7 @@ class AnswerEngine:
                     generation.close()
                     usage.prompt_tokens = generation.usage.prompt_tokens
                     usage.completion_tokens = generation.usage.completion_tokens
+                    usage.prompt_tokens_reused = generation.usage.prompt_tokens_reused
                 if stop_requested:
                     self.stats.last_cancel_stop_ms = (time.perf_counter() - stop_requested[0]) * 1000
                     log.info("generation stopped %.1f ms after cancel", self.stats.last_cancel_stop_ms)

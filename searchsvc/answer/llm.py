@@ -51,6 +51,7 @@ class ModelDiskFull(LLMUnavailable):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_reused: int = 0  # of prompt_tokens, those whose KV cache a previous generation left (not read again)
     estimated: bool = False  # True when a remote server sent no counts and count_tokens() filled them in
 
     @property
@@ -278,6 +279,7 @@ class _LlamaCppLLM(AnswerLLM):
             cached = llama.input_ids[: min(llama.n_tokens, end)]
             diff = np.flatnonzero(cached != np.asarray(tokens[: len(cached)]))
             llama.n_tokens = int(diff[0]) if len(diff) else len(cached)  # eval() drops KV entries past n_tokens
+            gen.usage.prompt_tokens_reused = llama.n_tokens
             for i in range(llama.n_tokens, end, _PREFILL_CHUNK):
                 if gen.cancelled:
                     gen.finish_reason = "cancelled"
@@ -513,11 +515,16 @@ def _build_llama_cpp(settings: LLMSettings, models_dir: Path) -> AnswerLLM:
     except ImportError as exc:
         raise LLMUnavailable(
             f"llama.cpp backend not installed ({exc}); install: pip install 'searchsvc[local-llm]' (llama-cpp-python "
-            "must be built with the AMX kernels off on this CPU; see the Makefile)"
+            "built as the Makefile builds it: one CPU backend per x86 level)"
         ) from exc
+    from searchsvc.answer.ggml_cpu import VariantUnavailable, load_cpu_backend
     from searchsvc.answer.gguf import ensure_model
 
     path = ensure_model(settings.model, models_dir)
+    try:
+        load_cpu_backend(settings.cpu_variant)
+    except (VariantUnavailable, OSError) as exc:
+        raise LLMUnavailable(f"llama.cpp CPU kernels: {exc}") from exc
     threads = settings.threads or os.cpu_count() or 1
     try:
         llm = cls(

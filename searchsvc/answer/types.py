@@ -67,6 +67,7 @@ class TokenUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    prompt_tokens_reused: int = 0
 
     @property
     def total_tokens(self) -> int:

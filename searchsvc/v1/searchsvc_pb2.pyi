@@ -420,16 +420,18 @@ class GuardrailVerdict(_message.Message):
     def __init__(self, status: _Optional[_Union[GuardrailStatus, str]] = ..., hits: _Optional[_Iterable[_Union[RailHit, _Mapping]]] = ..., input_ms: _Optional[float] = ..., output_ms: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached")
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached", "prompt_tokens_reused")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     cached: bool
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
+    prompt_tokens_reused: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached: _Optional[bool] = ..., prompt_tokens_reused: _Optional[int] = ...) -> None: ...
 
 class AnswerTimings(_message.Message):
     __slots__ = ("retrieve_ms", "search", "guard_input_ms", "first_token_ms", "generate_ms", "guard_output_ms", "total_ms")

