@@ -78,16 +78,30 @@ def bench_ingest(server: ServerProcess, settings: Settings, docs: list[Document]
             "ratio": {size: v / mean_bare for size, v in service.items()}}
 
 
-def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int], n_queries: int) -> list[dict]:
+def with_vectors(docs: list[Document], dimension: int, rng: np.random.Generator) -> list[Document]:
+    """The documents with random unit vectors (Document.vector): the collection stores them as sent, so loading
+    skips the embedder. Search latency does not depend on what the vectors mean: the dense leg is an exact scan."""
+    vectors = rng.standard_normal((len(docs), dimension)).astype(np.float32)
+    for doc, vector in zip(docs, vectors):
+        doc.vector = vector
+    return docs
+
+
+def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int], n_queries: int, vectors: bool = False) -> list[dict]:
+    """Search latency by mode at each size. `vectors`: documents are loaded with their own vectors (fast, any
+    size); queries are still text, so DENSE and HYBRID include the collection model's query embedding."""
     rows = []
     indexed = 0
+    rng = np.random.default_rng(0)
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.SearchServiceStub(channel)
         stub.CreateCollection(pb.CreateCollectionRequest(name="bench-search"))
+        dimension = stub.GetCollection(pb.GetCollectionRequest(name="bench-search")).dimension
         for size in sorted(sizes):
             started = time.perf_counter()
+            docs = corpus.docs(size - indexed, start=indexed, min_words=10, max_words=30)
             bulk_index(lambda: grpc.insecure_channel(server.target), "bench-search",
-                       corpus.docs(size - indexed, start=indexed, min_words=10, max_words=30), batch_size=256)
+                       with_vectors(docs, dimension, rng) if vectors else docs, batch_size=256)
             load_s = time.perf_counter() - started
             indexed = size
             time.sleep(3)  # let the keyword leg's last refresh land
@@ -121,7 +135,7 @@ def _row(r: dict) -> str:
             f"  [loaded in {r['load_s']:.0f} s]")
 
 
-def run_bench(settings: Settings, *, sizes: list[int], ingest_docs: int, queries: int) -> None:
+def run_bench(settings: Settings, *, sizes: list[int], ingest_docs: int, queries: int, vectors: bool = False) -> None:
     """The server runs as its own process (as in production); this process is the client and the bare encoder."""
     threads = configure_threads(settings)
     corpus = SyntheticCorpus()
@@ -134,7 +148,7 @@ def run_bench(settings: Settings, *, sizes: list[int], ingest_docs: int, queries
             print(f"ingest, {ingest_docs} docs of 20-60 words: bare SentenceTransformer.encode {ingest['bare_docs_s']:.1f} docs/s (runs: {runs})")
             for size, rate in ingest["service_docs_s"].items():
                 print(f"  BulkIndex, {size} docs per request: {rate:.1f} docs/s, ratio to bare {ingest['ratio'][size]:.3f}", flush=True)
-            bench_search(server, corpus, sizes, queries)
+            bench_search(server, corpus, sizes, queries, vectors)
             print(f"server peak RSS: {server.peak_rss_mb():.0f} MB")
 
 

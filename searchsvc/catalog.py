@@ -18,7 +18,10 @@ from searchsvc.collection import Collection, validate_config_values
 from searchsvc.config import Settings
 from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from searchsvc.models import ModelRegistry
+from llama_index.core.base.embeddings.base import BaseEmbedding
+
 from searchsvc.retrieve.dense import DenseIndex
+from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
 from searchsvc.store.wal import WalCorrupt
 from searchsvc.store.files import fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
@@ -52,14 +55,20 @@ class Catalog:
             chunk_overlap=overlap,
             reranker_model=config.reranker_model,
             refresh_interval_ms=config.refresh_interval_ms or s.default_refresh_interval_ms,
+            dimension=config.dimension,
         )
+
+    def _embedder(self, config: CollectionConfig) -> tuple[BaseEmbedding, int]:
+        """The collection's embed model and vector length."""
+        if config.embedding_model == EXTERNAL_MODEL:
+            return ExternalEmbedding(dimension=config.dimension), config.dimension
+        return self.models.embedder(config.embedding_model), self.models.dimension(config.embedding_model)
 
     def _open(self, path: Path) -> Collection:
         config = Collection.read_config(path)
         return Collection.open(
             path,
-            self.models.embedder(config.embedding_model),
-            self.models.dimension(config.embedding_model),
+            *self._embedder(config),
             max_document_bytes=self.settings.max_document_bytes,
             checkpoint_wal_bytes=self.settings.checkpoint_wal_bytes,
             min_free_disk_bytes=self.settings.min_free_disk_bytes,
@@ -99,7 +108,7 @@ class Catalog:
             if name in self._collections or path.exists():
                 raise AlreadyExists(f"collection {name!r} already exists")
             try:
-                self.models.dimension(config.embedding_model)
+                self._embedder(config)
             except Exception as exc:
                 raise InvalidArgument("config.embedding_model", f"cannot load {config.embedding_model!r}: {exc}") from exc
             if config.reranker_model:
@@ -185,6 +194,8 @@ class Catalog:
         coll.check_free_space()  # the new version is a full copy beside the old: refuse rather than fill the disk
         if embedding_model == coll.config.embedding_model:
             raise InvalidArgument("embedding_model", f"is already the model of collection {name!r}")
+        if embedding_model == EXTERNAL_MODEL:
+            raise InvalidArgument("embedding_model", "cannot re-embed into 'external': send the documents again with vectors")
         try:
             embedder, dimension = self.models.embedder(embedding_model), self.models.dimension(embedding_model)
         except Exception as exc:
@@ -206,7 +217,7 @@ class Catalog:
                 part = ordered[i : i + batch]
                 vectors = dense.embed_passages([c.indexed_text for c in part])
                 done.update({c.id: (c.indexed_text, v) for c, v in zip(part, vectors)})
-            config = dataclasses.replace(coll.config, embedding_model=embedding_model)
+            config = dataclasses.replace(coll.config, embedding_model=embedding_model, dimension=0)
             # Lock order as in delete/close: the catalog's, then the collection's write lock.
             with self._lock, coll.write_reembedded(staging, config, dense, done):
                 os.replace(coll.path, old)

@@ -189,7 +189,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         passages = bench_encoders.load_passages(Path(args.passages) if args.passages else None, args.passage_count)
         bench_encoders.run(passages, runs=args.queries // 4 or 1)
     if args.part in ("all", "service"):
-        run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries)
+        run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries,
+                  vectors=args.with_vectors)
     if args.part in ("all", "llm"):
         from searchsvc import bench_encoders, bench_llm
 
@@ -295,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dir", type=Path, help="default: a temporary directory")
     p.add_argument("--sizes", default="10000,100000", help="chunk counts for the search latency runs")
     p.add_argument("--ingest-docs", type=int, default=2000)
+    p.add_argument("--with-vectors", action="store_true",
+                   help="load the search-latency collections with random Document.vector values (no embedder: 100k in minutes)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--part", choices=["all", "encoders", "service", "llm"], default="all",
                    help="encoders: each encoder on each engine vs the matmul peak; service: ingest and search through the "

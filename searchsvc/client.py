@@ -26,7 +26,8 @@ def batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 
 def to_pb(doc: Document) -> pb.Document:
-    return pb.Document(id=doc.id, text=doc.text, title=doc.title, metadata=doc.metadata)
+    return pb.Document(id=doc.id, text=doc.text, title=doc.title, metadata=doc.metadata,
+                       vector=[] if doc.vector is None else doc.vector)
 
 
 def bulk_index(

@@ -37,6 +37,7 @@ from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, node_to_chunk
+from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION, unit_vector
 from searchsvc.retrieve.keyword import KeywordIndex
 from searchsvc.store.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
@@ -253,10 +254,15 @@ class Collection:
         self.check_writable()
         self.check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
         report = IndexReport()
-        valid = self._validate(docs, report)
-        chunks = [c for d in valid for c in self.chunker.chunk(d)]
+        valid, given = self._validate(docs, report)
+        # A document that brings its vector is one chunk with that vector; the others are chunked and embedded.
+        chunks = [c for d in valid if d.id not in given for c in self.chunker.chunk(d)]
         chunked = time.perf_counter()
         vectors = self._embed([c.indexed_text for c in chunks])
+        if given:
+            whole = [Chunk(f"{d.id}#0", d.id, 0, d.text, d.title, dict(d.metadata), 0, len(d.text)) for d in valid if d.id in given]
+            chunks += whole
+            vectors = np.concatenate([vectors.reshape(-1, self.dimension), np.stack([given[c.document_id] for c in whole])])
         embedded = time.perf_counter()
         record = {
             "op": "upsert",
@@ -324,11 +330,13 @@ class Collection:
             self.metadata.add(c.id, c.metadata)
         return existed
 
-    def _validate(self, docs: Sequence[Document], report: IndexReport) -> list[Document]:
+    def _validate(self, docs: Sequence[Document], report: IndexReport) -> tuple[list[Document], dict[str, np.ndarray]]:
+        """The valid documents, and the unit vectors of those that brought one (by document id)."""
         last_position = {d.id: i for i, d in enumerate(docs)}
-        valid = []
+        valid, given = [], {}
+        external = self.config.embedding_model == EXTERNAL_MODEL
         for i, doc in enumerate(docs):
-            error = None
+            error, vector = None, None
             if not doc.id:
                 error = (f"documents[{i}].id", "must not be empty")
             elif len(doc.id.encode()) > MAX_DOCUMENT_ID_BYTES:
@@ -341,11 +349,20 @@ class Collection:
                 error = (f"documents[{i}].metadata", f"reserved keys {reserved}")
             elif last_position[doc.id] != i:
                 error = (f"documents[{i}].id", f"repeated later in the batch at documents[{last_position[doc.id]}]")
+            elif doc.vector is not None and len(doc.vector):
+                try:
+                    vector = unit_vector(doc.vector, self.dimension, f"documents[{i}].vector")
+                except InvalidArgument as exc:
+                    error = (exc.field, exc.description)
+            elif external:
+                error = (f"documents[{i}].vector", f"required: this collection's vectors come from its callers ({self.dimension}-d)")
             if error:
                 report.errors.append(DocumentError(i, doc.id, *error))
-            else:
-                valid.append(doc)
-        return valid
+                continue
+            valid.append(doc)
+            if vector is not None:
+                given[doc.id] = vector
+        return valid, given
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -474,6 +491,10 @@ class Collection:
 
 def validate_config_values(config: CollectionConfig) -> None:
     get_analyzer(config.analyzer)
+    if config.embedding_model == EXTERNAL_MODEL and not 1 <= config.dimension <= MAX_DIMENSION:
+        raise InvalidArgument("config.dimension", f"must be between 1 and {MAX_DIMENSION} with embedding_model 'external'")
+    if config.embedding_model != EXTERNAL_MODEL and config.dimension:
+        raise InvalidArgument("config.dimension", "only with embedding_model 'external' (a model decides its own)")
     if config.chunk_size < 32 or config.chunk_size > 8192:
         raise InvalidArgument("config.chunk_size", "must be between 32 and 8192")
     if not 0 <= config.chunk_overlap < config.chunk_size:

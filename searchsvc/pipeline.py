@@ -11,6 +11,7 @@ from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
 from searchsvc.errors import InvalidArgument
 from searchsvc.models import ModelRegistry
+from searchsvc.retrieve.external import unit_vector
 from searchsvc.rerank import CrossEncoderReranker
 from searchsvc.types import Fusion, Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
 
@@ -51,6 +52,9 @@ class SearchPipeline:
     def search(self, coll: Collection, p: SearchParams) -> SearchResult:
         clock = _Stopwatch()
         started = time.perf_counter()
+        given = None  # the caller's query embedding, checked and unit-normalized
+        if p.query_vector is not None and len(p.query_vector):
+            given = unit_vector(p.query_vector, coll.dimension, "query_vector")
         language = query_language(coll.config.language, p.query)
         use_dense = p.mode in (SearchMode.HYBRID, SearchMode.DENSE)
         use_keyword = p.mode in (SearchMode.HYBRID, SearchMode.KEYWORD)
@@ -64,7 +68,7 @@ class SearchPipeline:
         needs_cosine = p.similarity_cutoff is not None and reranker is None
         if (use_dense or needs_cosine) and allowed != set():
             with clock.stage("embed"):
-                query_vector = coll.dense.embed_query(p.query)
+                query_vector = given if given is not None else coll.dense.embed_query(p.query)
 
         dense: list[ScoredId] = []
         keyword: list[ScoredId] = []
@@ -109,7 +113,7 @@ class SearchPipeline:
             with clock.stage("cutoff"):
                 if reranker is None:
                     if query_vector is None:  # a keyword search whose rerank was skipped
-                        query_vector = coll.dense.embed_query(p.query)
+                        query_vector = given if given is not None else coll.dense.embed_query(p.query)
                     missing = [h.chunk_id for h in hits if h.similarity is None]
                     cosines = coll.dense.similarities(query_vector, missing)
                     for h in hits:

@@ -145,7 +145,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
     async def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.Collection:
         c = request.config
         config = CollectionConfig(
-            c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language
+            c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language,
+            c.dimension,
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
@@ -212,7 +213,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 raise errors.InvalidArgument(
                     "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
                 )
-            docs = [Document(d.id, d.text, d.title, dict(d.metadata)) for d in request.documents]
+            docs = [Document(d.id, d.text, d.title, dict(d.metadata), d.vector or None) for d in request.documents]
             report = await self._write(collection, collection.index_documents, docs)
             yield ack_to_pb(request.sequence or ordinal, report)
 
@@ -294,6 +295,7 @@ def collection_to_pb(c: Collection) -> pb.Collection:
             reranker_model=cfg.reranker_model,
             refresh_interval_ms=cfg.refresh_interval_ms,
             language=cfg.language,
+            dimension=cfg.dimension,
         ),
         document_count=c.document_count,
         chunk_count=c.chunk_count,
@@ -343,6 +345,7 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         rerank_candidates=r.rerank.candidates or s.default_rerank_candidates,
         rerank_model=r.rerank.model,
         similarity_cutoff=r.similarity_cutoff if r.HasField("similarity_cutoff") else None,
+        query_vector=r.query_vector or None,
     )
     params.validate(max_top_k=s.max_top_k, max_query_chars=s.max_query_chars)
     return params

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from searchsvc.errors import InvalidArgument
@@ -48,6 +49,8 @@ class CollectionConfig:
     refresh_interval_ms: int = 1000
     # "en", "ko", "auto" (searchsvc/language.py); empty in a request: the server's default_language.
     language: str = ""
+    # The vectors' length when embedding_model is "external" (callers send vectors); else 0.
+    dimension: int = 0
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Document:
     text: str
     title: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    vector: Sequence[float] | None = None  # the caller's embedding: one chunk, no model (retrieve/external.py)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class SearchParams:
     rerank_candidates: int = 50
     rerank_model: str = ""  # overrides the collection's reranker_model
     similarity_cutoff: float | None = None
+    query_vector: Sequence[float] | None = None  # the caller's query embedding; checked against the collection
 
     def validate(self, *, max_top_k: int, max_query_chars: int) -> None:
         """Raise InvalidArgument naming the first bad field."""
@@ -147,7 +152,8 @@ def _check(ok: bool, field_name: str, message: str) -> None:
 
 
 def validate_search_params(p: SearchParams, *, max_top_k: int, max_query_chars: int) -> None:
-    _check(bool(p.query.strip()), "query", "must not be empty")
+    vector_only = p.mode is SearchMode.DENSE and p.query_vector is not None
+    _check(vector_only or bool(p.query.strip()), "query", "must not be empty (except in DENSE mode with a query_vector)")
     _check(len(p.query) <= max_query_chars, "query", f"longer than {max_query_chars} characters")
     _check(1 <= p.top_k <= max_top_k, "top_k", f"must be between 1 and {max_top_k}")
     _check(1 <= p.dense_candidates <= 1000, "dense_candidates", "must be between 1 and 1000")

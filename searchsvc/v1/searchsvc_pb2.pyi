@@ -65,7 +65,7 @@ GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
 GUARDRAIL_STATUS_BLOCKED: GuardrailStatus
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language")
+    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension")
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     ANALYZER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class CollectionConfig(_message.Message):
     RERANKER_MODEL_FIELD_NUMBER: _ClassVar[int]
     REFRESH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
     embedding_model: str
     analyzer: str
     chunk_size: int
@@ -80,7 +81,8 @@ class CollectionConfig(_message.Message):
     reranker_model: str
     refresh_interval_ms: int
     language: str
-    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ...) -> None: ...
+    dimension: int
+    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ...) -> None: ...
 
 class ReembedCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model")
@@ -149,7 +151,7 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("id", "text", "title", "metadata")
+    __slots__ = ("id", "text", "title", "metadata", "vector")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,11 +163,13 @@ class Document(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     title: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BulkIndexRequest(_message.Message):
     __slots__ = ("collection", "documents", "sequence")
@@ -234,7 +238,7 @@ class RerankOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion")
+    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +260,7 @@ class SearchRequest(_message.Message):
     RERANK_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_CUTOFF_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -270,7 +275,8 @@ class SearchRequest(_message.Message):
     rerank: RerankOptions
     similarity_cutoff: float
     fusion: Fusion
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ...) -> None: ...
+    query_vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LegScore(_message.Message):
     __slots__ = ("rank", "score")

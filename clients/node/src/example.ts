@@ -21,14 +21,15 @@ import {
 const [address = "127.0.0.1:50051", collection = "node-example"] = process.argv.slice(2);
 const client = new SearchServiceClient(address, credentials.createInsecure());
 
+// fromPartial fills every field left out (metadata, vector, and any the proto adds later) with its default.
 const documents: Document[] = [
-  { id: "vaccine", title: "Vaccines", text: "Vaccines train the immune system to recognise a pathogen before infection.", metadata: {} },
-  { id: "coffee", title: "Coffee", text: "Coffee beans are roasted seeds; caffeine is a stimulant.", metadata: {} },
-  { id: "volcano", title: "Volcanoes", text: "A volcano erupts when magma rises through the crust.", metadata: {} },
-  { id: "empty", title: "Rejected", text: "   ", metadata: {} }, // rejected by the server: the ack names the field
-  { id: "tides", title: "Tides", text: "Tides are caused by the gravitational pull of the moon.", metadata: {} },
-  { id: "antibody", title: "Antibodies", text: "Antibodies bind antigens and mark pathogens for the immune system.", metadata: {} },
-];
+  { id: "vaccine", title: "Vaccines", text: "Vaccines train the immune system to recognise a pathogen before infection." },
+  { id: "coffee", title: "Coffee", text: "Coffee beans are roasted seeds; caffeine is a stimulant." },
+  { id: "volcano", title: "Volcanoes", text: "A volcano erupts when magma rises through the crust." },
+  { id: "empty", title: "Rejected", text: "   " }, // rejected by the server: the ack names the field
+  { id: "tides", title: "Tides", text: "Tides are caused by the gravitational pull of the moon." },
+  { id: "antibody", title: "Antibodies", text: "Antibodies bind antigens and mark pathogens for the immune system." },
+].map((d) => Document.fromPartial(d));
 const BATCH_SIZE = 2;
 const WINDOW = 2; // batches in flight before waiting for an ack
 
