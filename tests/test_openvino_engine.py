@@ -134,3 +134,19 @@ def test_a_conversion_that_cannot_be_written_falls_back_to_onnx_runtime(tmp_path
     registry = ModelRegistry(models_dir=tmp_path, e5_engine="openvino")
     assert registry.embedder(E5_MODEL).engine == "onnx"
     assert any("OpenVINO unavailable" in r.getMessage() and "No space left" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("engine, options", [("onnx", {"int8": True}), ("openvino", {"precision": "float32"})])
+def test_a_cached_e5_loads_without_building_its_torch_model(tmp_path, monkeypatch, engine, options):
+    from searchsvc.retrieve import e5
+
+    cls = {"onnx": e5.OrtE5Engine, "openvino": e5.OvE5Engine}[engine]
+    first = cls(cache_dir=str(tmp_path), **options)  # exports: builds the torch model once
+    assert first.model is None, "the torch module is not kept"
+
+    def no_model(self, attn_implementation):
+        raise AssertionError("built the torch model although the export is cached")
+
+    monkeypatch.setattr(e5.TorchE5Engine, "build_model", no_model)
+    second = cls(cache_dir=str(tmp_path), **options)
+    np.testing.assert_allclose(second.embed(TEXTS[:2], True), first.embed(TEXTS[:2], True), atol=1e-6)

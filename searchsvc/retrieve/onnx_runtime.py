@@ -77,16 +77,19 @@ def cached_export(
     num_heads: int,
     hidden_size: int,
     output: str = "last_hidden_state",
+    digest: str | None = None,
 ) -> Path:
-    """The optimized ONNX file of `module` (its one output named `output`), exported on first use."""
+    """The optimized ONNX file of `module` (its one output named `output`), exported on first use. With `digest`
+    (of the weights' source, e.g. a model file), `module` is a function that builds the module, called only when
+    the export must be made: a cached model then loads without building its torch twin."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
-    target = cache_dir / f"{slug}-{export_key(model_id, weights_digest(module))}.onnx"
+    target = cache_dir / f"{slug}-{export_key(model_id, digest or weights_digest(module))}.onnx"
 
     def build(out: Path) -> None:
         started = time.perf_counter()
         raw = out.with_name("raw.onnx")
-        _export(module, example_inputs, input_names, dynamic_axes, raw, output)
+        _export(module() if digest else module, example_inputs, input_names, dynamic_axes, raw, output)
         _optimize(raw, out, num_heads, hidden_size)
         log.info("exported %s to ONNX in %.1f s: %s", model_id, time.perf_counter() - started, target)
 

@@ -29,14 +29,17 @@ log = logging.getLogger(__name__)
 IR_VERSION = 1  # bump when the conversion recipe changes
 
 
-def cached_ir(module: Any, model_id: str, example_inputs: tuple, input_shapes: list[list[int]], cache_dir: Path) -> Path:
+def cached_ir(
+    module: Any, model_id: str, example_inputs: tuple, input_shapes: list[list[int]], cache_dir: Path, digest: str | None = None
+) -> Path:
     """The OpenVINO IR (`model.xml` + `model.bin` in one directory) of `module`, converted on first use; -1 in
-    `input_shapes` marks a dynamic dimension."""
+    `input_shapes` marks a dynamic dimension. `digest`: as for onnx_runtime.cached_export (`module` is then a
+    function that builds it, called only on a cache miss)."""
     import openvino as ov
     import torch
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    raw = f"{model_id}|{weights_digest(module)}|torch {torch.__version__}|openvino {ov.__version__}|{IR_VERSION}"
+    raw = f"{model_id}|{digest or weights_digest(module)}|torch {torch.__version__}|openvino {ov.__version__}|{IR_VERSION}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
     target = cache_dir / f"{slug}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.openvino"
 
@@ -47,7 +50,7 @@ def cached_ir(module: Any, model_id: str, example_inputs: tuple, input_shapes: l
         out.mkdir()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notices about Python control flow on shapes: shapes stay dynamic
-            model = ov.convert_model(module.eval(), example_input=example_inputs,
+            model = ov.convert_model((module() if digest else module).eval(), example_input=example_inputs,
                                      input=[ov.PartialShape(shape) for shape in input_shapes])
         ov.save_model(model, out / "model.xml", compress_to_fp16=False)  # fp32 weights; precision is chosen at compile
         log.info("converted %s to OpenVINO IR in %.1f s: %s", model_id, time.perf_counter() - started, target)
