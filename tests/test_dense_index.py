@@ -1,0 +1,47 @@
+"""The dense leg's LlamaIndex storage: the index struct, serialized only at persist time (DeferredIndexStore),
+holds exactly the live chunks when it is written and read back."""
+
+from __future__ import annotations
+
+import numpy as np
+from llama_index.core.storage.index_store import SimpleIndexStore
+
+from searchsvc.retrieve.dense import DeferredIndexStore, DenseIndex
+from searchsvc.retrieve.external import ExternalEmbedding
+from searchsvc.types import Chunk
+
+DIM = 4
+
+
+def chunks(*ids: str) -> list[Chunk]:
+    return [Chunk(f"{i}#0", i, 0, f"text of {i}", "", {}, 0, 10) for i in ids]
+
+
+def unit(rows: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((rows, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_the_index_struct_is_written_once_at_persist_and_matches_the_live_chunks(tmp_path, monkeypatch):
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    store = dense.index.storage_context.index_store
+    assert isinstance(store, DeferredIndexStore)
+    writes = []
+    original = SimpleIndexStore.add_index_struct  # LlamaIndex's: serializes the whole struct
+    monkeypatch.setattr(SimpleIndexStore, "add_index_struct", lambda self, s: writes.append(1) or original(self, s))
+
+    vectors = unit(3, seed=1)
+    for i, c in enumerate(chunks("a", "b", "c")):  # one batch each, as BulkIndex requests
+        dense.add([c], vectors[i : i + 1])
+    dense.remove(["b#0"])
+    assert writes == [], "nothing serialized per batch"
+    dense.persist(tmp_path / "snap")
+    assert writes == [1], "serialized once, at persist"
+
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM))
+    assert sorted(loaded.index.index_struct.nodes_dict.values()) == ["a#0", "c#0"]
+    assert [s.chunk_id for s in loaded.search(vectors[2], k=3)] == ["c#0", "a#0"]
+    loaded.add(chunks("d"), unit(1, seed=2))  # a reloaded index keeps deferring, and persists again whole
+    loaded.persist(tmp_path / "snap2")
+    again = DenseIndex.load(tmp_path / "snap2", ExternalEmbedding(dimension=DIM))
+    assert sorted(again.index.index_struct.nodes_dict.values()) == ["a#0", "c#0", "d#0"]
