@@ -26,7 +26,7 @@ def plumbing_cross_encoder(tmp_path_factory):
     return str(path)
 
 
-def test_scores_are_the_sigmoid_of_the_logit_whatever_the_saved_activation(plumbing_cross_encoder):
+def test_scores_are_the_sigmoid_of_the_logit_whatever_the_saved_activation(plumbing_cross_encoder, tmp_path):
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -37,20 +37,21 @@ def test_scores_are_the_sigmoid_of_the_logit_whatever_the_saved_activation(plumb
     raw = CrossEncoder(plumbing_cross_encoder, device="cpu")
     assert isinstance(raw.activation_fn, torch.nn.Identity), "the fixture must predict raw logits"
     logits = raw.predict(pairs)
-    reranker = CrossEncoderReranker(ModelRegistry().cross_encoder(plumbing_cross_encoder), "plumbing")
+    # models_dir: the ONNX export goes under the test's directory, not the user's cache
+    reranker = CrossEncoderReranker(ModelRegistry(models_dir=tmp_path).cross_encoder(plumbing_cross_encoder), "plumbing")
     scores = reranker.score("capital city", [t for _, t in pairs])
     assert scores == pytest.approx((1 / (1 + np.exp(-logits))).tolist(), abs=1e-5)
 
 
-def test_int8_fast_path_keeps_the_order(plumbing_cross_encoder):
+def test_int8_fast_path_keeps_the_order(plumbing_cross_encoder, tmp_path):
     from scipy.stats import spearmanr
 
     from searchsvc.models import ModelRegistry
     from searchsvc.rerank import CrossEncoderReranker
 
     texts = [f"{d.title}\n{d.text}" for d in CORPUS]
-    fp32 = CrossEncoderReranker(ModelRegistry().cross_encoder(plumbing_cross_encoder), "fp32")
-    int8 = CrossEncoderReranker(ModelRegistry(rerank_int8=True).cross_encoder(plumbing_cross_encoder), "int8")
+    fp32 = CrossEncoderReranker(ModelRegistry(models_dir=tmp_path).cross_encoder(plumbing_cross_encoder), "fp32")
+    int8 = CrossEncoderReranker(ModelRegistry(models_dir=tmp_path, rerank_int8=True).cross_encoder(plumbing_cross_encoder), "int8")
     assert any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in int8.model.modules())
     a, b = fp32.score("capital city", texts), int8.score("capital city", texts)
     assert all(0 <= s <= 1 for s in b) and spearmanr(a, b).statistic > 0.7, (a, b)
