@@ -47,6 +47,11 @@ def resolve_model_path(name: str, models_dir: Path | None = None) -> str:
     return name
 
 
+# When an e5 engine cannot be set up, the next one serves: OpenVINO -> ONNX Runtime -> torch (the reference).
+_E5_FALLBACK = {"openvino": "onnx", "onnx": "torch"}
+_ENGINE_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime", "torch": "the torch engine"}
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -99,20 +104,16 @@ class ModelRegistry:
         options = dict(precision=self.encoder_precision, embed_batch_size=self.embed_batch_size,
                        onnx_cache_dir=str(self.onnx_cache_dir))
         engine, query_engine = resolve_engines(self.e5_engine)
-        if engine == "openvino":
+        while True:
             try:
-                return E5Embedding(engine="openvino", query_engine="" if query_engine == engine else query_engine,
+                return E5Embedding(engine=engine, query_engine="" if query_engine == engine else query_engine,
                                    int8=self.encoder_int8, **options)
-            except Exception as exc:  # conversion or runtime unusable here: ONNX Runtime serves
-                log.warning("multilingual-e5-small on OpenVINO unavailable, using ONNX Runtime: %s", exc)
-                engine = "onnx"
-        if engine == "onnx":
-            try:
-                return E5Embedding(engine="onnx", int8=self.encoder_int8, **options)
-            except Exception as exc:  # export or runtime unusable here (a full disk, say): the reference serves
-                log.warning("multilingual-e5-small on ONNX Runtime unavailable, using the torch engine: %s", exc)
-                return E5Embedding(engine="torch", **options)
-        return E5Embedding(engine=engine, **options)
+            except Exception as exc:  # export or runtime unusable here (a full disk, say): the next engine serves
+                if engine not in _E5_FALLBACK:
+                    raise
+                log.warning("multilingual-e5-small on %s unavailable, using %s: %s", _ENGINE_NAMES[engine],
+                            _ENGINE_NAMES[_E5_FALLBACK[engine]], exc)
+                engine = query_engine = _E5_FALLBACK[engine]
 
     def _sentence_embedder(self, name: str) -> BaseEmbedding:
         """A sentence-transformers model on ONNX Runtime where its pipeline allows (see sentence_onnx.py), else on
