@@ -20,7 +20,7 @@ from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from searchsvc.models import ModelRegistry
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from searchsvc.retrieve.dense import DenseIndex
+from searchsvc.retrieve.dense import DenseIndex, DenseIndexSpec
 from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
 from searchsvc.store.wal import WalCorrupt
 from searchsvc.store.files import fsync_dir, remove_tree_atomic
@@ -56,6 +56,10 @@ class Catalog:
             reranker_model=config.reranker_model,
             refresh_interval_ms=config.refresh_interval_ms or s.default_refresh_interval_ms,
             dimension=config.dimension,
+            dense_index=config.dense_index or CollectionConfig.dense_index,
+            hnsw_m=config.hnsw_m or CollectionConfig.hnsw_m,
+            hnsw_ef_construction=config.hnsw_ef_construction or CollectionConfig.hnsw_ef_construction,
+            hnsw_ef_search=config.hnsw_ef_search or CollectionConfig.hnsw_ef_search,
         )
 
     def _embedder(self, config: CollectionConfig) -> tuple[BaseEmbedding, int]:
@@ -208,7 +212,7 @@ class Catalog:
         try:
             started = time.perf_counter()
             shutil.rmtree(staging, ignore_errors=True)
-            dense = DenseIndex.create(embedder, dimension)
+            dense = DenseIndex.create(embedder, dimension, DenseIndexSpec.of(coll.config))
             _, chunks = coll.chunks()
             done = {}
             batch = 256  # bounded memory per step; the embedder batches inside

@@ -36,14 +36,16 @@ import numpy as np
 from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
-from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, node_to_chunk
+from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec, node_to_chunk
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION, unit_vector
 from searchsvc.retrieve.keyword import KeywordIndex
 from searchsvc.store.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
 )
 from searchsvc.store.wal import WalFailed, WriteAheadLog
-from searchsvc.types import MAX_DOCUMENT_ID_BYTES, Chunk, CollectionConfig, Document, indexed_text
+from searchsvc.types import (
+    DENSE_INDEX_KINDS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document, indexed_text,
+)
 
 log = logging.getLogger(__name__)
 CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
@@ -150,9 +152,9 @@ class Collection:
         config = cls.read_config(path)
         snapshot, seq = cls.current_snapshot(path)
         if snapshot is None:
-            dense = DenseIndex.create(embed_model, dimension)
+            dense = DenseIndex.create(embed_model, dimension, DenseIndexSpec.of(config))
         else:
-            dense = DenseIndex.load(snapshot, embed_model)
+            dense = DenseIndex.load(snapshot, embed_model, DenseIndexSpec.of(config))
         coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes, min_free_disk_bytes, files)
         coll._seq = seq
         coll._rebuild_derived_indexes()
@@ -495,6 +497,14 @@ def validate_config_values(config: CollectionConfig) -> None:
         raise InvalidArgument("config.dimension", f"must be between 1 and {MAX_DIMENSION} with embedding_model 'external'")
     if config.embedding_model != EXTERNAL_MODEL and config.dimension:
         raise InvalidArgument("config.dimension", "only with embedding_model 'external' (a model decides its own)")
+    if config.dense_index not in DENSE_INDEX_KINDS:
+        raise InvalidArgument("config.dense_index.kind", f"must be one of {', '.join(DENSE_INDEX_KINDS)}")
+    if not 4 <= config.hnsw_m <= 128:
+        raise InvalidArgument("config.dense_index.m", "must be between 4 and 128")
+    if not 8 <= config.hnsw_ef_construction <= 2048:
+        raise InvalidArgument("config.dense_index.ef_construction", "must be between 8 and 2048")
+    if not 1 <= config.hnsw_ef_search <= MAX_EF_SEARCH:
+        raise InvalidArgument("config.dense_index.ef_search", f"must be between 1 and {MAX_EF_SEARCH}")
     if config.chunk_size < 32 or config.chunk_size > 8192:
         raise InvalidArgument("config.chunk_size", "must be between 32 and 8192")
     if not 0 <= config.chunk_overlap < config.chunk_size:

@@ -75,7 +75,7 @@ class SearchPipeline:
         if allowed != set():
             if use_dense:
                 with clock.stage("dense"):
-                    dense = coll.dense.search(query_vector, p.dense_candidates, allowed)
+                    dense = coll.dense.search(query_vector, p.dense_candidates, allowed, ef_search=p.ef_search, exact=p.exact)
             if use_keyword:
                 with clock.stage("keyword"):
                     keyword = coll.keyword.search(p.query, p.keyword_candidates, allowed)

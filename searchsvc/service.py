@@ -146,7 +146,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         c = request.config
         config = CollectionConfig(
             c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language,
-            c.dimension,
+            c.dimension, c.dense_index.kind, c.dense_index.m, c.dense_index.ef_construction, c.dense_index.ef_search,
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
@@ -296,12 +296,16 @@ def collection_to_pb(c: Collection) -> pb.Collection:
             refresh_interval_ms=cfg.refresh_interval_ms,
             language=cfg.language,
             dimension=cfg.dimension,
+            dense_index=pb.DenseIndexConfig(
+                kind=cfg.dense_index, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search,
+            ),
         ),
         document_count=c.document_count,
         chunk_count=c.chunk_count,
         dimension=c.dimension,
         state=pb.COLLECTION_STATE_READ_ONLY if c.read_only_reason else pb.COLLECTION_STATE_READY,
         state_reason=c.read_only_reason,
+        dense_index_in_use=c.dense.kind,
     )
 
 
@@ -346,6 +350,8 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         rerank_model=r.rerank.model,
         similarity_cutoff=r.similarity_cutoff if r.HasField("similarity_cutoff") else None,
         query_vector=r.query_vector or None,
+        ef_search=r.dense.ef_search or None,
+        exact=r.dense.exact,
     )
     params.validate(max_top_k=s.max_top_k, max_query_chars=s.max_query_chars)
     return params

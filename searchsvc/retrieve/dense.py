@@ -7,9 +7,12 @@ can be deleted and their vectors read back (for the cosine of hits that only the
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,39 +26,87 @@ from llama_index.core.storage.index_store import SimpleIndexStore
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.vector_stores.faiss import FaissMapVectorStore
 
-from searchsvc.types import Chunk, ScoredId
+from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, Chunk, CollectionConfig, ScoredId
 
+log = logging.getLogger(__name__)
+COMPACT_AT = 0.2  # tombstone share of an HNSW graph that triggers a rebuild (searches walk dead nodes too)
 # Metadata keys we add to every chunk; user metadata may not use them.
 RESERVED_METADATA = ("document_id", "title", "chunk_index", "start_char", "end_char")
 
 
+@dataclass(frozen=True)
+class DenseIndexSpec:
+    """The collection's dense index settings (CollectionConfig.dense_index and hnsw_*)."""
+
+    kind: str = CollectionConfig.dense_index
+    m: int = CollectionConfig.hnsw_m
+    ef_construction: int = CollectionConfig.hnsw_ef_construction
+    ef_search: int = CollectionConfig.hnsw_ef_search
+
+    @classmethod
+    def of(cls, config: CollectionConfig) -> "DenseIndexSpec":
+        return cls(config.dense_index, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
+
+    def new_hnsw(self, dimension: int) -> faiss.IndexIDMap2:
+        graph = faiss.IndexHNSWFlat(dimension, self.m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = self.ef_construction
+        graph.hnsw.efSearch = self.ef_search
+        return faiss.IndexIDMap2(graph)
+
+
 class FilterableFaissStore(FaissMapVectorStore):
-    """FaissMapVectorStore with three changes LlamaIndex's version lacks (0.7.0):
+    """FaissMapVectorStore with what LlamaIndex's version lacks (0.7.0):
 
     - `add` assigns ids from a monotonic counter in one bulk `add_with_ids`; upstream uses `ntotal` as the next
-      id, which collides with a live id after any delete, and adds one vector per call.
-    - `query` honours `VectorStoreQuery.node_ids` as a FAISS `IDSelectorBatch`, a true pre-filter (upstream
-      raises on filters), so metadata filters cost no candidate slots.
+      id, which collides with a live id after any delete, and adds one vector per call. Ids only grow, so the
+      IDMap's id list stays sorted (a flat remove keeps order, HNSW never removes): `_positions` relies on it.
+    - `query` honours `VectorStoreQuery.node_ids` as a true pre-filter (upstream raises on filters), so metadata
+      filters cost no candidate slots, and takes `ef_search` and `exact`.
+    - An HNSW index inside the IDMap. FAISS's HNSW cannot remove a vector, so a delete leaves a tombstone: the
+      id leaves the node maps at once, searches skip it through an IDSelector, and `compacted()` rebuilds the
+      graph without tombstones once they are COMPACT_AT of it.
     - `vectors(node_ids)` reads stored vectors back.
     """
 
-    def __init__(self, faiss_index: Any) -> None:
+    def __init__(self, faiss_index: Any, ef_search: int = DenseIndexSpec.ef_search) -> None:
         super().__init__(faiss_index=faiss_index)
         self._next_id = 0
+        self._ef_search = ef_search
+        self._tombstones: set[int] = set()
+        self._skip_tombstones: tuple | None = None  # (IDSelectorNot, the batch it references), built lazily
 
     @classmethod
-    def new(cls, dimension: int) -> "FilterableFaissStore":
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)))
+    def new(cls, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "FilterableFaissStore":
+        index = spec.new_hnsw(dimension) if spec.kind == "hnsw" else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        return cls(index, spec.ef_search)
 
     @classmethod
     def from_persist_path(cls, persist_path: str, fs: Any = None) -> "FilterableFaissStore":
         store = super().from_persist_path(persist_path, fs)
-        store._next_id = max(store._faiss_id_to_node_id_map, default=-1) + 1
+        stored_ids = faiss.vector_to_array(store._faiss_index.id_map)
+        # Ids in the graph but in no node map are tombstones (only an HNSW index keeps deleted vectors).
+        store._tombstones = set(stored_ids.tolist()) - store._faiss_id_to_node_id_map.keys()
+        store._next_id = int(stored_ids.max()) + 1 if len(stored_ids) else 0
         return store
 
+    @property
+    def is_hnsw(self) -> bool:
+        return isinstance(faiss.downcast_index(self._faiss_index.index), faiss.IndexHNSW)
+
+    @property
+    def dimension(self) -> int:
+        return self._faiss_index.d
+
+    @property
+    def live_count(self) -> int:  # not __len__: LlamaIndex tests stores for truth ("store or a default one")
+        return len(self._node_id_to_faiss_id_map)
+
+    # --- writes
     def add(self, nodes: list[BaseNode], **add_kwargs: Any) -> list[str]:
         if not nodes:
             return []
+        if stale := [n.id_ for n in nodes if n.id_ in self._node_id_to_faiss_id_map]:
+            self.delete_nodes(stale)  # a re-added id replaces its vector instead of leaving two behind one id
         vectors = np.asarray([n.get_embedding() for n in nodes], dtype=np.float32)
         ids = np.arange(self._next_id, self._next_id + len(nodes), dtype=np.int64)
         self._next_id += len(nodes)
@@ -65,25 +116,113 @@ class FilterableFaissStore(FaissMapVectorStore):
             self._faiss_id_to_node_id_map[faiss_id] = node.id_
         return [n.id_ for n in nodes]
 
-    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+    def delete_nodes(self, node_ids: list[str] | None = None, filters: Any = None, **delete_kwargs: Any) -> None:
+        if not self.is_hnsw:
+            return super().delete_nodes(node_ids, filters, **delete_kwargs)
+        if filters is not None or node_ids is None:
+            raise ValueError("delete by node ids")
+        for node_id in node_ids:
+            faiss_id = self._node_id_to_faiss_id_map.pop(node_id, None)
+            if faiss_id is not None:
+                del self._faiss_id_to_node_id_map[faiss_id]
+                self._tombstones.add(faiss_id)
+                self._skip_tombstones = None
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        self.delete_nodes([ref_doc_id])
+
+    def needs_compaction(self) -> bool:
+        return bool(self._tombstones) and len(self._tombstones) >= COMPACT_AT * self._faiss_index.ntotal
+
+    def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(faiss ids, vectors) of every live vector, in id order: copies, safe to use after the lock is gone."""
+        ids, vectors = self._stored()
+        keep = ~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+        return ids[keep].copy(), vectors[keep].copy()
+
+    def replace_index(self, index: Any, built_from: int) -> None:
+        """Swap in `index`, built from the live vectors when the store's id counter was `built_from` (the caller
+        serializes writers, so nothing was added or deleted since)."""
+        assert built_from == self._next_id, "the store changed while its replacement was built"
+        self._faiss_index = index
+        self._tombstones = set()
+        self._skip_tombstones = None
+
+    # --- reads
+    def _stored(self) -> tuple[np.ndarray, np.ndarray]:
+        """Views of every stored (faiss id, vector), tombstones included; valid until the next write."""
+        n, d = self._faiss_index.ntotal, self._faiss_index.d
+        if n == 0:
+            return np.empty(0, dtype=np.int64), np.empty((0, d), dtype=np.float32)
+        inner = faiss.downcast_index(self._faiss_index.index)
+        flat = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+        ids = faiss.rev_swig_ptr(self._faiss_index.id_map.data(), n)
+        return ids, faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+
+    def _positions(self, faiss_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = self._stored()
+        return ids, vectors[np.searchsorted(ids, faiss_ids)]
+
+    def query(self, query: VectorStoreQuery, ef_search: int | None = None, exact: bool = False, **kwargs: Any) -> VectorStoreQueryResult:
         if query.filters is not None:
             raise ValueError("pass allowed chunk ids as VectorStoreQuery.node_ids")
-        vector = np.asarray(query.query_embedding, dtype=np.float32)[np.newaxis, :]
-        k = min(query.similarity_top_k, self._faiss_index.ntotal)
-        params = None
+        vector = np.asarray(query.query_embedding, dtype=np.float32)
+        k = min(query.similarity_top_k, self.live_count)
+        allowed = None
         if query.node_ids is not None:
-            allowed = [self._node_id_to_faiss_id_map[n] for n in query.node_ids if n in self._node_id_to_faiss_id_map]
+            faiss_id_of = self._node_id_to_faiss_id_map
+            allowed = np.asarray([faiss_id_of[n] for n in query.node_ids if n in faiss_id_of], dtype=np.int64)
             k = min(k, len(allowed))
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
         if k <= 0:
             return VectorStoreQueryResult(similarities=[], ids=[])
-        scores, ids = self._faiss_index.search(vector, k, params=params)
-        hits = [(float(s), self._faiss_id_to_node_id_map[i]) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        hnsw = self.is_hnsw
+        if hnsw and (exact or (allowed is not None and len(allowed) <= AUTO_HNSW_MIN_CHUNKS)):
+            # A graph walk under a selective filter visits ~1/selectivity nodes per hit and loses recall; an
+            # exact scan of the few allowed vectors is both cheaper and exact (Qdrant plans filtered searches
+            # the same way).
+            scores, ids = self._exact(vector, k, allowed)
+        else:
+            sel = None
+            if allowed is not None:
+                sel = faiss.IDSelectorBatch(allowed)
+            elif hnsw and self._tombstones:
+                sel = self._tombstone_selector()
+            if hnsw:
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or self._ef_search, k))
+            else:
+                params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            found_scores, found_ids = self._faiss_index.search(vector[np.newaxis, :], k, params=params)
+            scores, ids = found_scores[0], found_ids[0]
+        node_of = self._faiss_id_to_node_id_map  # one lookup: each attribute read goes through pydantic
+        hits = [(s, node_of[i]) for s, i in zip(scores.tolist(), ids.tolist()) if i >= 0]
         return VectorStoreQueryResult(similarities=[s for s, _ in hits], ids=[n for _, n in hits])
 
+    def _tombstone_selector(self) -> Any:
+        if self._skip_tombstones is None:
+            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+            self._skip_tombstones = (faiss.IDSelectorNot(batch), batch)  # the Not only points to the batch: keep both
+        return self._skip_tombstones[0]
+
+    def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if allowed is None:
+            ids, vectors = self._stored()
+            scores = vectors @ vector
+            if self._tombstones:
+                scores[np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))] = -np.inf
+        else:
+            allowed = np.sort(allowed)
+            _, vectors = self._positions(allowed)
+            ids, scores = allowed, vectors @ vector
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return scores[top], ids[top]
+
     def vectors(self, node_ids: Sequence[str]) -> np.ndarray:
-        faiss_ids = [self._node_id_to_faiss_id_map[n] for n in node_ids]
-        return np.stack([self._faiss_index.reconstruct(i) for i in faiss_ids]) if faiss_ids else np.empty((0, 0))
+        if not node_ids:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        faiss_id_of = self._node_id_to_faiss_id_map
+        faiss_ids = np.asarray([faiss_id_of[n] for n in node_ids], dtype=np.int64)
+        return self._positions(faiss_ids)[1]
 
 
 class DeferredIndexStore(SimpleIndexStore):
@@ -130,30 +269,40 @@ class DeferredIndexStore(SimpleIndexStore):
 
 
 class DenseIndex:
-    """Chunks in a VectorStoreIndex; callers pass embeddings they computed in batches."""
+    """Chunks in a VectorStoreIndex; callers pass embeddings they computed in batches. Writers are serialized by
+    the caller (the collection's write lock); searches may run alongside them."""
 
-    def __init__(self, index: VectorStoreIndex, store: FilterableFaissStore, embed_model: BaseEmbedding) -> None:
+    def __init__(self, index: VectorStoreIndex, store: FilterableFaissStore, embed_model: BaseEmbedding, spec: DenseIndexSpec) -> None:
         self.index = index
         self.store = store
         self.embed_model = embed_model
+        self.spec = spec
         # FAISS indexes are not safe for concurrent add/remove and search; LlamaIndex's dict stores neither.
         self._lock = threading.RLock()
 
     @classmethod
-    def create(cls, embed_model: BaseEmbedding, dimension: int) -> "DenseIndex":
-        store = FilterableFaissStore.new(dimension)
+    def create(cls, embed_model: BaseEmbedding, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "DenseIndex":
+        store = FilterableFaissStore.new(dimension, spec)
         storage = StorageContext.from_defaults(vector_store=store, index_store=DeferredIndexStore())
         index = VectorStoreIndex(nodes=[], storage_context=storage, embed_model=embed_model)
-        return cls(index, store, embed_model)
+        return cls(index, store, embed_model, spec)
 
     @classmethod
-    def load(cls, persist_dir: Path, embed_model: BaseEmbedding) -> "DenseIndex":
+    def load(cls, persist_dir: Path, embed_model: BaseEmbedding, spec: DenseIndexSpec = DenseIndexSpec()) -> "DenseIndex":
         store = FilterableFaissStore.from_persist_dir(str(persist_dir))
+        store._ef_search = spec.ef_search
         storage = StorageContext.from_defaults(
             vector_store=store, persist_dir=str(persist_dir), index_store=DeferredIndexStore.from_persist_dir(str(persist_dir))
         )
         index = load_index_from_storage(storage, embed_model=embed_model)
-        return cls(index, store, embed_model)
+        dense = cls(index, store, embed_model, spec)
+        dense._maybe_rebuild()  # an "auto" collection that grew past the threshold before HNSW existed
+        return dense
+
+    @property
+    def kind(self) -> str:
+        """The index in use now: "flat" or "hnsw"."""
+        return "hnsw" if self.store.is_hnsw else "flat"
 
     def persist(self, persist_dir: Path) -> None:
         """Raises OSError (with its errno) when the disk is full or failing, whichever writer hit it."""
@@ -170,11 +319,34 @@ class DenseIndex:
         nodes = [_to_node(c, e) for c, e in zip(chunks, embeddings.tolist())]
         with self._lock:
             self.index.insert_nodes(nodes)
+        self._maybe_rebuild()
 
     def remove(self, chunk_ids: Sequence[str]) -> None:
         if chunk_ids:
             with self._lock:
                 self.index.delete_nodes(list(chunk_ids), delete_from_docstore=True)
+            self._maybe_rebuild()
+
+    def _maybe_rebuild(self) -> None:
+        """Build a fresh HNSW graph when an "auto" flat index reaches AUTO_HNSW_MIN_CHUNKS, or when tombstones
+        fill COMPACT_AT of a graph. The build runs outside the lock, so searches go on against the old index
+        meanwhile; only the writer that triggered it waits (~7k vectors/s on 2 cores)."""
+        store = self.store
+        grow = self.spec.kind == "auto" and not store.is_hnsw and store.live_count >= AUTO_HNSW_MIN_CHUNKS
+        if not (grow or (store.is_hnsw and store.needs_compaction())):
+            return
+        started = time.perf_counter()
+        with self._lock:
+            ids, vectors = store.live_vectors()
+            built_from = store._next_id
+        index = self.spec.new_hnsw(store.dimension)
+        index.add_with_ids(vectors, ids)
+        with self._lock:
+            store.replace_index(index, built_from)
+        log.info(
+            "dense index: %s HNSW graph of %d vectors (M=%d, efConstruction=%d) in %.1f s",
+            "built an" if grow else "compacted the", len(ids), self.spec.m, self.spec.ef_construction, time.perf_counter() - started,
+        )
 
     # --- reads
     @property
@@ -214,7 +386,9 @@ class DenseIndex:
     def embed_query(self, query: str) -> np.ndarray:
         return np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
 
-    def search(self, query_vector: np.ndarray, k: int, allowed: set[str] | None = None) -> list[ScoredId]:
+    def search(
+        self, query_vector: np.ndarray, k: int, allowed: set[str] | None = None, *, ef_search: int | None = None, exact: bool = False,
+    ) -> list[ScoredId]:
         """Top-k chunk ids by cosine. Queries the index's vector store directly: fusion needs ids and scores,
         and a VectorIndexRetriever would also load and deserialize every candidate node from the docstore
         (~3 ms for 50 candidates here); the pipeline fetches text only for the hits it returns."""
@@ -224,7 +398,7 @@ class DenseIndex:
             node_ids=None if allowed is None else list(allowed),
         )
         with self._lock:
-            result = self.store.query(query)
+            result = self.store.query(query, ef_search=ef_search, exact=exact)
         return [ScoredId(node_id, rank, score) for rank, (node_id, score) in enumerate(zip(result.ids, result.similarities), start=1)]
 
     def similarities(self, query_vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:

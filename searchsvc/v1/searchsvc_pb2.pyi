@@ -65,7 +65,7 @@ GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
 GUARDRAIL_STATUS_BLOCKED: GuardrailStatus
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension")
+    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension", "dense_index")
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     ANALYZER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class CollectionConfig(_message.Message):
     REFRESH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    DENSE_INDEX_FIELD_NUMBER: _ClassVar[int]
     embedding_model: str
     analyzer: str
     chunk_size: int
@@ -82,7 +83,20 @@ class CollectionConfig(_message.Message):
     refresh_interval_ms: int
     language: str
     dimension: int
-    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ...) -> None: ...
+    dense_index: DenseIndexConfig
+    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ...) -> None: ...
+
+class DenseIndexConfig(_message.Message):
+    __slots__ = ("kind", "m", "ef_construction", "ef_search")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    m: int
+    ef_construction: int
+    ef_search: int
+    def __init__(self, kind: _Optional[str] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class ReembedCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model")
@@ -93,7 +107,7 @@ class ReembedCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason")
+    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +115,7 @@ class Collection(_message.Message):
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DENSE_INDEX_IN_USE_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     document_count: int
@@ -108,7 +123,8 @@ class Collection(_message.Message):
     dimension: int
     state: CollectionState
     state_reason: str
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
+    dense_index_in_use: str
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ...) -> None: ...
 
 class ReopenCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -238,7 +254,7 @@ class RerankOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector")
+    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +277,7 @@ class SearchRequest(_message.Message):
     SIMILARITY_CUTOFF_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -276,7 +293,16 @@ class SearchRequest(_message.Message):
     similarity_cutoff: float
     fusion: Fusion
     query_vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    dense: DenseSearchOptions
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ...) -> None: ...
+
+class DenseSearchOptions(_message.Message):
+    __slots__ = ("ef_search", "exact")
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    ef_search: int
+    exact: bool
+    def __init__(self, ef_search: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class LegScore(_message.Message):
     __slots__ = ("rank", "score")
