@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import numpy as np
+
 from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
@@ -55,6 +57,9 @@ class SearchPipeline:
         given = None  # the caller's query embedding, checked and unit-normalized
         if p.query_vector is not None and len(p.query_vector):
             given = unit_vector(p.query_vector, coll.dimension, "query_vector")
+
+        def embed_query() -> np.ndarray:
+            return given if given is not None else coll.dense.embed_query(p.query)
         language = query_language(coll.config.language, p.query)
         use_dense = p.mode in (SearchMode.HYBRID, SearchMode.DENSE)
         use_keyword = p.mode in (SearchMode.HYBRID, SearchMode.KEYWORD)
@@ -68,7 +73,7 @@ class SearchPipeline:
         needs_cosine = p.similarity_cutoff is not None and reranker is None
         if (use_dense or needs_cosine) and allowed != set():
             with clock.stage("embed"):
-                query_vector = given if given is not None else coll.dense.embed_query(p.query)
+                query_vector = embed_query()
 
         dense: list[ScoredId] = []
         keyword: list[ScoredId] = []
@@ -113,7 +118,7 @@ class SearchPipeline:
             with clock.stage("cutoff"):
                 if reranker is None:
                     if query_vector is None:  # a keyword search whose rerank was skipped
-                        query_vector = given if given is not None else coll.dense.embed_query(p.query)
+                        query_vector = embed_query()
                     missing = [h.chunk_id for h in hits if h.similarity is None]
                     cosines = coll.dense.similarities(query_vector, missing)
                     for h in hits:
