@@ -188,6 +188,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         configure_threads(settings)
         passages = bench_encoders.load_passages(Path(args.passages) if args.passages else None, args.passage_count)
         bench_encoders.run(passages, runs=args.queries // 4 or 1)
+    if args.scale:
+        from searchsvc.bench_scale import run_scale
+
+        run_scale(settings, args.scale, args.queries)
+        return 0
     if args.part in ("all", "service"):
         run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries,
                   vectors=args.with_vectors)
@@ -304,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "server; llm: the answer model's prompt reading and generation vs the matmul peak and memory bandwidth")
     p.add_argument("--passages", help="a dataset (e.g. ../shared/data/scifact) whose texts the encoders embed; default: synthetic")
     p.add_argument("--passage-count", type=int, default=256)
+    p.add_argument("--scale", type=int, metavar="CHUNKS",
+                   help="instead of the parts: one collection of CHUNKS external-vector chunks (issue 15's figures: "
+                   "docs/s as it grows, RSS, restart to SERVING, search p50/p99, recall@10, checkpoint times)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-rerank", help="rerank latency p50/p95 for 20 and 50 candidates: fp32 vs int8, 256 vs 128 tokens")

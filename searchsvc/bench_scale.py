@@ -1,0 +1,115 @@
+"""`searchsvc bench --scale N`: one collection of N chunks through the API, as issue 15 measures it.
+
+The collection has embedding_model "external" (384-d, no model runs at ingest): each document is one chunk of
+10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
+BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
+there), server RSS after loading and after a restart, the time from process start to SERVING with the collection
+loaded, search p50/p99 for DENSE (by query vector), KEYWORD and HYBRID (text and vector), recall@10 of the
+dense index against an exact scan, and the time of a checkpoint after loading and after 1% of the documents
+changed (each read from the server's own log line).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from searchsvc.bench import ClusteredVectors, SyntheticCorpus, _timed_searches
+from searchsvc.client import bulk_index
+from searchsvc.config import Settings
+from searchsvc.process import ServerProcess
+from searchsvc.v1 import searchsvc_pb2 as pb
+from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+NAME = "scale"
+DIMENSION = 384
+BATCH = 1000  # documents per BulkIndex request: the server's default maximum
+
+
+def _rss_mb(server: ServerProcess) -> float:
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _last_checkpoint_s(server: ServerProcess) -> float:
+    times = [float(m.group(1)) for line in server.output if (m := re.search(r"checkpoint at seq \d+ in ([\d.]+) s", line))]
+    return times[-1] if times else float("nan")
+
+
+def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> float:
+    docs = corpus.docs(count, start=start, min_words=10, max_words=30)
+    for doc, vector in zip(docs, vectors.sample(count)):
+        doc.vector = vector
+    started = time.perf_counter()
+    bulk_index(lambda: grpc.insecure_channel(server.target), NAME, docs, batch_size=BATCH)
+    return count / (time.perf_counter() - started)
+
+
+def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) -> None:
+    texts = [" ".join(corpus.words(corpus.rng.randint(2, 5))) for _ in range(n)]
+    qv = vectors.sample(n)
+    runs = {
+        "DENSE (vector)": [pb.SearchRequest(collection=NAME, mode=pb.SEARCH_MODE_DENSE, query_vector=v.tolist()) for v in qv],
+        "KEYWORD": [pb.SearchRequest(collection=NAME, query=t, mode=pb.SEARCH_MODE_KEYWORD) for t in texts],
+        "HYBRID": [pb.SearchRequest(collection=NAME, query=t, query_vector=v.tolist()) for t, v in zip(texts, qv)],
+    }
+    for label, requests in runs.items():
+        times, responses = _timed_searches(stub, requests)
+        server = [r.timings.total_ms for r in responses]
+        print(f"  {label:<15} p50 {np.percentile(times, 50):6.1f} ms  p99 {np.percentile(times, 99):6.1f} ms"
+              f"  (server p50 {np.percentile(server, 50):.1f} ms)", flush=True)
+        if label.startswith("DENSE"):
+            exact = [stub.Search(pb.SearchRequest(collection=NAME, mode=pb.SEARCH_MODE_DENSE, query_vector=v.tolist(),
+                                                  dense=pb.DenseSearchOptions(exact=True))) for v in qv]
+            recall = np.mean([len({h.chunk_id for h in a.hits} & {h.chunk_id for h in e.hits}) / len(e.hits)
+                              for a, e in zip(responses, exact)])
+            print(f"  recall@10 of the dense index against an exact scan: {recall:.3f}", flush=True)
+
+
+def run_scale(settings: Settings, total: int, queries: int) -> None:
+    corpus, vectors = SyntheticCorpus(), ClusteredVectors(DIMENSION)
+    # The checkpoint times come from the server's log; no answer LLM, so RSS is the collection's and the encoders'.
+    env = {"SEARCHSVC_LOG_LEVEL": "INFO", "SEARCHSVC_LLM__BACKEND": "none"}
+    with tempfile.TemporaryDirectory() as tmp:
+        index_dir = Path(tmp) if settings.index_dir == Path("indexes") else settings.index_dir
+        with ServerProcess(index_dir, env=env) as server:
+            stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(server.target))
+            config = pb.CollectionConfig(embedding_model="external", dimension=DIMENSION)
+            stub.CreateCollection(pb.CreateCollectionRequest(name=NAME, config=config))
+            first = min(10_000, total)
+            marks = [first] + [total * i // 10 for i in range(1, 11) if total * i // 10 > first]
+            loaded = 0
+            print(f"loading {total:,} chunks of {DIMENSION}-d external vectors, {BATCH} per request")
+            for mark in marks:
+                rate = _load(server, corpus, vectors, loaded, mark - loaded)
+                loaded = mark
+                info = stub.GetCollection(pb.GetCollectionRequest(name=NAME))
+                print(f"  {loaded:>9,} chunks: {rate:7.0f} docs/s for the last {mark - (marks[marks.index(mark) - 1] if mark != first else 0):,}"
+                      f"  ({info.dense_index_in_use}; server RSS {_rss_mb(server):,.0f} MB)", flush=True)
+            time.sleep(3)  # the keyword leg's last refresh
+            print(f"after loading: server RSS {_rss_mb(server):,.0f} MB, peak {server.peak_rss_mb():,.0f} MB")
+            _searches(stub, corpus, vectors, queries)
+            stopping = time.perf_counter()
+            server.stop()
+            print(f"graceful stop (a full checkpoint): {time.perf_counter() - stopping:.1f} s, checkpoint {_last_checkpoint_s(server):.1f} s")
+
+        started = time.perf_counter()
+        with ServerProcess(index_dir, env=env) as server:
+            print(f"restart: SERVING with the collection loaded after {time.perf_counter() - started:.1f} s; "
+                  f"server RSS {_rss_mb(server):,.0f} MB")
+            for line in server.output:
+                if f"collection {NAME} loaded" in line:
+                    print("  server log:", line.strip())
+            stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(server.target))
+            changed = max(total // 100, 1)
+            corpus.rng.seed(99)
+            _load(server, corpus, vectors, 0, changed)  # the same ids again: replacements
+            server.stop()
+            print(f"checkpoint after {changed:,} documents (1%) changed: {_last_checkpoint_s(server):.1f} s")
