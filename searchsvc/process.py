@@ -34,6 +34,7 @@ class ServerProcess:
             if not line:
                 break
             output.append(line)
+            self.output.append(line)
             match = re.search(r"listening on \S+:(\d+)", line)
             if match:
                 self.port = int(match.group(1))
