@@ -6,6 +6,7 @@ import argparse
 import json
 import asyncio
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     """Report (and with --apply, drop) the bad bytes of a collection's write-ahead log. Exit 0: nothing to
     repair, or repaired; 2: damage found and left as it is (a dry run); 1: cannot run."""
-    from searchsvc.collection import Collection
+    from searchsvc.collection import KEYWORD_DIR, Collection
     from searchsvc.store.wal import WalLocked, repair
 
     index_dir = args.index_dir or _settings(args).index_dir
@@ -92,6 +93,9 @@ def cmd_repair(args: argparse.Namespace) -> int:
         print("dry run: nothing changed. Rerun with --apply to rewrite the log without these bytes "
               "(the original is kept beside it), then ReopenCollection or restart the server.")
         return 2
+    # The keyword index may hold writes of the dropped records: it is rebuilt from the snapshot and the log at open.
+    shutil.rmtree(path / KEYWORD_DIR, ignore_errors=True)
+    (path / KEYWORD_DIR).with_suffix(".seq").unlink(missing_ok=True)
     print(f"repaired; the original log is kept as {backup}. Now ReopenCollection or restart the server.")
     return 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import json
 import logging
 import shutil
@@ -38,7 +39,7 @@ from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec, node_to_chunk
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION, unit_vector
-from searchsvc.retrieve.keyword import KeywordIndex
+from searchsvc.retrieve.tantivy_keyword import KeywordChunk, TantivyKeywordIndex
 from searchsvc.store.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
 )
@@ -48,6 +49,7 @@ from searchsvc.types import (
 )
 
 log = logging.getLogger(__name__)
+KEYWORD_DIR = "keyword"  # the tantivy index, committed independently of the snapshots (see open)
 CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
 
 
@@ -116,7 +118,7 @@ class Collection:
         self.config = config
         self.dense = dense
         refresh_s = max(config.refresh_interval_ms, 0) / 1000
-        self.keyword = KeywordIndex(get_analyzer(config.analyzer), refresh_interval_s=refresh_s)
+        self.keyword = _open_keyword_index(path / KEYWORD_DIR, get_analyzer(config.analyzer), refresh_s)
         self.metadata = MetadataIndex()
         self.chunker = Chunker(config.chunk_size, config.chunk_overlap)
         self.max_document_bytes = max_document_bytes
@@ -158,11 +160,17 @@ class Collection:
         coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes, min_free_disk_bytes, files)
         coll._seq = seq
         coll._rebuild_derived_indexes()
+        if coll.keyword.committed_seq < seq:
+            # The keyword index commits before the WAL is emptied, so it is behind the snapshot only when it was
+            # never built (a collection from before it existed, a re-embed) or a crash fell between the two: the
+            # WAL may no longer hold what it misses, so it is rebuilt from the docstore (analysing every chunk).
+            coll._rebuild_keyword_index(seq)
         replayed = 0
         for record in coll.wal.open():
-            if record["seq"] > coll._seq:
-                coll._apply(record)
-                coll._seq = record["seq"]
+            # Each part skips what it already holds; replaying a record twice is harmless (see _apply).
+            if record["seq"] > min(coll._seq, coll.keyword.committed_seq):
+                coll._apply(record, dense=record["seq"] > coll._seq, keyword=record["seq"] > coll.keyword.committed_seq)
+                coll._seq = max(coll._seq, record["seq"])
                 replayed += 1
         coll.keyword.refresh()
         coll.keyword.start_refresher()
@@ -191,12 +199,21 @@ class Collection:
             return "?"
 
     def _rebuild_derived_indexes(self) -> None:
-        """Keyword terms and metadata postings are derived from the docstore, so snapshots don't store them."""
+        """Metadata postings and the document count are derived from the docstore, so snapshots don't store them."""
         nodes = list(self.dense.docstore.docs.values())
         self._document_count = len({n.metadata["document_id"] for n in nodes})
         for node in nodes:
             self.metadata.add(node.node_id, user_metadata(node.metadata))
-        self.keyword.add([n.node_id for n in nodes], [indexed_text(n.metadata.get("title", ""), n.get_content()) for n in nodes])
+
+    def _rebuild_keyword_index(self, seq: int) -> None:
+        started = time.perf_counter()
+        self.keyword.delete_all()
+        chunks = [node_to_chunk(n) for n in self.dense.docstore.docs.values()]
+        for i in range(0, len(chunks), 1000):
+            self.keyword.add([_keyword_chunk(c) for c in chunks[i : i + 1000]])
+        self.keyword.applied(seq)
+        self.keyword.commit()
+        log.info("collection %s: keyword index built from %d chunks in %.1f s", self.name, len(chunks), time.perf_counter() - started)
 
     def close(self, checkpoint: bool = True, reason: str = "") -> None:
         """`reason`: what writes racing the close are told (UNAVAILABLE, retry); none: FAILED_PRECONDITION."""
@@ -211,6 +228,7 @@ class Collection:
         self.keyword.stop_refresher()
         if checkpoint and self.wal.size() > 0 and not self.read_only_reason:
             self._try_checkpoint_locked()
+        self.keyword.close()
         self.wal.close()
 
     # ------------------------------------------------------------------ re-embed
@@ -310,9 +328,19 @@ class Collection:
         self._seq = record["seq"]
         return self._apply(record)
 
-    def _apply(self, record: dict) -> int:
-        """Apply one WAL record to the in-memory indexes; returns how many of its documents existed before."""
+    def _apply(self, record: dict, *, dense: bool = True, keyword: bool = True) -> int:
+        """Apply one WAL record to the indexes: `dense` (with the docstore and metadata postings) and `keyword`.
+        Returns how many of its documents existed before. Applying a record again is harmless: it sets its
+        documents whole (deleted, or exactly these chunks), whatever they were."""
         existed = 0
+        chunks = [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else []
+        if keyword:
+            self.keyword.delete_documents(record["documents"])
+            if chunks:
+                self.keyword.add([_keyword_chunk(c) for c in chunks])
+            self.keyword.applied(record["seq"])
+        if not dense:
+            return existed
         for doc_id in record["documents"]:
             old = self.dense.get_nodes(self.dense.chunk_ids_of(doc_id))
             existed += bool(old)
@@ -320,14 +348,11 @@ class Collection:
             self._document_count += (record["op"] == "upsert") - bool(old)
             for node in old:
                 self.metadata.remove(node.node_id, user_metadata(node.metadata))
-            self.keyword.remove([n.node_id for n in old])
             self.dense.remove([n.node_id for n in old])
-        if record["op"] != "upsert" or not record["chunks"]:
+        if not chunks:
             return existed
-        chunks = [Chunk(**c) for c in record["chunks"]]
         vectors = np.frombuffer(base64.b64decode(record["vectors"]), dtype=np.float32).reshape(len(chunks), -1)
         self.dense.add(chunks, vectors)
-        self.keyword.add([c.id for c in chunks], [c.indexed_text for c in chunks])
         for c in chunks:
             self.metadata.add(c.id, c.metadata)
         return existed
@@ -464,6 +489,7 @@ class Collection:
                 if self._current_name() not in (name, "?"):
                     shutil.rmtree(final, ignore_errors=True)
                 raise
+        self._commit_keyword()  # before the WAL is emptied: it may hold what the keyword index has not committed
         self.wal.reset()
         for old in self.path.glob("snap-*"):
             if old.name != name:
@@ -471,6 +497,13 @@ class Collection:
         for stale in self.path.glob(".tmp-snap-*"):
             shutil.rmtree(stale, ignore_errors=True)
         log.info("collection %s: checkpoint at seq %d in %.2f s", self.name, self._seq, time.perf_counter() - started)
+
+    def _commit_keyword(self) -> None:
+        try:
+            self.keyword.commit()
+        except ValueError as exc:  # tantivy reports I/O failures as ValueError with the OS message
+            full = "No space left" in str(exc) or "Disk quota" in str(exc)
+            raise OSError(errno.ENOSPC if full else errno.EIO, f"keyword index commit failed: {exc}") from exc
 
     # ------------------------------------------------------------------ stats
     @property
@@ -484,11 +517,29 @@ class Collection:
 
     @property
     def chunk_count(self) -> int:
-        return len(self.keyword)
+        return self.dense.store.live_count
 
     @property
     def dimension(self) -> int:
         return self.dense.store._faiss_index.d
+
+
+def _open_keyword_index(path: Path, analyzer, refresh_s: float) -> TantivyKeywordIndex:
+    """The keyword index is derived data (the snapshot's docstore plus the WAL hold everything in it): one that
+    cannot be opened (damaged files) is set aside and rebuilt rather than failing the collection."""
+    try:
+        return TantivyKeywordIndex(path, analyzer, refresh_interval_s=refresh_s)
+    except ValueError as exc:
+        if "LockBusy" in str(exc):  # another writer holds it: a second server on this index dir
+            raise
+        log.warning("keyword index %s cannot be opened (%s): rebuilding it from the snapshot and the WAL", path, exc)
+        shutil.rmtree(path, ignore_errors=True)
+        path.with_suffix(".seq").unlink(missing_ok=True)
+        return TantivyKeywordIndex(path, analyzer, refresh_interval_s=refresh_s)
+
+
+def _keyword_chunk(chunk: Chunk) -> KeywordChunk:
+    return KeywordChunk(chunk.id, chunk.document_id, chunk.indexed_text, chunk.metadata)
 
 
 def validate_config_values(config: CollectionConfig) -> None:

@@ -83,7 +83,7 @@ class SearchPipeline:
                     dense = coll.dense.search(query_vector, p.dense_candidates, allowed, ef_search=p.ef_search, exact=p.exact)
             if use_keyword:
                 with clock.stage("keyword"):
-                    keyword = coll.keyword.search(p.query, p.keyword_candidates, allowed)
+                    keyword = coll.keyword.search(p.query, p.keyword_candidates, p.filter or None)
 
         with clock.stage("fuse"):
             fusion, weights = self._fusion(p, language)

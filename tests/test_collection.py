@@ -24,7 +24,7 @@ def test_snapshot_plus_newer_wal_records_recover_after_a_crash(tmp_path):
     expected = [h.chunk_id for h in SearchPipeline(models).search(coll, SearchParams("alpha beta gamma")).hits]
     # Crash: no close(), no checkpoint. Stop the refresher thread and release the WAL's fd (and its lock), as a
     # dying process does; the files stay as they are.
-    coll.keyword.stop_refresher()
+    coll.keyword.close()  # uncommitted keyword writes are lost, as in a crash
     coll.wal.close()
 
     reopened = Catalog(settings, models)

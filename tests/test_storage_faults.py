@@ -36,7 +36,7 @@ def open_catalog(tmp_path, models, **settings) -> Catalog:
 
 def crash(coll: Collection) -> None:
     """What kill -9 leaves: files as they are (no checkpoint), the WAL's fd and lock released."""
-    coll.keyword.stop_refresher()
+    coll.keyword.close()  # uncommitted keyword writes are lost, as in a crash
     coll.wal.close()
 
 

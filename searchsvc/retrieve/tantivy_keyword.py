@@ -1,0 +1,203 @@
+"""Keyword leg of a collection: BM25 over our analyzers' terms in a tantivy index on disk.
+
+Why tantivy and not an in-memory bm25s matrix: bm25s bakes IDF and lengths into one immutable matrix, so every
+refresh rebuilt it from all chunks (20 s at 1M chunks), and every start-up re-analysed every chunk (kiwi: ~300
+pages/s). tantivy (Lucene's design, in Rust, on PyPI) keeps immutable segments with collection-wide statistics:
+a refresh writes one small segment (~0.2 s for 1% new at 1M), a commit is fsynced, and opening the index maps
+its files without reading any text. Scores are Lucene's BM25 (k1 1.2, b 0.75, its idf), over all segments.
+
+Our analyzers still decide the terms (kiwi morphemes for Korean, the english chain…): each chunk's terms are
+joined with spaces into a field whose tokenizer splits on whitespace only, so tantivy indexes them verbatim.
+
+Differences from exact BM25 that tantivy shares with Lucene and Elasticsearch: field lengths are stored in 256
+buckets (exact up to 40 terms; ~5% off for 41-60), and deleted chunks count in IDF until their segment merges.
+
+Durability: the WAL stays the source of truth. After each commit, `<index>.seq` records the sequence number of
+the last WAL record the commit holds (tantivy-py cannot set a commit payload, and a sentinel document would
+count in BM25's statistics); on open, the collection replays WAL records after it. The file is written after
+the commit, so it may lag the index but never lead it, and a lagging one is harmless: a record deletes its
+documents by id before adding their chunks, so replaying it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import tantivy
+
+from searchsvc.retrieve.analyzers import Analyzer
+from searchsvc.store.files import write_text_atomic
+from searchsvc.types import ScoredId
+
+log = logging.getLogger(__name__)
+
+META_SEPARATOR = "\x1f"  # metadata pairs are indexed as one raw term "key\x1fvalue"
+WRITER_HEAP_BYTES = 32_000_000  # tantivy's indexing buffer; one writer thread (a 2-core box serves searches too)
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("id", stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("doc", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("meta", tokenizer_name="raw", index_option="basic")
+    builder.add_text_field("body", tokenizer_name="terms", index_option="freq")  # no positions: BM25 only
+    return builder.build()
+
+
+@dataclass(frozen=True)
+class KeywordChunk:
+    chunk_id: str
+    document_id: str
+    text: str  # what the analyzer reads: title and text
+    metadata: dict[str, str]
+
+
+class TantivyKeywordIndex:
+    def __init__(self, path: Path, analyzer: Analyzer, *, refresh_interval_s: float = 1.0) -> None:
+        self.path = path
+        self.analyzer = analyzer
+        self.refresh_interval_s = refresh_interval_s
+        path.mkdir(parents=True, exist_ok=True)
+        created = not tantivy.Index.exists(str(path))
+        self._index = tantivy.Index(_schema(), path=str(path)) if created else tantivy.Index.open(str(path))
+        # Tokenizers are not stored with the index: register ours on every open.
+        self._index.register_tokenizer("terms", tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build())
+        self._index.config_reader(reload_policy="manual")
+        self._writer = self._index.writer(WRITER_HEAP_BYTES, 1)
+        self._writer_lock = threading.Lock()  # tantivy-py's writer must not be used from two threads at once
+        self._searcher = self._index.searcher()
+        self._seq_path = path.with_suffix(".seq")
+        self.committed_seq = int(self._seq_path.read_text()) if self._seq_path.exists() and not created else 0
+        self._applied_seq = self.committed_seq
+        self._changed = False
+        self._hidden: set[str] = set()  # documents deleted since the searcher was opened: their hits are dropped
+        self.last_build_s = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- writes (the collection serializes them under its write lock)
+    def delete_documents(self, document_ids: Sequence[str]) -> None:
+        with self._writer_lock:
+            for doc_id in document_ids:
+                self._writer.delete_documents_by_term("doc", doc_id)
+            self._hidden.update(document_ids)
+            self._changed = True
+        self._wake.set()
+
+    def add(self, chunks: Sequence[KeywordChunk]) -> None:
+        analyzed = self.analyzer.analyze_many([c.text for c in chunks])  # outside the lock: the costly part
+        docs = []
+        for chunk, terms in zip(chunks, analyzed):
+            doc = tantivy.Document(id=chunk.chunk_id, doc=chunk.document_id)
+            # Terms never contain whitespace, but the field splits on it: keep a stray one from splitting a term.
+            doc.add_text("body", " ".join("".join(t.split()) for t in terms))
+            for key, value in chunk.metadata.items():
+                doc.add_text("meta", f"{key}{META_SEPARATOR}{value}")
+            docs.append(doc)
+        with self._writer_lock:
+            for doc in docs:
+                self._writer.add_document(doc)
+            self._changed = True
+        self._wake.set()
+
+    def delete_all(self) -> None:
+        with self._writer_lock:
+            self._writer.delete_all_documents()
+            self._changed = True
+
+    def applied(self, seq: int) -> None:
+        """Every write up to WAL record `seq` has been handed to the index."""
+        self._applied_seq = seq
+
+    def commit(self) -> bool:
+        """Make every write durable and searchable. Returns False if there was nothing to commit."""
+        started = time.perf_counter()
+        with self._writer_lock:
+            if not self._changed and self._applied_seq == self.committed_seq:
+                return False
+            seq = self._applied_seq
+            self._writer.commit()
+            write_text_atomic(self._seq_path, str(seq))
+            hidden, self._changed = set(self._hidden), False
+        self._index.reload()
+        self._searcher = self._index.searcher()
+        self._hidden -= hidden
+        self.committed_seq = seq
+        self.last_build_s = time.perf_counter() - started
+        return True
+
+    refresh = commit  # what the collection and the refresher call
+
+    def start_refresher(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._refresh_loop, name="keyword-refresh", daemon=True)
+            self._thread.start()
+
+    def stop_refresher(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop refreshing and release the index's writer lock (uncommitted writes stay in the WAL)."""
+        self.stop_refresher()
+        with self._writer_lock:
+            try:
+                self._writer.wait_merging_threads()  # drops the writer, and with it whatever was not committed
+            except ValueError as exc:  # e.g. the directory was moved away (a re-embed swapped it): nothing to keep
+                log.warning("keyword index %s: closing its writer: %s", self.path, exc)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            # Debounce: let a burst of batches land, then commit once.
+            time.sleep(max(self.refresh_interval_s, 4 * self.last_build_s))
+            if self._stop.is_set():
+                return
+            try:
+                self.commit()
+            except Exception:  # keep serving the previous searcher; the next write retries
+                log.exception("keyword index commit failed")
+
+    # --- reads
+    def __len__(self) -> int:
+        """Chunks in the searchable view."""
+        return self._searcher.num_docs
+
+    def search(self, query: str, k: int, filter: dict[str, str] | None = None) -> list[ScoredId]:
+        """Top-k chunks by BM25. `filter`: exact metadata pairs, all required, applied inside the search."""
+        terms = ["".join(t.split()) for t in self.analyzer.analyze(query)]
+        if k <= 0 or not terms:
+            return []
+        schema = self._index.schema
+        bm25 = tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(schema, "body", t)) for t in terms])
+        if filter:
+            # Filter clauses must not add to the score: const_score(…, 0).
+            clauses = [(tantivy.Occur.Must, bm25)] + [
+                (tantivy.Occur.Must, tantivy.Query.const_score_query(
+                    tantivy.Query.term_query(schema, "meta", f"{key}{META_SEPARATOR}{value}"), 0.0))
+                for key, value in filter.items()
+            ]
+            bm25 = tantivy.Query.boolean_query(clauses)
+        searcher, hidden = self._searcher, self._hidden
+        limit = k + (len(hidden) * 4 if hidden else 0)  # deleted-but-visible chunks may take slots
+        hits = searcher.search(bm25, min(limit, max(searcher.num_docs, 1)), count=False).hits
+        ranked = []
+        for score, address in hits:
+            chunk_id = searcher.doc(address)["id"][0]
+            if hidden and chunk_id.rsplit("#", 1)[0] in hidden:
+                continue
+            ranked.append((float(score), chunk_id))
+        ranked.sort(key=lambda sc: (-sc[0], sc[1]))  # deterministic order: score desc, then chunk id
+        return [ScoredId(c, rank, s) for rank, (s, c) in enumerate(ranked[:k], start=1)]
