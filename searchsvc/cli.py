@@ -185,6 +185,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args, port=0)
     logging.basicConfig(level=logging.WARNING)
+    if args.scale:
+        from searchsvc.bench_scale import run_scale
+
+        run_scale(settings, args.scale, args.queries)
+        return 0
     if args.part in ("all", "encoders"):
         from searchsvc import bench_encoders
         from searchsvc.server import configure_threads
@@ -192,11 +197,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         configure_threads(settings)
         passages = bench_encoders.load_passages(Path(args.passages) if args.passages else None, args.passage_count)
         bench_encoders.run(passages, runs=args.queries // 4 or 1)
-    if args.scale:
-        from searchsvc.bench_scale import run_scale
-
-        run_scale(settings, args.scale, args.queries)
-        return 0
     if args.part in ("all", "service"):
         run_bench(settings, sizes=[int(s) for s in args.sizes.split(",")], ingest_docs=args.ingest_docs, queries=args.queries,
                   vectors=args.with_vectors)
