@@ -4,7 +4,6 @@ holds exactly the live chunks when it is written and read back."""
 from __future__ import annotations
 
 import numpy as np
-from llama_index.core.storage.index_store import SimpleIndexStore
 
 from searchsvc.retrieve.dense import DeferredIndexStore, DenseIndex
 from searchsvc.retrieve.external import ExternalEmbedding
@@ -27,8 +26,10 @@ def test_the_index_struct_is_written_once_at_persist_and_matches_the_live_chunks
     store = dense.index.storage_context.index_store
     assert isinstance(store, DeferredIndexStore)
     writes = []
-    original = SimpleIndexStore.add_index_struct  # LlamaIndex's: serializes the whole struct
-    monkeypatch.setattr(SimpleIndexStore, "add_index_struct", lambda self, s: writes.append(1) or original(self, s))
+    kvstore = store._kvstore  # every serialized struct is put here
+    original = type(kvstore).put
+    monkeypatch.setattr(type(kvstore), "put", lambda self, key, val, collection=None: (
+        writes.append(1) if collection == store._collection else None) or original(self, key, val, collection))
 
     vectors = unit(3, seed=1)
     for i, c in enumerate(chunks("a", "b", "c")):  # one batch each, as BulkIndex requests
@@ -76,3 +77,32 @@ def test_searches_go_on_while_a_checkpoint_persists(tmp_path, monkeypatch):
     finally:
         release.set()
         writer.join()
+
+
+def test_the_plain_ref_doc_store_writes_what_llamaindex_writes():
+    from llama_index.core.storage.docstore import SimpleDocumentStore
+    from llama_index.core.storage.docstore.types import RefDocInfo
+
+    from searchsvc.retrieve.dense import PlainRefDocStore, _to_node
+
+    chunk = Chunk("d#1", "d", 1, "text", "title", {"lang": "ko", "year": "2024"}, 0, 4)
+    node = _to_node(chunk, [0.0] * DIM)
+    ours = PlainRefDocStore()._get_kv_pairs_for_insert(node, RefDocInfo(node_ids=["d#0"]), True)
+    theirs = SimpleDocumentStore()._get_kv_pairs_for_insert(node, RefDocInfo(node_ids=["d#0"]), True)
+    assert ours == theirs
+
+
+def test_the_deferred_index_store_writes_what_llamaindex_writes(tmp_path):
+    import json
+
+    from llama_index.core.storage.index_store.utils import index_struct_to_json, json_to_index_struct
+
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    dense.add(chunks("a", "b"), unit(2, seed=1))
+    struct = dense.index.index_struct
+    store = dense.index.storage_context.index_store
+    store._flush()
+    ours = store._kvstore.get(struct.index_id, collection=store._collection)
+    theirs = index_struct_to_json(struct)
+    assert ours.keys() == theirs.keys() and json.loads(ours["__data__"]) == json.loads(theirs["__data__"])
+    assert json_to_index_struct(ours).nodes_dict == struct.nodes_dict
