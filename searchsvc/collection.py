@@ -200,10 +200,11 @@ class Collection:
 
     def _rebuild_derived_indexes(self) -> None:
         """Metadata postings and the document count are derived from the docstore, so snapshots don't store them."""
-        nodes = list(self.dense.docstore.docs.values())
-        self._document_count = len({n.metadata["document_id"] for n in nodes})
-        for node in nodes:
-            self.metadata.add(node.node_id, user_metadata(node.metadata))
+        documents = set()
+        for chunk_id, metadata in self.dense.stored_metadata():
+            documents.add(metadata["document_id"])
+            self.metadata.add(chunk_id, user_metadata(metadata))
+        self._document_count = len(documents)
 
     def _rebuild_keyword_index(self, seq: int) -> None:
         started = time.perf_counter()

@@ -106,3 +106,12 @@ def test_the_deferred_index_store_writes_what_llamaindex_writes(tmp_path):
     theirs = index_struct_to_json(struct)
     assert ours.keys() == theirs.keys() and json.loads(ours["__data__"]) == json.loads(theirs["__data__"])
     assert json_to_index_struct(ours).nodes_dict == struct.nodes_dict
+
+
+def test_stored_metadata_reads_what_the_nodes_hold(tmp_path):
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    dense.add([Chunk("a#0", "a", 0, "text a", "A", {"lang": "ko"}, 0, 6), Chunk("b#0", "b", 0, "text b", "", {}, 0, 6)], unit(2, seed=1))
+    dense.persist(tmp_path / "snap")
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM))
+    assert dict(loaded.stored_metadata()) == {n.node_id: n.metadata for n in loaded.docstore.docs.values()}
+    assert type(loaded.index.index_struct).__name__ == "IndexDict" and set(loaded.index.index_struct.nodes_dict.values()) == {"a#0", "b#0"}

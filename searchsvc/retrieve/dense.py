@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -28,6 +28,7 @@ from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo,
 from llama_index.core.storage.docstore import SimpleDocumentStore
 from llama_index.core.storage.docstore.utils import doc_to_json
 from llama_index.core.storage.index_store import SimpleIndexStore
+from llama_index.core.storage.index_store.utils import json_to_index_struct
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.vector_stores.faiss import FaissMapVectorStore
 
@@ -264,11 +265,16 @@ class DeferredIndexStore(SimpleIndexStore):
 
     def get_index_struct(self, struct_id: str | None = None) -> IndexStruct | None:
         self._flush()
-        return super().get_index_struct(struct_id)
+        if struct_id is None:
+            structs = self.index_structs()
+            assert len(structs) == 1
+            return structs[0]
+        stored = self._kvstore.get(struct_id, collection=self._collection)
+        return None if stored is None else _struct_from_json(stored)
 
     def index_structs(self) -> list[IndexStruct]:
         self._flush()
-        return super().index_structs()
+        return [_struct_from_json(s) for s in self._kvstore.get_all(collection=self._collection).values()]
 
     def persist(self, *args: Any, **kwargs: Any) -> None:
         self._flush()
@@ -277,6 +283,14 @@ class DeferredIndexStore(SimpleIndexStore):
     def to_dict(self) -> dict:
         self._flush()
         return super().to_dict()
+
+
+def _struct_from_json(stored: dict) -> IndexStruct:
+    """json_to_index_struct, with an IndexDict built directly: dataclasses_json decoded its node map value by
+    value (2.4 s of a 6.9 s start-up at 60k chunks)."""
+    if stored[TYPE_KEY] == IndexDict.get_type():
+        return IndexDict(**json.loads(stored[DATA_KEY]))
+    return json_to_index_struct(stored)
 
 
 class PlainRefDocStore(SimpleDocumentStore):
@@ -392,6 +406,13 @@ class DenseIndex:
     def chunk_ids_of(self, document_id: str) -> list[str]:
         info = self.docstore.get_ref_doc_info(document_id)
         return list(info.node_ids) if info else []
+
+    def stored_metadata(self) -> Iterator[tuple[str, dict]]:
+        """(chunk id, node metadata) of every stored chunk, read from the docstore's JSON without building nodes
+        (building 60k TextNodes took 2.2 s of start-up)."""
+        docstore = self.docstore
+        for chunk_id, stored in docstore._kvstore.get_all(collection=docstore._node_collection).items():
+            yield chunk_id, stored[DATA_KEY]["metadata"]
 
     def get_nodes(self, chunk_ids: Sequence[str]) -> list[BaseNode]:
         return self.docstore.get_nodes(list(chunk_ids))
