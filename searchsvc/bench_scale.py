@@ -83,6 +83,8 @@ def run_scale(settings: Settings, total: int, queries: int) -> None:
             stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(server.target))
             config = pb.CollectionConfig(embedding_model="external", dimension=DIMENSION)
             stub.CreateCollection(pb.CreateCollectionRequest(name=NAME, config=config))
+            baseline = _rss_mb(server)
+            print(f"server RSS with the empty collection (models, analyzers): {baseline:,.0f} MB")
             first = min(10_000, total)
             marks = [first] + [total * i // 10 for i in range(1, 11) if total * i // 10 > first]
             loaded = 0
@@ -102,8 +104,9 @@ def run_scale(settings: Settings, total: int, queries: int) -> None:
 
         started = time.perf_counter()
         with ServerProcess(index_dir, env=env) as server:
+            rss = _rss_mb(server)
             print(f"restart: SERVING with the collection loaded after {time.perf_counter() - started:.1f} s; "
-                  f"server RSS {_rss_mb(server):,.0f} MB")
+                  f"server RSS {rss:,.0f} MB, {(rss - baseline) * 2**20 / total:,.0f} bytes per chunk above the empty server")
             for line in server.output:
                 if f"collection {NAME} loaded" in line:
                     print("  server log:", line.strip())
