@@ -191,7 +191,9 @@ class TantivyKeywordIndex:
             ]
             bm25 = tantivy.Query.boolean_query(clauses)
         searcher, hidden = self._searcher, self._hidden
-        limit = k + (len(hidden) * 4 if hidden else 0)  # deleted-but-visible chunks may take slots
+        # Deleted-but-visible chunks may take slots: fetch more, within bounds (a mass delete is hidden for at
+        # most one refresh interval, and must not turn each search into a scan meanwhile).
+        limit = k + min(len(hidden) * 4, 2000)
         hits = searcher.search(bm25, min(limit, max(searcher.num_docs, 1)), count=False).hits
         ranked = []
         for score, address in hits:
