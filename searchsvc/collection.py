@@ -39,7 +39,7 @@ from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec, node_to_chunk
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION, unit_vector
-from searchsvc.retrieve.tantivy_keyword import KeywordChunk, TantivyKeywordIndex
+from searchsvc.retrieve.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.store.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
 )
@@ -158,7 +158,22 @@ class Collection:
         else:
             dense = DenseIndex.load(snapshot, embed_model, DenseIndexSpec.of(config))
         coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes, min_free_disk_bytes, files)
+        try:
+            coll._recover(seq)
+        except BaseException:
+            coll.keyword.close()  # release its writer lock: a reopen after `searchsvc repair` takes it again
+            coll.wal.close()
+            raise
+        log.info(
+            "collection %s loaded: %d chunks, snapshot seq %d, %.2f s", coll.name, coll.chunk_count, seq, time.perf_counter() - started,
+        )
+        return coll
+
+    def _recover(self, seq: int) -> None:
+        """Bring the indexes from the snapshot (`seq`) and the keyword index's last commit up to the WAL's end."""
+        coll = self
         coll._seq = seq
+        records = coll.wal.open()  # first: a corrupt log fails the open before any costly rebuild
         coll._rebuild_derived_indexes()
         if coll.keyword.committed_seq < seq:
             # The keyword index commits before the WAL is emptied, so it is behind the snapshot only when it was
@@ -166,19 +181,15 @@ class Collection:
             # WAL may no longer hold what it misses, so it is rebuilt from the docstore (analysing every chunk).
             coll._rebuild_keyword_index(seq)
         replayed = 0
-        for record in coll.wal.open():
+        for record in records:
             # Each part skips what it already holds; replaying a record twice is harmless (see _apply).
             if record["seq"] > min(coll._seq, coll.keyword.committed_seq):
                 coll._apply(record, dense=record["seq"] > coll._seq, keyword=record["seq"] > coll.keyword.committed_seq)
                 coll._seq = max(coll._seq, record["seq"])
                 replayed += 1
-        coll.keyword.refresh()
+        coll._refresh_keyword()
         coll.keyword.start_refresher()
-        log.info(
-            "collection %s loaded: %d chunks, snapshot seq %d, %d WAL records replayed, %.2f s",
-            coll.name, len(coll.keyword), seq, replayed, time.perf_counter() - started,
-        )
-        return coll
+        log.info("collection %s: %d WAL records replayed", coll.name, replayed)
 
     @staticmethod
     def current_snapshot(path: Path) -> tuple[Path | None, int]:
@@ -214,6 +225,7 @@ class Collection:
             self.keyword.add([_keyword_chunk(c) for c in chunks[i : i + 1000]])
         self.keyword.applied(seq)
         self.keyword.commit()
+        self.keyword.last_build_s = 0.0  # a whole rebuild says nothing about how long a refresh takes
         log.info("collection %s: keyword index built from %d chunks in %.1f s", self.name, len(chunks), time.perf_counter() - started)
 
     def close(self, checkpoint: bool = True, reason: str = "") -> None:
@@ -297,7 +309,7 @@ class Collection:
             replaced = self._commit(record)
             self._maybe_checkpoint()
         if self.config.refresh_interval_ms < 0:
-            self.keyword.refresh()
+            self._refresh_keyword()
         report.indexed, report.replaced, report.chunks = len(valid), replaced, len(chunks)
         log.debug(
             "%s: batch of %d docs / %d chunks: chunk %.0f ms, embed %.0f ms, commit %.0f ms",
@@ -314,7 +326,7 @@ class Collection:
             if present:
                 self._commit({"op": "delete", "documents": present})
         if self.config.refresh_interval_ms < 0:
-            self.keyword.refresh()
+            self._refresh_keyword()
         return len(present), len(ids) - len(present)
 
     def _commit(self, record: dict) -> int:
@@ -337,10 +349,7 @@ class Collection:
         existed = 0
         chunks = [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else []
         if keyword:
-            self.keyword.delete_documents(record["documents"])
-            if chunks:
-                self.keyword.add([_keyword_chunk(c) for c in chunks])
-            self.keyword.applied(record["seq"])
+            self._apply_keyword(record, chunks)
         if not dense:
             return existed
         for doc_id in record["documents"]:
@@ -358,6 +367,23 @@ class Collection:
         for c in chunks:
             self.metadata.add(c.id, c.metadata)
         return existed
+
+    def _apply_keyword(self, record: dict, chunks: list[Chunk]) -> None:
+        """The record is already durable in the WAL: a failing keyword writer must not fail its ack. It makes
+        the collection read-only (read_only_reason), and reopening replays the WAL into a fresh writer."""
+        try:
+            self.keyword.delete_documents(record["documents"])
+            if chunks:
+                self.keyword.add([_keyword_chunk(c) for c in chunks])
+            self.keyword.applied(record["seq"])
+        except KeywordIndexFailed:
+            pass  # logged where it failed
+
+    def _refresh_keyword(self) -> None:
+        try:
+            self.keyword.refresh()
+        except KeywordIndexFailed:
+            pass  # logged where it failed; read_only_reason reports it
 
     def _validate(self, docs: Sequence[Document], report: IndexReport) -> tuple[list[Document], dict[str, np.ndarray]]:
         """The valid documents, and the unit vectors of those that brought one (by document id)."""
@@ -407,7 +433,7 @@ class Collection:
     @property
     def read_only_reason(self) -> str:
         """Why writes are refused after a storage fault (empty: writable). Cleared only by reopening."""
-        return self.wal.failure
+        return self.wal.failure or self.keyword.failure
 
     def check_writable(self) -> None:
         self._check_open()
@@ -503,9 +529,9 @@ class Collection:
     def _commit_keyword(self) -> None:
         try:
             self.keyword.commit()
-        except ValueError as exc:  # tantivy reports I/O failures as ValueError with the OS message
+        except KeywordIndexFailed as exc:  # the WAL is kept: reopening replays it
             full = "No space left" in str(exc) or "Disk quota" in str(exc)
-            raise OSError(errno.ENOSPC if full else errno.EIO, f"keyword index commit failed: {exc}") from exc
+            raise OSError(errno.ENOSPC if full else errno.EIO, str(exc)) from exc
 
     # ------------------------------------------------------------------ stats
     @property

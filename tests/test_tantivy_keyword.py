@@ -161,3 +161,50 @@ def test_a_damaged_keyword_index_is_rebuilt_not_fatal(tmp_path):
     hits = SearchPipeline(models).search(again.get("c"), SearchParams("alpha beta", mode=SearchMode.KEYWORD)).hits
     assert sorted(h.chunk_id for h in hits) == ["a#0", "b#0"]
     again.close()
+
+
+class FailingWriter:
+    """tantivy's writer, failing its next commit as it does when the disk fills while writing a segment."""
+
+    def __init__(self, writer) -> None:
+        self.writer, self.fail_next_commit = writer, True
+
+    def commit(self):
+        if self.fail_next_commit:
+            self.fail_next_commit = False
+            raise ValueError("An IO error occurred: 'No space left on device (os error 28)'")
+        return self.writer.commit()
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
+
+
+def test_a_failed_keyword_commit_keeps_the_wal_and_a_reopen_recovers(tmp_path):
+    from searchsvc.errors import FailedPrecondition
+
+    settings = load_settings(index_dir=tmp_path, default_language="en")
+    models = ModelRegistry()
+    catalog = Catalog(settings, models)
+    catalog.open_all()
+    coll = catalog.create("c", CollectionConfig("", "", 0, 0, refresh_interval_ms=-1))
+    coll.index_documents([Document("a", "alpha particles")])
+    coll.keyword._writer = FailingWriter(coll.keyword._writer)
+    report = coll.index_documents([Document("b", "beta decay")])  # durable in the WAL: acked despite the failure
+    assert report.indexed == 1
+    assert "keyword index commit failed" in coll.read_only_reason
+    with pytest.raises(FailedPrecondition):
+        coll.index_documents([Document("c", "gamma rays")])
+    # Searches still work: dense sees "b", the keyword leg serves its last commit.
+    dense = SearchPipeline(models).search(coll, SearchParams("beta decay", mode=SearchMode.DENSE, top_k=1)).hits
+    assert [h.chunk_id for h in dense] == ["b#0"]
+    with pytest.raises(FailedPrecondition):
+        coll.checkpoint()  # refused: emptying the WAL would lose "b" from the keyword index
+    with coll._write_lock:
+        coll._try_checkpoint_locked()  # what a size-triggered checkpoint does: it fails and keeps the WAL
+    assert coll.wal.size() > 0
+
+    reopened = catalog.reopen("c")
+    assert not reopened.read_only_reason
+    hits = SearchPipeline(models).search(reopened, SearchParams("alpha beta", mode=SearchMode.KEYWORD)).hits
+    assert sorted(h.chunk_id for h in hits) == ["a#0", "b#0"]
+    catalog.close()

@@ -459,9 +459,11 @@ class DenseIndex:
         return [ScoredId(node_id, rank, score) for rank, (node_id, score) in enumerate(zip(result.ids, result.similarities), start=1)]
 
     def similarities(self, query_vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
-        if not chunk_ids:
-            return {}
         with self._lock:
+            present = self.store._node_id_to_faiss_id_map
+            chunk_ids = [c for c in chunk_ids if c in present]  # a chunk deleted since a leg found it has none
+            if not chunk_ids:
+                return {}
             vectors = self.store.vectors(chunk_ids)
         return dict(zip(chunk_ids, (vectors @ query_vector).tolist()))
 

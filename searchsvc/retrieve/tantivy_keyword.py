@@ -24,14 +24,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import tantivy
 
 from searchsvc.retrieve.analyzers import Analyzer
-from searchsvc.store.files import write_text_atomic
+from searchsvc.store.files import fsync_dir, write_text_atomic
 from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ def _schema() -> tantivy.Schema:
     builder.add_text_field("meta", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("body", tokenizer_name="terms", index_option="freq")  # no positions: BM25 only
     return builder.build()
+
+
+class KeywordIndexFailed(RuntimeError):
+    """The writer failed; nothing more is written until the collection is reopened (see `failure`)."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,18 @@ class TantivyKeywordIndex:
         self._index.config_reader(reload_policy="manual")
         self._writer = self._index.writer(WRITER_HEAP_BYTES, 1)
         self._writer_lock = threading.Lock()  # tantivy-py's writer must not be used from two threads at once
-        self._searcher = self._index.searcher()
+        # What searches read, swapped as one: the committed searcher, and the documents deleted since it was
+        # opened (their chunks are dropped from its hits). Deletes add to the live view's set; a commit publishes
+        # a new view with an empty set, so a search still on the old view keeps the old set.
+        self._view: tuple[tantivy.Searcher, set[str]] = (self._index.searcher(), set())
+        # Set when the writer failed (a full disk while writing a segment): tantivy then drops what it was
+        # writing, and later commits would succeed without it. No commit may follow: the collection turns
+        # read-only, its WAL keeps everything, and reopening replays it into a fresh writer.
+        self.failure = ""
         self._seq_path = path.with_suffix(".seq")
         self.committed_seq = int(self._seq_path.read_text()) if self._seq_path.exists() and not created else 0
         self._applied_seq = self.committed_seq
         self._changed = False
-        self._hidden: set[str] = set()  # documents deleted since the searcher was opened: their hits are dropped
         self.last_build_s = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -83,10 +94,10 @@ class TantivyKeywordIndex:
 
     # --- writes (the collection serializes them under its write lock)
     def delete_documents(self, document_ids: Sequence[str]) -> None:
-        with self._writer_lock:
+        with self._writer_lock, self._failing("delete"):
             for doc_id in document_ids:
                 self._writer.delete_documents_by_term("doc", doc_id)
-            self._hidden.update(document_ids)
+            self._view[1].update(document_ids)
             self._changed = True
         self._wake.set()
 
@@ -100,16 +111,28 @@ class TantivyKeywordIndex:
             for key, value in chunk.metadata.items():
                 doc.add_text("meta", f"{key}{META_SEPARATOR}{value}")
             docs.append(doc)
-        with self._writer_lock:
+        with self._writer_lock, self._failing("add"):
             for doc in docs:
                 self._writer.add_document(doc)
             self._changed = True
         self._wake.set()
 
     def delete_all(self) -> None:
-        with self._writer_lock:
+        with self._writer_lock, self._failing("delete all"):
             self._writer.delete_all_documents()
             self._changed = True
+
+    @contextmanager
+    def _failing(self, action: str) -> Iterator[None]:
+        """Refuse writes after a failure, and turn a writer error into one (with the writer lock held)."""
+        if self.failure:
+            raise KeywordIndexFailed(self.failure)
+        try:
+            yield
+        except ValueError as exc:  # tantivy-py reports every writer error as ValueError
+            self.failure = f"keyword index {action} failed: {exc}"
+            log.error("%s: %s; the collection turns read-only until it is reopened", self.path, self.failure)
+            raise KeywordIndexFailed(self.failure) from exc
 
     def applied(self, seq: int) -> None:
         """Every write up to WAL record `seq` has been handed to the index."""
@@ -122,13 +145,18 @@ class TantivyKeywordIndex:
             if not self._changed and self._applied_seq == self.committed_seq:
                 return False
             seq = self._applied_seq
-            self._writer.commit()
+            with self._failing("commit"):
+                self._writer.commit()
+            # tantivy renames meta.json after syncing the directory, not before: sync it again so that the
+            # commit is on disk before the position that claims it (a lagging position is harmless, a leading one
+            # would skip WAL records the index lost).
+            fsync_dir(self.path)
             write_text_atomic(self._seq_path, str(seq))
-            hidden, self._changed = set(self._hidden), False
-        self._index.reload()
-        self._searcher = self._index.searcher()
-        self._hidden -= hidden
-        self.committed_seq = seq
+            self._changed = False
+            self._index.reload()
+            # Under the writer lock: a delete now lands in the new view's set, not in a set about to be dropped.
+            self._view = (self._index.searcher(), set())
+            self.committed_seq = seq
         self.last_build_s = time.perf_counter() - started
         return True
 
@@ -152,7 +180,7 @@ class TantivyKeywordIndex:
         with self._writer_lock:
             try:
                 self._writer.wait_merging_threads()  # drops the writer, and with it whatever was not committed
-            except ValueError as exc:  # e.g. the directory was moved away (a re-embed swapped it): nothing to keep
+            except ValueError as exc:  # the directory was moved away (a re-embed swapped it), or the writer failed
                 log.warning("keyword index %s: closing its writer: %s", self.path, exc)
 
     def _refresh_loop(self) -> None:
@@ -161,19 +189,20 @@ class TantivyKeywordIndex:
             if self._stop.is_set():
                 return
             self._wake.clear()
-            # Debounce: let a burst of batches land, then commit once.
-            time.sleep(max(self.refresh_interval_s, 4 * self.last_build_s))
-            if self._stop.is_set():
+            # Debounce: let a burst of batches land, then commit once. Interruptible: close() must not wait.
+            if self._stop.wait(max(self.refresh_interval_s, 4 * self.last_build_s)):
                 return
             try:
                 self.commit()
+            except KeywordIndexFailed:
+                return  # logged once where it failed; the collection is read-only until reopened
             except Exception:  # keep serving the previous searcher; the next write retries
                 log.exception("keyword index commit failed")
 
     # --- reads
     def __len__(self) -> int:
         """Chunks in the searchable view."""
-        return self._searcher.num_docs
+        return self._view[0].num_docs
 
     def search(self, query: str, k: int, filter: dict[str, str] | None = None) -> list[ScoredId]:
         """Top-k chunks by BM25. `filter`: exact metadata pairs, all required, applied inside the search."""
@@ -190,7 +219,7 @@ class TantivyKeywordIndex:
                 for key, value in filter.items()
             ]
             bm25 = tantivy.Query.boolean_query(clauses)
-        searcher, hidden = self._searcher, self._hidden
+        searcher, hidden = self._view
         # Deleted-but-visible chunks may take slots: fetch more, within bounds (a mass delete is hidden for at
         # most one refresh interval, and must not turn each search into a scan meanwhile).
         limit = k + min(len(hidden) * 4, 2000)
