@@ -23,6 +23,15 @@ def chunk(cid: str, text: str, **metadata: str) -> KeywordChunk:
     return KeywordChunk(f"{cid}#0", cid, text, metadata)
 
 
+def english_collection(tmp_path):
+    """An English collection "c" whose keyword leg commits before each ack."""
+    settings = load_settings(index_dir=tmp_path, default_language="en")
+    models = ModelRegistry()
+    catalog = Catalog(settings, models)
+    catalog.open_all()
+    return settings, models, catalog, catalog.create("c", CollectionConfig("", "", 0, 0, refresh_interval_ms=-1))
+
+
 def lucene_bm25(docs: list[list[str]], query: list[str], k1=1.2, b=0.75) -> list[float]:
     """Lucene's BM25 (what tantivy computes), written out."""
     n = len(docs)
@@ -113,11 +122,7 @@ def test_background_commits_make_new_chunks_searchable(tmp_path):
 
 
 def test_a_collection_from_before_the_keyword_index_builds_it_once(tmp_path, monkeypatch):
-    settings = load_settings(index_dir=tmp_path, default_language="en")
-    models = ModelRegistry()
-    catalog = Catalog(settings, models)
-    catalog.open_all()
-    coll = catalog.create("c", CollectionConfig("", "", 0, 0, refresh_interval_ms=-1))
+    settings, models, catalog, coll = english_collection(tmp_path)
     coll.index_documents([Document("a", "alpha particles"), Document("b", "beta decay")])
     catalog.close()  # a checkpoint
     # The previous on-disk format: a snapshot and a WAL, no keyword index.
@@ -148,11 +153,7 @@ def test_a_collection_from_before_the_keyword_index_builds_it_once(tmp_path, mon
 
 
 def test_a_damaged_keyword_index_is_rebuilt_not_fatal(tmp_path):
-    settings = load_settings(index_dir=tmp_path, default_language="en")
-    models = ModelRegistry()
-    catalog = Catalog(settings, models)
-    catalog.open_all()
-    coll = catalog.create("c", CollectionConfig("", "", 0, 0, refresh_interval_ms=-1))
+    settings, models, catalog, coll = english_collection(tmp_path)
     coll.index_documents([Document("a", "alpha particles"), Document("b", "beta decay")])
     catalog.close()
     (tmp_path / "c" / "keyword" / "meta.json").write_text("{ torn")
@@ -182,11 +183,7 @@ class FailingWriter:
 def test_a_failed_keyword_commit_keeps_the_wal_and_a_reopen_recovers(tmp_path):
     from searchsvc.errors import FailedPrecondition
 
-    settings = load_settings(index_dir=tmp_path, default_language="en")
-    models = ModelRegistry()
-    catalog = Catalog(settings, models)
-    catalog.open_all()
-    coll = catalog.create("c", CollectionConfig("", "", 0, 0, refresh_interval_ms=-1))
+    settings, models, catalog, coll = english_collection(tmp_path)
     coll.index_documents([Document("a", "alpha particles")])
     coll.keyword._writer = FailingWriter(coll.keyword._writer)
     report = coll.index_documents([Document("b", "beta decay")])  # durable in the WAL: acked despite the failure
