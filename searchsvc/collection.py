@@ -45,7 +45,7 @@ from searchsvc.store.files import (
 )
 from searchsvc.store.wal import WalFailed, WriteAheadLog
 from searchsvc.types import (
-    DENSE_INDEX_KINDS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document, indexed_text,
+    DENSE_INDEX_KINDS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
 )
 
 log = logging.getLogger(__name__)
