@@ -56,7 +56,9 @@ class CollectionConfig:
     # default efSearch (a search may override it). Collections written before these existed read the defaults.
     dense_index: str = "auto"
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
+    # 80, not FAISS's 40: on 300k clustered 384-d vectors (bench.ClusteredVectors) efConstruction 40 built a graph
+    # with recall@10 0.90 at efSearch 128 (0.95 at 512); 80 gave 1.000, inserting at 3.9k instead of 6.9k/s.
+    hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128
 
 
