@@ -225,7 +225,6 @@ class Collection:
             self.keyword.add([_keyword_chunk(c) for c in chunks[i : i + 1000]])
         self.keyword.applied(seq)
         self.keyword.commit()
-        self.keyword.last_build_s = 0.0  # a whole rebuild says nothing about how long a refresh takes
         log.info("collection %s: keyword index built from %d chunks in %.1f s", self.name, len(chunks), time.perf_counter() - started)
 
     def close(self, checkpoint: bool = True, reason: str = "") -> None:

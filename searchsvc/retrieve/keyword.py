@@ -1,4 +1,4 @@
-"""Keyword leg: BM25 over analyzed chunk text, scored by bm25s.
+"""In-memory BM25 over analyzed text, scored by bm25s (train-reranker's negative mining; collections use tantivy_keyword.py).
 
 bm25s precomputes a sparse (term x doc) score matrix, so an index is immutable once built. Writes go to a
 mutable term store (per-chunk term ids over a growing vocabulary) and become searchable at the next refresh,
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 import bm25s
 import numpy as np
 
 from searchsvc.retrieve.analyzers import Analyzer
+from searchsvc.retrieve.refresher import DebouncedRefresher
 from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)
@@ -47,17 +47,13 @@ class KeywordIndex:
     ) -> None:
         self.analyzer = analyzer
         self._params = dict(k1=k1, b=b, method=method)
-        self.refresh_interval_s = refresh_interval_s
         self._vocab: dict[str, int] = {}
         self._terms: dict[str, list[int]] = {}  # chunk id -> term ids, live chunks only
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every write
         self._searcher: _Searcher | None = None
         self._built_generation = 0
-        self.last_build_s = 0.0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = DebouncedRefresher(self.refresh, refresh_interval_s, "bm25-refresh")
 
     # --- writes
     def add(self, chunk_ids: list[str], texts: list[str]) -> None:
@@ -66,14 +62,14 @@ class KeywordIndex:
             for chunk_id, terms in zip(chunk_ids, analyzed):
                 self._terms[chunk_id] = [self._term_id(t) for t in terms]
             self._generation += 1
-        self._wake.set()
+        self._refresher.wake()
 
     def remove(self, chunk_ids: list[str]) -> None:
         with self._lock:
             for chunk_id in chunk_ids:
                 self._terms.pop(chunk_id, None)
             self._generation += 1
-        self._wake.set()
+        self._refresher.wake()
 
     def _term_id(self, term: str) -> int:
         term_id = self._vocab.get(term)
@@ -94,42 +90,21 @@ class KeywordIndex:
             chunk_ids = list(self._terms)
             term_lists = [self._terms[c] for c in chunk_ids]
             vocab = dict(self._vocab)  # bm25s adds an empty-token entry to the dict it is given
-        started = time.perf_counter()
         searcher = None
         if chunk_ids:
             bm25 = bm25s.BM25(**self._params)
             bm25.index((term_lists, vocab), show_progress=False)
             searcher = _Searcher(bm25, chunk_ids, {c: i for i, c in enumerate(chunk_ids)})
-        self.last_build_s = time.perf_counter() - started
         with self._lock:
             if generation >= self._built_generation:
                 self._searcher, self._built_generation = searcher, generation
         return True
 
     def start_refresher(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._refresh_loop, name="bm25-refresh", daemon=True)
-            self._thread.start()
+        self._refresher.start()
 
     def stop_refresher(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _refresh_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            if self._stop.is_set():
-                return
-            self._wake.clear()
-            # Debounce: let a burst of batches land, then build once.
-            time.sleep(max(self.refresh_interval_s, 4 * self.last_build_s))
-            try:
-                self.refresh()
-            except Exception:  # keep serving the previous index; the next write retries
-                log.exception("keyword index refresh failed")
+        self._refresher.stop()
 
     # --- reads
     def search(self, query: str, k: int, allowed: set[str] | None = None) -> list[ScoredId]:

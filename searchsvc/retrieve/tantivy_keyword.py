@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Iterator, Sequence
 import tantivy
 
 from searchsvc.retrieve.analyzers import Analyzer
+from searchsvc.retrieve.refresher import DebouncedRefresher
 from searchsvc.store.files import fsync_dir, write_text_atomic
 from searchsvc.types import ScoredId
 
@@ -66,7 +66,6 @@ class TantivyKeywordIndex:
     def __init__(self, path: Path, analyzer: Analyzer, *, refresh_interval_s: float = 1.0) -> None:
         self.path = path
         self.analyzer = analyzer
-        self.refresh_interval_s = refresh_interval_s
         path.mkdir(parents=True, exist_ok=True)
         created = not tantivy.Index.exists(str(path))
         self._index = tantivy.Index(_schema(), path=str(path)) if created else tantivy.Index.open(str(path))
@@ -87,10 +86,7 @@ class TantivyKeywordIndex:
         self.committed_seq = int(self._seq_path.read_text()) if self._seq_path.exists() and not created else 0
         self._applied_seq = self.committed_seq
         self._changed = False
-        self.last_build_s = 0.0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._refresher = DebouncedRefresher(self.commit, refresh_interval_s, "keyword-refresh", stop_on=(KeywordIndexFailed,))
 
     # --- writes (the collection serializes them under its write lock)
     def delete_documents(self, document_ids: Sequence[str]) -> None:
@@ -99,7 +95,7 @@ class TantivyKeywordIndex:
                 self._writer.delete_documents_by_term("doc", doc_id)
             self._view[1].update(document_ids)
             self._changed = True
-        self._wake.set()
+        self._refresher.wake()
 
     def add(self, chunks: Sequence[KeywordChunk]) -> None:
         analyzed = self.analyzer.analyze_many([c.text for c in chunks])  # outside the lock: the costly part
@@ -115,7 +111,7 @@ class TantivyKeywordIndex:
             for doc in docs:
                 self._writer.add_document(doc)
             self._changed = True
-        self._wake.set()
+        self._refresher.wake()
 
     def delete_all(self) -> None:
         with self._writer_lock, self._failing("delete all"):
@@ -140,7 +136,6 @@ class TantivyKeywordIndex:
 
     def commit(self) -> bool:
         """Make every write durable and searchable. Returns False if there was nothing to commit."""
-        started = time.perf_counter()
         with self._writer_lock:
             if not self._changed and self._applied_seq == self.committed_seq:
                 return False
@@ -157,22 +152,15 @@ class TantivyKeywordIndex:
             # Under the writer lock: a delete now lands in the new view's set, not in a set about to be dropped.
             self._view = (self._index.searcher(), set())
             self.committed_seq = seq
-        self.last_build_s = time.perf_counter() - started
         return True
 
     refresh = commit  # what the collection and the refresher call
 
     def start_refresher(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._refresh_loop, name="keyword-refresh", daemon=True)
-            self._thread.start()
+        self._refresher.start()
 
     def stop_refresher(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._refresher.stop()
 
     def close(self) -> None:
         """Stop refreshing and release the index's writer lock (uncommitted writes stay in the WAL)."""
@@ -182,22 +170,6 @@ class TantivyKeywordIndex:
                 self._writer.wait_merging_threads()  # drops the writer, and with it whatever was not committed
             except ValueError as exc:  # the directory was moved away (a re-embed swapped it), or the writer failed
                 log.warning("keyword index %s: closing its writer: %s", self.path, exc)
-
-    def _refresh_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            if self._stop.is_set():
-                return
-            self._wake.clear()
-            # Debounce: let a burst of batches land, then commit once. Interruptible: close() must not wait.
-            if self._stop.wait(max(self.refresh_interval_s, 4 * self.last_build_s)):
-                return
-            try:
-                self.commit()
-            except KeywordIndexFailed:
-                return  # logged once where it failed; the collection is read-only until reopened
-            except Exception:  # keep serving the previous searcher; the next write retries
-                log.exception("keyword index commit failed")
 
     # --- reads
     def __len__(self) -> int:
