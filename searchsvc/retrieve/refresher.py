@@ -52,6 +52,8 @@ class DebouncedRefresher:
                 self._refresh()
             except self._stop_on:
                 return
+            except OSError as exc:  # a full or failing disk: one line, no traceback; the next write retries
+                log.warning("%s failed: %s", self._name, exc)
             except Exception:  # keep serving the previous index; the next write retries
                 log.exception("%s failed", self._name)
             self._last_s = time.perf_counter() - started
