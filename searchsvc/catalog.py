@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from searchsvc.collection import Collection, validate_config_values
+from searchsvc.collection import DOCSTORE_FILE, Collection, validate_config_values
 from searchsvc.config import Settings
 from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from searchsvc.models import ModelRegistry
@@ -22,6 +22,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from searchsvc.retrieve.dense import DenseIndex, DenseIndexSpec
 from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
+from searchsvc.store.sqlite_kv import SqliteKVStore
 from searchsvc.store.wal import WalCorrupt
 from searchsvc.store.files import fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
@@ -209,10 +210,13 @@ class Catalog:
                 raise FailedPrecondition(f"collection {name!r} is already being re-embedded")
             self._reembedding.add(name)
         staging, old = self.root / f".reembed-{name}", self.root / f".old-{name}"
+        kvstore = None
         try:
             started = time.perf_counter()
             shutil.rmtree(staging, ignore_errors=True)
-            dense = DenseIndex.create(embedder, dimension, DenseIndexSpec.of(coll.config))
+            staging.mkdir()
+            kvstore = SqliteKVStore(staging / DOCSTORE_FILE)
+            dense = DenseIndex.create(embedder, dimension, DenseIndexSpec.of(coll.config), kvstore)
             _, chunks = coll.chunks()
             done = {}
             batch = 256  # bounded memory per step; the embedder batches inside
@@ -233,6 +237,8 @@ class Catalog:
             log.info("re-embedded collection %s with %s: %d chunks in %.1f s", name, embedding_model, len(done), time.perf_counter() - started)
             return self._collections[name]
         finally:
+            if kvstore is not None:
+                kvstore.close()  # already closed once the new version was written
             shutil.rmtree(staging, ignore_errors=True)
             with self._lock:
                 self._reembedding.discard(name)

@@ -1,10 +1,12 @@
 """A collection: its config, dense and keyword indexes, metadata postings, and durable storage.
 
 Write path (one batch): check free space -> validate -> chunk -> embed (no lock held) -> append to the WAL and
-fsync -> apply to the in-memory indexes -> ack. Recovery: load the last snapshot, replay WAL records newer than
-it. A snapshot (checkpoint) persists the LlamaIndex StorageContext into a fresh directory, fsyncs it, switches
-the CURRENT pointer with an atomic rename, then empties the WAL. Every step leaves a state that `open` can
-recover, and a step that fails (a full disk) leaves the previous state in place.
+fsync -> apply to the indexes and the docstore's open transaction -> ack. Recovery: load the last snapshot with
+the docstore committed with it, replay WAL records newer than it. A checkpoint persists the FAISS index and
+LlamaIndex's index store into a fresh directory and fsyncs it, then commits the docstore together with that
+directory's name: the commit is the atomic switch. CURRENT mirrors the name for people and tools. Then the WAL
+is emptied. Every step leaves a state that `open` can recover, and a step that fails (a full disk) leaves the
+previous state in place.
 
 Storage faults: a WAL append that fails is rolled back and reported (disk full: RESOURCE_EXHAUSTED, other I/O:
 UNAVAILABLE); memory is updated only after the append succeeded. A fault the WAL cannot roll back, or any fsync
@@ -12,8 +14,11 @@ failure, makes the collection read-only (`read_only_reason`) until it is reopene
 
 On-disk layout under <index_dir>/<name>/:
     collection.json    config (written once, atomically)
-    CURRENT            name of the live snapshot directory
-    snap-<seq>/        LlamaIndex docstore/index_store JSON + FAISS index + id map; state.json {"seq": n}
+    docstore.sqlite    chunk text and metadata (LlamaIndex's docstore); its committed meta names the live
+                       snapshot and its seq (store/sqlite_kv.py)
+    CURRENT            a copy of that name (collections from before the docstore moved to SQLite: the pointer)
+    snap-<seq>/        FAISS index + id map, LlamaIndex index_store JSON; state.json {"seq": n}
+    keyword/, keyword.seq   the tantivy keyword index and the last seq it committed
     wal.log            records after the snapshot (see store/wal.py)
 """
 
@@ -37,20 +42,27 @@ import numpy as np
 from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
-from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec, node_to_chunk
+from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION, unit_vector
 from searchsvc.retrieve.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.store.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
 )
-from searchsvc.store.wal import WalFailed, WriteAheadLog
+from searchsvc.store.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
+from searchsvc.store.wal import WalFailed, WriteAheadLog, iter_records
 from searchsvc.types import (
     DENSE_INDEX_KINDS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
 )
 
 log = logging.getLogger(__name__)
 KEYWORD_DIR = "keyword"  # the tantivy index, committed independently of the snapshots (see open)
+DOCSTORE_FILE = "docstore.sqlite"
 CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
+# A checkpoint rewrites the FAISS index only once this many vectors were added or removed since the last
+# FAISS snapshot; below it, it commits them to the docstore's dense log (~1.5 KB each), which start-up replays.
+# At HNSW's ~4k inserts/s on 2 cores that bounds the replay to ~5 s.
+DENSE_SNAPSHOT_CHANGES = 20_000
+KEYWORD_HEAL_INTERVAL_S = 1.0  # a failed keyword writer is replaced by the next write, at most this often
 
 
 @dataclass
@@ -126,6 +138,9 @@ class Collection:
         self.min_free_disk_bytes = min_free_disk_bytes
         self.wal = WriteAheadLog(path / "wal.log", files)
         self._checkpoint_retry_at = 0.0
+        self._dense_changes = 0  # vectors added and removed since the FAISS snapshot (the dense log's size)
+        self._faiss_seq = 0  # the seq the FAISS snapshot holds; the dense log covers the writes after it
+        self._keyword_heal_at = 0.0
         self._seq = 0
         self._document_count = 0
         self._write_lock = threading.Lock()
@@ -135,7 +150,7 @@ class Collection:
     # ------------------------------------------------------------------ lifecycle
     @staticmethod
     def write_config(path: Path, config: CollectionConfig) -> None:
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path / "collection.json", dataclasses.asdict(config))
 
     @staticmethod
@@ -152,28 +167,42 @@ class Collection:
         """Load the snapshot and replay the WAL. Raises WalCorrupt (nothing changed) for a damaged mid-log."""
         started = time.perf_counter()
         config = cls.read_config(path)
-        snapshot, seq = cls.current_snapshot(path)
-        if snapshot is None:
-            dense = DenseIndex.create(embed_model, dimension, DenseIndexSpec.of(config))
-        else:
-            dense = DenseIndex.load(snapshot, embed_model, DenseIndexSpec.of(config))
+        kvstore = SqliteKVStore(path / DOCSTORE_FILE)
+        try:
+            if "snapshot" not in kvstore.committed and (path / "CURRENT").exists():
+                _migrate_json_docstore(path, kvstore)
+            snapshot, seq = cls.current_snapshot(path, kvstore.committed)
+            spec = DenseIndexSpec.of(config)
+            if snapshot is None:
+                dense = DenseIndex.create(embed_model, dimension, spec, kvstore)
+            else:
+                dense = DenseIndex.load(snapshot, embed_model, spec, kvstore=kvstore)
+        except BaseException:
+            kvstore.close()
+            raise
         coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes, min_free_disk_bytes, files)
         try:
-            coll._recover(seq)
+            coll._recover(seq, faiss_seq=_snapshot_seq(snapshot))
         except BaseException:
             coll.keyword.close()  # release its writer lock: a reopen after `searchsvc repair` takes it again
             coll.wal.close()
+            kvstore.close()
             raise
         log.info(
             "collection %s loaded: %d chunks, snapshot seq %d, %.2f s", coll.name, coll.chunk_count, seq, time.perf_counter() - started,
         )
         return coll
 
-    def _recover(self, seq: int) -> None:
-        """Bring the indexes from the snapshot (`seq`) and the keyword index's last commit up to the WAL's end."""
+    def _recover(self, seq: int, faiss_seq: int) -> None:
+        """Bring the indexes from the last commit (`seq`: the docstore; `faiss_seq`: the FAISS snapshot it names,
+        then the dense log up to `seq`) and the keyword index's last commit up to the WAL's end."""
         coll = self
         coll._seq = seq
         records = coll.wal.open()  # first: a corrupt log fails the open before any costly rebuild
+        coll._faiss_seq = faiss_seq
+        for _, removed, added, vectors in coll.dense.kvstore.dense_log(after=faiss_seq):
+            coll.dense.replay(removed, added, np.frombuffer(vectors, dtype=np.float32).reshape(len(added), coll.dimension))
+            coll._dense_changes += len(removed) + len(added)
         coll._rebuild_derived_indexes()
         if coll.keyword.committed_seq < seq:
             # The keyword index commits before the WAL is emptied, so it is behind the snapshot only when it was
@@ -192,7 +221,12 @@ class Collection:
         log.info("collection %s: %d WAL records replayed", coll.name, replayed)
 
     @staticmethod
-    def current_snapshot(path: Path) -> tuple[Path | None, int]:
+    def current_snapshot(path: Path, committed: dict[str, str] | None = None) -> tuple[Path | None, int]:
+        """The live snapshot directory and its seq: what the docstore committed (`committed`, or read from
+        disk), else CURRENT in a collection that predates the SQLite docstore."""
+        committed = read_committed(path / DOCSTORE_FILE) if committed is None else committed
+        if "snapshot" in committed:
+            return path / committed["snapshot"], int(committed["seq"])
         current = path / "CURRENT"
         if not current.exists():
             return None, 0
@@ -200,32 +234,25 @@ class Collection:
         state = json.loads((snapshot / "state.json").read_text(encoding="utf-8"))
         return snapshot, int(state["seq"])
 
-    def _current_name(self) -> str:
-        """The CURRENT snapshot's name, "" if none, "?" if it cannot be read (then nothing may be removed)."""
-        try:
-            return (self.path / "CURRENT").read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return ""
-        except OSError:
-            return "?"
-
     def _rebuild_derived_indexes(self) -> None:
         """Metadata postings and the document count are derived from the docstore, so snapshots don't store them."""
-        documents = set()
         for chunk_id, metadata in self.dense.stored_metadata():
-            documents.add(metadata["document_id"])
             self.metadata.add(chunk_id, user_metadata(metadata))
-        self._document_count = len(documents)
+        self._document_count = self.dense.document_count
 
     def _rebuild_keyword_index(self, seq: int) -> None:
         started = time.perf_counter()
         self.keyword.delete_all()
-        chunks = [node_to_chunk(n) for n in self.dense.docstore.docs.values()]
-        for i in range(0, len(chunks), 1000):
-            self.keyword.add([_keyword_chunk(c) for c in chunks[i : i + 1000]])
+        batch, count = [], 0
+        for chunk in self.dense.stored_chunks():
+            batch.append(_keyword_chunk(chunk))
+            if len(batch) == 1000:
+                self.keyword.add(batch)
+                count, batch = count + len(batch), []
+        self.keyword.add(batch)
         self.keyword.applied(seq)
         self.keyword.commit()
-        log.info("collection %s: keyword index built from %d chunks in %.1f s", self.name, len(chunks), time.perf_counter() - started)
+        log.info("collection %s: keyword index built from %d chunks in %.1f s", self.name, count + len(batch), time.perf_counter() - started)
 
     def close(self, checkpoint: bool = True, reason: str = "") -> None:
         """`reason`: what writes racing the close are told (UNAVAILABLE, retry); none: FAILED_PRECONDITION."""
@@ -242,13 +269,14 @@ class Collection:
             self._try_checkpoint_locked()
         self.keyword.close()
         self.wal.close()
+        self.dense.kvstore.close()  # rolls back nothing: the checkpoint committed it, or the WAL holds it
 
     # ------------------------------------------------------------------ re-embed
     def chunks(self) -> tuple[int, dict[str, Chunk]]:
         """(sequence number, every live chunk by id), read consistently."""
         with self._write_lock:
             self._check_open()
-            return self._seq, {n.node_id: node_to_chunk(n) for n in self.dense.docstore.docs.values()}
+            return self._seq, {c.id: c for c in self.dense.stored_chunks()}
 
     @contextmanager
     def write_reembedded(self, target: Path, config: CollectionConfig, dense: DenseIndex, done: dict[str, tuple[str, np.ndarray]]):
@@ -259,7 +287,7 @@ class Collection:
         the caller's swap is over, then find this collection closed."""
         with self._write_lock:
             self._check_open()
-            chunks = [node_to_chunk(n) for n in self.dense.docstore.docs.values()]
+            chunks = list(self.dense.stored_chunks())
             # Chunks written (or rewritten with new text under the same id) since the vectors were computed.
             late = [c for c in chunks if done.get(c.id, ("", None))[0] != c.indexed_text]
             if late:
@@ -272,6 +300,8 @@ class Collection:
             dense.persist(target / name)
             write_json_atomic(target / name / "state.json", {"seq": self._seq + 1})
             fsync_tree(target)
+            dense.kvstore.commit(snapshot=name, seq=self._seq + 1)
+            dense.kvstore.close()  # before the directory is renamed under it
             write_text_atomic(target / "CURRENT", name)  # last: a staging dir with CURRENT is complete
             yield self
 
@@ -283,6 +313,7 @@ class Collection:
     # ------------------------------------------------------------------ writes
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
         started = time.perf_counter()
+        self._heal_keyword()
         self.check_writable()
         self.check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
         report = IndexReport()
@@ -319,6 +350,7 @@ class Collection:
 
     def delete_documents(self, ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(ids))
+        self._heal_keyword()
         with self._write_lock:
             self.check_writable()
             present = [i for i in ids if self.dense.chunk_ids_of(i)]
@@ -339,7 +371,12 @@ class Collection:
             self.check_writable()
             raise
         self._seq = record["seq"]
-        return self._apply(record)
+        try:
+            return self._apply(record)
+        except DocstoreFailed:
+            # Durable in the WAL, so acked; the docstore marked itself failed (read_only_reason), and reopening
+            # replays this record from the WAL.
+            return 0
 
     def _apply(self, record: dict, *, dense: bool = True, keyword: bool = True) -> int:
         """Apply one WAL record to the indexes: `dense` (with the docstore and metadata postings) and `keyword`.
@@ -351,6 +388,7 @@ class Collection:
             self._apply_keyword(record, chunks)
         if not dense:
             return existed
+        removed: list[str] = []
         for doc_id in record["documents"]:
             old = self.dense.get_nodes(self.dense.chunk_ids_of(doc_id))
             existed += bool(old)
@@ -358,13 +396,17 @@ class Collection:
             self._document_count += (record["op"] == "upsert") - bool(old)
             for node in old:
                 self.metadata.remove(node.node_id, user_metadata(node.metadata))
-            self.dense.remove([n.node_id for n in old])
-        if not chunks:
-            return existed
-        vectors = np.frombuffer(base64.b64decode(record["vectors"]), dtype=np.float32).reshape(len(chunks), -1)
-        self.dense.add(chunks, vectors)
-        for c in chunks:
-            self.metadata.add(c.id, c.metadata)
+            removed += [n.node_id for n in old]
+        self.dense.remove(removed)
+        vectors = base64.b64decode(record["vectors"]) if chunks else b""
+        if chunks:
+            self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1))
+            for c in chunks:
+                self.metadata.add(c.id, c.metadata)
+        # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
+        # snapshot holds it, start-up replays it from there (see _checkpoint_locked).
+        self.dense.kvstore.log_dense(record["seq"], removed, [c.id for c in chunks], vectors)
+        self._dense_changes += len(removed) + len(chunks)
         return existed
 
     def _apply_keyword(self, record: dict, chunks: list[Chunk]) -> None:
@@ -377,6 +419,26 @@ class Collection:
             self.keyword.applied(record["seq"])
         except KeywordIndexFailed:
             pass  # logged where it failed
+
+    def _heal_keyword(self) -> None:
+        """Replace a keyword writer that failed (a full disk while it wrote a segment) without a reopen: a fresh
+        writer from its last commit, the WAL records after that commit replayed into it, then committed. The WAL
+        holds them all: it is emptied only after a keyword commit. Until this succeeds writes are refused."""
+        if not self.keyword.failure or time.monotonic() < self._keyword_heal_at:
+            return
+        with self._write_lock:
+            if not self.keyword.failure or self.closed or self.wal.failure or self.dense.kvstore.failure:
+                return
+            self._keyword_heal_at = time.monotonic() + KEYWORD_HEAL_INTERVAL_S
+            self.keyword.reset_writer()
+            replayed = 0
+            for record in iter_records(self.wal.path):
+                if record["seq"] > self.keyword.committed_seq:
+                    self._apply_keyword(record, [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else [])
+                    replayed += 1
+            self._refresh_keyword()
+            if not self.keyword.failure:
+                log.warning("collection %s: keyword index writer replaced, %d WAL records replayed into it", self.name, replayed)
 
     def _refresh_keyword(self) -> None:
         try:
@@ -432,10 +494,15 @@ class Collection:
     @property
     def read_only_reason(self) -> str:
         """Why writes are refused after a storage fault (empty: writable). Cleared only by reopening."""
-        return self.wal.failure or self.keyword.failure
+        return self.wal.failure or self.keyword.failure or self.dense.kvstore.failure
 
     def check_writable(self) -> None:
         self._check_open()
+        if self.read_only_reason == self.keyword.failure and is_disk_full_message(self.keyword.failure):
+            raise ResourceExhausted(
+                f"disk full: collection {self.name!r} could not write its keyword index ({self.keyword.failure}); "
+                "nothing was written: free space and retry"
+            )
         if self.read_only_reason:
             raise FailedPrecondition(
                 f"collection {self.name!r} is read-only after a storage fault: {self.read_only_reason}. Searches "
@@ -487,7 +554,7 @@ class Collection:
     def _try_checkpoint_locked(self) -> None:
         try:
             self._checkpoint_locked()
-        except (OSError, WalFailed) as exc:
+        except (OSError, WalFailed, DocstoreFailed) as exc:
             self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log.warning(
                 "collection %s: checkpoint at seq %d failed (%s); the WAL still holds every write, retrying in %.0f s",
@@ -495,12 +562,21 @@ class Collection:
             )
 
     def _checkpoint_locked(self) -> None:
-        """Snapshot, switch CURRENT, empty the WAL. An error before the switch removes what this attempt wrote and
-        leaves the old snapshot and the WAL as they were; an error after it leaves WAL records the new snapshot
-        already covers (replay skips them)."""
+        """Snapshot, commit the docstore naming it (the switch), empty the WAL. An error before the switch removes
+        what this attempt wrote and leaves the old snapshot, the docstore's last commit and the WAL as they were;
+        an error after it leaves WAL records the new snapshot already covers (replay skips them)."""
         started = time.perf_counter()
-        name = f"snap-{self._seq:012d}"
-        if self._current_name() != name:  # else nothing was written since that snapshot
+        kvstore = self.dense.kvstore
+        name = kvstore.committed.get("snapshot", "")
+        kind = f"{self._dense_changes} vector changes in the dense log"
+        if kvstore.committed.get("seq") == str(self._seq):
+            kind = "committed before"  # a retry after emptying the WAL failed
+        elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES:
+            # A small change: commit the docstore with its dense log and keep the FAISS snapshot, so the cost
+            # follows what changed (a FAISS snapshot rewrites every vector).
+            kvstore.commit(snapshot=name, seq=self._seq)
+        else:
+            name = f"snap-{self._seq:012d}"
             tmp, final = self.path / f".tmp-{name}", self.path / name
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -510,12 +586,17 @@ class Collection:
                 shutil.rmtree(final, ignore_errors=True)  # a leftover of an attempt that failed before the switch
                 tmp.rename(final)
                 fsync_dir(self.path)
-                write_text_atomic(self.path / "CURRENT", name)
+                kvstore.trim_dense_log(self._seq)
+                kvstore.commit(snapshot=name, seq=self._seq)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if self._current_name() not in (name, "?"):
+                if kvstore.committed.get("snapshot") != name:
                     shutil.rmtree(final, ignore_errors=True)
                 raise
+            self._faiss_seq, self._dense_changes = self._seq, 0
+            kind = "a FAISS snapshot"
+        if self._current_name() != name:
+            write_text_atomic(self.path / "CURRENT", name)  # a mirror: open() follows the docstore's commit
         self._commit_keyword()  # before the WAL is emptied: it may hold what the keyword index has not committed
         self.wal.reset()
         for old in self.path.glob("snap-*"):
@@ -523,14 +604,19 @@ class Collection:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in self.path.glob(".tmp-snap-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        log.info("collection %s: checkpoint at seq %d in %.2f s", self.name, self._seq, time.perf_counter() - started)
+        log.info("collection %s: checkpoint at seq %d in %.2f s (%s)", self.name, self._seq, time.perf_counter() - started, kind)
+
+    def _current_name(self) -> str:
+        try:
+            return (self.path / "CURRENT").read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""
 
     def _commit_keyword(self) -> None:
         try:
             self.keyword.commit()
-        except KeywordIndexFailed as exc:  # the WAL is kept: reopening replays it
-            full = "No space left" in str(exc) or "Disk quota" in str(exc)
-            raise OSError(errno.ENOSPC if full else errno.EIO, str(exc)) from exc
+        except KeywordIndexFailed as exc:  # the WAL is kept: the next write (_heal_keyword) or a reopen replays it
+            raise OSError(errno.ENOSPC if is_disk_full_message(str(exc)) else errno.EIO, str(exc)) from exc
 
     # ------------------------------------------------------------------ stats
     @property
@@ -563,6 +649,31 @@ def _open_keyword_index(path: Path, analyzer, refresh_s: float) -> TantivyKeywor
         shutil.rmtree(path, ignore_errors=True)
         path.with_suffix(".seq").unlink(missing_ok=True)
         return TantivyKeywordIndex(path, analyzer, refresh_interval_s=refresh_s)
+
+
+def is_disk_full_message(message: str) -> bool:
+    """For errors that arrive as text (tantivy reports I/O errors inside a ValueError's message)."""
+    return "No space left" in message or "Disk quota" in message
+
+
+def _migrate_json_docstore(path: Path, kvstore: SqliteKVStore) -> None:
+    """Move the docstore of a collection written before it lived in SQLite (LlamaIndex's SimpleKVStore JSON in
+    the CURRENT snapshot) into `kvstore`, committed with that snapshot's name. Idempotent: a crash before the
+    commit leaves the JSON as the pointer, and the next open migrates again."""
+    snapshot, seq = Collection.current_snapshot(path, {})
+    stored = json.loads((snapshot / "docstore.json").read_text(encoding="utf-8"))
+    for collection, pairs in stored.items():
+        kvstore.put_all(list(pairs.items()), collection=collection)
+    kvstore.commit(snapshot=snapshot.name, seq=seq)
+    (snapshot / "docstore.json").unlink()
+    log.info("collection %s: moved the docstore of %s into %s", path.name, snapshot.name, DOCSTORE_FILE)
+
+
+def _snapshot_seq(snapshot: Path | None) -> int:
+    """The seq a FAISS snapshot directory holds (its state.json); 0 for none."""
+    if snapshot is None:
+        return 0
+    return int(json.loads((snapshot / "state.json").read_text(encoding="utf-8"))["seq"])
 
 
 def _keyword_chunk(chunk: Chunk) -> KeywordChunk:

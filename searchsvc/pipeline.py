@@ -146,10 +146,10 @@ class SearchPipeline:
     def _hits(coll, ranked, dense, keyword, mode) -> list[Hit]:
         dense_by_id = {s.chunk_id: s for s in dense}
         keyword_by_id = {s.chunk_id: s for s in keyword}
-        nodes = [coll.dense.docstore.get_node(cid, raise_error=False) for cid, _ in ranked]
+        found = {n.node_id: n for n in coll.dense.get_nodes([cid for cid, _ in ranked], raise_error=False)}
         hits = []
-        for (chunk_id, score), node in zip(ranked, nodes):
-            if node is None:  # deleted between the leg and here
+        for chunk_id, score in ranked:
+            if (node := found.get(chunk_id)) is None:  # deleted between the leg and here
                 continue
             d = dense_by_id.get(chunk_id)
             hits.append(

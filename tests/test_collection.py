@@ -26,6 +26,7 @@ def test_snapshot_plus_newer_wal_records_recover_after_a_crash(tmp_path):
     # dying process does; the files stay as they are.
     coll.keyword.close()  # uncommitted keyword writes are lost, as in a crash
     coll.wal.close()
+    coll.dense.kvstore.close()  # its open transaction is rolled back, as in a crash
 
     reopened = Catalog(settings, models)
     reopened.open_all()

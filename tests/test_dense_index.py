@@ -39,12 +39,12 @@ def test_the_index_struct_is_written_once_at_persist_and_matches_the_live_chunks
     dense.persist(tmp_path / "snap")
     assert writes == [1], "serialized once, at persist"
 
-    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM))
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), kvstore=dense.kvstore)
     assert sorted(loaded.index.index_struct.nodes_dict.values()) == ["a#0", "c#0"]
     assert [s.chunk_id for s in loaded.search(vectors[2], k=3)] == ["c#0", "a#0"]
     loaded.add(chunks("d"), unit(1, seed=2))  # a reloaded index keeps deferring, and persists again whole
     loaded.persist(tmp_path / "snap2")
-    again = DenseIndex.load(tmp_path / "snap2", ExternalEmbedding(dimension=DIM))
+    again = DenseIndex.load(tmp_path / "snap2", ExternalEmbedding(dimension=DIM), kvstore=loaded.kvstore)
     assert sorted(again.index.index_struct.nodes_dict.values()) == ["a#0", "c#0", "d#0"]
 
 
@@ -84,10 +84,11 @@ def test_the_plain_ref_doc_store_writes_what_llamaindex_writes():
     from llama_index.core.storage.docstore.types import RefDocInfo
 
     from searchsvc.retrieve.dense import PlainRefDocStore, _to_node
+    from searchsvc.store.sqlite_kv import SqliteKVStore
 
     chunk = Chunk("d#1", "d", 1, "text", "title", {"lang": "ko", "year": "2024"}, 0, 4)
     node = _to_node(chunk, [0.0] * DIM)
-    ours = PlainRefDocStore()._get_kv_pairs_for_insert(node, RefDocInfo(node_ids=["d#0"]), True)
+    ours = PlainRefDocStore(SqliteKVStore(":memory:"))._get_kv_pairs_for_insert(node, RefDocInfo(node_ids=["d#0"]), True)
     theirs = SimpleDocumentStore()._get_kv_pairs_for_insert(node, RefDocInfo(node_ids=["d#0"]), True)
     assert ours == theirs
 
@@ -112,6 +113,6 @@ def test_stored_metadata_reads_what_the_nodes_hold(tmp_path):
     dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
     dense.add([Chunk("a#0", "a", 0, "text a", "A", {"lang": "ko"}, 0, 6), Chunk("b#0", "b", 0, "text b", "", {}, 0, 6)], unit(2, seed=1))
     dense.persist(tmp_path / "snap")
-    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM))
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), kvstore=dense.kvstore)
     assert dict(loaded.stored_metadata()) == {n.node_id: n.metadata for n in loaded.docstore.docs.values()}
     assert type(loaded.index.index_struct).__name__ == "IndexDict" and set(loaded.index.index_struct.nodes_dict.values()) == {"a#0", "b#0"}

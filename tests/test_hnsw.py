@@ -74,7 +74,7 @@ def test_hnsw_with_deletes_and_replacements_matches_the_exact_ranking(tmp_path):
     assert dense.similarities(new, ["d250#0"])["d250#0"] == pytest.approx(1.0, abs=1e-5)
 
     dense.persist(tmp_path / "snap")
-    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), HNSW)
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), HNSW, kvstore=dense.kvstore)
     assert loaded.kind == "hnsw" and loaded.store._tombstones == dense.store._tombstones
     assert recall(loaded, ref, queries) == pytest.approx(recall(dense, ref, queries))
     add(loaded, ref, ["late"], seed=4)  # ids after a reload never reuse a tombstone's
@@ -109,7 +109,7 @@ def test_auto_turns_flat_into_hnsw_at_the_threshold(monkeypatch, tmp_path):
     assert recall(dense, ref, queries) >= 0.97
     assert dense.search(ref.vectors["d7#0"], 1)[0].chunk_id == "d7#0"
     dense.persist(tmp_path / "snap")
-    assert DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), dense.spec).kind == "hnsw"
+    assert DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), dense.spec, kvstore=dense.kvstore).kind == "hnsw"
 
 
 def test_flat_stays_flat_and_exact(monkeypatch):
@@ -146,7 +146,7 @@ def test_a_store_persisted_before_hnsw_loads_as_flat(tmp_path):
     add(dense, ref, ["a", "b", "c"], seed=1)
     remove(dense, ref, ["b"])
     dense.persist(tmp_path / "snap")
-    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM))  # default spec: auto
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), kvstore=dense.kvstore)  # default spec: auto
     assert loaded.kind == "flat" and not loaded.store._tombstones and loaded.store._next_id == 3
 
 

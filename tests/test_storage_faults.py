@@ -38,6 +38,7 @@ def crash(coll: Collection) -> None:
     """What kill -9 leaves: files as they are (no checkpoint), the WAL's fd and lock released."""
     coll.keyword.close()  # uncommitted keyword writes are lost, as in a crash
     coll.wal.close()
+    coll.dense.kvstore.close()  # its open transaction is rolled back, as in a crash
 
 
 def docs(*ids: str) -> list[Document]:
@@ -98,7 +99,7 @@ def test_failed_fsync_makes_the_collection_read_only_searchable_until_reopened(t
     catalog.close()
 
 
-@pytest.mark.parametrize("failing_step", ["persist", "CURRENT", "wal-reset"])
+@pytest.mark.parametrize("failing_step", ["persist", "docstore-commit", "wal-reset"])
 def test_checkpoint_cut_short_by_a_full_disk_keeps_every_acked_write(tmp_path, models, monkeypatch, failing_step):
     catalog = open_catalog(tmp_path, models, checkpoint_wal_bytes=1)  # every batch checkpoints
     coll = catalog.create("c", CollectionConfig("", "", 0, 0, refresh_interval_ms=-1))
@@ -106,16 +107,17 @@ def test_checkpoint_cut_short_by_a_full_disk_keeps_every_acked_write(tmp_path, m
     snapshot = (tmp_path / "c" / "CURRENT").read_text()
     disk_full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    if failing_step == "persist":  # half a snapshot written, then no space
+    if failing_step == "persist":  # half a FAISS snapshot written, then no space
+        monkeypatch.setattr("searchsvc.collection.DENSE_SNAPSHOT_CHANGES", 0)  # a checkpoint that writes one
         def persist(target):
             target.mkdir(parents=True)
             (target / "docstore.json").write_text('{"half": ')
             raise disk_full
         monkeypatch.setattr(coll.dense, "persist", persist)
-    elif failing_step == "CURRENT":  # the snapshot is whole, switching CURRENT fails
-        def write_current(path, text):
+    elif failing_step == "docstore-commit":  # the snapshot is whole, the docstore's commit (the switch) fails
+        def commit(**meta):
             raise disk_full
-        monkeypatch.setattr("searchsvc.collection.write_text_atomic", write_current)
+        monkeypatch.setattr(coll.dense.kvstore, "commit", commit)
     else:  # the switch happened; emptying the WAL fails
         files = FaultyFiles()
         coll.wal.files = files
@@ -199,7 +201,7 @@ def test_reopen_unknown_collection_is_not_found(stub):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-@pytest.mark.parametrize("file", ["default__vector_store.json", "docstore.json"])
+@pytest.mark.parametrize("file", ["default__vector_store.json", "index_store.json"])
 def test_snapshot_writers_report_a_full_disk_as_enospc(tmp_path, models, file):
     # /dev/full fails every write with ENOSPC: faiss's writer (RuntimeError upstream) and LlamaIndex's JSON alike.
     if not os.path.exists("/dev/full"):

@@ -139,6 +139,7 @@ def test_a_collection_from_before_the_keyword_index_builds_it_once(tmp_path, mon
     migrated.get("c").index_documents([Document("g", "gamma rays")])  # WAL only: replayed at the next open
     migrated.get("c").keyword.close()  # a crash: the last commit stays
     migrated.get("c").wal.close()
+    migrated.get("c").dense.kvstore.close()
 
     calls = []
     english = type(get_analyzer("english"))
@@ -180,8 +181,9 @@ class FailingWriter:
         return getattr(self.writer, name)
 
 
-def test_a_failed_keyword_commit_keeps_the_wal_and_a_reopen_recovers(tmp_path):
-    from searchsvc.errors import FailedPrecondition
+def test_a_failed_keyword_commit_keeps_the_wal_and_the_next_write_replaces_the_writer(tmp_path, monkeypatch):
+    from searchsvc.errors import ResourceExhausted
+    from searchsvc.retrieve.tantivy_keyword import TantivyKeywordIndex
 
     settings, models, catalog, coll = english_collection(tmp_path)
     coll.index_documents([Document("a", "alpha particles")])
@@ -189,19 +191,31 @@ def test_a_failed_keyword_commit_keeps_the_wal_and_a_reopen_recovers(tmp_path):
     report = coll.index_documents([Document("b", "beta decay")])  # durable in the WAL: acked despite the failure
     assert report.indexed == 1
     assert "keyword index commit failed" in coll.read_only_reason
-    with pytest.raises(FailedPrecondition):
-        coll.index_documents([Document("c", "gamma rays")])
     # Searches still work: dense sees "b", the keyword leg serves its last commit.
     dense = SearchPipeline(models).search(coll, SearchParams("beta decay", mode=SearchMode.DENSE, top_k=1)).hits
     assert [h.chunk_id for h in dense] == ["b#0"]
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(ResourceExhausted):
         coll.checkpoint()  # refused: emptying the WAL would lose "b" from the keyword index
     with coll._write_lock:
         coll._try_checkpoint_locked()  # what a size-triggered checkpoint does: it fails and keeps the WAL
     assert coll.wal.size() > 0
 
+    # While the disk stays full, the fresh writer fails too: the write is refused as a full disk.
+    reset = TantivyKeywordIndex.reset_writer
+    monkeypatch.setattr(TantivyKeywordIndex, "reset_writer", lambda self: (reset(self), setattr(self, "_writer", FailingWriter(self._writer))))
+    with pytest.raises(ResourceExhausted, match="disk full"):
+        coll.index_documents([Document("c", "gamma rays")])
+    monkeypatch.undo()
+    coll._keyword_heal_at = 0.0  # rather than wait out the retry interval
+
+    # Space is back: the next write replaces the writer, replays "b" from the WAL, and goes through.
+    assert coll.index_documents([Document("c", "gamma rays")]).indexed == 1
+    assert not coll.read_only_reason
+    hits = SearchPipeline(models).search(coll, SearchParams("alpha beta gamma", mode=SearchMode.KEYWORD)).hits
+    assert sorted(h.chunk_id for h in hits) == ["a#0", "b#0", "c#0"]
+    coll.checkpoint()
+    assert coll.wal.size() == 0
     reopened = catalog.reopen("c")
-    assert not reopened.read_only_reason
-    hits = SearchPipeline(models).search(reopened, SearchParams("alpha beta", mode=SearchMode.KEYWORD)).hits
-    assert sorted(h.chunk_id for h in hits) == ["a#0", "b#0"]
+    hits = SearchPipeline(models).search(reopened, SearchParams("alpha beta gamma", mode=SearchMode.KEYWORD)).hits
+    assert sorted(h.chunk_id for h in hits) == ["a#0", "b#0", "c#0"]
     catalog.close()

@@ -1,7 +1,8 @@
 """Dense leg: a LlamaIndex VectorStoreIndex over FAISS (inner product on normalized embeddings = cosine).
 
-Text and metadata live in LlamaIndex's docstore; FAISS holds only vectors, keyed by an IndexIDMap2 so chunks
-can be deleted and their vectors read back (for the cosine of hits that only the keyword leg found).
+Text and metadata live in LlamaIndex's docstore, kept on disk in SQLite (store/sqlite_kv.py); FAISS holds only
+vectors, keyed by an IndexIDMap2 so chunks can be deleted and their vectors read back (for the cosine of hits
+that only the keyword leg found).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.data_structs.data_structs import IndexDict, IndexStruct
 from llama_index.core.constants import DATA_KEY, TYPE_KEY
 from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
-from llama_index.core.storage.docstore import SimpleDocumentStore
-from llama_index.core.storage.docstore.utils import doc_to_json
+from llama_index.core.storage.docstore.keyval_docstore import KVDocumentStore
+from llama_index.core.storage.docstore.utils import doc_to_json, json_to_doc
 from llama_index.core.storage.index_store import SimpleIndexStore
 from llama_index.core.storage.index_store.utils import json_to_index_struct
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.vector_stores.faiss import FaissMapVectorStore
 
+from searchsvc.store.sqlite_kv import SqliteKVStore
 from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, Chunk, CollectionConfig, ScoredId
 
 log = logging.getLogger(__name__)
@@ -109,18 +111,19 @@ class FilterableFaissStore(FaissMapVectorStore):
 
     # --- writes
     def add(self, nodes: list[BaseNode], **add_kwargs: Any) -> list[str]:
-        if not nodes:
-            return []
-        if stale := [n.id_ for n in nodes if n.id_ in self._node_id_to_faiss_id_map]:
-            self.delete_nodes(stale)  # a re-added id replaces its vector instead of leaving two behind one id
-        vectors = np.asarray([n.get_embedding() for n in nodes], dtype=np.float32)
-        ids = np.arange(self._next_id, self._next_id + len(nodes), dtype=np.int64)
-        self._next_id += len(nodes)
-        self._faiss_index.add_with_ids(vectors, ids)
-        for node, faiss_id in zip(nodes, ids.tolist()):
-            self._node_id_to_faiss_id_map[node.id_] = faiss_id
-            self._faiss_id_to_node_id_map[faiss_id] = node.id_
+        if nodes:
+            self.add_vectors([n.id_ for n in nodes], np.asarray([n.get_embedding() for n in nodes], dtype=np.float32))
         return [n.id_ for n in nodes]
+
+    def add_vectors(self, node_ids: list[str], vectors: np.ndarray) -> None:
+        if stale := [n for n in node_ids if n in self._node_id_to_faiss_id_map]:
+            self.delete_nodes(stale)  # a re-added id replaces its vector instead of leaving two behind one id
+        ids = np.arange(self._next_id, self._next_id + len(node_ids), dtype=np.int64)
+        self._next_id += len(node_ids)
+        self._faiss_index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+        for node_id, faiss_id in zip(node_ids, ids.tolist()):
+            self._node_id_to_faiss_id_map[node_id] = faiss_id
+            self._faiss_id_to_node_id_map[faiss_id] = node_id
 
     def delete_nodes(self, node_ids: list[str] | None = None, filters: Any = None, **delete_kwargs: Any) -> None:
         if not self.is_hnsw:
@@ -293,8 +296,8 @@ def _struct_from_json(stored: dict) -> IndexStruct:
     return json_to_index_struct(stored)
 
 
-class PlainRefDocStore(SimpleDocumentStore):
-    """LlamaIndex's SimpleDocumentStore, writing each document's RefDocInfo as a plain dict.
+class PlainRefDocStore(KVDocumentStore):
+    """LlamaIndex's KVDocumentStore, writing each document's RefDocInfo as a plain dict.
 
     KVDocumentStore turns the RefDocInfo of a node's document into a dict through dataclasses_json for every
     node it adds, ~0.3 ms each in typing checks: 24% of ingest time for one-chunk documents (profiled at 25-30k
@@ -312,6 +315,16 @@ class PlainRefDocStore(SimpleDocumentStore):
         node_pair = (node.node_id, doc_to_json(node)) if store_text else None
         return node_pair, (node.node_id, {"doc_hash": node.hash, "ref_doc_id": node.ref_doc_id}), (node.ref_doc_id, plain)
 
+    def get_nodes(self, node_ids: list[str], raise_error: bool = True) -> list[BaseNode]:
+        """One query for all ids instead of one per id (a search fetches its hits together)."""
+        kvstore = self._kvstore
+        if not isinstance(kvstore, SqliteKVStore):
+            return super().get_nodes(node_ids, raise_error)
+        found = kvstore.get_many(list(node_ids), collection=self._node_collection)
+        if raise_error and (missing := [n for n in node_ids if n not in found]):
+            raise ValueError(f"Node {missing[0]} not found")
+        return [json_to_doc(found[n]) for n in node_ids if n in found]
+
 
 class DenseIndex:
     """Chunks in a VectorStoreIndex; callers pass embeddings they computed in batches. Writers are serialized by
@@ -326,19 +339,24 @@ class DenseIndex:
         self._lock = threading.RLock()
 
     @classmethod
-    def create(cls, embed_model: BaseEmbedding, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "DenseIndex":
+    def create(
+        cls, embed_model: BaseEmbedding, dimension: int, spec: DenseIndexSpec = DenseIndexSpec(), kvstore: SqliteKVStore | None = None,
+    ) -> "DenseIndex":
+        """A new, empty index whose docstore is `kvstore` (empty too; default: an in-memory SQLite database)."""
+        kvstore = kvstore if kvstore is not None else SqliteKVStore(":memory:")
         store = FilterableFaissStore.new(dimension, spec)
-        storage = StorageContext.from_defaults(vector_store=store, docstore=PlainRefDocStore(), index_store=DeferredIndexStore())
+        storage = StorageContext.from_defaults(vector_store=store, docstore=PlainRefDocStore(kvstore), index_store=DeferredIndexStore())
         index = VectorStoreIndex(nodes=[], storage_context=storage, embed_model=embed_model)
         return cls(index, store, embed_model, spec)
 
     @classmethod
-    def load(cls, persist_dir: Path, embed_model: BaseEmbedding, spec: DenseIndexSpec = DenseIndexSpec()) -> "DenseIndex":
+    def load(cls, persist_dir: Path, embed_model: BaseEmbedding, spec: DenseIndexSpec = DenseIndexSpec(), *, kvstore: SqliteKVStore) -> "DenseIndex":
+        """The FAISS snapshot in `persist_dir` over `kvstore`, the docstore committed with it."""
         store = FilterableFaissStore.from_persist_dir(str(persist_dir))
         store._ef_search = spec.ef_search
         storage = StorageContext.from_defaults(
             vector_store=store, persist_dir=str(persist_dir),
-            docstore=PlainRefDocStore.from_persist_dir(str(persist_dir)),
+            docstore=PlainRefDocStore(kvstore),
             index_store=DeferredIndexStore.from_persist_dir(str(persist_dir)),
         )
         index = load_index_from_storage(storage, embed_model=embed_model)
@@ -369,6 +387,21 @@ class DenseIndex:
         nodes = [_to_node(c, e) for c, e in zip(chunks, embeddings.tolist())]
         with self._lock:
             self.index.insert_nodes(nodes)
+        self._maybe_rebuild()
+
+    def replay(self, removed: Sequence[str], added: Sequence[str], vectors: np.ndarray) -> None:
+        """Redo one write's effect on the vectors alone (the docstore already holds it): start-up applying the
+        docstore's dense log onto an older FAISS snapshot."""
+        struct = self.index.index_struct
+        with self._lock:
+            if removed:
+                self.store.delete_nodes(list(removed))
+                for chunk_id in removed:
+                    struct.nodes_dict.pop(chunk_id, None)
+            if added:
+                self.store.add_vectors(list(added), vectors)
+                for chunk_id in added:
+                    struct.nodes_dict[chunk_id] = chunk_id  # what IndexDict.add_node records for our nodes
         self._maybe_rebuild()
 
     def remove(self, chunk_ids: Sequence[str]) -> None:
@@ -407,15 +440,29 @@ class DenseIndex:
         info = self.docstore.get_ref_doc_info(document_id)
         return list(info.node_ids) if info else []
 
-    def stored_metadata(self) -> Iterator[tuple[str, dict]]:
-        """(chunk id, node metadata) of every stored chunk, read from the docstore's JSON without building nodes
-        (building 60k TextNodes took 2.2 s of start-up)."""
-        docstore = self.docstore
-        for chunk_id, stored in docstore._kvstore.get_all(collection=docstore._node_collection).items():
-            yield chunk_id, stored[DATA_KEY]["metadata"]
+    @property
+    def kvstore(self) -> SqliteKVStore:
+        return self.docstore._kvstore
 
-    def get_nodes(self, chunk_ids: Sequence[str]) -> list[BaseNode]:
-        return self.docstore.get_nodes(list(chunk_ids))
+    def stored_metadata(self) -> Iterator[tuple[str, dict]]:
+        """(chunk id, node metadata) of every stored chunk, SQLite extracting the metadata from each node's JSON
+        (building 60k TextNodes took 2.2 s of start-up; parsing whole nodes in Python, most of that)."""
+        column = f"json_extract(value, '$.{DATA_KEY}.metadata')"
+        for chunk_id, metadata in self.kvstore.iterate_raw(self.docstore._node_collection, column=column):
+            yield chunk_id, json.loads(metadata)
+
+    def stored_chunks(self) -> Iterator[Chunk]:
+        """Every stored chunk, a page of rows at a time, read from the nodes' JSON without building nodes."""
+        for _, stored in self.kvstore.iterate(self.docstore._node_collection):
+            data = stored[DATA_KEY]
+            yield _chunk_of(data["id_"], data["text"], data["metadata"])
+
+    @property
+    def document_count(self) -> int:
+        return self.kvstore.count(self.docstore._ref_doc_collection)
+
+    def get_nodes(self, chunk_ids: Sequence[str], raise_error: bool = True) -> list[BaseNode]:
+        return self.docstore.get_nodes(list(chunk_ids), raise_error=raise_error)
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a whole ingest batch in one call.
@@ -491,12 +538,15 @@ def _to_node(chunk: Chunk, embedding: list[float]) -> TextNode:
 
 def node_to_chunk(node: BaseNode) -> Chunk:
     """The inverse of _to_node: what a re-embed needs to rebuild a collection from its docstore."""
-    m = node.metadata
+    return _chunk_of(node.node_id, node.get_content(), node.metadata)
+
+
+def _chunk_of(chunk_id: str, text: str, m: dict) -> Chunk:
     return Chunk(
-        id=node.node_id,
+        id=chunk_id,
         document_id=m["document_id"],
         index=int(m["chunk_index"]),
-        text=node.get_content(),
+        text=text,
         title=m.get("title", ""),
         metadata={k: v for k, v in m.items() if k not in RESERVED_METADATA},
         start_char=int(m["start_char"]),

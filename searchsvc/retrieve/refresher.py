@@ -24,9 +24,16 @@ class DebouncedRefresher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._halted = False
 
     def wake(self) -> None:
         self._wake.set()
+
+    def resume(self) -> None:
+        """Start again after a `stop_on` failure halted it (and only then)."""
+        if self._halted and not self._stop.is_set():
+            self._halted = False
+            self.start()
 
     def start(self) -> None:
         if self._thread is None:
@@ -51,6 +58,8 @@ class DebouncedRefresher:
             try:
                 self._refresh()
             except self._stop_on:
+                self._thread = None  # resume() starts it again once the owner has recovered
+                self._halted = True
                 return
             except OSError as exc:  # a full or failing disk: one line, no traceback; the next write retries
                 log.warning("%s failed: %s", self._name, exc)

@@ -51,7 +51,7 @@ def _schema() -> tantivy.Schema:
 
 
 class KeywordIndexFailed(RuntimeError):
-    """The writer failed; nothing more is written until the collection is reopened (see `failure`)."""
+    """The writer failed; nothing more is written until `reset_writer` (see `failure`)."""
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class TantivyKeywordIndex:
         # a new view with an empty set, so a search still on the old view keeps the old set.
         self._view: tuple[tantivy.Searcher, set[str]] = (self._index.searcher(), set())
         # Set when the writer failed (a full disk while writing a segment): tantivy then drops what it was
-        # writing, and later commits would succeed without it. No commit may follow: the collection turns
-        # read-only, its WAL keeps everything, and reopening replays it into a fresh writer.
+        # writing, and later commits would succeed without it. No commit may follow: the collection refuses
+        # writes, its WAL keeps everything, and the next write replays it into a fresh writer (reset_writer).
         self.failure = ""
         self._seq_path = path.with_suffix(".seq")
         self.committed_seq = int(self._seq_path.read_text()) if self._seq_path.exists() and not created else 0
@@ -127,8 +127,22 @@ class TantivyKeywordIndex:
             yield
         except ValueError as exc:  # tantivy-py reports every writer error as ValueError
             self.failure = f"keyword index {action} failed: {exc}"
-            log.error("%s: %s; the collection turns read-only until it is reopened", self.path, self.failure)
+            log.error("%s: %s; writes are refused until a fresh writer has replayed the WAL", self.path, self.failure)
             raise KeywordIndexFailed(self.failure) from exc
+
+    def reset_writer(self) -> None:
+        """After a failure: drop the writer and everything it held since the last commit, and start a fresh one
+        from that commit. The caller then replays the WAL records after `committed_seq` (Collection.heal)."""
+        with self._writer_lock:
+            try:
+                self._writer.wait_merging_threads()  # consumes the writer and releases the index lock
+            except ValueError as exc:
+                log.info("keyword index %s: dropping the failed writer: %s", self.path, exc)
+            self._writer = self._index.writer(WRITER_HEAP_BYTES, 1)
+            self._applied_seq = self.committed_seq
+            self._changed = False
+            self.failure = ""
+        self._refresher.resume()  # a failure halted it
 
     def applied(self, seq: int) -> None:
         """Every write up to WAL record `seq` has been handed to the index."""
