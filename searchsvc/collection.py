@@ -265,8 +265,9 @@ class Collection:
             return
         self.closed = True
         self.keyword.stop_refresher()
-        if checkpoint and self.wal.size() > 0 and not self.read_only_reason:
-            self._try_checkpoint_locked()
+        if checkpoint and (self.wal.size() > 0 or self._dense_changes) and not self.read_only_reason:
+            # With a FAISS snapshot: a stop can take a few seconds, and the next start then replays no dense log.
+            self._try_checkpoint_locked(faiss_snapshot=True)
         self.keyword.close()
         self.wal.close()
         self.dense.kvstore.close()  # rolls back nothing: the checkpoint committed it, or the WAL holds it
@@ -551,9 +552,9 @@ class Collection:
             except OSError as exc:
                 raise self._storage_error(exc, "write a checkpoint") from None
 
-    def _try_checkpoint_locked(self) -> None:
+    def _try_checkpoint_locked(self, faiss_snapshot: bool = False) -> None:
         try:
-            self._checkpoint_locked()
+            self._checkpoint_locked(faiss_snapshot)
         except (OSError, WalFailed, DocstoreFailed) as exc:
             self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
             log.warning(
@@ -561,7 +562,7 @@ class Collection:
                 self.name, self._seq, exc, CHECKPOINT_RETRY_S,
             )
 
-    def _checkpoint_locked(self) -> None:
+    def _checkpoint_locked(self, faiss_snapshot: bool = False) -> None:
         """Snapshot, commit the docstore naming it (the switch), empty the WAL. An error before the switch removes
         what this attempt wrote and leaves the old snapshot, the docstore's last commit and the WAL as they were;
         an error after it leaves WAL records the new snapshot already covers (replay skips them)."""
@@ -569,9 +570,9 @@ class Collection:
         kvstore = self.dense.kvstore
         name = kvstore.committed.get("snapshot", "")
         kind = f"{self._dense_changes} vector changes in the dense log"
-        if kvstore.committed.get("seq") == str(self._seq):
+        if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and self._dense_changes):
             kind = "committed before"  # a retry after emptying the WAL failed
-        elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES:
+        elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
             # A small change: commit the docstore with its dense log and keep the FAISS snapshot, so the cost
             # follows what changed (a FAISS snapshot rewrites every vector).
             kvstore.commit(snapshot=name, seq=self._seq)
