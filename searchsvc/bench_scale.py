@@ -82,10 +82,10 @@ def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) 
                                                   dense=pb.DenseSearchOptions(exact=True))) for v in qv]
             recall = np.mean([len({h.chunk_id for h in a.hits} & {h.chunk_id for h in e.hits}) / len(e.hits)
                               for a, e in zip(responses, exact)])
-            print(f"  recall@10 of the dense index against an exact scan: {recall:.3f}", flush=True)
+            print(f"  recall@10 of the dense index against an exact scan of the stored (for sq8: quantized) vectors: {recall:.3f}", flush=True)
 
 
-def run_scale(settings: Settings, total: int, queries: int) -> None:
+def run_scale(settings: Settings, total: int, queries: int, quantization: str = "none") -> None:
     corpus, vectors = SyntheticCorpus(), ClusteredVectors(DIMENSION)
     # The checkpoint times come from the server's log; no answer LLM, so RSS is the collection's and the encoders'.
     env = {"SEARCHSVC_LOG_LEVEL": "INFO", "SEARCHSVC_LLM__BACKEND": "none"}
@@ -93,7 +93,8 @@ def run_scale(settings: Settings, total: int, queries: int) -> None:
         index_dir = Path(tmp) if settings.index_dir == Path("indexes") else settings.index_dir
         with ServerProcess(index_dir, env=env) as server:
             stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(server.target))
-            config = pb.CollectionConfig(embedding_model="external", dimension=DIMENSION)
+            config = pb.CollectionConfig(embedding_model="external", dimension=DIMENSION,
+                                         dense_index=pb.DenseIndexConfig(quantization=quantization))
             stub.CreateCollection(pb.CreateCollectionRequest(name=NAME, config=config))
         # Measured after a restart, as the loaded server is below: a first start also exports the default encoder
         # to ONNX, which leaves ~0.5 GB of RSS behind that later starts never have.

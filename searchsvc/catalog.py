@@ -61,6 +61,7 @@ class Catalog:
             hnsw_m=config.hnsw_m or CollectionConfig.hnsw_m,
             hnsw_ef_construction=config.hnsw_ef_construction or CollectionConfig.hnsw_ef_construction,
             hnsw_ef_search=config.hnsw_ef_search or CollectionConfig.hnsw_ef_search,
+            dense_quantization=config.dense_quantization or CollectionConfig.dense_quantization,
         )
 
     def _embedder(self, config: CollectionConfig) -> tuple[BaseEmbedding, int]:

@@ -188,7 +188,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.scale:
         from searchsvc.bench_scale import run_scale
 
-        run_scale(settings, args.scale, args.queries)
+        run_scale(settings, args.scale, args.queries, quantization=args.quantization)
         return 0
     if args.part in ("all", "encoders"):
         from searchsvc import bench_encoders
@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, metavar="CHUNKS",
                    help="instead of the parts: one collection of CHUNKS external-vector chunks (issue 15's figures: "
                    "docs/s as it grows, RSS, restart to SERVING, search p50/p99, recall@10, checkpoint times)")
+    p.add_argument("--quantization", choices=["none", "sq8"], default="none",
+                   help="with --scale: the collection's dense_index.quantization")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-rerank", help="rerank latency p50/p95 for 20 and 50 candidates: fp32 vs int8, 256 vs 128 tokens")

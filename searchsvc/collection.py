@@ -51,7 +51,7 @@ from searchsvc.store.files import (
 from searchsvc.store.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
 from searchsvc.store.wal import WalFailed, WriteAheadLog, iter_records
 from searchsvc.types import (
-    DENSE_INDEX_KINDS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
+    DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
 )
 
 log = logging.getLogger(__name__)
@@ -689,6 +689,10 @@ def validate_config_values(config: CollectionConfig) -> None:
         raise InvalidArgument("config.dimension", "only with embedding_model 'external' (a model decides its own)")
     if config.dense_index not in DENSE_INDEX_KINDS:
         raise InvalidArgument("config.dense_index.kind", f"must be one of {', '.join(DENSE_INDEX_KINDS)}")
+    if config.dense_quantization not in DENSE_QUANTIZATIONS:
+        raise InvalidArgument("config.dense_index.quantization", f"must be one of {', '.join(DENSE_QUANTIZATIONS)}")
+    if config.dense_quantization != "none" and config.dense_index == "flat":
+        raise InvalidArgument("config.dense_index.quantization", "quantizes an HNSW graph: not with kind 'flat'")
     if not 4 <= config.hnsw_m <= 128:
         raise InvalidArgument("config.dense_index.m", "must be between 4 and 128")
     if not 8 <= config.hnsw_ef_construction <= 2048:

@@ -147,6 +147,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         config = CollectionConfig(
             c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language,
             c.dimension, c.dense_index.kind, c.dense_index.m, c.dense_index.ef_construction, c.dense_index.ef_search,
+            c.dense_index.quantization,
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
@@ -298,6 +299,7 @@ def collection_to_pb(c: Collection) -> pb.Collection:
             dimension=cfg.dimension,
             dense_index=pb.DenseIndexConfig(
                 kind=cfg.dense_index, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search,
+                quantization=cfg.dense_quantization,
             ),
         ),
         document_count=c.document_count,

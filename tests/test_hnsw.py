@@ -4,6 +4,7 @@ an exact cosine ranking computed here."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -150,6 +151,52 @@ def test_a_store_persisted_before_hnsw_loads_as_flat(tmp_path):
     assert loaded.kind == "flat" and not loaded.store._tombstones and loaded.store._next_id == 3
 
 
+def test_sq8_quantizes_the_graph_once_trained_and_keeps_deletes_filters_and_persistence(monkeypatch, tmp_path):
+    monkeypatch.setattr(dense_module, "AUTO_HNSW_MIN_CHUNKS", 600)
+    spec = DenseIndexSpec(kind="hnsw", m=16, ef_construction=64, ef_search=256, quantization="sq8")
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM, spec)
+    ref = Reference()
+    add(dense, ref, [f"d{i}" for i in range(599)], seed=1)
+    assert dense.kind == "hnsw", "nothing to train the quantizer on yet: a float graph"
+    add(dense, ref, ["d599", "d600"], seed=2)
+    assert dense.kind == "hnsw+sq8" and dense.store.is_quantized
+    add(dense, ref, [f"d{i}" for i in range(601, 1500)], seed=3)
+    remove(dense, ref, [f"d{i}" for i in range(100)])
+    add(dense, ref, [f"d{i}" for i in range(100, 150)], seed=4)  # replacements
+    queries = unit(40, seed=5)
+    for q in queries:
+        assert set(s.chunk_id for s in dense.search(q, 10)) <= ref.vectors.keys()
+    assert recall(dense, ref, queries) >= 0.9  # 8 bits per dimension: near, not equal, to the float ranking
+    assert recall(dense, ref, queries, exact=True) >= 0.9
+    allowed = {f"d{i}#0" for i in range(50, 400)}
+    for q in queries[:10]:
+        assert set(s.chunk_id for s in dense.search(q, 10, allowed)) <= allowed & ref.vectors.keys()
+    # Vectors read back (cosines of keyword-only hits) are the decoded codes: within a quantization step.
+    back = dense.store.vectors(["d700#0", "d120#0"])
+    assert np.abs(back - np.stack([ref.vectors["d700#0"], ref.vectors["d120#0"]])).max() < 0.02
+    top = dense.search(ref.vectors["d120#0"], 1)[0]
+    assert top.chunk_id == "d120#0" and top.score == pytest.approx(1.0, abs=0.01)
+
+    dense.persist(tmp_path / "snap")
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), spec, kvstore=dense.kvstore)
+    assert loaded.kind == "hnsw+sq8" and loaded.store._tombstones == dense.store._tombstones
+    assert recall(loaded, ref, queries) == pytest.approx(recall(dense, ref, queries))
+    remove(loaded, ref, [f"d{i}" for i in range(150, 500)])  # past COMPACT_AT: rebuilt from decoded vectors
+    assert not loaded.store._tombstones and loaded.kind == "hnsw+sq8"
+    assert recall(loaded, ref, queries) >= 0.9
+
+
+def test_sq8_makes_the_graph_smaller():
+    vectors = unit(3000, seed=1)
+    ids = np.arange(3000, dtype=np.int64)
+    plain, sq8 = DenseIndexSpec(kind="hnsw", m=16), DenseIndexSpec(kind="hnsw", m=16, quantization="sq8")
+    sizes = []
+    for index in (plain.new_hnsw(DIM), sq8.new_hnsw(DIM, training=vectors)):
+        index.add_with_ids(vectors, ids)
+        sizes.append(len(faiss.serialize_index(index)))
+    assert sizes[1] < sizes[0] - 3000 * DIM * 2, "one byte per dimension instead of four"
+
+
 # ---------------------------------------------------------------- through the API
 import grpc  # noqa: E402
 
@@ -163,13 +210,14 @@ API_DIM = 8
 def test_the_dense_index_config_is_filled_and_reported(stub):
     stub.CreateCollection(pb.CreateCollectionRequest(name="dense-default", config=pb.CollectionConfig(embedding_model="external", dimension=API_DIM)))
     stub.CreateCollection(pb.CreateCollectionRequest(name="dense-hnsw", config=pb.CollectionConfig(
-        embedding_model="external", dimension=API_DIM, dense_index=pb.DenseIndexConfig(kind="hnsw", m=8))))
+        embedding_model="external", dimension=API_DIM, dense_index=pb.DenseIndexConfig(kind="hnsw", m=8, quantization="sq8"))))
     try:
         default = stub.GetCollection(pb.GetCollectionRequest(name="dense-default"))
-        assert default.config.dense_index == pb.DenseIndexConfig(kind="auto", m=32, ef_construction=80, ef_search=128)
+        assert default.config.dense_index == pb.DenseIndexConfig(kind="auto", m=32, ef_construction=80, ef_search=128, quantization="none")
         assert default.dense_index_in_use == "flat"
         hnsw = stub.GetCollection(pb.GetCollectionRequest(name="dense-hnsw"))
         assert (hnsw.config.dense_index.kind, hnsw.config.dense_index.m, hnsw.dense_index_in_use) == ("hnsw", 8, "hnsw")
+        assert hnsw.config.dense_index.quantization == "sq8"  # the graph is quantized once 20,000 chunks train it
     finally:
         for name in ("dense-default", "dense-hnsw"):
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
@@ -180,7 +228,9 @@ def test_the_dense_index_config_is_filled_and_reported(stub):
     [(pb.DenseIndexConfig(kind="ivf"), "config.dense_index.kind"),
      (pb.DenseIndexConfig(kind="hnsw", m=2), "config.dense_index.m"),
      (pb.DenseIndexConfig(ef_construction=5000), "config.dense_index.ef_construction"),
-     (pb.DenseIndexConfig(ef_search=5000), "config.dense_index.ef_search")],
+     (pb.DenseIndexConfig(ef_search=5000), "config.dense_index.ef_search"),
+     (pb.DenseIndexConfig(quantization="pq"), "config.dense_index.quantization"),
+     (pb.DenseIndexConfig(kind="flat", quantization="sq8"), "config.dense_index.quantization")],
 )
 def test_bad_dense_index_config_is_rejected_by_field(stub, dense_index, field):
     config = pb.CollectionConfig(embedding_model="external", dimension=API_DIM, dense_index=dense_index)

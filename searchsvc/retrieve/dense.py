@@ -50,13 +50,20 @@ class DenseIndexSpec:
     m: int = CollectionConfig.hnsw_m
     ef_construction: int = CollectionConfig.hnsw_ef_construction
     ef_search: int = CollectionConfig.hnsw_ef_search
+    quantization: str = CollectionConfig.dense_quantization
 
     @classmethod
     def of(cls, config: CollectionConfig) -> "DenseIndexSpec":
-        return cls(config.dense_index, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
+        return cls(config.dense_index, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search, config.dense_quantization)
 
-    def new_hnsw(self, dimension: int) -> faiss.IndexIDMap2:
-        graph = faiss.IndexHNSWFlat(dimension, self.m, faiss.METRIC_INNER_PRODUCT)
+    def new_hnsw(self, dimension: int, training: np.ndarray | None = None) -> faiss.IndexIDMap2:
+        """An empty graph; with SQ8 quantization and `training` vectors, an 8-bit one whose per-dimension ranges
+        are trained on them (without them, float32: the quantizer has nothing to learn its ranges from yet)."""
+        if self.quantization == "sq8" and training is not None:
+            graph = faiss.IndexHNSWSQ(dimension, faiss.ScalarQuantizer.QT_8bit, self.m, faiss.METRIC_INNER_PRODUCT)
+            graph.train(training)
+        else:
+            graph = faiss.IndexHNSWFlat(dimension, self.m, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = self.ef_construction
         graph.hnsw.efSearch = self.ef_search
         return faiss.IndexIDMap2(graph)
@@ -102,6 +109,11 @@ class FilterableFaissStore(FaissMapVectorStore):
         return isinstance(faiss.downcast_index(self._faiss_index.index), faiss.IndexHNSW)
 
     @property
+    def is_quantized(self) -> bool:
+        inner = faiss.downcast_index(self._faiss_index.index)
+        return isinstance(inner, faiss.IndexHNSW) and isinstance(faiss.downcast_index(inner.storage), faiss.IndexScalarQuantizer)
+
+    @property
     def dimension(self) -> int:
         return self._faiss_index.d
 
@@ -144,10 +156,12 @@ class FilterableFaissStore(FaissMapVectorStore):
         return bool(self._tombstones) and len(self._tombstones) >= COMPACT_AT * self._faiss_index.ntotal
 
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(faiss ids, vectors) of every live vector, in id order: copies, safe to use after the lock is gone."""
-        ids, vectors = self._stored()
+        """(faiss ids, vectors) of every live vector, in id order: copies, safe to use after the lock is gone.
+        From an SQ8 graph, the decoded vectors: quantizing them again gives the same codes."""
+        ids = self._ids()
         keep = ~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
-        return ids[keep].copy(), vectors[keep].copy()
+        positions = np.flatnonzero(keep)
+        return ids[keep].copy(), self._vectors_at(positions)
 
     def replace_index(self, index: Any, built_from: int) -> None:
         """Swap in `index`, built from the live vectors when the store's id counter was `built_from` (the caller
@@ -158,19 +172,34 @@ class FilterableFaissStore(FaissMapVectorStore):
         self._skip_tombstones = None
 
     # --- reads
-    def _stored(self) -> tuple[np.ndarray, np.ndarray]:
-        """Views of every stored (faiss id, vector), tombstones included; valid until the next write."""
-        n, d = self._faiss_index.ntotal, self._faiss_index.d
-        if n == 0:
-            return np.empty(0, dtype=np.int64), np.empty((0, d), dtype=np.float32)
-        inner = faiss.downcast_index(self._faiss_index.index)
-        flat = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
-        ids = faiss.rev_swig_ptr(self._faiss_index.id_map.data(), n)
-        return ids, faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    def _ids(self) -> np.ndarray:
+        """A view of every stored faiss id (tombstones included), in storage order = ascending; valid until the
+        next write."""
+        n = self._faiss_index.ntotal
+        return faiss.rev_swig_ptr(self._faiss_index.id_map.data(), n) if n else np.empty(0, dtype=np.int64)
 
-    def _positions(self, faiss_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids, vectors = self._stored()
-        return ids, vectors[np.searchsorted(ids, faiss_ids)]
+    def _storage(self) -> Any:
+        inner = faiss.downcast_index(self._faiss_index.index)
+        return faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+
+    def _float_vectors(self) -> np.ndarray | None:
+        """A view of every stored float32 vector, or None for an SQ8 graph (codes, decoded on demand)."""
+        storage, n, d = self._storage(), self._faiss_index.ntotal, self._faiss_index.d
+        if isinstance(storage, faiss.IndexScalarQuantizer):
+            return None
+        return faiss.rev_swig_ptr(storage.get_xb(), n * d).reshape(n, d) if n else np.empty((0, d), dtype=np.float32)
+
+    def _vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """The vectors at these storage positions (decoded from SQ8 codes where quantized), as a new array."""
+        floats = self._float_vectors()
+        if floats is not None:
+            return floats[positions]
+        if len(positions) == 0:
+            return np.empty((0, self._faiss_index.d), dtype=np.float32)
+        return self._storage().reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64))
+
+    def _positions(self, faiss_ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self._ids(), faiss_ids)
 
     def query(self, query: VectorStoreQuery, ef_search: int | None = None, exact: bool = False, **kwargs: Any) -> VectorStoreQueryResult:
         if query.filters is not None:
@@ -214,14 +243,19 @@ class FilterableFaissStore(FaissMapVectorStore):
 
     def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
-            ids, vectors = self._stored()
-            scores = vectors @ vector
+            ids = self._ids()
+            if (floats := self._float_vectors()) is not None:
+                scores = floats @ vector
+            else:  # decoded a block at a time: an SQ8 graph holds no float copy, and 1M of them would be 1.5 GB
+                block = 65536
+                scores = np.concatenate([
+                    self._vectors_at(np.arange(i, min(i + block, len(ids)))) @ vector for i in range(0, len(ids), block)
+                ])
             if self._tombstones:
                 scores[np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))] = -np.inf
         else:
             allowed = np.sort(allowed)
-            _, vectors = self._positions(allowed)
-            ids, scores = allowed, vectors @ vector
+            ids, scores = allowed, self._vectors_at(self._positions(allowed)) @ vector
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return scores[top], ids[top]
@@ -231,7 +265,7 @@ class FilterableFaissStore(FaissMapVectorStore):
             return np.empty((0, self.dimension), dtype=np.float32)
         faiss_id_of = self._node_id_to_faiss_id_map
         faiss_ids = np.asarray([faiss_id_of[n] for n in node_ids], dtype=np.int64)
-        return self._positions(faiss_ids)[1]
+        return self._vectors_at(self._positions(faiss_ids))
 
 
 class DeferredIndexStore(SimpleIndexStore):
@@ -366,8 +400,10 @@ class DenseIndex:
 
     @property
     def kind(self) -> str:
-        """The index in use now: "flat" or "hnsw"."""
-        return "hnsw" if self.store.is_hnsw else "flat"
+        """The index in use now: "flat", "hnsw" or "hnsw+sq8"."""
+        if not self.store.is_hnsw:
+            return "flat"
+        return "hnsw+sq8" if self.store.is_quantized else "hnsw"
 
     def persist(self, persist_dir: Path) -> None:
         """Raises OSError (with its errno) when the disk is full or failing, whichever writer hit it.
@@ -415,20 +451,25 @@ class DenseIndex:
         fill COMPACT_AT of a graph. The build runs outside the lock, so searches go on against the old index
         meanwhile; only the writer that triggered it waits (~7k vectors/s on 2 cores)."""
         store = self.store
-        grow = self.spec.kind == "auto" and not store.is_hnsw and store.live_count >= AUTO_HNSW_MIN_CHUNKS
-        if not (grow or (store.is_hnsw and store.needs_compaction())):
+        big = store.live_count >= AUTO_HNSW_MIN_CHUNKS
+        grow = self.spec.kind == "auto" and not store.is_hnsw and big
+        quantize = self.spec.quantization == "sq8" and store.is_hnsw and not store.is_quantized and big
+        if not (grow or quantize or (store.is_hnsw and store.needs_compaction())):
             return
         started = time.perf_counter()
         with self._lock:
             ids, vectors = store.live_vectors()
             built_from = store._next_id
-        index = self.spec.new_hnsw(store.dimension)
+        # An SQ8 graph learns its per-dimension ranges from these vectors (decoded ones, when compacting).
+        index = self.spec.new_hnsw(store.dimension, training=vectors if self.spec.quantization == "sq8" and big else None)
         index.add_with_ids(vectors, ids)
+        del vectors
         with self._lock:
             store.replace_index(index, built_from)
         log.info(
-            "dense index: %s HNSW graph of %d vectors (M=%d, efConstruction=%d) in %.1f s",
-            "built an" if grow else "compacted the", len(ids), self.spec.m, self.spec.ef_construction, time.perf_counter() - started,
+            "dense index: %s %s graph of %d vectors (M=%d, efConstruction=%d) in %.1f s",
+            "built an" if grow or quantize else "compacted the", self.kind, len(ids), self.spec.m, self.spec.ef_construction,
+            time.perf_counter() - started,
         )
 
     # --- reads

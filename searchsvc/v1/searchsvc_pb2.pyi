@@ -87,16 +87,18 @@ class CollectionConfig(_message.Message):
     def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ...) -> None: ...
 
 class DenseIndexConfig(_message.Message):
-    __slots__ = ("kind", "m", "ef_construction", "ef_search")
+    __slots__ = ("kind", "m", "ef_construction", "ef_search", "quantization")
     KIND_FIELD_NUMBER: _ClassVar[int]
     M_FIELD_NUMBER: _ClassVar[int]
     EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     kind: str
     m: int
     ef_construction: int
     ef_search: int
-    def __init__(self, kind: _Optional[str] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
+    quantization: str
+    def __init__(self, kind: _Optional[str] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., quantization: _Optional[str] = ...) -> None: ...
 
 class ReembedCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model")
