@@ -155,15 +155,22 @@ def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int
                     "stages_p50": {s: float(np.percentile(v, 50)) for s, v in stages.items()},
                 })
                 if "query_vector" in extra:
-                    exact = [stub.Search(pb.SearchRequest(
-                        collection="bench-search", query=q, mode=mode, query_vector=query_vectors[i].tolist(),
-                        dense=pb.DenseSearchOptions(exact=True))) for i, q in enumerate(queries)]
-                    rows[-1]["recall_at_10"] = float(np.mean([
-                        len({h.chunk_id for h in a.hits} & {h.chunk_id for h in e.hits}) / max(len(e.hits), 1)
-                        for a, e in zip(responses, exact)
-                    ]))
+                    rows[-1]["recall_at_10"] = dense_recall(stub, requests, responses)
                 print(_row(rows[-1]), flush=True)
     return rows
+
+
+def dense_recall(stub, requests: list, responses: list) -> float:
+    """Mean recall of DENSE `responses` (to `requests`, which carry query vectors) against the same requests
+    answered by an exact scan (DenseSearchOptions.exact)."""
+    recalls = []
+    for request, found in zip(requests, responses):
+        exact_request = pb.SearchRequest()
+        exact_request.CopyFrom(request)
+        exact_request.dense.exact = True
+        exact = {h.chunk_id for h in stub.Search(exact_request).hits}
+        recalls.append(len({h.chunk_id for h in found.hits} & exact) / max(len(exact), 1))
+    return float(np.mean(recalls))
 
 
 def _row(r: dict) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from searchsvc.bench import ClusteredVectors, SyntheticCorpus, _timed_searches
+from searchsvc.bench import ClusteredVectors, SyntheticCorpus, _timed_searches, dense_recall
 from searchsvc.client import bulk_index
 from searchsvc.config import Settings
 from searchsvc.process import ServerProcess
@@ -78,10 +78,7 @@ def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) 
         print(f"  {label:<15} p50 {np.percentile(times, 50):6.1f} ms  p99 {np.percentile(times, 99):6.1f} ms"
               f"  (server p50 {np.percentile(server, 50):.1f} ms)", flush=True)
         if label.startswith("DENSE"):
-            exact = [stub.Search(pb.SearchRequest(collection=NAME, mode=pb.SEARCH_MODE_DENSE, query_vector=v.tolist(),
-                                                  dense=pb.DenseSearchOptions(exact=True))) for v in qv]
-            recall = np.mean([len({h.chunk_id for h in a.hits} & {h.chunk_id for h in e.hits}) / len(e.hits)
-                              for a, e in zip(responses, exact)])
+            recall = dense_recall(stub, requests, responses)
             print(f"  recall@10 of the dense index against an exact scan of the stored (for sq8: quantized) vectors: {recall:.3f}", flush=True)
 
 

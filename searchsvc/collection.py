@@ -204,10 +204,12 @@ class Collection:
             coll.dense.replay(removed, added, np.frombuffer(vectors, dtype=np.float32).reshape(len(added), coll.dimension))
             coll._dense_changes += len(removed) + len(added)
         coll._rebuild_derived_indexes()
-        if coll.keyword.committed_seq < seq:
-            # The keyword index commits before the WAL is emptied, so it is behind the snapshot only when it was
-            # never built (a collection from before it existed, a re-embed) or a crash fell between the two: the
-            # WAL may no longer hold what it misses, so it is rebuilt from the docstore (analysing every chunk).
+        wal_covers_keyword = bool(records) and records[0]["seq"] <= coll.keyword.committed_seq + 1
+        if coll.keyword.committed_seq < seq and not wal_covers_keyword:
+            # The keyword index commits before the WAL is emptied, so the WAL holds every record it misses, unless
+            # it was never built (a collection from before it existed, a re-embed): then it is built from the
+            # docstore (analysing every chunk). A crash between the docstore's commit and the keyword commit
+            # leaves it behind the docstore, and the WAL replay below catches it up.
             coll._rebuild_keyword_index(seq)
         replayed = 0
         for record in records:

@@ -116,3 +116,21 @@ def test_stored_metadata_reads_what_the_nodes_hold(tmp_path):
     loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), kvstore=dense.kvstore)
     assert dict(loaded.stored_metadata()) == {n.node_id: n.metadata for n in loaded.docstore.docs.values()}
     assert type(loaded.index.index_struct).__name__ == "IndexDict" and set(loaded.index.index_struct.nodes_dict.values()) == {"a#0", "b#0"}
+
+
+def test_batched_add_stores_what_llamaindex_insert_nodes_stores():
+    from searchsvc.retrieve.dense import _to_node
+
+    multi = [Chunk(f"m#{i}", "m", i, f"part {i} of m", "M", {"lang": "en"}, i * 10, i * 10 + 9) for i in range(3)]
+    batch = multi + chunks("a", "b")
+    vectors = unit(len(batch), seed=7)
+    ours = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    ours.add(batch, vectors)
+    upstream = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    upstream.index.insert_nodes([_to_node(c, v) for c, v in zip(batch, vectors.tolist())])
+
+    for collection in ("docstore/data", "docstore/metadata", "docstore/ref_doc_info"):
+        assert ours.kvstore.get_all(collection) == upstream.kvstore.get_all(collection), collection
+    assert ours.index.index_struct.nodes_dict == upstream.index.index_struct.nodes_dict
+    assert ours.chunk_ids_of("m") == ["m#0", "m#1", "m#2"]
+    assert [s.chunk_id for s in ours.search(vectors[1], k=1)] == ["m#1"]
