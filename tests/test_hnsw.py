@@ -191,9 +191,9 @@ def test_sq8_makes_the_graph_smaller():
     ids = np.arange(3000, dtype=np.int64)
     plain, sq8 = DenseIndexSpec(kind="hnsw", m=16), DenseIndexSpec(kind="hnsw", m=16, quantization="sq8")
     sizes = []
-    for index in (plain.new_hnsw(DIM), sq8.new_hnsw(DIM, training=vectors)):
-        index.add_with_ids(vectors, ids)
-        sizes.append(len(faiss.serialize_index(index)))
+    for graph in (plain.new_hnsw(DIM), sq8.new_hnsw(DIM, training=vectors)):
+        graph.add_with_ids(vectors, ids)
+        sizes.append(len(faiss.serialize_index(graph)))
     assert sizes[1] < sizes[0] - 3000 * DIM * 2, "one byte per dimension instead of four"
 
 
