@@ -57,6 +57,9 @@ from searchsvc.types import (
 log = logging.getLogger(__name__)
 KEYWORD_DIR = "keyword"  # the tantivy index, committed independently of the snapshots (see open)
 DOCSTORE_FILE = "docstore.sqlite"
+# Committed by checkpoints: every chunk's user metadata is in the docstore's chunk_metadata table (see
+# _rebuild_derived_indexes); absent in a docstore from before the table, which open() fills once.
+CHUNK_METADATA_COMPLETE = "chunk_metadata"
 CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
 # A checkpoint rewrites the FAISS index only once this many vectors were added or removed since the last
 # FAISS snapshot; below it, it commits them to the docstore's dense log (~1.5 KB each), which start-up replays.
@@ -237,9 +240,15 @@ class Collection:
         return snapshot, int(state["seq"])
 
     def _rebuild_derived_indexes(self) -> None:
-        """Metadata postings and the document count are derived from the docstore, so snapshots don't store them."""
-        for chunk_id, metadata in self.dense.stored_metadata():
-            self.metadata.add(chunk_id, user_metadata(metadata))
+        """Metadata postings and the document count are derived from the docstore, so snapshots don't store them.
+        The postings come from its chunk_metadata table (small rows); a docstore committed before that table
+        existed fills it once from the nodes (committed, and flagged complete, at the next checkpoint)."""
+        kvstore = self.dense.kvstore
+        if kvstore.committed.get(CHUNK_METADATA_COMPLETE) != "1":
+            found = [(chunk_id, user_metadata(metadata)) for chunk_id, metadata in self.dense.stored_metadata()]
+            kvstore.put_chunk_metadata([(chunk_id, metadata) for chunk_id, metadata in found if metadata])
+        for chunk_id, metadata in kvstore.iterate_chunk_metadata():
+            self.metadata.add(chunk_id, metadata)
         self._document_count = self.dense.document_count
 
     def _rebuild_keyword_index(self, seq: int) -> None:
@@ -391,19 +400,22 @@ class Collection:
             self._apply_keyword(record, chunks)
         if not dense:
             return existed
+        kvstore = self.dense.kvstore
         removed: list[str] = []
         for doc_id in record["documents"]:
-            old = self.dense.get_nodes(self.dense.chunk_ids_of(doc_id))
+            old = self.dense.chunk_ids_of(doc_id)
             existed += bool(old)
             # Every upserted document has at least one chunk (its text is non-empty).
             self._document_count += (record["op"] == "upsert") - bool(old)
-            for node in old:
-                self.metadata.remove(node.node_id, user_metadata(node.metadata))
-            removed += [n.node_id for n in old]
+            removed += old
+        for chunk_id, metadata in kvstore.chunk_metadata(removed).items():
+            self.metadata.remove(chunk_id, metadata)
+        kvstore.delete_chunk_metadata(removed)
         self.dense.remove(removed)
         vectors = base64.b64decode(record["vectors"]) if chunks else b""
         if chunks:
             self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1))
+            kvstore.put_chunk_metadata([(c.id, c.metadata) for c in chunks if c.metadata])
             for c in chunks:
                 self.metadata.add(c.id, c.metadata)
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
@@ -577,7 +589,7 @@ class Collection:
         elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
             # A small change: commit the docstore with its dense log and keep the FAISS snapshot, so the cost
             # follows what changed (a FAISS snapshot rewrites every vector).
-            kvstore.commit(snapshot=name, seq=self._seq)
+            kvstore.commit(snapshot=name, seq=self._seq, **{CHUNK_METADATA_COMPLETE: 1})
         else:
             name = f"snap-{self._seq:012d}"
             tmp, final = self.path / f".tmp-{name}", self.path / name
@@ -590,7 +602,7 @@ class Collection:
                 tmp.rename(final)
                 fsync_dir(self.path)
                 kvstore.trim_dense_log(self._seq)
-                kvstore.commit(snapshot=name, seq=self._seq)
+                kvstore.commit(snapshot=name, seq=self._seq, **{CHUNK_METADATA_COMPLETE: 1})
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if kvstore.committed.get("snapshot") != name:

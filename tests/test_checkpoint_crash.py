@@ -35,7 +35,15 @@ def vector(i: int) -> list[float]:
 
 
 def document(i: int, version: int = 1) -> Document:
-    return Document(f"d{i}", f"document {i} version{version} word{i}", vector=vector(i * 10 + version))
+    parity = "even" if (i + version) % 2 else "odd"  # a replacement changes it: the filter postings must follow
+    return Document(f"d{i}", f"document {i} version{version} word{i}", metadata={"parity": parity}, vector=vector(i * 10 + version))
+
+
+def filtered(catalog: Catalog, coll, parity: str) -> set[str]:
+    """The dense leg's filter (the metadata postings; the keyword leg filters inside tantivy)."""
+    params = SearchParams("", mode=SearchMode.DENSE, top_k=50, filter={"parity": parity}, query_vector=vector(0))
+    hits = SearchPipeline(catalog.models).search(coll, params).hits
+    return {h.document_id for h in hits}
 
 
 def open_catalog(index_dir: Path) -> Catalog:
@@ -110,6 +118,8 @@ def test_kill9_at_each_checkpoint_step_loses_no_acked_write(tmp_path, caplog, mo
         assert [h.document_id for h in hits] == [doc_id]
     hits = pipeline.search(coll, SearchParams("version2", mode=SearchMode.KEYWORD, top_k=5)).hits
     assert [h.document_id for h in hits] == ["d5"], "the replaced text is gone from the keyword leg"
+    even = {d for d in want if (int(d[1:]) + (2 if d == "d5" else 1)) % 2}
+    assert filtered(catalog, coll, "even") == even and filtered(catalog, coll, "odd") == set(want) - even
     snapshot, seq = Collection.current_snapshot(tmp_path / "c")
     new_snapshot = mode == "full" and step not in ("after-persist", "before-docstore-commit")
     assert (snapshot.name != "snap-000000000001") == new_snapshot, snapshot  # else the dense log was replayed onto it
@@ -152,7 +162,10 @@ def test_a_collection_from_before_the_sqlite_docstore_is_migrated_once(tmp_path)
     assert committed == {"snapshot": snapshot.name, "seq": str(seq)}
     hits = SearchPipeline(migrated.models).search(coll, SearchParams("word2", mode=SearchMode.KEYWORD, top_k=1)).hits
     assert [h.text for h in hits] == [document(2).text]
+    assert filtered(migrated, coll, "even") == {"d0", "d2", "d4"}, "filter postings built from the migrated nodes"
     migrated.close()  # a checkpoint in the new format
     again = open_catalog(tmp_path)
     assert again.get("c").document_count == 5
+    assert again.get("c").dense.kvstore.committed["chunk_metadata"] == "1"
+    assert filtered(again, again.get("c"), "odd") == {"d1", "d3"}
     again.close()

@@ -6,7 +6,8 @@ embedded, transactional row store (DuckDB is columnar: single-row writes are its
 written here, on the stdlib's sqlite3, behind LlamaIndex's own `BaseKVStore` so `KVDocumentStore` and
 `VectorStoreIndex` use it unchanged.
 
-Beside the key-value rows, `dense_log` keeps what each write did to the dense index (chunk ids removed, chunk ids
+Beside the key-value rows, `chunk_metadata` holds each chunk's user metadata alone (small JSON, only for chunks
+that have any), which start-up reads to rebuild the filter postings without parsing whole nodes; and `dense_log` keeps what each write did to the dense index (chunk ids removed, chunk ids
 and float32 vectors added) since the last FAISS snapshot, so a checkpoint can commit it instead of rewriting the
 whole FAISS index; start-up replays it onto that snapshot.
 
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS kv (
     PRIMARY KEY (collection, key)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunk_metadata (chunk_id TEXT PRIMARY KEY, metadata TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dense_log (
     seq INTEGER PRIMARY KEY,
     removed TEXT NOT NULL,
@@ -165,6 +167,39 @@ class SqliteKVStore(BaseKVStore):
     def count(self, collection: str = DEFAULT_COLLECTION) -> int:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM kv WHERE collection = ?", (collection,)).fetchone()[0]
+
+    # ------------------------------------------------------------------ chunk metadata
+    def put_chunk_metadata(self, rows: list[tuple[str, dict]]) -> None:
+        if rows:
+            self._write("INSERT OR REPLACE INTO chunk_metadata (chunk_id, metadata) VALUES (?, ?)",
+                        [(chunk_id, json.dumps(metadata)) for chunk_id, metadata in rows])
+
+    def delete_chunk_metadata(self, chunk_ids: list[str]) -> None:
+        if chunk_ids:
+            self._write("DELETE FROM chunk_metadata WHERE chunk_id = ?", [(c,) for c in chunk_ids])
+
+    def chunk_metadata(self, chunk_ids: list[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        for i in range(0, len(chunk_ids), 500):
+            part = chunk_ids[i : i + 500]
+            sql = f"SELECT chunk_id, metadata FROM chunk_metadata WHERE chunk_id IN ({','.join('?' * len(part))})"
+            with self._lock:
+                rows = self._conn.execute(sql, part).fetchall()
+            found.update((chunk_id, json.loads(metadata)) for chunk_id, metadata in rows)
+        return found
+
+    def iterate_chunk_metadata(self, *, page: int = 5000) -> Iterator[tuple[str, dict]]:
+        after = ""
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT chunk_id, metadata FROM chunk_metadata WHERE chunk_id > ? ORDER BY chunk_id LIMIT ?", (after, page),
+                ).fetchall()
+            for chunk_id, metadata in rows:
+                yield chunk_id, json.loads(metadata)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     # ------------------------------------------------------------------ dense log
     def log_dense(self, seq: int, removed: list[str], added: list[str], vectors: bytes) -> None:
