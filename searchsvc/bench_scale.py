@@ -47,12 +47,14 @@ def _checkpoints(server: ServerProcess) -> list[tuple[float, str]]:
 
 def _describe_checkpoints(server: ServerProcess) -> str:
     found = _checkpoints(server)
-    full = [s for s, kind in found if "FAISS" in kind]
+    full = [s for s, kind in found if "FAISS snapshot" in kind and "since" not in kind]
+    delta = [s for s, kind in found if "dense log" in kind]
     if not found:
         return "no checkpoint logged"
     last_s, last_kind = found[-1]
-    return f"last {last_s:.2f} s ({last_kind}); FAISS snapshots during the run: " + (
-        ", ".join(f"{s:.1f}" for s in full) + " s" if full else "none")
+    return (f"last {last_s:.2f} s ({last_kind}); {len(delta)} committing the dense log"
+            + (f" (max {max(delta):.2f} s)" if delta else "") + f", {len(full)} writing a FAISS snapshot"
+            + (f" ({', '.join(f'{s:.1f}' for s in full)} s)" if full else ""))
 
 
 def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> float:
@@ -80,6 +82,12 @@ def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) 
         if label.startswith("DENSE"):
             recall = dense_recall(stub, requests, responses)
             print(f"  recall@10 of the dense index against an exact scan of the stored (for sq8: quantized) vectors: {recall:.3f}", flush=True)
+            for ef in (64, 256, 512):  # the same queries with a narrower or wider beam (DenseSearchOptions.ef_search)
+                wider = [pb.SearchRequest(collection=NAME, mode=pb.SEARCH_MODE_DENSE, query_vector=v.tolist(),
+                                          dense=pb.DenseSearchOptions(ef_search=ef)) for v in qv]
+                times, found = _timed_searches(stub, wider)
+                print(f"    ef_search {ef:>3}: recall@10 {dense_recall(stub, wider, found):.3f}, p50 {np.percentile(times, 50):.1f} ms"
+                      f"  p99 {np.percentile(times, 99):.1f} ms", flush=True)
 
 
 def run_scale(settings: Settings, total: int, queries: int, quantization: str = "none") -> None:
@@ -124,9 +132,15 @@ def run_scale(settings: Settings, total: int, queries: int, quantization: str = 
             for line in server.output:
                 if f"collection {NAME} loaded" in line:
                     print("  server log:", line.strip())
-            stub = pb_grpc.SearchServiceStub(grpc.insecure_channel(server.target))
+        # 1% of the documents replaced, every BulkIndex request (1,000 documents) checkpointed as it is acked:
+        # the sum of those checkpoints is what committing the 1% cost; the stop then writes a FAISS snapshot.
+        with ServerProcess(index_dir, env={**env, "SEARCHSVC_CHECKPOINT_WAL_BYTES": "1"}) as server:
             changed = max(total // 100, 1)
             corpus.rng.seed(99)
             _load(server, corpus, vectors, 0, changed)  # the same ids again: replacements
+            during = _checkpoints(server)
             server.stop()
-            print(f"checkpoint after {changed:,} documents (1%) changed: {_describe_checkpoints(server)}")
+            final = _checkpoints(server)[len(during):]
+            print(f"checkpoints while {changed:,} documents (1%) were replaced: {len(during)} taking {sum(s for s, _ in during):.2f} s"
+                  f" in all ({', '.join(f'{s:.2f}' for s, _ in during)} s; last: {during[-1][1] if during else '-'})")
+            print("then stopping: " + ", ".join(f"{s:.2f} s ({kind})" for s, kind in final))

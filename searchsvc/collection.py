@@ -61,9 +61,10 @@ DOCSTORE_FILE = "docstore.sqlite"
 # _rebuild_derived_indexes); absent in a docstore from before the table, which open() fills once.
 CHUNK_METADATA_COMPLETE = "chunk_metadata"
 CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
-# A checkpoint rewrites the FAISS index only once this many vectors were added or removed since the last
-# FAISS snapshot; below it, it commits them to the docstore's dense log (~1.5 KB each), which start-up replays.
-# At HNSW's ~4k inserts/s on 2 cores that bounds the replay to ~5 s.
+# A checkpoint rewrites the FAISS index only once this many vectors were added since the last FAISS snapshot
+# (or ten times as many removed); below it, it commits them to the docstore's dense log (~1.5 KB each), which
+# start-up replays. Replaying an add is an HNSW insert (~3k/s on 2 cores at 1M chunks): this bounds a replay
+# after kill -9 to ~7 s. A removal only marks a tombstone.
 DENSE_SNAPSHOT_CHANGES = 20_000
 KEYWORD_HEAL_INTERVAL_S = 1.0  # a failed keyword writer is replaced by the next write, at most this often
 
@@ -141,7 +142,7 @@ class Collection:
         self.min_free_disk_bytes = min_free_disk_bytes
         self.wal = WriteAheadLog(path / "wal.log", files)
         self._checkpoint_retry_at = 0.0
-        self._dense_changes = 0  # vectors added and removed since the FAISS snapshot (the dense log's size)
+        self._dense_changes = 0  # since the FAISS snapshot: vectors added, plus removed ones at 1/10 (replay cost)
         self._faiss_seq = 0  # the seq the FAISS snapshot holds; the dense log covers the writes after it
         self._keyword_heal_at = 0.0
         self._seq = 0
@@ -205,7 +206,7 @@ class Collection:
         coll._faiss_seq = faiss_seq
         for _, removed, added, vectors in coll.dense.kvstore.dense_log(after=faiss_seq):
             coll.dense.replay(removed, added, np.frombuffer(vectors, dtype=np.float32).reshape(len(added), coll.dimension))
-            coll._dense_changes += len(removed) + len(added)
+            coll._dense_changes += len(added) + len(removed) / 10
         coll._rebuild_derived_indexes()
         wal_covers_keyword = bool(records) and records[0]["seq"] <= coll.keyword.committed_seq + 1
         if coll.keyword.committed_seq < seq and not wal_covers_keyword:
@@ -421,7 +422,7 @@ class Collection:
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
         # snapshot holds it, start-up replays it from there (see _checkpoint_locked).
         self.dense.kvstore.log_dense(record["seq"], removed, [c.id for c in chunks], vectors)
-        self._dense_changes += len(removed) + len(chunks)
+        self._dense_changes += len(chunks) + len(removed) / 10
         return existed
 
     def _apply_keyword(self, record: dict, chunks: list[Chunk]) -> None:
@@ -583,7 +584,7 @@ class Collection:
         started = time.perf_counter()
         kvstore = self.dense.kvstore
         name = kvstore.committed.get("snapshot", "")
-        kind = f"{self._dense_changes} vector changes in the dense log"
+        kind = f"the dense log, {int(self._dense_changes)} vectors added since the FAISS snapshot"
         if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and self._dense_changes):
             kind = "committed before"  # a retry after emptying the WAL failed
         elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
