@@ -105,8 +105,12 @@ def test_the_deferred_index_store_writes_what_llamaindex_writes(tmp_path):
     store._flush()
     ours = store._kvstore.get(struct.index_id, collection=store._collection)
     theirs = index_struct_to_json(struct)
-    assert ours.keys() == theirs.keys() and json.loads(ours["__data__"]) == json.loads(theirs["__data__"])
-    assert json_to_index_struct(ours).nodes_dict == struct.nodes_dict
+    # The same, but for nodes_dict (id -> the same id), which load rebuilds from the FAISS store's node map.
+    assert ours.keys() == theirs.keys() and json.loads(ours["__data__"]) == {**json.loads(theirs["__data__"]), "nodes_dict": {}}
+    assert json_to_index_struct(ours).index_id == struct.index_id and struct.nodes_dict == {"a#0": "a#0", "b#0": "b#0"}
+    dense.persist(tmp_path / "snap")
+    loaded = DenseIndex.load(tmp_path / "snap", ExternalEmbedding(dimension=DIM), kvstore=dense.kvstore)
+    assert loaded.index.index_struct.nodes_dict == struct.nodes_dict
 
 
 def test_stored_metadata_reads_what_the_nodes_hold(tmp_path):
@@ -134,3 +138,27 @@ def test_batched_add_stores_what_llamaindex_insert_nodes_stores():
     assert ours.index.index_struct.nodes_dict == upstream.index.index_struct.nodes_dict
     assert ours.chunk_ids_of("m") == ["m#0", "m#1", "m#2"]
     assert [s.chunk_id for s in ours.search(vectors[1], k=1)] == ["m#1"]
+
+
+def test_a_snapshot_with_upstreams_id_map_loads_the_same_maps(tmp_path):
+    """Snapshots written before node_ids.json hold LlamaIndex's id_map.json (both maps as JSON objects)."""
+    import os
+
+    from llama_index.vector_stores.faiss import FaissMapVectorStore
+
+    from searchsvc.retrieve.dense import NODE_IDS_FILE, FilterableFaissStore
+
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    dense.add(chunks("a", "b", "c"), unit(3, seed=1))
+    dense.remove(["b#0"])
+    ours, upstream = tmp_path / "ours", tmp_path / "upstream"
+    for path in (ours, upstream):
+        path.mkdir()
+    dense.store.persist(str(ours / "default__vector_store.json"))
+    FaissMapVectorStore.persist(dense.store, str(upstream / "default__vector_store.json"))
+    assert (ours / NODE_IDS_FILE).exists() and not (upstream / NODE_IDS_FILE).exists()
+    for path in (ours, upstream):
+        loaded = FilterableFaissStore.from_persist_path(str(path / "default__vector_store.json"))
+        assert loaded._node_id_to_faiss_id_map == dense.store._node_id_to_faiss_id_map == {"a#0": 0, "c#0": 2}
+        assert loaded._faiss_id_to_node_id_map == dense.store._faiss_id_to_node_id_map
+        assert loaded._next_id == 3 and os.path.exists(path / "default__vector_store.json")
