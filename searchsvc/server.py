@@ -65,13 +65,10 @@ async def serve(
         encoder_int8=settings.encoder_int8, rerank_engine=settings.rerank_engine,
     )
     catalog = Catalog(settings, models)
-    # Load the default collection's embedder up front so the first request doesn't pay for it, while the
-    # collections open (both take seconds; the registry's lock serializes a collection that needs the same model).
+    # Load the default collection's embedder up front so the first request doesn't pay for it.
     default = catalog.with_defaults(CollectionConfig("", "", 0, 0))
-    await asyncio.gather(
-        loop.run_in_executor(executor, models.embedder, default.embedding_model),
-        loop.run_in_executor(executor, catalog.open_all),
-    )
+    await loop.run_in_executor(executor, models.embedder, default.embedding_model)
+    await loop.run_in_executor(executor, catalog.open_all)
 
     limits = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
