@@ -213,7 +213,7 @@ def test_the_dense_index_config_is_filled_and_reported(stub):
         embedding_model="external", dimension=API_DIM, dense_index=pb.DenseIndexConfig(kind="hnsw", m=8, quantization="sq8"))))
     try:
         default = stub.GetCollection(pb.GetCollectionRequest(name="dense-default"))
-        assert default.config.dense_index == pb.DenseIndexConfig(kind="auto", m=32, ef_construction=80, ef_search=128, quantization="none")
+        assert default.config.dense_index == pb.DenseIndexConfig(kind="auto", m=32, ef_construction=80, ef_search=256, quantization="none")
         assert default.dense_index_in_use == "flat"
         hnsw = stub.GetCollection(pb.GetCollectionRequest(name="dense-hnsw"))
         assert (hnsw.config.dense_index.kind, hnsw.config.dense_index.m, hnsw.dense_index_in_use) == ("hnsw", 8, "hnsw")
