@@ -98,6 +98,12 @@ class MetadataIndex:
             for pair in metadata.items():
                 self._postings.setdefault(pair, set()).add(chunk_id)
 
+    def add_many(self, chunk_ids: list[str], metadata: dict[str, str]) -> None:
+        """Chunks that all carry `metadata`."""
+        with self._lock:
+            for pair in metadata.items():
+                self._postings.setdefault(pair, set()).update(chunk_ids)
+
     def remove(self, chunk_id: str, metadata: dict[str, str]) -> None:
         with self._lock:
             for pair in metadata.items():
@@ -248,8 +254,8 @@ class Collection:
         if kvstore.committed.get(CHUNK_METADATA_COMPLETE) != "1":
             found = [(chunk_id, user_metadata(metadata)) for chunk_id, metadata in self.dense.stored_metadata()]
             kvstore.put_chunk_metadata([(chunk_id, metadata) for chunk_id, metadata in found if metadata])
-        for chunk_id, metadata in kvstore.iterate_chunk_metadata():
-            self.metadata.add(chunk_id, metadata)
+        for metadata, chunk_ids in kvstore.chunk_metadata_groups().items():
+            self.metadata.add_many(chunk_ids, json.loads(metadata))
         self._document_count = self.dense.document_count
 
     def _rebuild_keyword_index(self, seq: int) -> None:
