@@ -155,22 +155,25 @@ def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int
                     "stages_p50": {s: float(np.percentile(v, 50)) for s, v in stages.items()},
                 })
                 if "query_vector" in extra:
-                    rows[-1]["recall_at_10"] = dense_recall(stub, requests, responses)
+                    rows[-1]["recall_at_10"] = dense_recall(responses, exact_hits(stub, requests))
                 print(_row(rows[-1]), flush=True)
     return rows
 
 
-def dense_recall(stub, requests: list, responses: list) -> float:
-    """Mean recall of DENSE `responses` (to `requests`, which carry query vectors) against the same requests
-    answered by an exact scan (DenseSearchOptions.exact)."""
-    recalls = []
-    for request, found in zip(requests, responses):
+def exact_hits(stub, requests: list) -> list[set[str]]:
+    """The chunk ids each DENSE request (carrying a query vector) finds with an exact scan (DenseSearchOptions.exact)."""
+    found = []
+    for request in requests:
         exact_request = pb.SearchRequest()
         exact_request.CopyFrom(request)
         exact_request.dense.exact = True
-        exact = {h.chunk_id for h in stub.Search(exact_request).hits}
-        recalls.append(len({h.chunk_id for h in found.hits} & exact) / max(len(exact), 1))
-    return float(np.mean(recalls))
+        found.append({h.chunk_id for h in stub.Search(exact_request).hits})
+    return found
+
+
+def dense_recall(responses: list, exact: list[set[str]]) -> float:
+    """Mean recall of DENSE `responses` against `exact_hits` of the same requests."""
+    return float(np.mean([len({h.chunk_id for h in r.hits} & e) / max(len(e), 1) for r, e in zip(responses, exact)]))
 
 
 def _row(r: dict) -> str:

@@ -149,7 +149,6 @@ class Collection:
         self.wal = WriteAheadLog(path / "wal.log", files)
         self._checkpoint_retry_at = 0.0
         self._dense_changes = 0  # since the FAISS snapshot: vectors added, plus removed ones at 1/10 (replay cost)
-        self._faiss_seq = 0  # the seq the FAISS snapshot holds; the dense log covers the writes after it
         self._keyword_heal_at = 0.0
         self._seq = 0
         self._document_count = 0
@@ -209,10 +208,9 @@ class Collection:
         coll = self
         coll._seq = seq
         records = coll.wal.open()  # first: a corrupt log fails the open before any costly rebuild
-        coll._faiss_seq = faiss_seq
         for _, removed, added, vectors in coll.dense.kvstore.dense_log(after=faiss_seq):
             coll.dense.replay(removed, added, np.frombuffer(vectors, dtype=np.float32).reshape(len(added), coll.dimension))
-            coll._dense_changes += len(added) + len(removed) / 10
+            coll._count_dense_changes(added, removed)
         coll._rebuild_derived_indexes()
         wal_covers_keyword = bool(records) and records[0]["seq"] <= coll.keyword.committed_seq + 1
         if coll.keyword.committed_seq < seq and not wal_covers_keyword:
@@ -402,7 +400,7 @@ class Collection:
         Returns how many of its documents existed before. Applying a record again is harmless: it sets its
         documents whole (deleted, or exactly these chunks), whatever they were."""
         existed = 0
-        chunks = [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else []
+        chunks = _record_chunks(record)
         if keyword:
             self._apply_keyword(record, chunks)
         if not dense:
@@ -427,13 +425,17 @@ class Collection:
                 self.metadata.add(c.id, c.metadata)
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
         # snapshot holds it, start-up replays it from there (see _checkpoint_locked).
-        self.dense.kvstore.log_dense(record["seq"], removed, [c.id for c in chunks], vectors)
-        self._dense_changes += len(chunks) + len(removed) / 10
+        kvstore.log_dense(record["seq"], removed, [c.id for c in chunks], vectors)
+        self._count_dense_changes(chunks, removed)
         return existed
 
+    def _count_dense_changes(self, added: Sequence, removed: Sequence) -> None:
+        """What replaying the dense log would cost: an HNSW insert per vector added, a tombstone per removal."""
+        self._dense_changes += len(added) + len(removed) / 10
+
     def _apply_keyword(self, record: dict, chunks: list[Chunk]) -> None:
-        """The record is already durable in the WAL: a failing keyword writer must not fail its ack. It makes
-        the collection read-only (read_only_reason), and reopening replays the WAL into a fresh writer."""
+        """The record is already durable in the WAL: a failing keyword writer must not fail its ack. Writes are
+        refused (read_only_reason) until the next one replaces the writer (_heal_keyword)."""
         try:
             self.keyword.delete_documents(record["documents"])
             if chunks:
@@ -456,7 +458,7 @@ class Collection:
             replayed = 0
             for record in iter_records(self.wal.path):
                 if record["seq"] > self.keyword.committed_seq:
-                    self._apply_keyword(record, [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else [])
+                    self._apply_keyword(record, _record_chunks(record))
                     replayed += 1
             self._refresh_keyword()
             if not self.keyword.failure:
@@ -590,7 +592,7 @@ class Collection:
         started = time.perf_counter()
         kvstore = self.dense.kvstore
         name = kvstore.committed.get("snapshot", "")
-        kind = f"the dense log, {int(self._dense_changes)} vectors added since the FAISS snapshot"
+        kind = f"a dense-log commit, {int(self._dense_changes)} vectors added after the last FAISS snapshot"
         if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and self._dense_changes):
             kind = "committed before"  # a retry after emptying the WAL failed
         elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
@@ -615,7 +617,7 @@ class Collection:
                 if kvstore.committed.get("snapshot") != name:
                     shutil.rmtree(final, ignore_errors=True)
                 raise
-            self._faiss_seq, self._dense_changes = self._seq, 0
+            self._dense_changes = 0
             kind = "a FAISS snapshot"
         if self._current_name() != name:
             write_text_atomic(self.path / "CURRENT", name)  # a mirror: open() follows the docstore's commit
@@ -696,6 +698,10 @@ def _snapshot_seq(snapshot: Path | None) -> int:
     if snapshot is None:
         return 0
     return int(json.loads((snapshot / "state.json").read_text(encoding="utf-8"))["seq"])
+
+
+def _record_chunks(record: dict) -> list[Chunk]:
+    return [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else []
 
 
 def _keyword_chunk(chunk: Chunk) -> KeywordChunk:

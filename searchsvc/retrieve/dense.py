@@ -388,10 +388,7 @@ class PlainRefDocStore(KVDocumentStore):
 
     def get_nodes(self, node_ids: list[str], raise_error: bool = True) -> list[BaseNode]:
         """One query for all ids instead of one per id (a search fetches its hits together)."""
-        kvstore = self._kvstore
-        if not isinstance(kvstore, SqliteKVStore):
-            return super().get_nodes(node_ids, raise_error)
-        found = kvstore.get_many(list(node_ids), collection=self._node_collection)
+        found = self._kvstore.get_many(list(node_ids), collection=self._node_collection)
         if raise_error and (missing := [n for n in node_ids if n not in found]):
             raise ValueError(f"Node {missing[0]} not found")
         return [json_to_doc(found[n]) for n in node_ids if n in found]

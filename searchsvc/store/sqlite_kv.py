@@ -75,12 +75,16 @@ class SqliteKVStore(BaseKVStore):
         self.committed: dict[str, str] = dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
     # ------------------------------------------------------------------ transactions
+    def _begin_locked(self) -> None:
+        """Refuse work after a failure; otherwise join the open transaction or start one."""
+        if self.failure:
+            raise DocstoreFailed(self.failure)
+        if not self._conn.in_transaction:
+            self._conn.execute("BEGIN")
+
     def _write(self, sql: str, rows: list[tuple] | tuple) -> sqlite3.Cursor:
         with self._lock:
-            if self.failure:
-                raise DocstoreFailed(self.failure)
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN")
+            self._begin_locked()
             try:
                 return self._conn.executemany(sql, rows) if isinstance(rows, list) else self._conn.execute(sql, rows)
             except sqlite3.Error as exc:
@@ -97,10 +101,7 @@ class SqliteKVStore(BaseKVStore):
         retry, unless SQLite rolled it back, which sets `failure`."""
         values = {k: str(v) for k, v in meta.items()}
         with self._lock:
-            if self.failure:
-                raise DocstoreFailed(self.failure)
-            if not self._conn.in_transaction:
-                self._conn.execute("BEGIN")
+            self._begin_locked()
             try:
                 self._conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
                 self._conn.execute("COMMIT")
@@ -115,6 +116,27 @@ class SqliteKVStore(BaseKVStore):
         """Closing rolls back an open transaction: the WAL still holds what it had."""
         with self._lock:
             self._conn.close()
+
+    # ------------------------------------------------------------------ reads
+    def _pages(self, sql: str, params: tuple, after: str | int, page: int) -> Iterator[tuple]:
+        """Rows of `sql` (its last two parameters: the key to start after, the page size; its first column: that
+        key, ascending), a page at a time: bounded memory, and the lock is never held while the caller works."""
+        while True:
+            with self._lock:
+                rows = self._conn.execute(sql, (*params, after, page)).fetchall()
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def _select_in(self, sql: str, params: tuple, keys: list[str]) -> list[tuple]:
+        """Rows of `sql`, whose `{}` takes an IN list of `keys`, in statements of at most 500 keys."""
+        rows: list[tuple] = []
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            with self._lock:
+                rows += self._conn.execute(sql.format(",".join("?" * len(part))), (*params, *part)).fetchall()
+        return rows
 
     # ------------------------------------------------------------------ BaseKVStore
     def put(self, key: str, val: dict, collection: str = DEFAULT_COLLECTION) -> None:
@@ -133,15 +155,9 @@ class SqliteKVStore(BaseKVStore):
         return None if row is None else json.loads(row[0])
 
     def get_many(self, keys: list[str], collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
-        """Values of the keys present, in one statement per 500 keys (SQLite's host-parameter limit is higher)."""
-        found: dict[str, dict] = {}
-        for i in range(0, len(keys), 500):
-            part = keys[i : i + 500]
-            sql = f"SELECT key, value FROM kv WHERE collection = ? AND key IN ({','.join('?' * len(part))})"
-            with self._lock:
-                rows = self._conn.execute(sql, (collection, *part)).fetchall()
-            found.update((key, json.loads(value)) for key, value in rows)
-        return found
+        """Values of the keys present, in a few statements instead of one per key."""
+        rows = self._select_in("SELECT key, value FROM kv WHERE collection = ? AND key IN ({})", (collection,), keys)
+        return {key: json.loads(value) for key, value in rows}
 
     def get_all(self, collection: str = DEFAULT_COLLECTION) -> dict[str, dict]:
         return dict(self.iterate(collection))
@@ -154,15 +170,8 @@ class SqliteKVStore(BaseKVStore):
 
     def iterate_raw(self, collection: str = DEFAULT_COLLECTION, *, page: int = 2000, column: str = "value") -> Iterator[tuple[str, str]]:
         """As `iterate`, with the stored JSON text, or an SQL expression over it as `column`."""
-        after = ""
         sql = f"SELECT key, {column} FROM kv WHERE collection = ? AND key > ? ORDER BY key LIMIT ?"
-        while True:
-            with self._lock:
-                rows = self._conn.execute(sql, (collection, after, page)).fetchall()
-            yield from rows
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
+        return self._pages(sql, (collection,), "", page)
 
     def count(self, collection: str = DEFAULT_COLLECTION) -> int:
         with self._lock:
@@ -179,31 +188,18 @@ class SqliteKVStore(BaseKVStore):
             self._write("DELETE FROM chunk_metadata WHERE chunk_id = ?", [(c,) for c in chunk_ids])
 
     def chunk_metadata(self, chunk_ids: list[str]) -> dict[str, dict]:
-        found: dict[str, dict] = {}
-        for i in range(0, len(chunk_ids), 500):
-            part = chunk_ids[i : i + 500]
-            sql = f"SELECT chunk_id, metadata FROM chunk_metadata WHERE chunk_id IN ({','.join('?' * len(part))})"
-            with self._lock:
-                rows = self._conn.execute(sql, part).fetchall()
-            found.update((chunk_id, json.loads(metadata)) for chunk_id, metadata in rows)
-        return found
+        rows = self._select_in("SELECT chunk_id, metadata FROM chunk_metadata WHERE chunk_id IN ({})", (), chunk_ids)
+        return {chunk_id: json.loads(metadata) for chunk_id, metadata in rows}
 
     def chunk_metadata_groups(self, *, page: int = 20000) -> dict[str, list[str]]:
         """Every chunk's metadata as stored (JSON text) -> the ids of the chunks that carry exactly it. Chunks
         share metadata (a document's chunks, a source, a category), so callers parse each distinct value once:
         parsing 1M rows one by one was most of a 1M-chunk collection's start-up."""
         groups: dict[str, list[str]] = {}
-        after = ""
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT chunk_id, metadata FROM chunk_metadata WHERE chunk_id > ? ORDER BY chunk_id LIMIT ?", (after, page),
-                ).fetchall()
-            for chunk_id, metadata in rows:
-                groups.setdefault(metadata, []).append(chunk_id)
-            if len(rows) < page:
-                return groups
-            after = rows[-1][0]
+        sql = "SELECT chunk_id, metadata FROM chunk_metadata WHERE chunk_id > ? ORDER BY chunk_id LIMIT ?"
+        for chunk_id, metadata in self._pages(sql, (), "", page):
+            groups.setdefault(metadata, []).append(chunk_id)
+        return groups
 
     # ------------------------------------------------------------------ dense log
     def log_dense(self, seq: int, removed: list[str], added: list[str], vectors: bytes) -> None:
@@ -212,16 +208,9 @@ class SqliteKVStore(BaseKVStore):
 
     def dense_log(self, after: int, *, page: int = 200) -> Iterator[tuple[int, list[str], list[str], bytes]]:
         """(seq, removed chunk ids, added chunk ids, their vectors as float32 bytes) of each write after `after`."""
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT seq, removed, added, vectors FROM dense_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, page),
-                ).fetchall()
-            for seq, removed, added, vectors in rows:
-                yield seq, json.loads(removed), json.loads(added), vectors
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
+        sql = "SELECT seq, removed, added, vectors FROM dense_log WHERE seq > ? ORDER BY seq LIMIT ?"
+        for seq, removed, added, vectors in self._pages(sql, (), after, page):
+            yield seq, json.loads(removed), json.loads(added), vectors
 
     def trim_dense_log(self, upto: int) -> None:
         """Drop the entries a FAISS snapshot at `upto` holds (part of the next commit)."""
