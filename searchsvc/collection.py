@@ -228,6 +228,7 @@ class Collection:
                 replayed += 1
         coll._refresh_keyword()
         coll.keyword.start_refresher()
+        coll.dense.kvstore.release_cache()  # the start-up scans' pages are cold: ~64 MiB at 1M chunks
         log.info("collection %s: %d WAL records replayed", coll.name, replayed)
 
     @staticmethod
@@ -252,8 +253,11 @@ class Collection:
         if kvstore.committed.get(CHUNK_METADATA_COMPLETE) != "1":
             found = [(chunk_id, user_metadata(metadata)) for chunk_id, metadata in self.dense.stored_metadata()]
             kvstore.put_chunk_metadata([(chunk_id, metadata) for chunk_id, metadata in found if metadata])
+        # The postings hold the dense store's own id strings, not the copies SQLite returned (~60 B per chunk).
+        shared = self.dense.shared_chunk_ids()
         for metadata, chunk_ids in kvstore.chunk_metadata_groups().items():
-            self.metadata.add_many(chunk_ids, json.loads(metadata))
+            self.metadata.add_many([shared.get(c, c) for c in chunk_ids], json.loads(metadata))
+        del shared
         self._document_count = self.dense.document_count
 
     def _rebuild_keyword_index(self, seq: int) -> None:

@@ -72,17 +72,30 @@ class ModelRegistry:
         self.sentence_engine = sentence_engine
         self.encoder_int8 = encoder_int8
         self.rerank_engine = rerank_engine
-        self.threads = threads  # ONNX Runtime sessions; 0: torch's current setting
+        self.threads = threads  # torch and ONNX Runtime sessions; 0: torch's current setting
         self.embed_batch_size = embed_batch_size
         self.rerank_max_length = rerank_max_length
         self.rerank_int8 = rerank_int8
         self._embedders: dict[str, BaseEmbedding] = {}
         self._cross_encoders: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._torch_ready = False
+
+    def _prepare_torch(self) -> None:
+        """Import torch and give it our thread count before the first model loads (every engine either runs on
+        torch or was exported from it). Deferred to here so that a server with only external-vector collections
+        never imports it (~200 MB)."""
+        if not self._torch_ready:
+            import torch
+
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._torch_ready = True
 
     def embedder(self, name: str) -> BaseEmbedding:
         with self._lock:
             if name not in self._embedders:
+                self._prepare_torch()
                 started = time.perf_counter()
                 if name in E5_MODELS:
                     self._embedders[name] = self._e5_embedder()
@@ -144,6 +157,7 @@ class ModelRegistry:
         dynamically quantized int8 instead."""
         with self._lock:
             if name not in self._cross_encoders:
+                self._prepare_torch()
                 from sentence_transformers import CrossEncoder
 
                 started = time.perf_counter()

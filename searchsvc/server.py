@@ -28,10 +28,17 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = searchsvc_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 
 
+def thread_count(settings: Settings) -> int:
+    """Threads for torch and ONNX Runtime: the setting, or every core."""
+    return settings.torch_threads or os.cpu_count() or 1
+
+
 def configure_threads(settings: Settings) -> int:
+    """Import torch and set its thread count (for commands that run models at once; the server leaves torch to
+    ModelRegistry, which imports it only for a collection that runs a model)."""
     import torch
 
-    threads = settings.torch_threads or os.cpu_count() or 1
+    threads = thread_count(settings)
     torch.set_num_threads(threads)
     return threads
 
@@ -55,7 +62,7 @@ async def serve(
     """Run until SIGINT/SIGTERM (or `stop` is set). `started` receives the bound port; `components` (for
     in-process use) receives the servicer."""
     apply_process_env()
-    threads = configure_threads(settings)
+    threads = thread_count(settings)
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(settings.search_workers, thread_name_prefix="searchsvc")
     models = ModelRegistry(
@@ -65,10 +72,13 @@ async def serve(
         encoder_int8=settings.encoder_int8, rerank_engine=settings.rerank_engine,
     )
     catalog = Catalog(settings, models)
-    # Load the default collection's embedder up front so the first request doesn't pay for it.
-    default = catalog.with_defaults(CollectionConfig("", "", 0, 0))
-    await loop.run_in_executor(executor, models.embedder, default.embedding_model)
+    # Opening a collection loads its embedder. A server with no collection yet loads the default one up front
+    # (the first CreateCollection most likely uses it; a first start also exports it to ONNX); a server whose
+    # collections use other models, or bring their own vectors, never pays the memory of one it doesn't run.
     await loop.run_in_executor(executor, catalog.open_all)
+    if not catalog.list() and not catalog.failed():
+        default = catalog.with_defaults(CollectionConfig("", "", 0, 0))
+        await loop.run_in_executor(executor, models.embedder, default.embedding_model)
 
     limits = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),

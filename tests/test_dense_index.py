@@ -155,10 +155,63 @@ def test_a_snapshot_with_upstreams_id_map_loads_the_same_maps(tmp_path):
     for path in (ours, upstream):
         path.mkdir()
     dense.store.persist(str(ours / "default__vector_store.json"))
+    # Upstream's format, as a snapshot written before NODE_IDS_FILE holds it (upstream keeps a reverse dict).
+    dense.store._faiss_id_to_node_id_map = {i: n for i, n in zip(dense.store._ids().tolist(), dense.store._node_at) if n}
     FaissMapVectorStore.persist(dense.store, str(upstream / "default__vector_store.json"))
+    dense.store._faiss_id_to_node_id_map = None
     assert (ours / NODE_IDS_FILE).exists() and not (upstream / NODE_IDS_FILE).exists()
     for path in (ours, upstream):
         loaded = FilterableFaissStore.from_persist_path(str(path / "default__vector_store.json"))
         assert loaded._node_id_to_faiss_id_map == dense.store._node_id_to_faiss_id_map == {"a#0": 0, "c#0": 2}
-        assert loaded._faiss_id_to_node_id_map == dense.store._faiss_id_to_node_id_map
+        assert loaded._node_at == dense.store._node_at == ["a#0", "c#0"]  # flat: the deleted row is gone
         assert loaded._next_id == 3 and os.path.exists(path / "default__vector_store.json")
+
+
+def test_a_snapshot_with_an_idmap2_loads_without_its_reverse_map_and_answers_the_same(tmp_path):
+    """Snapshots written before IndexIDMap replaced IndexIDMap2 hold an IDMap2 (with a hash map of every id); the
+    store swaps it for a plain IDMap over the same rows and ids, and every query, read and delete still works."""
+    import faiss
+
+    from searchsvc.retrieve.dense import FilterableFaissStore
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    vectors = unit(6, seed=3)
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    dense.add(chunks("a", "b", "c", "d", "e", "f"), vectors)
+    dense.remove(["b#0"])
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))  # what the same writes produced before
+    old.add_with_ids(np.delete(vectors, 1, axis=0), np.asarray([0, 2, 3, 4, 5], dtype=np.int64))
+    dense.store._faiss_index = old
+    dense.persist(tmp_path / "snap")
+    assert isinstance(faiss.read_index(str(tmp_path / "snap" / "default__vector_store.json")), faiss.IndexIDMap2)
+
+    loaded = FilterableFaissStore.from_persist_dir(str(tmp_path / "snap"))
+    index = loaded._faiss_index
+    assert type(index) is faiss.IndexIDMap and index.ntotal == 5
+    assert faiss.vector_to_array(index.id_map).tolist() == [0, 2, 3, 4, 5]
+    for row, query in enumerate(vectors):
+        found = loaded.query(VectorStoreQuery(query_embedding=query.tolist(), similarity_top_k=2))
+        expect = ["a#0", "b#0", "c#0", "d#0", "e#0", "f#0"]
+        exact = sorted((i for i in range(6) if i != 1), key=lambda i: -float(vectors[i] @ query))[:2]
+        assert found.ids == [expect[i] for i in exact], row
+    np.testing.assert_array_equal(loaded.vectors(["f#0", "a#0"]), vectors[[5, 0]])
+    loaded.delete_nodes(["c#0"])
+    assert loaded._node_at == ["a#0", "d#0", "e#0", "f#0"] and faiss.vector_to_array(index.id_map).tolist() == [0, 3, 4, 5]
+    np.testing.assert_array_equal(loaded.vectors(["d#0"]), vectors[[3]])
+
+
+def test_the_index_structs_node_map_is_a_view_of_the_vector_store():
+    """IndexDict.nodes_dict maps each node id to itself for this store; it answers from the FAISS store's own
+    map (no second copy), so LlamaIndex's own retriever still turns vector ids into nodes."""
+    from searchsvc.retrieve.dense import StoreNodeIds
+
+    vectors = unit(3, seed=4)
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    dense.add(chunks("a", "b", "c"), vectors)
+    dense.remove(["b#0"])
+    nodes = dense.index.index_struct.nodes_dict
+    assert isinstance(nodes, StoreNodeIds) and dict(nodes) == {"a#0": "a#0", "c#0": "c#0"}
+    assert "b#0" not in nodes and len(nodes) == 2
+    retrieved = dense.index.as_retriever(similarity_top_k=1).retrieve(
+        __import__("llama_index.core.schema", fromlist=["QueryBundle"]).QueryBundle("", embedding=vectors[2].tolist()))
+    assert [r.node.node_id for r in retrieved] == ["c#0"] and retrieved[0].node.text == "text of c"

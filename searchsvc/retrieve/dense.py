@@ -1,7 +1,7 @@
 """Dense leg: a LlamaIndex VectorStoreIndex over FAISS (inner product on normalized embeddings = cosine).
 
 Text and metadata live in LlamaIndex's docstore, kept on disk in SQLite (store/sqlite_kv.py); FAISS holds only
-vectors, keyed by an IndexIDMap2 so chunks can be deleted and their vectors read back (for the cosine of hits
+vectors, keyed by an IndexIDMap so chunks can be deleted and their vectors read back (for the cosine of hits
 that only the keyword leg found).
 """
 
@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -57,7 +58,7 @@ class DenseIndexSpec:
     def of(cls, config: CollectionConfig) -> "DenseIndexSpec":
         return cls(config.dense_index, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search, config.dense_quantization)
 
-    def new_hnsw(self, dimension: int, training: np.ndarray | None = None) -> faiss.IndexIDMap2:
+    def new_hnsw(self, dimension: int, training: np.ndarray | None = None) -> faiss.IndexIDMap:
         """An empty graph; with SQ8 quantization and `training` vectors, an 8-bit one whose per-dimension ranges
         are trained on them (without them, float32: the quantizer has nothing to learn its ranges from yet)."""
         if self.quantization == "sq8" and training is not None:
@@ -67,7 +68,23 @@ class DenseIndexSpec:
             graph = faiss.IndexHNSWFlat(dimension, self.m, faiss.METRIC_INNER_PRODUCT)
         graph.hnsw.efConstruction = self.ef_construction
         graph.hnsw.efSearch = self.ef_search
-        return faiss.IndexIDMap2(graph)
+        return faiss.IndexIDMap(graph)
+
+
+def _without_reverse_map(index: Any) -> Any:
+    """An IndexIDMap over the same inner index and ids. Snapshots written before IndexIDMap replaced IndexIDMap2
+    load as IndexIDMap2, whose id -> row hash map (~40 B per vector) nothing here reads: rows are found by a
+    binary search of the sorted id list (FilterableFaissStore._positions)."""
+    if not isinstance(index, faiss.IndexIDMap2):
+        return index
+    inner = index.index
+    # IndexIDMap's constructor takes only an empty index: wrap an empty stand-in, then point it at the real one.
+    plain = faiss.IndexIDMap(faiss.IndexFlat(index.d, index.metric_type))
+    plain.index, plain.ntotal, plain.is_trained = inner, index.ntotal, index.is_trained
+    faiss.copy_array_to_vector(faiss.vector_to_array(index.id_map), plain.id_map)
+    index.own_fields = False  # the inner index now belongs to `plain`
+    plain.own_fields = True
+    return plain
 
 
 class FilterableFaissStore(FaissMapVectorStore):
@@ -82,10 +99,15 @@ class FilterableFaissStore(FaissMapVectorStore):
       id leaves the node maps at once, searches skip it through an IDSelector, and `compacted()` rebuilds the
       graph without tombstones once they are COMPACT_AT of it.
     - `vectors(node_ids)` reads stored vectors back.
+    - FAISS id -> node id is a list parallel to FAISS's rows (`_node_at`, None for a tombstone) instead of
+      upstream's dict (~50 B less per chunk; a hit's row is a binary search of the sorted ids away), and the
+      IDMap is an IndexIDMap, without IndexIDMap2's hash map.
     """
 
     def __init__(self, faiss_index: Any, ef_search: int = DenseIndexSpec.ef_search) -> None:
-        super().__init__(faiss_index=faiss_index)
+        super().__init__(faiss_index=_without_reverse_map(faiss_index))
+        self._faiss_id_to_node_id_map = None  # replaced by _node_at: an upstream path still using it must fail loudly
+        self._node_at: list[str | None] = []  # the node id of each FAISS row, in row order; None: a tombstone
         self._next_id = 0
         self._ef_search = ef_search
         self._tombstones: set[int] = set()
@@ -93,7 +115,7 @@ class FilterableFaissStore(FaissMapVectorStore):
 
     @classmethod
     def new(cls, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "FilterableFaissStore":
-        index = spec.new_hnsw(dimension) if spec.kind == "hnsw" else faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        index = spec.new_hnsw(dimension) if spec.kind == "hnsw" else faiss.IndexIDMap(faiss.IndexFlatIP(dimension))
         return cls(index, spec.ef_search)
 
     def persist(self, persist_path: str = "", fs: Any = None) -> None:
@@ -101,8 +123,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         every stored FAISS id, in FAISS's own id order (null for a tombstone). Upstream's id_map.json holds both
         maps as JSON objects; loading it at 1M chunks parsed 2M keys and kept every node id string twice."""
         FaissVectorStore.persist(self, persist_path, fs)
-        node_of = self._faiss_id_to_node_id_map
-        names = [node_of.get(i) for i in self._ids().tolist()]
+        names = self._node_at
         with open(os.path.join(os.path.dirname(persist_path), NODE_IDS_FILE), "w", encoding="utf-8") as f:
             json.dump(names, f, ensure_ascii=False)
 
@@ -110,18 +131,20 @@ class FilterableFaissStore(FaissMapVectorStore):
     def from_persist_path(cls, persist_path: str, fs: Any = None) -> "FilterableFaissStore":
         node_ids_path = os.path.join(os.path.dirname(persist_path), NODE_IDS_FILE)
         if not os.path.exists(node_ids_path):  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
-            store = super().from_persist_path(persist_path, fs)
+            upstream = super().from_persist_path(persist_path, fs)
+            store = cls(upstream._faiss_index)
+            node_of = upstream._faiss_id_to_node_id_map
+            names = [node_of.get(i) for i in store._ids().tolist()]
         else:
             store = cls(faiss.read_index(persist_path))
             with open(node_ids_path, encoding="utf-8") as f:
                 names = json.load(f)
-            pairs = [(n, i) for n, i in zip(names, store._ids().tolist()) if n is not None]
-            store._node_id_to_faiss_id_map = dict(pairs)  # the same string objects in both maps
-            store._faiss_id_to_node_id_map = {i: n for n, i in pairs}
-        stored_ids = faiss.vector_to_array(store._faiss_index.id_map)
-        # Ids in the graph but in no node map are tombstones (only an HNSW index keeps deleted vectors).
-        store._tombstones = set(stored_ids.tolist()) - store._faiss_id_to_node_id_map.keys()
-        store._next_id = int(stored_ids.max()) + 1 if len(stored_ids) else 0
+        stored_ids = store._ids().tolist()
+        store._node_at = names
+        store._node_id_to_faiss_id_map = {n: i for n, i in zip(names, stored_ids) if n is not None}
+        # Rows with no node are tombstones (only an HNSW index keeps deleted vectors).
+        store._tombstones = {i for n, i in zip(names, stored_ids) if n is None}
+        store._next_id = max(stored_ids) + 1 if stored_ids else 0
         return store
 
     @property
@@ -153,21 +176,25 @@ class FilterableFaissStore(FaissMapVectorStore):
         ids = np.arange(self._next_id, self._next_id + len(node_ids), dtype=np.int64)
         self._next_id += len(node_ids)
         self._faiss_index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
-        for node_id, faiss_id in zip(node_ids, ids.tolist()):
-            self._node_id_to_faiss_id_map[node_id] = faiss_id
-            self._faiss_id_to_node_id_map[faiss_id] = node_id
+        self._node_id_to_faiss_id_map.update(zip(node_ids, ids.tolist()))
+        self._node_at.extend(node_ids)
 
     def delete_nodes(self, node_ids: list[str] | None = None, filters: Any = None, **delete_kwargs: Any) -> None:
-        if not self.is_hnsw:
-            return super().delete_nodes(node_ids, filters, **delete_kwargs)
         if filters is not None or node_ids is None:
             raise ValueError("delete by node ids")
-        for node_id in node_ids:
-            faiss_id = self._node_id_to_faiss_id_map.pop(node_id, None)
-            if faiss_id is not None:
-                del self._faiss_id_to_node_id_map[faiss_id]
-                self._tombstones.add(faiss_id)
-                self._skip_tombstones = None
+        faiss_id_of = self._node_id_to_faiss_id_map
+        gone = np.asarray([f for n in node_ids if (f := faiss_id_of.pop(n, None)) is not None], dtype=np.int64)
+        if not len(gone):
+            return
+        node_at = self._node_at
+        for row in self._positions(gone).tolist():
+            node_at[row] = None
+        if self.is_hnsw:  # the graph keeps the vectors: tombstones until compaction
+            self._tombstones.update(gone.tolist())
+            self._skip_tombstones = None
+        else:  # a flat index drops the rows, keeping the order of the rest
+            self._faiss_index.remove_ids(faiss.IDSelectorBatch(gone))
+            self._node_at = [n for n in node_at if n is not None]
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         self.delete_nodes([ref_doc_id])
@@ -188,6 +215,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         serializes writers, so nothing was added or deleted since)."""
         assert built_from == self._next_id, "the store changed while its replacement was built"
         self._faiss_index = index
+        self._node_at = [n for n in self._node_at if n is not None]  # the live rows, as live_vectors gave them
         self._tombstones = set()
         self._skip_tombstones = None
 
@@ -251,8 +279,10 @@ class FilterableFaissStore(FaissMapVectorStore):
                 params = faiss.SearchParameters(sel=sel) if sel is not None else None
             found_scores, found_ids = self._faiss_index.search(vector[np.newaxis, :], k, params=params)
             scores, ids = found_scores[0], found_ids[0]
-        node_of = self._faiss_id_to_node_id_map  # one lookup: each attribute read goes through pydantic
-        hits = [(s, node_of[i]) for s, i in zip(scores.tolist(), ids.tolist()) if i >= 0]
+        found = ids >= 0
+        node_at = self._node_at  # one lookup: each attribute read goes through pydantic
+        rows = self._positions(ids[found]).tolist()
+        hits = [(s, node_at[r]) for s, r in zip(scores[found].tolist(), rows)]
         return VectorStoreQueryResult(similarities=[s for s, _ in hits], ids=[n for _, n in hits])
 
     def _tombstone_selector(self) -> Any:
@@ -291,6 +321,37 @@ class FilterableFaissStore(FaissMapVectorStore):
         faiss_id_of = self._node_id_to_faiss_id_map
         faiss_ids = np.asarray([faiss_id_of[n] for n in node_ids], dtype=np.int64)
         return self._vectors_at(self._positions(faiss_ids))
+
+
+class StoreNodeIds(MutableMapping):
+    """IndexDict.nodes_dict of a VectorStoreIndex whose vector store keeps no text: upstream maps each vector id
+    to the node id, which for this store is the node id itself, so a real dict is a second copy of every id (~50 B
+    per chunk). This view answers from the FAISS store's node map. Writes are no-ops: IndexDict records what the
+    store recorded a moment before (add_node after add_vectors; delete after delete_nodes)."""
+
+    def __init__(self, store: FilterableFaissStore) -> None:
+        self._store = store
+
+    def __getitem__(self, node_id: str) -> str:
+        if node_id in self._store._node_id_to_faiss_id_map:
+            return node_id
+        raise KeyError(node_id)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._store._node_id_to_faiss_id_map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store._node_id_to_faiss_id_map)
+
+    def __len__(self) -> int:
+        return len(self._store._node_id_to_faiss_id_map)
+
+    def __setitem__(self, vector_id: str, node_id: str) -> None:
+        if vector_id != node_id:
+            raise ValueError(f"vector id {vector_id!r} is not node id {node_id!r}")
+
+    def __delitem__(self, node_id: str) -> None:
+        pass
 
 
 class DeferredIndexStore(SimpleIndexStore):
@@ -415,6 +476,7 @@ class DenseIndex:
         store = FilterableFaissStore.new(dimension, spec)
         storage = StorageContext.from_defaults(vector_store=store, docstore=PlainRefDocStore(kvstore), index_store=DeferredIndexStore())
         index = VectorStoreIndex(nodes=[], storage_context=storage, embed_model=embed_model)
+        index.index_struct.nodes_dict = StoreNodeIds(store)
         return cls(index, store, embed_model, spec)
 
     @classmethod
@@ -428,7 +490,7 @@ class DenseIndex:
             index_store=DeferredIndexStore.from_persist_dir(str(persist_dir)),
         )
         index = load_index_from_storage(storage, embed_model=embed_model)
-        index.index_struct.nodes_dict = {node_id: node_id for node_id in store._node_id_to_faiss_id_map}  # see _flush
+        index.index_struct.nodes_dict = StoreNodeIds(store)  # persisted empty (see _flush)
         dense = cls(index, store, embed_model, spec)
         dense._maybe_rebuild()  # an "auto" collection that grew past the threshold before HNSW existed
         return dense
@@ -472,16 +534,11 @@ class DenseIndex:
     def replay(self, removed: Sequence[str], added: Sequence[str], vectors: np.ndarray) -> None:
         """Redo one write's effect on the vectors alone (the docstore already holds it): start-up applying the
         docstore's dense log onto an older FAISS snapshot."""
-        struct = self.index.index_struct
-        with self._lock:
+        with self._lock:  # the index struct's nodes_dict is a view of the store (StoreNodeIds): nothing else to redo
             if removed:
                 self.store.delete_nodes(list(removed))
-                for chunk_id in removed:
-                    struct.nodes_dict.pop(chunk_id, None)
             if added:
                 self.store.add_vectors(list(added), vectors)
-                for chunk_id in added:
-                    struct.nodes_dict[chunk_id] = chunk_id  # what IndexDict.add_node records for our nodes
         self._maybe_rebuild()
 
     def remove(self, chunk_ids: Sequence[str]) -> None:
@@ -541,6 +598,12 @@ class DenseIndex:
         for _, stored in self.kvstore.iterate(self.docstore._node_collection):
             data = stored[DATA_KEY]
             yield _chunk_of(data["id_"], data["text"], data["metadata"])
+
+    def shared_chunk_ids(self) -> dict[str, str]:
+        """Each live chunk id mapped to the string object the vector store holds for it: other indexes built at
+        load can keep that object instead of a copy of their own."""
+        with self._lock:
+            return {n: n for n in self.store._node_at if n is not None}
 
     @property
     def document_count(self) -> int:
