@@ -96,3 +96,28 @@ def test_korean_query_with_english_terms_hits_both_scripts(multilingual):
     index.add(list(docs), list(docs.values()))
     index.refresh()
     assert {s.chunk_id for s in index.search("ETF 수익률", 3)} == {"en", "ko"}
+
+
+def test_multilingual_loads_kiwi_only_for_hangul():
+    """kiwi's model is hundreds of MB: a multilingual analyzer that has seen no Korean has not loaded it."""
+    from searchsvc.retrieve.analyzers import MultilingualAnalyzer
+
+    analyzer = MultilingualAnalyzer()
+    assert analyzer.analyze_many(["Running dogs", "東京タワー"]) and analyzer._korean_analyzer is None
+    assert "은행" in analyzer.analyze("은행에서 ETF를")
+    assert analyzer._korean_analyzer is not None
+
+
+def test_a_collection_holding_korean_is_detected_from_a_sample_of_its_chunks():
+    import numpy as np
+
+    from searchsvc.retrieve.dense import DenseIndex
+    from searchsvc.retrieve.external import ExternalEmbedding
+    from searchsvc.types import Chunk
+
+    dense = DenseIndex.create(ExternalEmbedding(dimension=2), 2)
+    assert not dense.sample_has_hangul()
+    dense.add([Chunk("a#0", "a", 0, "plain English", "", {}, 0, 13)], np.array([[1, 0]], np.float32))
+    assert not dense.sample_has_hangul()
+    dense.add([Chunk("b#0", "b", 0, "금리가 올랐다", "", {}, 0, 7)], np.array([[0, 1]], np.float32))
+    assert dense.sample_has_hangul() and not dense.sample_has_hangul(rows=1)  # "a#0" comes first

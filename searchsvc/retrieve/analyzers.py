@@ -149,7 +149,21 @@ class MultilingualAnalyzer:
 
     def __init__(self) -> None:
         self._english = EnglishAnalyzer()
-        self._korean = KoreanAnalyzer(latin=self._english.terms)
+        # kiwi's model is ~260 MB loaded and ~490 MB once used: loaded at the first text with Hangul (~1 s),
+        # or when a collection that holds Korean opens (prepare_korean), not by a server that never sees any.
+        self._korean_analyzer: KoreanAnalyzer | None = None
+        self._korean_lock = threading.Lock()
+
+    @property
+    def _korean(self) -> KoreanAnalyzer:
+        with self._korean_lock:
+            if self._korean_analyzer is None:
+                self._korean_analyzer = KoreanAnalyzer(latin=self._english.terms)
+            return self._korean_analyzer
+
+    def prepare_korean(self) -> None:
+        """Load kiwi now, so that the first Korean request doesn't wait for it."""
+        self._korean
 
     def analyze(self, text: str) -> list[str]:
         return self.analyze_many([text])[0]
@@ -162,8 +176,9 @@ class MultilingualAnalyzer:
                 out[i] += [run[j : j + 2] for j in range(max(len(run) - 1, 1))]
             rest.append(_CJK_RUN.sub(" ", text))
         korean = [i for i, t in enumerate(rest) if HANGUL_SCRIPT.search(t)]
-        for i, terms in zip(korean, self._korean.analyze_many([rest[i] for i in korean])):
-            out[i] = terms + out[i]
+        if korean:
+            for i, terms in zip(korean, self._korean.analyze_many([rest[i] for i in korean])):
+                out[i] = terms + out[i]
         for i in sorted(set(range(len(texts))) - set(korean)):
             out[i] = self._english.analyze(rest[i]) + out[i]
         return out

@@ -599,6 +599,16 @@ class DenseIndex:
             data = stored[DATA_KEY]
             yield _chunk_of(data["id_"], data["text"], data["metadata"])
 
+    def sample_has_hangul(self, rows: int = 1000) -> bool:
+        """Whether any of the first `rows` stored chunks (in id order) has Hangul in its text."""
+        from searchsvc.retrieve.analyzers import HANGUL_SCRIPT
+
+        column = f"json_extract(value, '$.{DATA_KEY}.text')"
+        for _, (_, text) in zip(range(rows), self.kvstore.iterate_raw(self.docstore._node_collection, page=rows, column=column)):
+            if text and HANGUL_SCRIPT.search(text):
+                return True
+        return False
+
     def shared_chunk_ids(self) -> dict[str, str]:
         """Each live chunk id mapped to the string object the vector store holds for it: other indexes built at
         load can keep that object instead of a copy of their own."""
