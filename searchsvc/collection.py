@@ -35,7 +35,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -52,6 +52,7 @@ from searchsvc.store.sqlite_kv import DocstoreFailed, SqliteKVStore, read_commit
 from searchsvc.store.wal import WalFailed, WriteAheadLog, iter_records
 from searchsvc.types import (
     DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
+    ScoredId,
 )
 
 log = logging.getLogger(__name__)
@@ -113,10 +114,18 @@ class MetadataIndex:
                     if not ids:
                         del self._postings[pair]
 
-    def match(self, filter: dict[str, str]) -> set[str]:
+    def match(self, filter: Mapping[str, str]) -> set[str]:
         with self._lock:
             sets = sorted((self._postings.get(pair, set()) for pair in filter.items()), key=len)
             return set.intersection(*sets) if sets else set()
+
+    def any_match(self, filter: Mapping[str, str]) -> bool:
+        """Whether some chunk has every pair, without building the intersection (a broad filter's is ~1M ids)."""
+        if not filter:
+            return True
+        with self._lock:
+            smallest, *rest = sorted((self._postings.get(pair, set()) for pair in filter.items()), key=len)
+            return any(all(chunk_id in other for other in rest) for chunk_id in smallest)
 
 
 def user_metadata(node_metadata: dict) -> dict[str, str]:
@@ -665,6 +674,38 @@ class Collection:
     @property
     def dimension(self) -> int:
         return self.dense.store._faiss_index.d
+
+    # ------------------------------------------------------------------ the storage seam (storage/base.py)
+    def embed_query(self, query: str) -> np.ndarray:
+        return self.dense.embed_query(query)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self.dense.embed_passages(texts)
+
+    def analyze_query(self, query: str) -> list[str]:
+        return self.keyword.analyzer.analyze(query)
+
+    def may_match(self, filter: Mapping[str, str] | None) -> bool:
+        return not filter or self.metadata.any_match(filter)
+
+    def dense_search(
+        self, vector: np.ndarray, k: int, filter: Mapping[str, str] | None = None, *, ef_search: int | None = None,
+        exact: bool = False,
+    ) -> list[ScoredId]:
+        # A filter becomes the set of chunk ids its postings allow: FAISS searches only those (dense.py).
+        allowed = self.metadata.match(filter) if filter else None
+        if allowed is not None and not allowed:
+            return []
+        return self.dense.search(vector, k, allowed, ef_search=ef_search, exact=exact)
+
+    def keyword_search(self, terms: Sequence[str], k: int, filter: Mapping[str, str] | None = None) -> list[ScoredId]:
+        return self.keyword.search_terms(terms, k, dict(filter) if filter else None)
+
+    def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
+        return self.dense.similarities(vector, chunk_ids)
+
+    def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
+        return self.dense.get_chunks(chunk_ids)
 
 
 def _open_keyword_index(path: Path, analyzer, refresh_s: float) -> TantivyKeywordIndex:

@@ -1,4 +1,7 @@
-"""The search pipeline: filter -> dense + keyword legs -> RRF -> rerank -> similarity cutoff -> top_k."""
+"""The search pipeline: filter -> dense + keyword legs -> RRF -> rerank -> similarity cutoff -> top_k.
+
+It reads a collection only through the storage seam (storage/base.py): query vectors and keyword terms are made
+here, by the collection's embedder and analyzer; the backend answers the legs and serves the chunks."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from searchsvc.collection import Collection, user_metadata
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
@@ -15,6 +17,7 @@ from searchsvc.errors import InvalidArgument
 from searchsvc.models import ModelRegistry
 from searchsvc.retrieve.external import unit_vector
 from searchsvc.rerank import CrossEncoderReranker
+from searchsvc.storage import CollectionStorage
 from searchsvc.types import Fusion, Hit, RerankOutcome, ScoredId, SearchMode, SearchParams, SearchResult, indexed_text
 
 
@@ -37,7 +40,7 @@ class SearchPipeline:
         self.english_fusion = FusionDefaults(default_fusion)  # non-Korean queries (settings.default_fusion)
         self._rerankers: dict[str, CrossEncoderReranker] = {}  # one per model: its vocabulary check runs once
 
-    def reranker_for(self, collection: Collection, override: str = "") -> CrossEncoderReranker | None:
+    def reranker_for(self, collection: CollectionStorage, override: str = "") -> CrossEncoderReranker | None:
         name = override or collection.config.reranker_model
         if not name:
             return None
@@ -51,7 +54,7 @@ class SearchPipeline:
                 raise InvalidArgument("rerank.model", f"cannot load {name!r}: {exc}") from exc
             raise
 
-    def search(self, coll: Collection, p: SearchParams) -> SearchResult:
+    def search(self, coll: CollectionStorage, p: SearchParams) -> SearchResult:
         clock = _Stopwatch()
         started = time.perf_counter()
         given = None  # the caller's query embedding, checked and unit-normalized
@@ -59,7 +62,7 @@ class SearchPipeline:
             given = unit_vector(p.query_vector, coll.dimension, "query_vector")
 
         def embed_query() -> np.ndarray:
-            return given if given is not None else coll.dense.embed_query(p.query)
+            return given if given is not None else coll.embed_query(p.query)
         language = query_language(coll.config.language, p.query)
         use_dense = p.mode in (SearchMode.HYBRID, SearchMode.DENSE)
         use_keyword = p.mode in (SearchMode.HYBRID, SearchMode.KEYWORD)
@@ -68,29 +71,30 @@ class SearchPipeline:
         if p.rerank and reranker is None:
             rerank.skipped_reason = "no reranker_model configured for this collection"
 
-        allowed = coll.metadata.match(p.filter) if p.filter else None
+        filter = p.filter or None
+        may_match = coll.may_match(filter)
         query_vector = None
         needs_cosine = p.similarity_cutoff is not None and reranker is None
-        if (use_dense or needs_cosine) and allowed != set():
+        if (use_dense or needs_cosine) and may_match:
             with clock.stage("embed"):
                 query_vector = embed_query()
 
         dense: list[ScoredId] = []
         keyword: list[ScoredId] = []
-        if allowed != set():
+        if may_match:
             if use_dense:
                 with clock.stage("dense"):
-                    dense = coll.dense.search(query_vector, p.dense_candidates, allowed, ef_search=p.ef_search, exact=p.exact)
+                    dense = coll.dense_search(query_vector, p.dense_candidates, filter, ef_search=p.ef_search, exact=p.exact)
             if use_keyword:
                 with clock.stage("keyword"):
-                    keyword = coll.keyword.search(p.query, p.keyword_candidates, p.filter or None)
+                    keyword = coll.keyword_search(coll.analyze_query(p.query), p.keyword_candidates, filter)
 
         with clock.stage("fuse"):
             fusion, weights = self._fusion(p, language)
             if p.mode is SearchMode.HYBRID and fusion is Fusion.RELATIVE_SCORE:
                 dense_scores = {s.chunk_id: s.score for s in dense}
                 if query_vector is not None:  # keyword-only hits: their exact cosine, not the dense leg's worst
-                    dense_scores |= coll.dense.similarities(query_vector, [s.chunk_id for s in keyword if s.chunk_id not in dense_scores])
+                    dense_scores |= coll.similarities(query_vector, [s.chunk_id for s in keyword if s.chunk_id not in dense_scores])
                 ranked = fuse_relative_score({"dense": dense_scores, "keyword": {s.chunk_id: s.score for s in keyword}}, weights)
             elif p.mode is SearchMode.HYBRID:
                 ranked = fuse_rrf({"dense": dense, "keyword": keyword}, weights, p.rrf_k)
@@ -120,7 +124,7 @@ class SearchPipeline:
                     if query_vector is None:  # a keyword search whose rerank was skipped
                         query_vector = embed_query()
                     missing = [h.chunk_id for h in hits if h.similarity is None]
-                    cosines = coll.dense.similarities(query_vector, missing)
+                    cosines = coll.similarities(query_vector, missing)
                     for h in hits:
                         if h.similarity is None:
                             h.similarity = cosines.get(h.chunk_id)
@@ -143,25 +147,25 @@ class SearchPipeline:
         }
 
     @staticmethod
-    def _hits(coll, ranked, dense, keyword, mode) -> list[Hit]:
+    def _hits(coll: CollectionStorage, ranked, dense, keyword, mode) -> list[Hit]:
         dense_by_id = {s.chunk_id: s for s in dense}
         keyword_by_id = {s.chunk_id: s for s in keyword}
-        found = {n.node_id: n for n in coll.dense.get_nodes([cid for cid, _ in ranked], raise_error=False)}
+        found = coll.get_chunks([cid for cid, _ in ranked])
         hits = []
         for chunk_id, score in ranked:
-            if (node := found.get(chunk_id)) is None:  # deleted between the leg and here
+            if (chunk := found.get(chunk_id)) is None:  # deleted between the leg and here
                 continue
             d = dense_by_id.get(chunk_id)
             hits.append(
                 Hit(
                     chunk_id=chunk_id,
-                    document_id=node.metadata["document_id"],
-                    text=node.get_content(),
-                    title=node.metadata.get("title", ""),
+                    document_id=chunk.document_id,
+                    text=chunk.text,
+                    title=chunk.title,
                     score=score,
                     metadata={
-                        **user_metadata(node.metadata),
-                        **{k: str(node.metadata[k]) for k in ("chunk_index", "start_char", "end_char")},
+                        **chunk.metadata,
+                        "chunk_index": str(chunk.index), "start_char": str(chunk.start_char), "end_char": str(chunk.end_char),
                     },
                     dense=d,
                     keyword=keyword_by_id.get(chunk_id),

@@ -37,7 +37,7 @@ from searchsvc.answer.types import (
     RailHitInfo,
     TokenUsage,
 )
-from searchsvc.collection import Collection
+from searchsvc.storage import CollectionStorage
 from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.text import citations as markers_in
@@ -128,13 +128,13 @@ class AnswerEngine:
     async def _run(self, fn: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
 
-    async def answer(self, collection: Collection, params: SearchParams, gen: GenerationParams) -> AnswerResult:
+    async def answer(self, collection: CollectionStorage, params: SearchParams, gen: GenerationParams) -> AnswerResult:
         async for event in self.stream(collection, params, gen):
             if isinstance(event, DoneEvent):
                 return event.result
         raise AssertionError("answer stream ended without a done event")
 
-    async def stream(self, collection: Collection, params: SearchParams, gen: GenerationParams) -> AsyncIterator[AnswerEvent]:
+    async def stream(self, collection: CollectionStorage, params: SearchParams, gen: GenerationParams) -> AsyncIterator[AnswerEvent]:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         guard = GuardOutcome()
@@ -349,9 +349,9 @@ class AnswerEngine:
                 if running:  # thread-safe: also stops a prompt still being read, not only between tokens
                     running[0].close()
 
-    async def _extract(self, query: str, hits: list[Hit], collection: Collection, timings: dict[str, float]):
+    async def _extract(self, query: str, hits: list[Hit], collection: CollectionStorage, timings: dict[str, float]):
         started = time.perf_counter()
-        text = await self._run(extractive_answer, query, hits, collection.dense.embed_query, collection.dense.embed_passages)
+        text = await self._run(extractive_answer, query, hits, collection.embed_query, collection.embed_passages)
         timings["generate"] = (time.perf_counter() - started) * 1000
         yield text
         yield ""

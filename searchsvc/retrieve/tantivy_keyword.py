@@ -191,8 +191,13 @@ class TantivyKeywordIndex:
         return self._view[0].num_docs
 
     def search(self, query: str, k: int, filter: dict[str, str] | None = None) -> list[ScoredId]:
-        """Top-k chunks by BM25. `filter`: exact metadata pairs, all required, applied inside the search."""
-        terms = ["".join(t.split()) for t in self.analyzer.analyze(query)]
+        """Top-k chunks by BM25 over the analyzer's terms of `query` (see search_terms)."""
+        return self.search_terms(self.analyzer.analyze(query), k, filter)
+
+    def search_terms(self, terms: Sequence[str], k: int, filter: dict[str, str] | None = None) -> list[ScoredId]:
+        """Top-k chunks by BM25 over analyzed `terms`. `filter`: exact metadata pairs, all required, applied
+        inside the search."""
+        terms = ["".join(t.split()) for t in terms]  # the body field splits on whitespace: a term stays one term
         if k <= 0 or not terms:
             return []
         schema = self._index.schema

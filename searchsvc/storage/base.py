@@ -1,0 +1,70 @@
+"""The interface between the service (chunking, embedding, analysis, fusion, rerank, cutoff, answers) and a
+collection's storage (vectors, keyword postings, chunk texts, filters).
+
+The service computes everything that must behave the same on every backend: query vectors (the collection's
+embedder, or the caller's vector), keyword terms (the collection's analyzer: kiwi morphemes for Korean, the
+english chain), fusion and what follows it. A backend answers the two legs and serves stored chunks:
+
+- `dense_search`: top-k chunk ids by cosine to a unit vector;
+- `keyword_search`: top-k chunk ids by BM25 (collection-wide IDF) over already-analyzed terms;
+- both apply a metadata filter (exact key/value pairs, all required) inside the search, before top-k, so a
+  selective filter costs no candidate slots;
+- `similarities`: the stored vectors' cosine to a query vector, for chunks a leg found (the cutoff and relative
+  score fusion need it for keyword-only hits);
+- `get_chunks`: the stored chunks themselves (text, title, document id, offsets, user metadata).
+
+Ids a leg returns may be deleted before `get_chunks` or `similarities` reads them: both skip them silently.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from searchsvc.types import Chunk, CollectionConfig, ScoredId
+
+MetadataFilter = Mapping[str, str]  # exact key -> value pairs, all required
+
+
+@runtime_checkable
+class CollectionStorage(Protocol):
+    name: str
+    config: CollectionConfig
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def version(self) -> int:
+        """Changes with every committed write (answers are cached per collection version)."""
+        ...
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The collection's embedder on a query: a unit vector of `dimension` floats."""
+        ...
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """The collection's embedder on passages, one call for the batch: (len(texts), dimension) floats."""
+        ...
+
+    def analyze_query(self, query: str) -> list[str]:
+        """The keyword terms of a query, by the collection's analyzer."""
+        ...
+
+    def may_match(self, filter: MetadataFilter | None) -> bool:
+        """False only when `filter` certainly matches no chunk (the pipeline then skips embedding)."""
+        ...
+
+    def dense_search(
+        self, vector: np.ndarray, k: int, filter: MetadataFilter | None = None, *, ef_search: int | None = None,
+        exact: bool = False,
+    ) -> list[ScoredId]:
+        """Top-k by cosine. `ef_search`: the ANN beam width for this search; `exact`: scan instead of ANN."""
+        ...
+
+    def keyword_search(self, terms: Sequence[str], k: int, filter: MetadataFilter | None = None) -> list[ScoredId]: ...
+
+    def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]: ...
+
+    def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]: ...
