@@ -33,17 +33,17 @@ import shutil
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
+from searchsvc.ingest.batch import BatchPreparer, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec
-from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION, unit_vector
+from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
 from searchsvc.retrieve.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.store.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
@@ -51,7 +51,7 @@ from searchsvc.store.files import (
 from searchsvc.store.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
 from searchsvc.store.wal import WalFailed, WriteAheadLog, iter_records
 from searchsvc.types import (
-    DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_DOCUMENT_ID_BYTES, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
+    DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
     ScoredId,
 )
 
@@ -68,23 +68,6 @@ CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keep
 # after kill -9 to ~7 s. A removal only marks a tombstone.
 DENSE_SNAPSHOT_CHANGES = 20_000
 KEYWORD_HEAL_INTERVAL_S = 1.0  # a failed keyword writer is replaced by the next write, at most this often
-
-
-@dataclass
-class DocumentError:
-    index: int
-    document_id: str
-    field: str
-    message: str
-    code: str = "INVALID_ARGUMENT"
-
-
-@dataclass
-class IndexReport:
-    indexed: int = 0
-    replaced: int = 0
-    chunks: int = 0
-    errors: list[DocumentError] = field(default_factory=list)
 
 
 class MetadataIndex:
@@ -153,6 +136,8 @@ class Collection:
         self.metadata = MetadataIndex()
         self.chunker = Chunker(config.chunk_size, config.chunk_overlap)
         self.max_document_bytes = max_document_bytes
+        external = config.embedding_model == EXTERNAL_MODEL
+        self.ingest = BatchPreparer(self.chunker, None if external else dense.embed_passages, dense.store.dimension, max_document_bytes)
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.min_free_disk_bytes = min_free_disk_bytes
         self.wal = WriteAheadLog(path / "wal.log", files)
@@ -348,23 +333,24 @@ class Collection:
         self._heal_keyword()
         self.check_writable()
         self.check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
-        report = IndexReport()
-        valid, given = self._validate(docs, report)
-        # A document that brings its vector is one chunk with that vector; the others are chunked and embedded.
-        chunks = [c for d in valid if d.id not in given for c in self.chunker.chunk(d)]
-        chunked = time.perf_counter()
-        vectors = self._embed([c.indexed_text for c in chunks])
-        if given:
-            whole = [Chunk(f"{d.id}#0", d.id, 0, d.text, d.title, dict(d.metadata), 0, len(d.text)) for d in valid if d.id in given]
-            chunks += whole
-            vectors = np.concatenate([vectors.reshape(-1, self.dimension), np.stack([given[c.document_id] for c in whole])])
-        embedded = time.perf_counter()
+        batch = self.ingest.prepare(docs)  # no lock held: chunking and embedding are most of a batch's time
+        prepared = time.perf_counter()
+        replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors)
+        log.debug(
+            "%s: batch of %d docs / %d chunks: chunk and embed %.0f ms, commit %.0f ms",
+            self.name, len(docs), len(batch.chunks), (prepared - started) * 1000, (time.perf_counter() - prepared) * 1000,
+        )
+        return IndexReport(len(batch.document_ids), replaced, len(batch.chunks), batch.errors)
+
+    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        """Replace each document in `document_ids` by its `chunks` (vectors row for row), durably: returns after
+        the WAL holds the batch (fsynced). Returns how many of the documents existed before."""
         record = {
             "op": "upsert",
-            "documents": [d.id for d in valid],
+            "documents": list(document_ids),
             # vars, not dataclasses.asdict: the same dict (metadata is str -> str) at 1/30 of the cost
             "chunks": [{**vars(c), "metadata": dict(c.metadata)} for c in chunks],
-            "vectors": base64.b64encode(vectors.astype(np.float32).tobytes()).decode("ascii"),
+            "vectors": base64.b64encode(np.asarray(vectors, dtype=np.float32).tobytes()).decode("ascii"),
         }
         with self._write_lock:
             self.check_writable()
@@ -372,13 +358,7 @@ class Collection:
             self._maybe_checkpoint()
         if self.config.refresh_interval_ms < 0:
             self._refresh_keyword()
-        report.indexed, report.replaced, report.chunks = len(valid), replaced, len(chunks)
-        log.debug(
-            "%s: batch of %d docs / %d chunks: chunk %.0f ms, embed %.0f ms, commit %.0f ms",
-            self.name, len(docs), len(chunks), (chunked - started) * 1000, (embedded - chunked) * 1000,
-            (time.perf_counter() - embedded) * 1000,
-        )
-        return report
+        return replaced
 
     def delete_documents(self, ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(ids))
@@ -484,45 +464,6 @@ class Collection:
             self.keyword.refresh()
         except KeywordIndexFailed:
             pass  # logged where it failed; read_only_reason reports it
-
-    def _validate(self, docs: Sequence[Document], report: IndexReport) -> tuple[list[Document], dict[str, np.ndarray]]:
-        """The valid documents, and the unit vectors of those that brought one (by document id)."""
-        last_position = {d.id: i for i, d in enumerate(docs)}
-        valid, given = [], {}
-        external = self.config.embedding_model == EXTERNAL_MODEL
-        for i, doc in enumerate(docs):
-            error, vector = None, None
-            if not doc.id:
-                error = (f"documents[{i}].id", "must not be empty")
-            elif len(doc.id.encode()) > MAX_DOCUMENT_ID_BYTES:
-                error = (f"documents[{i}].id", f"longer than {MAX_DOCUMENT_ID_BYTES} bytes")
-            elif not doc.text.strip():
-                error = (f"documents[{i}].text", "must not be empty")
-            elif len(doc.text.encode()) + len(doc.title.encode()) > self.max_document_bytes:
-                error = (f"documents[{i}].text", f"document larger than {self.max_document_bytes} bytes")
-            elif reserved := sorted(set(doc.metadata) & set(RESERVED_METADATA)):
-                error = (f"documents[{i}].metadata", f"reserved keys {reserved}")
-            elif last_position[doc.id] != i:
-                error = (f"documents[{i}].id", f"repeated later in the batch at documents[{last_position[doc.id]}]")
-            elif doc.vector is not None and len(doc.vector):
-                try:
-                    vector = unit_vector(doc.vector, self.dimension, f"documents[{i}].vector")
-                except InvalidArgument as exc:
-                    error = (exc.field, exc.description)
-            elif external:
-                error = (f"documents[{i}].vector", f"required: this collection's vectors come from its callers ({self.dimension}-d)")
-            if error:
-                report.errors.append(DocumentError(i, doc.id, *error))
-                continue
-            valid.append(doc)
-            if vector is not None:
-                given[doc.id] = vector
-        return valid, given
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.empty((0, 0), dtype=np.float32)
-        return self.dense.embed_passages(texts)
 
     def _check_open(self) -> None:
         if self.closed and self.closed_reason:

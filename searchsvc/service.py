@@ -18,7 +18,8 @@ from searchsvc import errors
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
 from searchsvc.catalog import Catalog
-from searchsvc.collection import Collection, IndexReport
+from searchsvc.collection import Collection
+from searchsvc.ingest.batch import IndexReport
 from searchsvc.config import Settings
 from searchsvc.log_throttle import LogThrottle
 from searchsvc.pipeline import SearchPipeline

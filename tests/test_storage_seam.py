@@ -85,3 +85,26 @@ def test_the_embedded_collection_implements_the_seam(collection):
     assert collection.may_match({"kind": "light"}) and not collection.may_match({"kind": "light", "x": "y"})
     assert collection.may_match(None) and not collection.may_match({"kind": "nothing"})
     assert collection.get_chunks(["c#0", "gone#0"]).keys() == {"c#0"}
+
+
+def test_writes_go_through_the_seam_prepared_by_the_service(collection):
+    """Ingest checks, chunks and embeds on the service side (BatchPreparer); the storage takes chunks with
+    vectors (upsert) and deletes by document id, and the next search sees both."""
+    from searchsvc.ingest.batch import BatchPreparer
+    from searchsvc.ingest.chunking import Chunker
+
+    seam = SeamOnly(collection)
+    preparer = BatchPreparer(Chunker(512, 0), None, DIM, 10_000)
+    batch = preparer.prepare([
+        Document("e", "epsilon is a small number", vector=[0.0, 0.0, 1.0, 0.0]),
+        Document("", "no id"),
+        Document("f", "needs a vector"),
+    ])
+    assert [(e.index, e.field) for e in batch.errors] == [(1, "documents[1].id"), (2, "documents[2].vector")]
+    assert seam.upsert(batch.document_ids, batch.chunks, batch.vectors) == 0
+    pipeline = SearchPipeline(ModelRegistry())
+    hits = pipeline.search(seam, SearchParams("", mode=SearchMode.DENSE, query_vector=[0, 0, 1, 0], top_k=1)).hits
+    assert [h.chunk_id for h in hits] == ["e#0"] and hits[0].text == "epsilon is a small number"
+    assert seam.delete_documents(["e", "nothing"]) == (1, 1)
+    hits = pipeline.search(seam, SearchParams("epsilon", mode=SearchMode.KEYWORD)).hits
+    assert "e#0" not in [h.chunk_id for h in hits]

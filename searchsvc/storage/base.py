@@ -14,11 +14,15 @@ english chain), fusion and what follows it. A backend answers the two legs and s
 - `get_chunks`: the stored chunks themselves (text, title, document id, offsets, user metadata).
 
 Ids a leg returns may be deleted before `get_chunks` or `similarities` reads them: both skip them silently.
+
+Writes arrive prepared (ingest/batch.py: checked, chunked, embedded): `upsert` replaces whole documents by their
+chunks and vectors, `delete_documents` removes documents. Both return only once the change is durable: an acked
+write survives the process dying at any moment after.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -68,3 +72,12 @@ class CollectionStorage(Protocol):
     def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]: ...
 
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]: ...
+
+    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        """Each of `document_ids` becomes exactly its chunks in `chunks` (row i of `vectors` for chunks[i]).
+        Returns how many of those documents existed before."""
+        ...
+
+    def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
+        """Returns (deleted, not found)."""
+        ...
