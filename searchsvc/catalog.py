@@ -14,17 +14,17 @@ import threading
 import time
 from pathlib import Path
 
-from searchsvc.collection import DOCSTORE_FILE, Collection, validate_config_values
+from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection, validate_config_values
 from searchsvc.config import Settings
 from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from searchsvc.models import ModelRegistry
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from searchsvc.retrieve.dense import DenseIndex, DenseIndexSpec
+from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
 from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
-from searchsvc.store.sqlite_kv import SqliteKVStore
-from searchsvc.store.wal import WalCorrupt
-from searchsvc.store.files import fsync_dir, remove_tree_atomic
+from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
+from searchsvc.storage.embedded.wal import WalCorrupt
+from searchsvc.files import fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
 from searchsvc.types import CollectionConfig, validate_collection_name
 

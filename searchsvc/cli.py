@@ -65,8 +65,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_repair(args: argparse.Namespace) -> int:
     """Report (and with --apply, drop) the bad bytes of a collection's write-ahead log. Exit 0: nothing to
     repair, or repaired; 2: damage found and left as it is (a dry run); 1: cannot run."""
-    from searchsvc.collection import KEYWORD_DIR, Collection
-    from searchsvc.store.wal import WalLocked, repair
+    from searchsvc.storage.embedded.collection import KEYWORD_DIR, Collection
+    from searchsvc.storage.embedded.wal import WalLocked, repair
 
     index_dir = args.index_dir or _settings(args).index_dir
     path = Path(index_dir) / args.collection

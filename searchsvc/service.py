@@ -18,12 +18,12 @@ from searchsvc import errors
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
 from searchsvc.catalog import Catalog
-from searchsvc.collection import Collection
+from searchsvc.storage.embedded.collection import Collection
 from searchsvc.ingest.batch import IndexReport
 from searchsvc.config import Settings
 from searchsvc.log_throttle import LogThrottle
 from searchsvc.pipeline import SearchPipeline
-from searchsvc.store.files import is_disk_full
+from searchsvc.files import is_disk_full
 from searchsvc.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams, SearchResult
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc

@@ -75,6 +75,10 @@ AUTO_HNSW_MIN_CHUNKS = 20_000
 MAX_EF_SEARCH = 4096
 
 
+# Metadata keys the service adds to every chunk; user metadata may not use them.
+RESERVED_METADATA = ("document_id", "title", "chunk_index", "start_char", "end_char")
+
+
 @dataclass
 class Document:
     id: str

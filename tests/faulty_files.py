@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from searchsvc.store.files import FileLayer
+from searchsvc.files import FileLayer
 
 
 class FaultyFiles(FileLayer):

@@ -111,7 +111,7 @@ def test_multilingual_loads_kiwi_only_for_hangul():
 def test_a_collection_holding_korean_is_detected_from_a_sample_of_its_chunks():
     import numpy as np
 
-    from searchsvc.retrieve.dense import DenseIndex
+    from searchsvc.storage.embedded.dense import DenseIndex
     from searchsvc.retrieve.external import ExternalEmbedding
     from searchsvc.types import Chunk
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from searchsvc.catalog import Catalog
-from searchsvc.collection import DOCSTORE_FILE, Collection
+from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection
 from searchsvc.config import load_settings
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
@@ -61,14 +61,14 @@ def expected() -> dict[str, str]:
 
 
 def crash_during_checkpoint(index_dir: str, mode: str, step: str) -> None:
-    import searchsvc.collection
+    import searchsvc.storage.embedded.collection
 
     catalog = open_catalog(Path(index_dir))
     # The keyword index commits only at checkpoints here, so a crash inside one can leave it behind the docstore.
     coll = catalog.create("c", CollectionConfig("external", "", 0, 0, refresh_interval_ms=600_000, dimension=DIM))
     coll.index_documents([document(i) for i in range(10)])
     coll.checkpoint()  # a previous FAISS snapshot, so the crash falls between two commits
-    searchsvc.collection.DENSE_SNAPSHOT_CHANGES = 0 if mode == "full" else 10**9
+    searchsvc.storage.embedded.collection.DENSE_SNAPSHOT_CHANGES = 0 if mode == "full" else 10**9
     coll.delete_documents(["d3"])
     coll.index_documents([document(5, 2)])
     coll.index_documents([document(10), document(11)])
@@ -101,7 +101,7 @@ def test_kill9_at_each_checkpoint_step_loses_no_acked_write(tmp_path, caplog, mo
     child.join(120)
     assert child.exitcode == -signal.SIGKILL
 
-    caplog.set_level("INFO", logger="searchsvc.collection")
+    caplog.set_level("INFO", logger="searchsvc.storage.embedded.collection")
     catalog = open_catalog(tmp_path)
     assert "keyword index built from" not in caplog.text, "the WAL still held what the keyword index missed"
     coll = catalog.get("c")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from searchsvc.retrieve.dense import DeferredIndexStore, DenseIndex
+from searchsvc.storage.embedded.dense import DeferredIndexStore, DenseIndex
 from searchsvc.retrieve.external import ExternalEmbedding
 from searchsvc.types import Chunk
 
@@ -83,8 +83,8 @@ def test_the_plain_ref_doc_store_writes_what_llamaindex_writes():
     from llama_index.core.storage.docstore import SimpleDocumentStore
     from llama_index.core.storage.docstore.types import RefDocInfo
 
-    from searchsvc.retrieve.dense import PlainRefDocStore, _to_node
-    from searchsvc.store.sqlite_kv import SqliteKVStore
+    from searchsvc.storage.embedded.dense import PlainRefDocStore, _to_node
+    from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 
     chunk = Chunk("d#1", "d", 1, "text", "title", {"lang": "ko", "year": "2024"}, 0, 4)
     node = _to_node(chunk, [0.0] * DIM)
@@ -123,7 +123,7 @@ def test_stored_metadata_reads_what_the_nodes_hold(tmp_path):
 
 
 def test_batched_add_stores_what_llamaindex_insert_nodes_stores():
-    from searchsvc.retrieve.dense import _to_node
+    from searchsvc.storage.embedded.dense import _to_node
 
     multi = [Chunk(f"m#{i}", "m", i, f"part {i} of m", "M", {"lang": "en"}, i * 10, i * 10 + 9) for i in range(3)]
     batch = multi + chunks("a", "b")
@@ -146,7 +146,7 @@ def test_a_snapshot_with_upstreams_id_map_loads_the_same_maps(tmp_path):
 
     from llama_index.vector_stores.faiss import FaissMapVectorStore
 
-    from searchsvc.retrieve.dense import NODE_IDS_FILE, FilterableFaissStore
+    from searchsvc.storage.embedded.dense import NODE_IDS_FILE, FilterableFaissStore
 
     dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
     dense.add(chunks("a", "b", "c"), unit(3, seed=1))
@@ -172,7 +172,7 @@ def test_a_snapshot_with_an_idmap2_loads_without_its_reverse_map_and_answers_the
     store swaps it for a plain IDMap over the same rows and ids, and every query, read and delete still works."""
     import faiss
 
-    from searchsvc.retrieve.dense import FilterableFaissStore
+    from searchsvc.storage.embedded.dense import FilterableFaissStore
     from llama_index.core.vector_stores.types import VectorStoreQuery
 
     vectors = unit(6, seed=3)
@@ -203,7 +203,7 @@ def test_a_snapshot_with_an_idmap2_loads_without_its_reverse_map_and_answers_the
 def test_the_index_structs_node_map_is_a_view_of_the_vector_store():
     """IndexDict.nodes_dict maps each node id to itself for this store; it answers from the FAISS store's own
     map (no second copy), so LlamaIndex's own retriever still turns vector ids into nodes."""
-    from searchsvc.retrieve.dense import StoreNodeIds
+    from searchsvc.storage.embedded.dense import StoreNodeIds
 
     vectors = unit(3, seed=4)
     dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)

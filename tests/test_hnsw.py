@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-from searchsvc.retrieve import dense as dense_module
-from searchsvc.retrieve.dense import DenseIndex, DenseIndexSpec, FilterableFaissStore
+from searchsvc.storage.embedded import dense as dense_module
+from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec, FilterableFaissStore
 from searchsvc.retrieve.external import ExternalEmbedding
 from searchsvc.types import Chunk
 

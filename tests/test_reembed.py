@@ -94,7 +94,7 @@ def _create(catalog, name, docs):
 
 
 def test_a_write_made_during_the_reembed_is_in_the_new_version(catalog, monkeypatch):
-    from searchsvc.collection import Collection
+    from searchsvc.storage.embedded.collection import Collection
     from searchsvc.types import Document
 
     coll = _create(catalog, "live", CORPUS)
@@ -119,7 +119,7 @@ def test_a_write_made_during_the_reembed_is_in_the_new_version(catalog, monkeypa
 
 def _stage_crash(catalog, tmp_path, complete: bool):
     """Leave the disk as a crash would: the new version staged (complete or not) beside the live directory."""
-    from searchsvc.collection import Collection
+    from searchsvc.storage.embedded.collection import Collection
 
     coll = _create(catalog, "docs", CORPUS)
     original = Collection.write_reembedded

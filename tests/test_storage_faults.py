@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import doc, index, search
 from faulty_files import FaultyFiles
 from searchsvc.catalog import Catalog
-from searchsvc.collection import Collection
+from searchsvc.storage.embedded.collection import Collection
 from searchsvc.config import load_settings
 from searchsvc.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from searchsvc.models import ModelRegistry
@@ -108,7 +108,7 @@ def test_checkpoint_cut_short_by_a_full_disk_keeps_every_acked_write(tmp_path, m
     disk_full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     if failing_step == "persist":  # half a FAISS snapshot written, then no space
-        monkeypatch.setattr("searchsvc.collection.DENSE_SNAPSHOT_CHANGES", 0)  # a checkpoint that writes one
+        monkeypatch.setattr("searchsvc.storage.embedded.collection.DENSE_SNAPSHOT_CHANGES", 0)  # a checkpoint that writes one
         def persist(target):
             target.mkdir(parents=True)
             (target / "docstore.json").write_text('{"half": ')

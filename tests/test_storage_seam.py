@@ -1,5 +1,9 @@
-"""The search pipeline reads a collection only through the storage seam (searchsvc/storage/base.py): run against
-a stand-in that exposes nothing else, every kind of search gives the same hits as on the collection itself."""
+"""The storage seam (searchsvc/storage/base.py).
+
+The search pipeline reads a collection only through it: run against a stand-in that exposes nothing else, every
+kind of search gives the same hits as on the collection itself. And the Qdrant backend (qdrant-client's local
+mode) answers the same searches on the same chunks as the embedded one: equal dense scores, and BM25 scores equal
+to tantivy's."""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from searchsvc.pipeline import SearchPipeline
 from searchsvc.storage import CollectionStorage
 from searchsvc.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams
 
+# Local mode says so where a setting has no effect in it (payload indexes, HNSW parameters): expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning",
+                                        "ignore:Local mode performs exact:UserWarning")
 DIM = 4
 TEXTS = {
     "a": ("alpha particles and helium nuclei", {"kind": "physics"}),
@@ -108,3 +115,52 @@ def test_writes_go_through_the_seam_prepared_by_the_service(collection):
     assert seam.delete_documents(["e", "nothing"]) == (1, 1)
     hits = pipeline.search(seam, SearchParams("epsilon", mode=SearchMode.KEYWORD)).hits
     assert "e#0" not in [h.chunk_id for h in hits]
+
+
+@pytest.fixture(scope="module")
+def qdrant(collection):
+    """The same documents in a Qdrant collection (local mode, in memory), with the embedded one's analyzer."""
+    from qdrant_client import QdrantClient
+
+    from searchsvc.storage.qdrant.collection import QdrantCollection
+
+    client = QdrantClient(":memory:")
+    coll = QdrantCollection.create(client, "c", collection.config, None, DIM, collection.keyword.analyzer, max_document_bytes=10_000)
+    chunks = collection.get_chunks([f"{i}#0" for i in TEXTS])
+    ordered = [chunks[f"{i}#0"] for i in TEXTS]
+    vectors = np.stack([collection.dense.store.vectors([c.id])[0] for c in ordered])
+    assert coll.upsert(list(TEXTS), ordered, vectors) == 0
+    yield coll
+    client.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_qdrant_answers_like_the_embedded_backend(collection, qdrant, case):
+    params = CASES[case]
+    pipeline = SearchPipeline(ModelRegistry())
+    embedded = pipeline.search(collection, params).hits
+    on_qdrant = pipeline.search(SeamOnly(qdrant), params).hits
+    assert [h.chunk_id for h in on_qdrant] == [h.chunk_id for h in embedded]
+    for ours, theirs in zip(on_qdrant, embedded):
+        assert (ours.text, ours.title, ours.metadata, ours.document_id) == (theirs.text, theirs.title, theirs.metadata, theirs.document_id)
+        assert ours.score == pytest.approx(theirs.score, rel=1e-4, abs=1e-6)
+        for leg in ("dense", "keyword"):
+            a, b = getattr(ours, leg), getattr(theirs, leg)
+            assert (a is None) == (b is None) and (a is None or (a.rank, round(a.score, 4)) == (b.rank, round(b.score, 4))), leg
+
+
+def test_qdrant_replaces_and_deletes_whole_documents(qdrant):
+    """Re-sending a document replaces its chunks (none of the old ones stay); deletes remove every chunk."""
+    from searchsvc.types import Chunk
+
+    before = qdrant.chunk_count
+    two = [Chunk("z#0", "z", 0, "zeta one", "", {"kind": "x"}, 0, 8), Chunk("z#1", "z", 1, "zeta two", "", {"kind": "x"}, 9, 17)]
+    assert qdrant.upsert(["z"], two, np.eye(2, DIM, dtype=np.float32)) == 0
+    assert qdrant.chunk_count == before + 2 and qdrant.document_count == len(TEXTS) + 1
+    one = [Chunk("z#0", "z", 0, "zeta again", "", {}, 0, 10)]
+    assert qdrant.upsert(["z"], one, np.eye(1, DIM, dtype=np.float32)) == 1
+    assert qdrant.get_chunks(["z#0", "z#1"]).keys() == {"z#0"} and qdrant.get_chunks(["z#0"])["z#0"].text == "zeta again"
+    assert [s.chunk_id for s in qdrant.keyword_search(qdrant.analyze_query("zeta"), 5)] == ["z#0"]
+    assert qdrant.keyword_search(qdrant.analyze_query("zeta"), 5, {"kind": "x"}) == []
+    assert qdrant.delete_documents(["z", "nothing"]) == (1, 1)
+    assert qdrant.chunk_count == before and qdrant.get_chunks(["z#0"]) == {}

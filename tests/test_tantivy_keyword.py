@@ -15,7 +15,7 @@ from searchsvc.config import load_settings
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.retrieve.analyzers import get_analyzer
-from searchsvc.retrieve.tantivy_keyword import KeywordChunk, TantivyKeywordIndex
+from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, TantivyKeywordIndex
 from searchsvc.types import CollectionConfig, Document, SearchMode, SearchParams
 
 
@@ -183,7 +183,7 @@ class FailingWriter:
 
 def test_a_failed_keyword_commit_keeps_the_wal_and_the_next_write_replaces_the_writer(tmp_path, monkeypatch):
     from searchsvc.errors import ResourceExhausted
-    from searchsvc.retrieve.tantivy_keyword import TantivyKeywordIndex
+    from searchsvc.storage.embedded.tantivy_keyword import TantivyKeywordIndex
 
     settings, models, catalog, coll = english_collection(tmp_path)
     coll.index_documents([Document("a", "alpha particles")])

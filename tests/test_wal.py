@@ -1,4 +1,4 @@
-from searchsvc.store.wal import WriteAheadLog, iter_records
+from searchsvc.storage.embedded.wal import WriteAheadLog, iter_records
 
 
 def test_records_survive_reopen(tmp_path):
@@ -47,7 +47,7 @@ import zlib  # noqa: E402
 import pytest  # noqa: E402
 
 from faulty_files import FaultyFiles  # noqa: E402
-from searchsvc.store.wal import WalCorrupt, WalFailed, WalLocked, repair, scan  # noqa: E402
+from searchsvc.storage.embedded.wal import WalCorrupt, WalFailed, WalLocked, repair, scan  # noqa: E402
 
 RECORD = {"seq": 3, "op": "upsert", "documents": ["d3"], "text": "a record long enough to fail in the middle"}
 FRAME_BYTES = 8 + len(json.dumps(RECORD, separators=(",", ":")).encode())

@@ -10,9 +10,8 @@ import numpy as np
 
 from searchsvc.errors import InvalidArgument
 from searchsvc.ingest.chunking import Chunker
-from searchsvc.retrieve.dense import RESERVED_METADATA
 from searchsvc.retrieve.external import unit_vector
-from searchsvc.types import MAX_DOCUMENT_ID_BYTES, Chunk, Document
+from searchsvc.types import MAX_DOCUMENT_ID_BYTES, RESERVED_METADATA, Chunk, Document
 
 
 @dataclass

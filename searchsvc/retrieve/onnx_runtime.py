@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from searchsvc.store.files import fsync_dir
+from searchsvc.files import fsync_dir
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = 1  # bump when the export or optimization recipe changes

@@ -1,6 +1,6 @@
 """Dense leg: a LlamaIndex VectorStoreIndex over FAISS (inner product on normalized embeddings = cosine).
 
-Text and metadata live in LlamaIndex's docstore, kept on disk in SQLite (store/sqlite_kv.py); FAISS holds only
+Text and metadata live in LlamaIndex's docstore, kept on disk in SQLite (storage/embedded/sqlite_kv.py); FAISS holds only
 vectors, keyed by an IndexIDMap so chunks can be deleted and their vectors read back (for the cosine of hits
 that only the keyword leg found).
 """
@@ -34,14 +34,12 @@ from llama_index.core.storage.index_store.utils import json_to_index_struct
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStore
 
-from searchsvc.store.sqlite_kv import SqliteKVStore
-from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, Chunk, CollectionConfig, ScoredId
+from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
+from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 
 log = logging.getLogger(__name__)
 NODE_IDS_FILE = "node_ids.json"  # FilterableFaissStore.persist
 COMPACT_AT = 0.2  # tombstone share of an HNSW graph that triggers a rebuild (searches walk dead nodes too)
-# Metadata keys we add to every chunk; user metadata may not use them.
-RESERVED_METADATA = ("document_id", "title", "chunk_index", "start_char", "end_char")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from searchsvc.store.files import FileLayer, fsync_dir
+from searchsvc.files import FileLayer, fsync_dir
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")

@@ -15,11 +15,11 @@ failure, makes the collection read-only (`read_only_reason`) until it is reopene
 On-disk layout under <index_dir>/<name>/:
     collection.json    config (written once, atomically)
     docstore.sqlite    chunk text and metadata (LlamaIndex's docstore); its committed meta names the live
-                       snapshot and its seq (store/sqlite_kv.py)
+                       snapshot and its seq (storage/embedded/sqlite_kv.py)
     CURRENT            a copy of that name (collections from before the docstore moved to SQLite: the pointer)
     snap-<seq>/        FAISS index + id map, LlamaIndex index_store JSON; state.json {"seq": n}
     keyword/, keyword.seq   the tantivy keyword index and the last seq it committed
-    wal.log            records after the snapshot (see store/wal.py)
+    wal.log            records after the snapshot (see storage/embedded/wal.py)
 """
 
 from __future__ import annotations
@@ -39,19 +39,19 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
+from searchsvc.files import (
+    FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
+)
 from searchsvc.ingest.batch import BatchPreparer, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
-from searchsvc.retrieve.dense import RESERVED_METADATA, DenseIndex, DenseIndexSpec
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
-from searchsvc.retrieve.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
-from searchsvc.store.files import (
-    FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
-)
-from searchsvc.store.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
-from searchsvc.store.wal import WalFailed, WriteAheadLog, iter_records
+from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
+from searchsvc.storage.embedded.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
+from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
+from searchsvc.storage.embedded.wal import WalFailed, WriteAheadLog, iter_records
 from searchsvc.types import (
-    DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_EF_SEARCH, Chunk, CollectionConfig, Document,
+    DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_EF_SEARCH, RESERVED_METADATA, Chunk, CollectionConfig, Document,
     ScoredId,
 )
 

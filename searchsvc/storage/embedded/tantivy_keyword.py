@@ -32,7 +32,7 @@ import tantivy
 
 from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.refresher import DebouncedRefresher
-from searchsvc.store.files import fsync_dir, write_text_atomic
+from searchsvc.files import fsync_dir, write_text_atomic
 from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,265 @@
+"""A collection stored in Qdrant (issue 16): one Qdrant collection per searchsvc collection.
+
+Points are chunks, id = uuid5 of the chunk id (Qdrant takes only integers and UUIDs as point ids). Each has:
+- the named dense vector "dense" (cosine; Qdrant stores it normalized);
+- the named sparse vector "bm25" with `Modifier.IDF`: for each of the chunk's terms (the collection's analyzer
+  on title + text, exactly what the embedded keyword leg indexes), the BM25 term-frequency part
+  tf·(k1+1) / (tf + k1·(1 − b + b·len/avgdl)). Qdrant multiplies each query term's value by
+  idf = ln(1 + (N − n + 0.5)/(n + 0.5)), computed from its own counts, so a query of term counts scores
+  Σ idf · tf-part: BM25 with collection-wide IDF, as tantivy computes it;
+- the payload: chunk id, document id, title, text, chunk index and offsets, the user metadata, and the metadata
+  pairs again as one string array ("key\\x1fvalue") that filters match exactly (user keys may hold dots, which
+  Qdrant would read as nested paths).
+
+Term ids are the first 4 bytes of the term's BLAKE2b digest (Qdrant's sparse indices are u32). Two terms that
+collide share a posting; over a 1M-term vocabulary that is ~100 pairs of rare terms.
+
+`avgdl` is the collection's mean terms per chunk when a chunk is written, kept in the collection's metadata
+(terms and chunks written). A chunk keeps the value it was written with, so early chunks carry the mean of what
+existed then; tantivy uses the current mean at query time. Both converge once a collection holds more than a
+few hundred chunks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import uuid
+from collections import Counter
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from qdrant_client import QdrantClient, models
+
+from searchsvc.ingest.batch import BatchPreparer, IndexReport
+from searchsvc.ingest.chunking import Chunker
+from searchsvc.retrieve.analyzers import Analyzer
+from searchsvc.types import Chunk, CollectionConfig, Document, ScoredId
+
+DENSE = "dense"
+SPARSE = "bm25"
+K1, B = 1.2, 0.75  # tantivy's (and Lucene's) BM25 parameters
+META_SEPARATOR = "\x1f"
+_POINT_NAMESPACE = uuid.UUID("2f1d3c4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5")
+_CONFIG_KEY = "searchsvc_config"
+
+
+def point_id(chunk_id: str) -> str:
+    return str(uuid.uuid5(_POINT_NAMESPACE, chunk_id))
+
+
+def term_id(term: str) -> int:
+    return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=4).digest(), "little")
+
+
+def meta_pairs(metadata: Mapping[str, str]) -> list[str]:
+    return [f"{k}{META_SEPARATOR}{v}" for k, v in metadata.items()]
+
+
+class QdrantCollection:
+    """The storage seam (storage/base.py) over a Qdrant collection. Thread-safe: calls to the client are
+    serialized (local mode is not thread-safe; a remote client does not mind)."""
+
+    def __init__(self, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
+                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int) -> None:
+        self.client = client
+        self.name = name
+        self.config = config
+        self.embed_model = embed_model
+        self.analyzer = analyzer
+        self._dimension = dimension
+        self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
+        self._version = 0
+        embed = None if embed_model is None else self.embed_passages
+        self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, max_document_bytes)
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
+               dimension: int, analyzer: Analyzer, *, max_document_bytes: int) -> "QdrantCollection":
+        client.create_collection(
+            name,
+            vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            metadata={_CONFIG_KEY: dataclasses.asdict(config), "terms": 0, "chunks": 0},
+        )
+        for field, schema in (("document_id", models.PayloadSchemaType.KEYWORD), ("meta_pairs", models.PayloadSchemaType.KEYWORD),
+                              ("chunk_index", models.PayloadSchemaType.INTEGER)):
+            client.create_payload_index(name, field, field_schema=schema, wait=True)
+        return cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes)
+
+    @staticmethod
+    def stored_config(client: QdrantClient, name: str) -> CollectionConfig | None:
+        """The config a searchsvc collection keeps in its Qdrant collection's metadata (None: not ours)."""
+        metadata = client.get_collection(name).config.metadata or {}
+        stored = metadata.get(_CONFIG_KEY)
+        return CollectionConfig(**stored) if stored else None
+
+    def _stats(self) -> tuple[int, int]:
+        metadata = self.client.get_collection(self.name).config.metadata or {}
+        return int(metadata.get("terms", 0)), int(metadata.get("chunks", 0))
+
+    # ------------------------------------------------------------------ the seam: reads
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def embed_query(self, query: str) -> np.ndarray:
+        return np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        if hasattr(self.embed_model, "embed_passages"):
+            return np.asarray(self.embed_model.embed_passages(list(texts)), dtype=np.float32)
+        return np.asarray(self.embed_model.get_text_embedding_batch(list(texts)), dtype=np.float32)
+
+    def analyze_query(self, query: str) -> list[str]:
+        return self.analyzer.analyze(query)
+
+    def may_match(self, filter: Mapping[str, str] | None) -> bool:
+        return True  # a filter that matches nothing costs Qdrant one cheap lookup per leg
+
+    def dense_search(self, vector: np.ndarray, k: int, filter: Mapping[str, str] | None = None, *,
+                     ef_search: int | None = None, exact: bool = False) -> list[ScoredId]:
+        params = models.SearchParams(hnsw_ef=ef_search, exact=exact)
+        with self._lock:
+            found = self.client.query_points(self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=DENSE,
+                                             query_filter=_filter(filter), limit=k, search_params=params,
+                                             with_payload=["chunk_id"]).points
+        return _ranked(found)
+
+    def keyword_search(self, terms: Sequence[str], k: int, filter: Mapping[str, str] | None = None) -> list[ScoredId]:
+        counts = _term_counts(terms)
+        if not counts or k <= 0:
+            return []
+        query = models.SparseVector(indices=list(counts), values=[float(v) for v in counts.values()])
+        with self._lock:
+            found = self.client.query_points(self.name, query=query, using=SPARSE, query_filter=_filter(filter),
+                                             limit=k, with_payload=["chunk_id"]).points
+        return _ranked(found)
+
+    def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
+        if not chunk_ids:
+            return {}
+        with self._lock:
+            found = self.client.retrieve(self.name, [point_id(c) for c in chunk_ids], with_payload=["chunk_id"], with_vectors=[DENSE])
+        query = np.asarray(vector, dtype=np.float32)
+        return {p.payload["chunk_id"]: float(np.asarray(p.vector[DENSE], dtype=np.float32) @ query) for p in found}
+
+    def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
+        if not chunk_ids:
+            return {}
+        with self._lock:
+            found = self.client.retrieve(self.name, [point_id(c) for c in chunk_ids], with_payload=True)
+        chunks = {}
+        for p in found:
+            m = p.payload
+            chunks[m["chunk_id"]] = Chunk(m["chunk_id"], m["document_id"], m["chunk_index"], m["text"], m["title"],
+                                          dict(m["metadata"]), m["start_char"], m["end_char"])
+        return chunks
+
+    @property
+    def chunk_count(self) -> int:
+        with self._lock:
+            return self.client.count(self.name, exact=True).count
+
+    @property
+    def document_count(self) -> int:
+        """Every document has a chunk 0."""
+        with self._lock:
+            return self.client.count(self.name, count_filter=models.Filter(must=[_match("chunk_index", 0)]), exact=True).count
+
+    # ------------------------------------------------------------------ the seam: writes
+    def index_documents(self, docs: Sequence[Document]) -> IndexReport:
+        batch = self.ingest.prepare(docs)
+        replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors)
+        return IndexReport(len(batch.document_ids), replaced, len(batch.chunks), batch.errors)
+
+    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        """New points first (a replaced chunk is overwritten in place), then the documents' stale chunks: a
+        search never finds a document missing. Returns once Qdrant acknowledged both (wait=True)."""
+        analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
+        with self._write_lock:
+            terms, count = self._stats()
+            terms += sum(len(t) for t in analyzed)
+            count += len(chunks)
+            avgdl = terms / count if count else 1.0
+            points = [
+                models.PointStruct(
+                    id=point_id(c.id),
+                    vector={DENSE: v.tolist(), SPARSE: _bm25_vector(t, avgdl)},
+                    payload={"chunk_id": c.id, "document_id": c.document_id, "chunk_index": c.index, "title": c.title,
+                             "text": c.text, "start_char": c.start_char, "end_char": c.end_char,
+                             "metadata": dict(c.metadata), "meta_pairs": meta_pairs(c.metadata)},
+                )
+                for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
+            ]
+            with self._lock:
+                existed = self._existing_documents(document_ids)
+                if points:
+                    self.client.upsert(self.name, points=points, wait=True)
+                if existed:
+                    stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
+                                          must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
+                    self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True)
+                self.client.update_collection(self.name, metadata={"terms": terms, "chunks": count})
+                self._version += 1
+        return len(existed)
+
+    def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
+        ids = list(dict.fromkeys(document_ids))
+        with self._write_lock, self._lock:
+            existed = self._existing_documents(ids)
+            if existed:
+                gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
+                self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True)
+                self._version += 1
+        return len(existed), len(ids) - len(existed)
+
+    def _existing_documents(self, document_ids: Sequence[str]) -> set[str]:
+        if not document_ids:
+            return set()
+        first_chunks = models.Filter(must=[_match_any("document_id", list(document_ids)), _match("chunk_index", 0)])
+        found, _ = self.client.scroll(self.name, scroll_filter=first_chunks, limit=len(document_ids) + 1,
+                                      with_payload=["document_id"], with_vectors=False)
+        return {p.payload["document_id"] for p in found}
+
+    def close(self) -> None:
+        pass  # the client belongs to the catalog
+
+
+def _term_counts(terms: Sequence[str]) -> dict[int, int]:
+    """Term ids and how often each occurs (a repeated query term counts again, as in tantivy's query)."""
+    counts: Counter[int] = Counter(term_id("".join(t.split())) for t in terms)
+    return dict(counts)
+
+
+def _bm25_vector(terms: Sequence[str], avgdl: float) -> models.SparseVector:
+    counts = _term_counts(terms)
+    norm = K1 * (1 - B + B * len(terms) / avgdl)
+    return models.SparseVector(indices=list(counts), values=[tf * (K1 + 1) / (tf + norm) for tf in counts.values()])
+
+
+def _ranked(points) -> list[ScoredId]:
+    return [ScoredId(p.payload["chunk_id"], rank, float(p.score)) for rank, p in enumerate(points, start=1)]
+
+
+def _match(key: str, value) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _match_any(key: str, values: list) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+
+
+def _filter(filter: Mapping[str, str] | None) -> models.Filter | None:
+    """Exact metadata pairs, all required."""
+    if not filter:
+        return None
+    return models.Filter(must=[_match("meta_pairs", pair) for pair in meta_pairs(filter)])
