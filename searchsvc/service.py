@@ -148,7 +148,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         config = CollectionConfig(
             c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language,
             c.dimension, c.dense_index.kind, c.dense_index.m, c.dense_index.ef_construction, c.dense_index.ef_search,
-            c.dense_index.quantization,
+            c.dense_index.quantization, c.backend,
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
@@ -302,13 +302,14 @@ def collection_to_pb(c: Collection) -> pb.Collection:
                 kind=cfg.dense_index, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search,
                 quantization=cfg.dense_quantization,
             ),
+            backend=cfg.backend,
         ),
         document_count=c.document_count,
         chunk_count=c.chunk_count,
         dimension=c.dimension,
         state=pb.COLLECTION_STATE_READ_ONLY if c.read_only_reason else pb.COLLECTION_STATE_READY,
         state_reason=c.read_only_reason,
-        dense_index_in_use=c.dense.kind,
+        dense_index_in_use=c.dense_index_in_use,
     )
 
 

@@ -65,8 +65,11 @@ class CollectionConfig:
     # "none": the graph keeps float32 vectors; "sq8": FAISS's 8-bit scalar quantizer (a quarter of the memory),
     # trained on the collection's first AUTO_HNSW_MIN_CHUNKS vectors.
     dense_quantization: str = "none"
+    # Where the collection is stored: "embedded" (FAISS + tantivy + SQLite under the index dir) or "qdrant".
+    backend: str = "embedded"
 
 
+BACKENDS = ("embedded", "qdrant")
 DENSE_INDEX_KINDS = ("auto", "flat", "hnsw")
 DENSE_QUANTIZATIONS = ("none", "sq8")
 # Below this many chunks "auto" keeps the exact scan: it costs ~3 ms at 20k 384-d chunks on 2 cores (14-16 ms at

@@ -65,7 +65,7 @@ GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
 GUARDRAIL_STATUS_BLOCKED: GuardrailStatus
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension", "dense_index")
+    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension", "dense_index", "backend")
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     ANALYZER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class CollectionConfig(_message.Message):
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     DENSE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     embedding_model: str
     analyzer: str
     chunk_size: int
@@ -84,7 +85,8 @@ class CollectionConfig(_message.Message):
     language: str
     dimension: int
     dense_index: DenseIndexConfig
-    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ...) -> None: ...
+    backend: str
+    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class DenseIndexConfig(_message.Message):
     __slots__ = ("kind", "m", "ef_construction", "ef_search", "quantization")

@@ -51,7 +51,7 @@ from searchsvc.storage.embedded.sqlite_kv import DocstoreFailed, SqliteKVStore, 
 from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.storage.embedded.wal import WalFailed, WriteAheadLog, iter_records
 from searchsvc.types import (
-    DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_EF_SEARCH, RESERVED_METADATA, Chunk, CollectionConfig, Document,
+    BACKENDS, DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_EF_SEARCH, RESERVED_METADATA, Chunk, CollectionConfig, Document,
     ScoredId,
 )
 
@@ -616,6 +616,10 @@ class Collection:
     def dimension(self) -> int:
         return self.dense.store._faiss_index.d
 
+    @property
+    def dense_index_in_use(self) -> str:
+        return self.dense.kind
+
     # ------------------------------------------------------------------ the storage seam (storage/base.py)
     def embed_query(self, query: str) -> np.ndarray:
         return self.dense.embed_query(query)
@@ -698,6 +702,10 @@ def _keyword_chunk(chunk: Chunk) -> KeywordChunk:
 
 def validate_config_values(config: CollectionConfig) -> None:
     get_analyzer(config.analyzer)
+    if config.backend not in BACKENDS:
+        raise InvalidArgument("config.backend", f"must be one of {', '.join(BACKENDS)}")
+    if config.backend == "qdrant" and (config.dense_index, config.dense_quantization) != ("auto", "none"):
+        raise InvalidArgument("config.dense_index", "configures the embedded backend's FAISS index; Qdrant indexes with its own HNSW")
     if config.embedding_model == EXTERNAL_MODEL and not 1 <= config.dimension <= MAX_DIMENSION:
         raise InvalidArgument("config.dimension", f"must be between 1 and {MAX_DIMENSION} with embedding_model 'external'")
     if config.embedding_model != EXTERNAL_MODEL and config.dimension:

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import threading
 import uuid
+import warnings
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
@@ -63,14 +64,14 @@ class QdrantCollection:
     serialized (local mode is not thread-safe; a remote client does not mind)."""
 
     def __init__(self, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int) -> None:
+                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: threading.RLock | None = None) -> None:
         self.client = client
         self.name = name
         self.config = config
         self.embed_model = embed_model
         self.analyzer = analyzer
         self._dimension = dimension
-        self._lock = threading.RLock()
+        self._lock = lock or threading.RLock()  # around every client call (shared by the collections of one client)
         self._write_lock = threading.Lock()
         self._version = 0
         embed = None if embed_model is None else self.embed_passages
@@ -79,7 +80,14 @@ class QdrantCollection:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-               dimension: int, analyzer: Analyzer, *, max_document_bytes: int) -> "QdrantCollection":
+               dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: threading.RLock | None = None) -> "QdrantCollection":
+        coll = cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes, lock=lock)
+        with coll._lock:
+            coll._create()
+        return coll
+
+    def _create(self) -> None:
+        client, name, config, dimension = self.client, self.name, self.config, self._dimension
         client.create_collection(
             name,
             vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
@@ -88,8 +96,9 @@ class QdrantCollection:
         )
         for field, schema in (("document_id", models.PayloadSchemaType.KEYWORD), ("meta_pairs", models.PayloadSchemaType.KEYWORD),
                               ("chunk_index", models.PayloadSchemaType.INTEGER)):
-            client.create_payload_index(name, field, field_schema=schema, wait=True)
-        return cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes)
+            with warnings.catch_warnings():  # local mode ignores payload indexes, and says so; a cluster uses them
+                warnings.filterwarnings("ignore", "Payload indexes have no effect", UserWarning)
+                client.create_payload_index(name, field, field_schema=schema, wait=True)
 
     @staticmethod
     def stored_config(client: QdrantClient, name: str) -> CollectionConfig | None:
@@ -99,6 +108,7 @@ class QdrantCollection:
         return CollectionConfig(**stored) if stored else None
 
     def _stats(self) -> tuple[int, int]:
+        """(terms, chunks) written so far, for avgdl."""
         metadata = self.client.get_collection(self.name).config.metadata or {}
         return int(metadata.get("terms", 0)), int(metadata.get("chunks", 0))
 
@@ -127,7 +137,7 @@ class QdrantCollection:
 
     def dense_search(self, vector: np.ndarray, k: int, filter: Mapping[str, str] | None = None, *,
                      ef_search: int | None = None, exact: bool = False) -> list[ScoredId]:
-        params = models.SearchParams(hnsw_ef=ef_search, exact=exact)
+        params = models.SearchParams(hnsw_ef=ef_search, exact=exact) if ef_search or exact else None
         with self._lock:
             found = self.client.query_points(self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=DENSE,
                                              query_filter=_filter(filter), limit=k, search_params=params,
@@ -185,7 +195,7 @@ class QdrantCollection:
         """New points first (a replaced chunk is overwritten in place), then the documents' stale chunks: a
         search never finds a document missing. Returns once Qdrant acknowledged both (wait=True)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
-        with self._write_lock:
+        with self._write_lock, self._lock:
             terms, count = self._stats()
             terms += sum(len(t) for t in analyzed)
             count += len(chunks)
@@ -200,16 +210,15 @@ class QdrantCollection:
                 )
                 for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
             ]
-            with self._lock:
-                existed = self._existing_documents(document_ids)
-                if points:
-                    self.client.upsert(self.name, points=points, wait=True)
-                if existed:
-                    stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
-                                          must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
-                    self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True)
-                self.client.update_collection(self.name, metadata={"terms": terms, "chunks": count})
-                self._version += 1
+            existed = self._existing_documents(document_ids)
+            if points:
+                self.client.upsert(self.name, points=points, wait=True)
+            if existed:
+                stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
+                                      must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
+                self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True)
+            self.client.update_collection(self.name, metadata={"terms": terms, "chunks": count})
+            self._version += 1
         return len(existed)
 
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
@@ -230,8 +239,23 @@ class QdrantCollection:
                                       with_payload=["document_id"], with_vectors=False)
         return {p.payload["document_id"] for p in found}
 
-    def close(self) -> None:
-        pass  # the client belongs to the catalog
+    # ------------------------------------------------------------------ state (what the service reports)
+    @property
+    def dense_index_in_use(self) -> str:
+        return "qdrant"
+
+    @property
+    def read_only_reason(self) -> str:
+        return ""  # Qdrant reports its own faults per call (UNAVAILABLE, RESOURCE_EXHAUSTED)
+
+    def check_writable(self) -> None:
+        pass
+
+    def check_free_space(self) -> None:
+        pass
+
+    def close(self, checkpoint: bool = True, reason: str = "") -> None:
+        pass  # the client belongs to the catalog; Qdrant holds every acked write already
 
 
 def _term_counts(terms: Sequence[str]) -> dict[int, int]:

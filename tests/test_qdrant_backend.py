@@ -1,0 +1,70 @@
+"""Collections with backend "qdrant" through the API, on qdrant-client's local mode under the index dir: create,
+bulk index with acks, replace, delete, filters, every search mode, the collection coming back after a restart
+(its config lives in Qdrant, not in the index dir), and precise errors for what the backend does not take."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from conftest import ServerProcess, ids, index, search
+from searchsvc.v1 import searchsvc_pb2 as pb
+from test_external_vectors import field_violation
+
+DOCS = {
+    "tomato": ("Tomatoes are red fruits that ripen in summer.", {"kind": "food"}),
+    "grass": ("Grass is green and grows in fields.", {"kind": "plant"}),
+    "sky": ("The clear sky is blue during the day.", {"kind": "nature"}),
+    "basil": ("Basil is a green herb used with tomatoes.", {"kind": "food"}),
+}
+
+
+def docs(**changes) -> list[pb.Document]:
+    texts = {**DOCS, **changes}
+    return [pb.Document(id=i, text=t, metadata=m) for i, (t, m) in texts.items()]
+
+
+def test_a_qdrant_collection_indexes_searches_and_survives_a_restart(tmp_path):
+    with ServerProcess(tmp_path) as server:
+        stub = server.stub()
+        created = stub.CreateCollection(pb.CreateCollectionRequest(name="q", config=pb.CollectionConfig(backend="qdrant")))
+        assert created.config.backend == "qdrant" and created.dense_index_in_use == "qdrant"
+        acks = index(stub, "q", docs(), batch_size=2)
+        assert [a.indexed_count for a in acks] == [2, 2] and all(a.failed_count == 0 for a in acks)
+        assert ids(search(stub, "q", "red tomatoes", mode=pb.SEARCH_MODE_KEYWORD))[0] == "tomato"
+        assert ids(search(stub, "q", "what colour is the sky", mode=pb.SEARCH_MODE_DENSE, top_k=1)) == ["sky"]
+        hybrid = search(stub, "q", "green herb", explain=True)
+        assert ids(hybrid)[0] == "basil" and hybrid.hits[0].explanation.keyword.rank == 1
+        assert set(ids(search(stub, "q", "green", filter={"kind": "food"}))) == {"basil", "tomato"}  # no grass
+        assert ids(search(stub, "q", "green", mode=pb.SEARCH_MODE_KEYWORD, filter={"kind": "food"})) == ["basil"]
+        # Re-sending replaces; deletes remove; the counts follow.
+        (ack,) = index(stub, "q", [pb.Document(id="sky", text="The night sky is dark.", metadata={"kind": "nature"})])
+        assert ack.replaced_count == 1
+        assert "sky" not in ids(search(stub, "q", "blue", mode=pb.SEARCH_MODE_KEYWORD))
+        deleted = stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection="q", ids=["grass", "nothing"]))
+        assert (deleted.deleted_count, deleted.not_found_count) == (1, 1)
+        got = stub.GetCollection(pb.GetCollectionRequest(name="q"))
+        assert (got.document_count, got.chunk_count) == (3, 3)
+        assert not (tmp_path / "q").exists() and (tmp_path / "qdrant").is_dir()  # stored in Qdrant, not the index dir
+    with ServerProcess(tmp_path) as server:
+        stub = server.stub()
+        names = [c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections]
+        assert names == ["q"]
+        assert ids(search(stub, "q", "night sky", mode=pb.SEARCH_MODE_KEYWORD))[0] == "sky"
+        assert "grass" not in ids(search(stub, "q", "green", top_k=10))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ReembedCollection(pb.ReembedCollectionRequest(name="q", embedding_model="multilingual-e5-small"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name="q"))
+    with ServerProcess(tmp_path) as server:
+        assert list(server.stub().ListCollections(pb.ListCollectionsRequest()).collections) == []
+
+
+@pytest.mark.parametrize("config, field", [
+    (pb.CollectionConfig(backend="cassandra"), "config.backend"),
+    (pb.CollectionConfig(backend="qdrant", dense_index=pb.DenseIndexConfig(kind="hnsw")), "config.dense_index"),
+])
+def test_bad_backend_configs_are_rejected_by_field(stub, config, field):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateCollection(pb.CreateCollectionRequest(name="bad", config=config))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violation(err.value) == field
