@@ -19,7 +19,7 @@ from pathlib import Path
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from searchsvc.config import Settings
-from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from searchsvc.files import fsync_dir, remove_tree_atomic
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
 from searchsvc.models import ModelRegistry
@@ -29,7 +29,7 @@ from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection, val
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 from searchsvc.storage.embedded.wal import WalCorrupt
-from searchsvc.storage.qdrant.collection import QdrantCollection
+from searchsvc.storage.qdrant.collection import QdrantCollection, qdrant_errors
 from searchsvc.types import CollectionConfig, validate_collection_name
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,10 @@ class Catalog:
                 if q.url:
                     self._qdrant_client = QdrantClient(url=q.url, api_key=q.api_key or None, timeout=max(1, round(q.timeout_s)))
                 else:
-                    self._qdrant_client = QdrantClient(path=str(self._qdrant_path))
+                    try:
+                        self._qdrant_client = QdrantClient(path=str(self._qdrant_path))
+                    except RuntimeError as exc:  # another process holds local mode's directory
+                        raise Unavailable(f"Qdrant local mode at {self._qdrant_path}: {exc}") from exc
             return self._qdrant_client
 
     def _qdrant_collection(self, name: str, config: CollectionConfig, *, create: bool = False) -> QdrantCollection:
@@ -112,24 +115,45 @@ class Catalog:
         return make(self._qdrant(), name, config, None if external else embedder, dimension, get_analyzer(config.analyzer),
                      max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_lock)
 
+    @property
+    def _uses_qdrant(self) -> bool:
+        return bool(self.settings.qdrant.url) or self._qdrant_path.exists()
+
     def _open_qdrant_collections(self) -> None:
-        if not (self.settings.qdrant.url or self._qdrant_path.exists()):
+        """Every searchsvc collection in Qdrant. An unreachable cluster does not stop the server: its collections
+        are looked up again when first asked for (`get`)."""
+        if not self._uses_qdrant:
             return  # nothing was ever stored in Qdrant from here
-        client = self._qdrant()
-        with self._qdrant_lock:
-            names = [c.name for c in client.get_collections().collections]
+        try:
+            with self._qdrant_lock, qdrant_errors("listing collections"):
+                names = [c.name for c in self._qdrant().get_collections().collections]
+        except Exception as exc:
+            log.error("Qdrant collections not opened at start (looked up at first use): %s", exc)
+            return
         for name in sorted(names):
-            try:
-                with self._qdrant_lock:
-                    config = QdrantCollection.stored_config(client, name)
-                if config is None:
-                    continue  # not a searchsvc collection
-                if name in self._collections:
-                    raise FailedPrecondition(f"an embedded collection of the same name exists in {self.root}")
-                self._collections[name] = self._qdrant_collection(name, config)
-            except Exception as exc:
-                log.error("Qdrant collection %s could not be opened: %s", name, exc)
-                self._failed[name] = f"could not be opened: {exc}"
+            self._open_qdrant_or_fail(name)
+
+    def _open_qdrant_or_fail(self, name: str) -> QdrantCollection | None:
+        """The searchsvc collection `name` in Qdrant (None: not there, or not one of ours)."""
+        try:
+            with self._qdrant_lock, qdrant_errors(f"opening collection {name!r}"):
+                client = self._qdrant()
+                if not client.collection_exists(name):
+                    return None
+                config = QdrantCollection.stored_config(client, name)
+            if config is None:
+                return None  # a Qdrant collection that searchsvc did not create
+            if (self.root / name / "collection.json").exists():
+                raise FailedPrecondition(f"an embedded collection of the same name exists in {self.root}")
+            collection = self._collections[name] = self._qdrant_collection(name, config)
+            self._failed.pop(name, None)
+            return collection
+        except Unavailable:
+            raise
+        except Exception as exc:
+            log.error("Qdrant collection %s could not be opened: %s", name, exc)
+            self._failed[name] = f"could not be opened: {exc}"
+            return None
 
     def _open_or_fail(self, path: Path) -> Collection | None:
         """Open a collection; on failure remember why (logged once, with the cause) and return None."""
@@ -175,7 +199,7 @@ class Catalog:
                 except Exception as exc:
                     raise InvalidArgument("config.reranker_model", f"cannot load {config.reranker_model!r}: {exc}") from exc
             if config.backend == "qdrant":
-                with self._qdrant_lock:
+                with self._qdrant_lock, qdrant_errors(f"creating collection {name!r}"):
                     if self._qdrant().collection_exists(name):
                         raise AlreadyExists(f"collection {name!r} already exists in Qdrant")
                 collection = self._collections[name] = self._qdrant_collection(name, config, create=True)
@@ -193,6 +217,10 @@ class Catalog:
     def get(self, name: str) -> Collection:
         validate_collection_name(name, "collection")
         collection = self._collections.get(name)
+        if collection is None and name not in self._failed and self._uses_qdrant:
+            # Created through another server on the same cluster, or not reachable at start.
+            with self._lock:
+                collection = self._collections.get(name) or self._open_qdrant_or_fail(name)
         if collection is None:
             if name in self._failed:
                 raise FailedPrecondition(f"collection {name!r} {self._failed[name]}")
@@ -241,7 +269,7 @@ class Catalog:
             if collection is None and self._failed.pop(name, None) is None:
                 raise NotFound(f"collection {name!r} not found")
             if isinstance(collection, QdrantCollection):
-                with self._qdrant_lock:
+                with self._qdrant_lock, qdrant_errors(f"deleting collection {name!r}"):
                     self._qdrant().delete_collection(name)
                 log.info("deleted collection %s from Qdrant", name)
                 return

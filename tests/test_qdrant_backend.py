@@ -68,3 +68,25 @@ def test_bad_backend_configs_are_rejected_by_field(stub, config, field):
     with pytest.raises(grpc.RpcError) as err:
         stub.CreateCollection(pb.CreateCollectionRequest(name="bad", config=config))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violation(err.value) == field
+
+
+def test_an_unreachable_cluster_is_unavailable_and_does_not_stop_the_server(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"SEARCHSVC_QDRANT__URL": f"http://127.0.0.1:{port}", "SEARCHSVC_QDRANT__TIMEOUT_S": "2"}
+    with ServerProcess(tmp_path, env=env) as server:  # starts: its Qdrant collections are looked up at first use
+        stub = server.stub()
+        for call in (
+            lambda: stub.CreateCollection(pb.CreateCollectionRequest(name="q", config=pb.CollectionConfig(backend="qdrant")), timeout=30),
+            lambda: search(stub, "q", "anything"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "retry" in err.value.details()
+        stub.CreateCollection(pb.CreateCollectionRequest(name="local", config=pb.CollectionConfig(refresh_interval_ms=-1)))
+        # embedded collections are unaffected
+        index(stub, "local", docs())
+        assert ids(search(stub, "local", "red tomatoes", mode=pb.SEARCH_MODE_KEYWORD))[0] == "tomato"

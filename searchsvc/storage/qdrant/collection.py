@@ -28,12 +28,15 @@ import threading
 import uuid
 import warnings
 from collections import Counter
-from typing import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from searchsvc.errors import NotFound, Unavailable
 from searchsvc.ingest.batch import BatchPreparer, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
@@ -45,6 +48,20 @@ K1, B = 1.2, 0.75  # tantivy's (and Lucene's) BM25 parameters
 META_SEPARATOR = "\x1f"
 _POINT_NAMESPACE = uuid.UUID("2f1d3c4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5")
 _CONFIG_KEY = "searchsvc_config"
+
+
+@contextmanager
+def qdrant_errors(what: str) -> Iterator[None]:
+    """Qdrant's failures as the service's errors: an unreachable cluster (or one past the call's deadline) is
+    UNAVAILABLE, retriable; a collection that is gone (deleted through another server) is NOT_FOUND."""
+    try:
+        yield
+    except ResponseHandlingException as exc:
+        raise Unavailable(f"Qdrant did not answer while {what}: {exc.source or exc}; retry") from exc
+    except UnexpectedResponse as exc:
+        if exc.status_code == 404:
+            raise NotFound(f"not found in Qdrant while {what}: {exc.reason_phrase}") from exc
+        raise Unavailable(f"Qdrant refused {what}: HTTP {exc.status_code} {exc.reason_phrase}; retry") from exc
 
 
 def point_id(chunk_id: str) -> str:
@@ -82,7 +99,7 @@ class QdrantCollection:
     def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
                dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: threading.RLock | None = None) -> "QdrantCollection":
         coll = cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes, lock=lock)
-        with coll._lock:
+        with coll._lock, qdrant_errors(f"creating collection {name!r}"):
             coll._create()
         return coll
 
@@ -106,6 +123,12 @@ class QdrantCollection:
         metadata = client.get_collection(name).config.metadata or {}
         stored = metadata.get(_CONFIG_KEY)
         return CollectionConfig(**stored) if stored else None
+
+    @contextmanager
+    def _calls(self) -> Iterator[None]:
+        """One caller at a time on the client; its failures as the service's errors."""
+        with self._lock, qdrant_errors(f"reading or writing collection {self.name!r}"):
+            yield
 
     def _stats(self) -> tuple[int, int]:
         """(terms, chunks) written so far, for avgdl."""
@@ -138,7 +161,7 @@ class QdrantCollection:
     def dense_search(self, vector: np.ndarray, k: int, filter: Mapping[str, str] | None = None, *,
                      ef_search: int | None = None, exact: bool = False) -> list[ScoredId]:
         params = models.SearchParams(hnsw_ef=ef_search, exact=exact) if ef_search or exact else None
-        with self._lock:
+        with self._calls():
             found = self.client.query_points(self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=DENSE,
                                              query_filter=_filter(filter), limit=k, search_params=params,
                                              with_payload=["chunk_id"]).points
@@ -149,7 +172,7 @@ class QdrantCollection:
         if not counts or k <= 0:
             return []
         query = models.SparseVector(indices=list(counts), values=[float(v) for v in counts.values()])
-        with self._lock:
+        with self._calls():
             found = self.client.query_points(self.name, query=query, using=SPARSE, query_filter=_filter(filter),
                                              limit=k, with_payload=["chunk_id"]).points
         return _ranked(found)
@@ -157,7 +180,7 @@ class QdrantCollection:
     def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
         if not chunk_ids:
             return {}
-        with self._lock:
+        with self._calls():
             found = self.client.retrieve(self.name, [point_id(c) for c in chunk_ids], with_payload=["chunk_id"], with_vectors=[DENSE])
         query = np.asarray(vector, dtype=np.float32)
         return {p.payload["chunk_id"]: float(np.asarray(p.vector[DENSE], dtype=np.float32) @ query) for p in found}
@@ -165,7 +188,7 @@ class QdrantCollection:
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
         if not chunk_ids:
             return {}
-        with self._lock:
+        with self._calls():
             found = self.client.retrieve(self.name, [point_id(c) for c in chunk_ids], with_payload=True)
         chunks = {}
         for p in found:
@@ -176,13 +199,13 @@ class QdrantCollection:
 
     @property
     def chunk_count(self) -> int:
-        with self._lock:
+        with self._calls():
             return self.client.count(self.name, exact=True).count
 
     @property
     def document_count(self) -> int:
         """Every document has a chunk 0."""
-        with self._lock:
+        with self._calls():
             return self.client.count(self.name, count_filter=models.Filter(must=[_match("chunk_index", 0)]), exact=True).count
 
     # ------------------------------------------------------------------ the seam: writes
@@ -195,7 +218,7 @@ class QdrantCollection:
         """New points first (a replaced chunk is overwritten in place), then the documents' stale chunks: a
         search never finds a document missing. Returns once Qdrant acknowledged both (wait=True)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
-        with self._write_lock, self._lock:
+        with self._write_lock, self._calls():
             terms, count = self._stats()
             terms += sum(len(t) for t in analyzed)
             count += len(chunks)
@@ -223,7 +246,7 @@ class QdrantCollection:
 
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(document_ids))
-        with self._write_lock, self._lock:
+        with self._write_lock, self._calls():
             existed = self._existing_documents(ids)
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
