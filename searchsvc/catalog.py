@@ -227,8 +227,26 @@ class Catalog:
             raise NotFound(f"collection {name!r} not found")
         return collection
 
-    def list(self) -> list[Collection]:
+    def list(self, *, refresh: bool = False) -> list[Collection]:
+        """`refresh`: first match the Qdrant collections to the cluster's (created or deleted through another
+        server on it); an unreachable cluster leaves them as they were."""
+        if refresh and self._uses_qdrant:
+            self._sync_qdrant()
         return [self._collections[n] for n in sorted(self._collections)]
+
+    def _sync_qdrant(self) -> None:
+        try:
+            with self._qdrant_lock, qdrant_errors("listing collections"):
+                names = {c.name for c in self._qdrant().get_collections().collections}
+        except Unavailable as exc:
+            log.warning("Qdrant collections not refreshed: %s", exc)
+            return
+        with self._lock:
+            for name, collection in list(self._collections.items()):
+                if isinstance(collection, QdrantCollection) and name not in names:
+                    del self._collections[name]  # deleted through another server
+            for name in sorted(names - self._collections.keys() - self._failed.keys()):
+                self._open_qdrant_or_fail(name)
 
     def failed(self) -> dict[str, str]:
         """Collections that could not be opened, and why."""

@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings, Path(args.dataset), limit_queries=args.limit_queries, split=args.split, holdout=args.holdout,
         seed=args.seed, validation_fraction=args.validation_fraction, embedding_model=args.embedding_model,
         analyzer=args.analyzer, language=args.language, reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates, rerank_fusion=args.rerank_fusion,
-        modes=args.modes.split(",") if args.modes else None,
+        modes=args.modes.split(",") if args.modes else None, backend=args.backend,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank-int8", action="store_true", help="the int8 fast path (settings.rerank_int8)")
     p.add_argument("--rerank-max-length", type=int, default=256, help="query + passage tokens per pair")
     p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID-RSF,HYBRID-DEFAULT,HYBRID+RERANK")
+    p.add_argument("--backend", default="", choices=["", "embedded", "qdrant"],
+                   help="where the eval collection is stored (default: the server's; qdrant: the configured cluster, else local mode)")
     p.add_argument("--out", help="write per-query nDCG@10 and latencies as JSON here")
     p.set_defaults(func=cmd_eval)
 

@@ -76,13 +76,14 @@ def documents_in_order(response: pb.SearchResponse) -> list[str]:
     return list(dict.fromkeys(h.document_id for h in response.hits))
 
 
-def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "", analyzer: str = "", language: str = "") -> str:
+def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "", analyzer: str = "", language: str = "",
+                   backend: str = "") -> str:
     """Index the dataset's corpus.jsonl into `eval-<dataset>[-<config hash>]` unless an equal-sized collection is
-    there. `embedding_model`: a model id or directory (e.g. one written by train-embedder); it, `analyzer` and
-    `language` default to the server's."""
+    there. `embedding_model`: a model id or directory (e.g. one written by train-embedder); it, `analyzer`,
+    `language` and `backend` default to the server's."""
     name = "eval-" + "".join(ch if ch.isalnum() else "-" for ch in dataset.resolve().name)[:40]
-    if embedding_model or analyzer or language:
-        name += "-" + hashlib.sha256(f"{embedding_model}|{analyzer}|{language}".encode()).hexdigest()[:8]
+    if embedding_model or analyzer or language or backend:
+        name += "-" + hashlib.sha256(f"{embedding_model}|{analyzer}|{language}|{backend}".encode()).hexdigest()[:8]
     docs = list(load_jsonl(dataset / "corpus.jsonl"))
     existing = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
     if name in existing and existing[name].document_count == len(docs):
@@ -91,10 +92,11 @@ def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "", 
     if name in existing:
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
     # Synchronous keyword refresh: every acked batch is searchable before the first query runs.
-    config = pb.CollectionConfig(embedding_model=embedding_model, analyzer=analyzer, language=language, refresh_interval_ms=-1)
+    config = pb.CollectionConfig(embedding_model=embedding_model, analyzer=analyzer, language=language, refresh_interval_ms=-1,
+                                 backend=backend)
     created = stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
     c = created.config
-    print(f"collection {name}: language {c.language}, analyzer {c.analyzer}, embedder {c.embedding_model}")
+    print(f"collection {name}: language {c.language}, analyzer {c.analyzer}, embedder {c.embedding_model}, backend {c.backend}")
     started = time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(target), name, docs)
     elapsed = time.perf_counter() - started
@@ -122,6 +124,7 @@ def run_eval(
     rerank_candidates: int = 20,
     rerank_fusion: str = "rrf",
     modes: list[str] | None = None,
+    backend: str = "",
 ) -> dict:
     """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries.
     HYBRID fuses with RRF, HYBRID-RSF with relative-score fusion (weights 1 each), HYBRID-DEFAULT with whatever
@@ -142,7 +145,7 @@ def run_eval(
             settings = settings.model_copy(update={"default_language": language})
         with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
-            name = ensure_indexed(stub, server.target, dataset, embedding_model, analyzer, language)
+            name = ensure_indexed(stub, server.target, dataset, embedding_model, analyzer, language, backend)
             results = {}
             rrf, rsf = pb.FUSION_RRF, pb.FUSION_RELATIVE_SCORE
             runs = {label: (mode, rrf, None) for label, mode in MODES.items()}

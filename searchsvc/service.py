@@ -153,17 +153,17 @@ class SearchService(pb_grpc.SearchServiceServicer):
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
             await self.health.set(collection_health_name(collection.name), health_pb2.HealthCheckResponse.SERVING)
-        return collection_to_pb(collection)
+        return await self._run(collection_to_pb, collection)  # counts may be calls to Qdrant
 
     @_maps_errors
     async def GetCollection(self, request: pb.GetCollectionRequest, context) -> pb.Collection:
         if reason := self.catalog.failure(request.name):
             return failed_collection_to_pb(request.name, reason)
-        return collection_to_pb(self.catalog.get(request.name))
+        return await self._run(lambda: collection_to_pb(self.catalog.get(request.name)))
 
     @_maps_errors
     async def ListCollections(self, request, context) -> pb.ListCollectionsResponse:
-        listed = [collection_to_pb(c) for c in self.catalog.list()]
+        listed = await self._run(lambda: [collection_to_pb(c) for c in self.catalog.list(refresh=True)])
         listed += [failed_collection_to_pb(name, reason) for name, reason in self.catalog.failed().items()]
         return pb.ListCollectionsResponse(collections=sorted(listed, key=lambda c: c.name))
 
@@ -173,7 +173,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             collection = await self._run(self.catalog.reopen, request.name, executor=self.admin_executor)
         finally:
             await self._set_health(request.name)
-        return collection_to_pb(collection)
+        return await self._run(collection_to_pb, collection)  # counts may be calls to Qdrant
 
     async def _set_health(self, name: str) -> None:
         """A collection's health service: SERVING only while it is open and writable."""
@@ -200,7 +200,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         collection = await self._run(self.catalog.reembed, request.name, request.embedding_model, executor=self.admin_executor)
         if self.answers is not None and self.answers.cache is not None:
             self.answers.cache.drop_collection(request.name)
-        return collection_to_pb(collection)
+        return await self._run(collection_to_pb, collection)  # counts may be calls to Qdrant
 
     # ----------------------------------------------------------- documents
     @_maps_errors
