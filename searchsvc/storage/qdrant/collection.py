@@ -14,6 +14,12 @@ Points are chunks, id = uuid5 of the chunk id (Qdrant takes only integers and UU
 Term ids are the first 4 bytes of the term's BLAKE2b digest (Qdrant's sparse indices are u32). Two terms that
 collide share a posting; over a 1M-term vocabulary that is ~100 pairs of rare terms.
 
+qdrant-client is used directly, not through LlamaIndex's QdrantVectorStore: the pipeline needs each leg's own
+top-k with its raw scores (QdrantVectorStore's hybrid mode fuses the two lists itself, with relative-score
+fusion), point ids derived from chunk ids so a re-sent chunk overwrites its point, sparse values that are our
+BM25 term-frequency parts, and a payload it can filter and read back without parsing LlamaIndex's serialized
+node.
+
 `avgdl` is the collection's mean terms per chunk when a chunk is written, kept in the collection's metadata
 (terms and chunks written). A chunk keeps the value it was written with, so early chunks carry the mean of what
 existed then; tantivy uses the current mean at query time. Both converge once a collection holds more than a
