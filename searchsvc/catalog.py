@@ -296,6 +296,54 @@ class Catalog:
             remove_tree_atomic(self.root / name)
             log.info("deleted collection %s", name)
 
+    def open_embedded(self, name: str) -> Collection:
+        """Open one embedded collection of the index dir (for offline tools; raises what opening it raises)."""
+        validate_collection_name(name)
+        path = self.root / name
+        if not (path / "collection.json").exists():
+            raise NotFound(f"no collection {name!r} under {self.root}")
+        collection = self._collections[name] = self._open(path)
+        return collection
+
+    # ------------------------------------------------------------------ embedded -> Qdrant
+    def move_to_qdrant(self, name: str, target: str = "", *, keep: bool = False, batch: int = 1000) -> QdrantCollection:
+        """Copy the embedded collection `name` into a new Qdrant collection `target` (default: the same name):
+        its config (backend "qdrant"), and every chunk with its stored vector (no re-embedding; an SQ8 collection's
+        vectors are decoded from their 8-bit codes). Then, unless `keep`, delete the embedded one. For a stopped
+        server's index dir (`searchsvc move-to-qdrant`): nothing writes to the source meanwhile."""
+        source = self.get(name)
+        if not isinstance(source, Collection):
+            raise FailedPrecondition(f"collection {name!r} is already stored in Qdrant")
+        target = target or name
+        validate_collection_name(target, "target")
+        if target != name and target in self._collections:
+            raise AlreadyExists(f"collection {target!r} already exists")
+        with self._qdrant_lock, qdrant_errors(f"creating collection {target!r}"):
+            if self._qdrant().collection_exists(target):
+                raise AlreadyExists(f"collection {target!r} already exists in Qdrant")
+        config = dataclasses.replace(source.config, backend="qdrant", dense_index="auto", dense_quantization="none")
+        moved = self._qdrant_collection(target, config, create=True)
+        pending: list = []
+        for chunk in source.dense.stored_chunks():
+            pending.append(chunk)
+            if len(pending) == batch:
+                moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
+                pending = []
+        if pending:
+            moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
+        if (moved.chunk_count, moved.document_count) != (source.chunk_count, source.document_count):
+            raise FailedPrecondition(
+                f"copied {moved.chunk_count} chunks of {moved.document_count} documents, but {name!r} holds "
+                f"{source.chunk_count} of {source.document_count}; the embedded collection is kept")
+        log.info("copied collection %s into Qdrant as %s: %d chunks", name, target, moved.chunk_count)
+        if not keep:
+            with self._lock:
+                self._collections.pop(name, None)
+                source.close(checkpoint=False)
+                remove_tree_atomic(self.root / name)
+        self._collections[target] = moved
+        return moved
+
     # ------------------------------------------------------------------ re-embed
     def reembed(self, name: str, embedding_model: str) -> Collection:
         """Re-embed every chunk of `name` with `embedding_model` into a new collection version that replaces the

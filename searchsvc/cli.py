@@ -1,4 +1,4 @@
-"""Command line: `searchsvc serve | index | repair | eval | eval-answers | train-embedder | bench`."""
+"""Command line: `searchsvc serve | index | repair | move-to-qdrant | eval | eval-answers | train-embedder | bench`."""
 
 from __future__ import annotations
 
@@ -97,6 +97,39 @@ def cmd_repair(args: argparse.Namespace) -> int:
     shutil.rmtree(path / KEYWORD_DIR, ignore_errors=True)
     (path / KEYWORD_DIR).with_suffix(".seq").unlink(missing_ok=True)
     print(f"repaired; the original log is kept as {backup}. Now ReopenCollection or restart the server.")
+    return 0
+
+
+def cmd_move_to_qdrant(args: argparse.Namespace) -> int:
+    """Copy an embedded collection of a stopped server's index dir into Qdrant (the configured cluster, else
+    local mode under the index dir), then delete the embedded one unless --keep. Exit 0: moved; 1: not."""
+    from searchsvc.catalog import Catalog
+    from searchsvc.errors import SearchsvcError
+    from searchsvc.models import ModelRegistry
+    from searchsvc.storage.embedded.wal import WalLocked
+
+    settings = _settings(args)
+    logging.basicConfig(level=logging.WARNING)
+    catalog = Catalog(settings, ModelRegistry(models_dir=Path(settings.index_dir) / "models"))
+    try:
+        source = catalog.open_embedded(args.collection)
+        print(f"{args.collection}: {source.document_count} documents, {source.chunk_count} chunks ({source.config.embedding_model})")
+        moved = catalog.move_to_qdrant(args.collection, args.as_name or "", keep=args.keep)
+        summary = f"{moved.name}: {moved.document_count} documents, {moved.chunk_count} chunks"
+    except (WalLocked, ValueError) as exc:
+        if isinstance(exc, ValueError) and "LockBusy" not in str(exc):  # tantivy's: its writer is held elsewhere
+            raise
+        print(f"collection {args.collection!r} is open in another process (its log or keyword index is locked): "
+              "stop the server first", file=sys.stderr)
+        return 1
+    except SearchsvcError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    finally:
+        catalog.close()
+    where = settings.qdrant.url or f"local mode at {settings.qdrant.path or Path(settings.index_dir) / 'qdrant'}"
+    print(f"copied into Qdrant ({where}) as {summary}"
+          + ("; the embedded collection is kept" if args.keep else "; the embedded collection is deleted"))
     return 0
 
 
@@ -232,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-dir", type=Path, help="default: the configured index dir")
     p.add_argument("--apply", action="store_true", help="rewrite the log without the bad bytes (the original is kept)")
     p.set_defaults(func=cmd_repair)
+
+    p = sub.add_parser("move-to-qdrant", help="copy an embedded collection (server stopped) into Qdrant, then delete it unless --keep")
+    p.add_argument("collection")
+    p.add_argument("--as", dest="as_name", default="", help="the Qdrant collection's name (default: the same)")
+    p.add_argument("--keep", action="store_true", help="keep the embedded collection (give --as another name to serve both)")
+    p.add_argument("--index-dir", type=Path, help="default: the configured index dir")
+    p.set_defaults(func=cmd_move_to_qdrant)
 
     p = sub.add_parser("eval", help="nDCG@10 / Recall@100 / MRR@10 per mode on a BEIR-layout dataset")
     p.add_argument("dataset")

@@ -124,3 +124,37 @@ def test_servers_sharing_a_cluster_see_each_others_collections(tmp_path):
     assert [c.name for c in b.list(refresh=True)] == []
     with pytest.raises(NotFound):
         b.get("shared")
+
+
+def test_move_to_qdrant_copies_an_embedded_collection_that_then_answers_the_same(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def move(*extra):
+        env = {**os.environ, "SEARCHSVC_TORCH_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "searchsvc", "move-to-qdrant", "m", "--index-dir", str(tmp_path), *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    queries = [("red tomatoes", pb.SEARCH_MODE_KEYWORD), ("colour of the sky", pb.SEARCH_MODE_DENSE), ("green herb", pb.SEARCH_MODE_HYBRID)]
+
+    def answers(stub):
+        return [[(h.chunk_id, h.score) for h in search(stub, "m", q, mode=mode).hits] for q, mode in queries]
+
+    with ServerProcess(tmp_path) as server:
+        stub = server.stub()
+        stub.CreateCollection(pb.CreateCollectionRequest(name="m", config=pb.CollectionConfig(refresh_interval_ms=-1)))
+        index(stub, "m", docs())
+        before = answers(stub)
+        refused = move()  # the server holds the collection's log
+        assert refused.returncode == 1 and "stop the server first" in refused.stderr
+    moved = move()
+    assert moved.returncode == 0, moved.stderr
+    assert "4 documents, 4 chunks" in moved.stdout and not (tmp_path / "m").exists()
+    with ServerProcess(tmp_path) as server:
+        stub = server.stub()
+        got = stub.GetCollection(pb.GetCollectionRequest(name="m"))
+        assert (got.config.backend, got.document_count, got.chunk_count) == ("qdrant", 4, 4)
+        after = answers(stub)
+        assert [[c for c, _ in hits] for hits in after] == [[c for c, _ in hits] for hits in before]
+        assert [[round(s, 4) for _, s in hits] for hits in after] == [[round(s, 4) for _, s in hits] for hits in before]

@@ -225,20 +225,7 @@ class QdrantCollection:
         search never finds a document missing. Returns once Qdrant acknowledged both (wait=True)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            terms, count = self._stats()
-            terms += sum(len(t) for t in analyzed)
-            count += len(chunks)
-            avgdl = terms / count if count else 1.0
-            points = [
-                models.PointStruct(
-                    id=point_id(c.id),
-                    vector={DENSE: v.tolist(), SPARSE: _bm25_vector(t, avgdl)},
-                    payload={"chunk_id": c.id, "document_id": c.document_id, "chunk_index": c.index, "title": c.title,
-                             "text": c.text, "start_char": c.start_char, "end_char": c.end_char,
-                             "metadata": dict(c.metadata), "meta_pairs": meta_pairs(c.metadata)},
-                )
-                for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
-            ]
+            points = self._points(chunks, vectors, analyzed)
             existed = self._existing_documents(document_ids)
             if points:
                 self.client.upsert(self.name, points=points, wait=True)
@@ -246,9 +233,35 @@ class QdrantCollection:
                 stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
                                       must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True)
-            self.client.update_collection(self.name, metadata={"terms": terms, "chunks": count})
             self._version += 1
         return len(existed)
+
+    def import_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+        """Chunks copied from another collection into this new one: written as they are, without replacing
+        whole documents (a document's chunks may arrive in different calls)."""
+        analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
+        with self._write_lock, self._calls():
+            if points := self._points(chunks, vectors, analyzed):
+                self.client.upsert(self.name, points=points, wait=True)
+            self._version += 1
+
+    def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]]) -> list[models.PointStruct]:
+        """The chunks as points, their BM25 values taken with avgdl including them (recorded in the metadata)."""
+        terms, count = self._stats()
+        terms += sum(len(t) for t in analyzed)
+        count += len(chunks)
+        avgdl = terms / count if count else 1.0
+        self.client.update_collection(self.name, metadata={"terms": terms, "chunks": count})
+        return [
+            models.PointStruct(
+                id=point_id(c.id),
+                vector={DENSE: v.tolist(), SPARSE: _bm25_vector(t, avgdl)},
+                payload={"chunk_id": c.id, "document_id": c.document_id, "chunk_index": c.index, "title": c.title,
+                         "text": c.text, "start_char": c.start_char, "end_char": c.end_char,
+                         "metadata": dict(c.metadata), "meta_pairs": meta_pairs(c.metadata)},
+            )
+            for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
+        ]
 
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(document_ids))
