@@ -37,6 +37,11 @@ def test_a_qdrant_collection_indexes_searches_and_survives_a_restart(tmp_path):
         assert ids(hybrid)[0] == "basil" and hybrid.hits[0].explanation.keyword.rank == 1
         assert set(ids(search(stub, "q", "green", filter={"kind": "food"}))) == {"basil", "tomato"}  # no grass
         assert ids(search(stub, "q", "green", mode=pb.SEARCH_MODE_KEYWORD, filter={"kind": "food"})) == ["basil"]
+        # Answers over what the Qdrant collection retrieved, quoted from its chunks.
+        answer = stub.Answer(pb.AnswerRequest(search=pb.SearchRequest(collection="q", query="What colour is grass?"),
+                                              extractive=True), timeout=120)
+        assert answer.kind == pb.ANSWER_KIND_EXTRACTIVE and answer.citations[0].document_id == "grass"
+        assert all(c.quote in answer.context[c.source - 1].text for c in answer.citations)
         # Re-sending replaces; deletes remove; the counts follow.
         (ack,) = index(stub, "q", [pb.Document(id="sky", text="The night sky is dark.", metadata={"kind": "nature"})])
         assert ack.replaced_count == 1
