@@ -14,7 +14,9 @@ import os
 import shutil
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
@@ -29,10 +31,17 @@ from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection, val
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 from searchsvc.storage.embedded.wal import WalCorrupt
-from searchsvc.storage.qdrant.collection import QdrantCollection, qdrant_errors
+from searchsvc.storage.qdrant.errors import qdrant_errors
 from searchsvc.types import CollectionConfig, validate_collection_name
 
+if TYPE_CHECKING:
+    from searchsvc.storage.qdrant.collection import QdrantCollection
+
 log = logging.getLogger(__name__)
+
+
+def _in_qdrant(collection) -> bool:
+    return collection is not None and collection.config.backend == "qdrant"
 
 
 class Catalog:
@@ -45,7 +54,9 @@ class Catalog:
         self._reembedding: set[str] = set()
         self._lock = threading.Lock()
         self._qdrant_client = None  # created at the first need (open_all with a cluster configured, or a create)
-        self._qdrant_lock = threading.RLock()  # local mode is not thread-safe: one call at a time on the client
+        self._qdrant_lock = threading.RLock()  # creating the client; and every call, for local mode's
+        # Around each call on the client: local mode's is not thread-safe; a cluster's client is.
+        self._qdrant_calls = nullcontext() if settings.qdrant.url else self._qdrant_lock
 
     def with_defaults(self, config: CollectionConfig) -> CollectionConfig:
         """Fill what the request left empty: the server's explicit defaults first, then the language's."""
@@ -90,7 +101,8 @@ class Catalog:
     # ------------------------------------------------------------------ Qdrant
     @property
     def _qdrant_path(self) -> Path:
-        return Path(self.settings.qdrant.path or self.root / "qdrant")
+        # Dot-prefixed: not a collection name, so no collection directory can be (or delete) it.
+        return Path(self.settings.qdrant.path or self.root / ".qdrant")
 
     def _qdrant(self):
         """The one client of this server: a cluster (settings.qdrant.url) or local mode (one process per path)."""
@@ -108,12 +120,13 @@ class Catalog:
                         raise Unavailable(f"Qdrant local mode at {self._qdrant_path}: {exc}") from exc
             return self._qdrant_client
 
-    def _qdrant_collection(self, name: str, config: CollectionConfig, *, create: bool = False) -> QdrantCollection:
+    def _qdrant_collection(self, name: str, config: CollectionConfig, *, create: bool = False) -> "QdrantCollection":
+        from searchsvc.storage.qdrant.collection import QdrantCollection
+
         embedder, dimension = self._embedder(config)
-        external = config.embedding_model == EXTERNAL_MODEL
         make = QdrantCollection.create if create else QdrantCollection
-        return make(self._qdrant(), name, config, None if external else embedder, dimension, get_analyzer(config.analyzer),
-                     max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_lock)
+        return make(self._qdrant(), name, config, embedder, dimension, get_analyzer(config.analyzer),
+                    max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_calls)
 
     @property
     def _uses_qdrant(self) -> bool:
@@ -125,7 +138,7 @@ class Catalog:
         if not self._uses_qdrant:
             return  # nothing was ever stored in Qdrant from here
         try:
-            with self._qdrant_lock, qdrant_errors("listing collections"):
+            with self._qdrant_calls, qdrant_errors("listing collections"):
                 names = [c.name for c in self._qdrant().get_collections().collections]
         except Exception as exc:
             log.error("Qdrant collections not opened at start (looked up at first use): %s", exc)
@@ -133,10 +146,12 @@ class Catalog:
         for name in sorted(names):
             self._open_qdrant_or_fail(name)
 
-    def _open_qdrant_or_fail(self, name: str) -> QdrantCollection | None:
+    def _open_qdrant_or_fail(self, name: str) -> "QdrantCollection | None":
         """The searchsvc collection `name` in Qdrant (None: not there, or not one of ours)."""
+        from searchsvc.storage.qdrant.collection import QdrantCollection
+
         try:
-            with self._qdrant_lock, qdrant_errors(f"opening collection {name!r}"):
+            with self._qdrant_calls, qdrant_errors(f"opening collection {name!r}"):
                 client = self._qdrant()
                 if not client.collection_exists(name):
                     return None
@@ -198,8 +213,15 @@ class Catalog:
                     self.models.cross_encoder(config.reranker_model)
                 except Exception as exc:
                     raise InvalidArgument("config.reranker_model", f"cannot load {config.reranker_model!r}: {exc}") from exc
+            if config.backend != "qdrant" and self._uses_qdrant:
+                try:
+                    with self._qdrant_calls, qdrant_errors(f"creating collection {name!r}"):
+                        if self._qdrant().collection_exists(name):  # not looked up yet: one name, one collection
+                            raise AlreadyExists(f"collection {name!r} already exists in Qdrant")
+                except Unavailable as exc:  # a local collection does not wait for the cluster; a clash shows at start
+                    log.warning("collection %s created without checking Qdrant for the name: %s", name, exc)
             if config.backend == "qdrant":
-                with self._qdrant_lock, qdrant_errors(f"creating collection {name!r}"):
+                with self._qdrant_calls, qdrant_errors(f"creating collection {name!r}"):
                     if self._qdrant().collection_exists(name):
                         raise AlreadyExists(f"collection {name!r} already exists in Qdrant")
                 collection = self._collections[name] = self._qdrant_collection(name, config, create=True)
@@ -213,6 +235,10 @@ class Catalog:
                 raise
             log.info("created collection %s", name)
             return collection
+
+    def loaded(self, name: str) -> Collection | None:
+        """The open collection `name`, or None (then `get` says why, or finds it in Qdrant). Never blocks."""
+        return self._collections.get(name)
 
     def get(self, name: str) -> Collection:
         validate_collection_name(name, "collection")
@@ -235,18 +261,17 @@ class Catalog:
         return [self._collections[n] for n in sorted(self._collections)]
 
     def _sync_qdrant(self) -> None:
-        try:
-            with self._qdrant_lock, qdrant_errors("listing collections"):
-                names = {c.name for c in self._qdrant().get_collections().collections}
-        except Unavailable as exc:
-            log.warning("Qdrant collections not refreshed: %s", exc)
-            return
-        with self._lock:
-            for name, collection in list(self._collections.items()):
-                if isinstance(collection, QdrantCollection) and name not in names:
-                    del self._collections[name]  # deleted through another server
-            for name in sorted(names - self._collections.keys() - self._failed.keys()):
-                self._open_qdrant_or_fail(name)
+        with self._lock:  # a collection created meanwhile is in the listing below, not dropped for missing from it
+            try:
+                with self._qdrant_calls, qdrant_errors("listing collections"):
+                    names = {c.name for c in self._qdrant().get_collections().collections}
+                for name, collection in list(self._collections.items()):
+                    if _in_qdrant(collection) and name not in names:
+                        del self._collections[name]  # deleted through another server
+                for name in sorted(names - self._collections.keys() - self._failed.keys()):
+                    self._open_qdrant_or_fail(name)
+            except Unavailable as exc:
+                log.warning("Qdrant collections not refreshed: %s", exc)
 
     def failed(self) -> dict[str, str]:
         """Collections that could not be opened, and why."""
@@ -269,7 +294,7 @@ class Catalog:
             collection = self._collections.pop(name, None)
             if collection is None and name not in self._failed:
                 raise NotFound(f"collection {name!r} not found")
-            if isinstance(collection, QdrantCollection):  # holds nothing to reload
+            if _in_qdrant(collection):  # holds nothing to reload
                 self._collections[name] = collection
                 return collection
             if collection is not None:
@@ -286,8 +311,9 @@ class Catalog:
             collection = self._collections.pop(name, None)
             if collection is None and self._failed.pop(name, None) is None:
                 raise NotFound(f"collection {name!r} not found")
-            if isinstance(collection, QdrantCollection):
-                with self._qdrant_lock, qdrant_errors(f"deleting collection {name!r}"):
+            in_qdrant_only = collection is None and not (self.root / name).exists() and self._uses_qdrant
+            if _in_qdrant(collection) or in_qdrant_only:  # (one that failed to open from Qdrant: delete it there)
+                with self._qdrant_calls, qdrant_errors(f"deleting collection {name!r}"):
                     self._qdrant().delete_collection(name)
                 log.info("deleted collection %s from Qdrant", name)
                 return
@@ -306,35 +332,45 @@ class Catalog:
         return collection
 
     # ------------------------------------------------------------------ embedded -> Qdrant
-    def move_to_qdrant(self, name: str, target: str = "", *, keep: bool = False, batch: int = 1000) -> QdrantCollection:
+    def move_to_qdrant(self, name: str, target: str = "", *, keep: bool = False, batch: int = 1000) -> "QdrantCollection":
         """Copy the embedded collection `name` into a new Qdrant collection `target` (default: the same name):
         its config (backend "qdrant"), and every chunk with its stored vector (no re-embedding; an SQ8 collection's
         vectors are decoded from their 8-bit codes). Then, unless `keep`, delete the embedded one. For a stopped
         server's index dir (`searchsvc move-to-qdrant`): nothing writes to the source meanwhile."""
         source = self.get(name)
-        if not isinstance(source, Collection):
+        if _in_qdrant(source):
             raise FailedPrecondition(f"collection {name!r} is already stored in Qdrant")
         target = target or name
         validate_collection_name(target, "target")
-        if target != name and target in self._collections:
+        if target == name and keep:
+            raise InvalidArgument("target", "keeping the embedded collection needs another name for the Qdrant one")
+        if target != name and (target in self._collections or (self.root / target / "collection.json").exists()):
             raise AlreadyExists(f"collection {target!r} already exists")
-        with self._qdrant_lock, qdrant_errors(f"creating collection {target!r}"):
+        with self._qdrant_calls, qdrant_errors(f"creating collection {target!r}"):
             if self._qdrant().collection_exists(target):
                 raise AlreadyExists(f"collection {target!r} already exists in Qdrant")
-        config = dataclasses.replace(source.config, backend="qdrant", dense_index="auto", dense_quantization="none")
+        defaults = CollectionConfig("", "", 0, 0)
+        config = dataclasses.replace(source.config, backend="qdrant", dense_index="auto", dense_quantization="none",
+                                     hnsw_m=defaults.hnsw_m, hnsw_ef_construction=defaults.hnsw_ef_construction,
+                                     hnsw_ef_search=defaults.hnsw_ef_search)
         moved = self._qdrant_collection(target, config, create=True)
-        pending: list = []
-        for chunk in source.dense.stored_chunks():
-            pending.append(chunk)
-            if len(pending) == batch:
+        try:
+            pending: list = []
+            for chunk in source.dense.stored_chunks():
+                pending.append(chunk)
+                if len(pending) == batch:
+                    moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
+                    pending = []
+            if pending:
                 moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
-                pending = []
-        if pending:
-            moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
-        if (moved.chunk_count, moved.document_count) != (source.chunk_count, source.document_count):
-            raise FailedPrecondition(
-                f"copied {moved.chunk_count} chunks of {moved.document_count} documents, but {name!r} holds "
-                f"{source.chunk_count} of {source.document_count}; the embedded collection is kept")
+            if (moved.chunk_count, moved.document_count) != (source.chunk_count, source.document_count):
+                raise FailedPrecondition(
+                    f"copied {moved.chunk_count} chunks of {moved.document_count} documents, but {name!r} holds "
+                    f"{source.chunk_count} of {source.document_count}; the embedded collection is kept")
+        except BaseException:
+            with self._qdrant_calls:  # a half copy must not be found (and served) later
+                self._qdrant().delete_collection(target)
+            raise
         log.info("copied collection %s into Qdrant as %s: %d chunks", name, target, moved.chunk_count)
         if not keep:
             with self._lock:
@@ -357,7 +393,7 @@ class Catalog:
         if not embedding_model:
             raise InvalidArgument("embedding_model", "must not be empty")
         coll = self.get(name)
-        if isinstance(coll, QdrantCollection):
+        if _in_qdrant(coll):
             raise FailedPrecondition(f"collection {name!r} is stored in Qdrant: re-embedding it is not supported yet; "
                                      "create a new collection and index the documents again")
         coll.check_writable()
@@ -428,8 +464,11 @@ class Catalog:
 
     def close(self) -> None:
         with self._lock:
-            for collection in self._collections.values():
-                collection.close()
-            if self._qdrant_client is not None:
-                with self._qdrant_lock:
-                    self._qdrant_client.close()  # local mode: releases its directory for the next process
+            try:
+                for collection in self._collections.values():
+                    collection.close()
+            finally:
+                if self._qdrant_client is not None:
+                    with self._qdrant_lock:
+                        self._qdrant_client.close()  # local mode: releases its directory for the next process
+                        self._qdrant_client = None

@@ -127,7 +127,7 @@ def cmd_move_to_qdrant(args: argparse.Namespace) -> int:
         return 1
     finally:
         catalog.close()
-    where = settings.qdrant.url or f"local mode at {settings.qdrant.path or Path(settings.index_dir) / 'qdrant'}"
+    where = settings.qdrant.url or f"local mode at {settings.qdrant.path or Path(settings.index_dir) / '.qdrant'}"
     print(f"copied into Qdrant ({where}) as {summary}"
           + ("; the embedded collection is kept" if args.keep else "; the embedded collection is deleted"))
     return 0

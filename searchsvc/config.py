@@ -98,7 +98,7 @@ class QdrantSettings(BaseModel):
 
     url: str = Field("", description="A Qdrant server or cluster, e.g. https://qdrant.internal:6333; empty: local mode at `path`.")
     api_key: str = Field("", description="Sent to the cluster; use with an https url.")
-    path: Path | None = Field(None, description="Local mode's directory; unset: <index_dir>/qdrant.")
+    path: Path | None = Field(None, description="Local mode's directory; unset: <index_dir>/.qdrant.")
     timeout_s: float = Field(10.0, gt=0, description="Deadline of every call to the cluster.")
 
 

@@ -210,7 +210,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         ordinal = 0
         async for request in request_iterator:
             ordinal += 1
-            collection = self.catalog.get(request.collection)
+            collection = await self._collection(request.collection)
             if len(request.documents) > self.settings.max_batch_documents:
                 raise errors.InvalidArgument(
                     "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
@@ -221,9 +221,14 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context) -> pb.DeleteDocumentsResponse:
-        collection = self.catalog.get(request.collection)
+        collection = await self._collection(request.collection)
         deleted, missing = await self._write(collection, collection.delete_documents, list(request.ids))
         return pb.DeleteDocumentsResponse(deleted_count=deleted, not_found_count=missing)
+
+    async def _collection(self, name: str):
+        """The collection `name`. One not open yet may be looked up in Qdrant (a network call): off the loop."""
+        loaded = self.catalog.loaded(name)
+        return loaded if loaded is not None else await self._run(self.catalog.get, name)
 
     async def _write(self, collection: Collection, fn, *args):
         """Run a write on the ingest thread; a storage fault that made the collection read-only turns its health
@@ -237,25 +242,25 @@ class SearchService(pb_grpc.SearchServiceServicer):
     # ----------------------------------------------------------- search
     @_maps_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
-        collection = self.catalog.get(request.collection)
+        collection = await self._collection(request.collection)
         params = search_params_from_pb(request, self.settings)
         result = await self._run(self.pipeline.search, collection, params)
         return search_result_to_pb(result, params.explain)
 
     # ----------------------------------------------------------- answers
-    def _answer_args(self, request: pb.AnswerRequest):
-        collection = self.catalog.get(request.search.collection)
+    async def _answer_args(self, request: pb.AnswerRequest):
+        collection = await self._collection(request.search.collection)
         return collection, answer_search_params_from_pb(request, self.settings), generation_params_from_pb(request, self.settings)
 
     @_maps_errors
     async def Answer(self, request: pb.AnswerRequest, context) -> pb.AnswerResponse:
-        result = await self.answers.answer(*self._answer_args(request))
+        result = await self.answers.answer(*await self._answer_args(request))
         return answer_result_to_pb(result, request.search.explain)
 
     @_maps_errors
     async def StreamAnswer(self, request: pb.AnswerRequest, context):
         explain = request.search.explain
-        stream = self.answers.stream(*self._answer_args(request))
+        stream = self.answers.stream(*await self._answer_args(request))
         try:
             async for event in stream:
                 if isinstance(event, ContextEvent):

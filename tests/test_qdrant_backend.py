@@ -50,7 +50,7 @@ def test_a_qdrant_collection_indexes_searches_and_survives_a_restart(tmp_path):
         assert (deleted.deleted_count, deleted.not_found_count) == (1, 1)
         got = stub.GetCollection(pb.GetCollectionRequest(name="q"))
         assert (got.document_count, got.chunk_count) == (3, 3)
-        assert not (tmp_path / "q").exists() and (tmp_path / "qdrant").is_dir()  # stored in Qdrant, not the index dir
+        assert not (tmp_path / "q").exists() and (tmp_path / ".qdrant").is_dir()  # stored in Qdrant, not the index dir
     with ServerProcess(tmp_path) as server:
         stub = server.stub()
         names = [c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections]

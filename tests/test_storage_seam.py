@@ -164,3 +164,31 @@ def test_qdrant_replaces_and_deletes_whole_documents(qdrant):
     assert qdrant.keyword_search(qdrant.analyze_query("zeta"), 5, {"kind": "x"}) == []
     assert qdrant.delete_documents(["z", "nothing"]) == (1, 1)
     assert qdrant.chunk_count == before and qdrant.get_chunks(["z#0"]) == {}
+
+
+def test_qdrant_external_collections_refuse_text_queries_and_count_writes(tmp_path):
+    """An external-vector collection on Qdrant answers a query without a vector as the embedded one does
+    (INVALID_ARGUMENT on query_vector), chunks of stopwords only are indexed, and every write bumps the version
+    kept in Qdrant (answers are cached per version, across servers and restarts)."""
+    from qdrant_client import QdrantClient
+
+    from searchsvc.errors import InvalidArgument
+    from searchsvc.retrieve.analyzers import get_analyzer
+    from searchsvc.retrieve.external import ExternalEmbedding
+    from searchsvc.storage.qdrant.collection import QdrantCollection
+    from searchsvc.types import Chunk
+
+    config = CollectionConfig("external", "english", 512, 0, dimension=DIM, backend="qdrant")
+    client = QdrantClient(":memory:")
+    coll = QdrantCollection.create(client, "x", config, ExternalEmbedding(dimension=DIM), DIM, get_analyzer("english"),
+                                   max_document_bytes=10_000)
+    with pytest.raises(InvalidArgument) as err:
+        SearchPipeline(ModelRegistry()).search(SeamOnly(coll), SearchParams("words only"))
+    assert err.value.field == "query_vector"
+    assert coll.version == 0
+    coll.upsert(["s"], [Chunk("s#0", "s", 0, "the of and", "", {}, 0, 10)], np.eye(1, DIM, dtype=np.float32))
+    assert coll.version == 1 and coll.chunk_count == 1
+    report = coll.index_documents([Document("t", "no vector here")])
+    assert report.errors[0].field == "documents[0].vector" and coll.version == 2  # a batch is a write, as in the embedded log
+    coll.delete_documents(["s"])
+    assert coll.version == 3 and coll.chunk_count == 0

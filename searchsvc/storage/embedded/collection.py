@@ -704,8 +704,11 @@ def validate_config_values(config: CollectionConfig) -> None:
     get_analyzer(config.analyzer)
     if config.backend not in BACKENDS:
         raise InvalidArgument("config.backend", f"must be one of {', '.join(BACKENDS)}")
-    if config.backend == "qdrant" and (config.dense_index, config.dense_quantization) != ("auto", "none"):
-        raise InvalidArgument("config.dense_index", "configures the embedded backend's FAISS index; Qdrant indexes with its own HNSW")
+    defaults = CollectionConfig("", "", 0, 0)
+    dense_settings = ("dense_index", "dense_quantization", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
+    if config.backend == "qdrant" and any(getattr(config, f) != getattr(defaults, f) for f in dense_settings):
+        raise InvalidArgument("config.dense_index", "configures the embedded backend's FAISS index; Qdrant indexes with "
+                              "its own HNSW (set on the cluster; a search may still pass dense.ef_search)")
     if config.embedding_model == EXTERNAL_MODEL and not 1 <= config.dimension <= MAX_DIMENSION:
         raise InvalidArgument("config.dimension", f"must be between 1 and {MAX_DIMENSION} with embedding_model 'external'")
     if config.embedding_model != EXTERNAL_MODEL and config.dimension:

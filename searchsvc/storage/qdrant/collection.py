@@ -35,17 +35,17 @@ import uuid
 import warnings
 from collections import Counter
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from searchsvc.errors import NotFound, Unavailable
 from searchsvc.ingest.batch import BatchPreparer, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
+from searchsvc.retrieve.external import EXTERNAL_MODEL
+from searchsvc.storage.qdrant.errors import qdrant_errors
 from searchsvc.types import Chunk, CollectionConfig, Document, ScoredId
 
 DENSE = "dense"
@@ -54,20 +54,6 @@ K1, B = 1.2, 0.75  # tantivy's (and Lucene's) BM25 parameters
 META_SEPARATOR = "\x1f"
 _POINT_NAMESPACE = uuid.UUID("2f1d3c4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5")
 _CONFIG_KEY = "searchsvc_config"
-
-
-@contextmanager
-def qdrant_errors(what: str) -> Iterator[None]:
-    """Qdrant's failures as the service's errors: an unreachable cluster (or one past the call's deadline) is
-    UNAVAILABLE, retriable; a collection that is gone (deleted through another server) is NOT_FOUND."""
-    try:
-        yield
-    except ResponseHandlingException as exc:
-        raise Unavailable(f"Qdrant did not answer while {what}: {exc.source or exc}; retry") from exc
-    except UnexpectedResponse as exc:
-        if exc.status_code == 404:
-            raise NotFound(f"not found in Qdrant while {what}: {exc.reason_phrase}") from exc
-        raise Unavailable(f"Qdrant refused {what}: HTTP {exc.status_code} {exc.reason_phrase}; retry") from exc
 
 
 def point_id(chunk_id: str) -> str:
@@ -87,36 +73,44 @@ class QdrantCollection:
     serialized (local mode is not thread-safe; a remote client does not mind)."""
 
     def __init__(self, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: threading.RLock | None = None) -> None:
+                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None) -> None:
         self.client = client
         self.name = name
         self.config = config
         self.embed_model = embed_model
         self.analyzer = analyzer
         self._dimension = dimension
-        self._lock = lock or threading.RLock()  # around every client call (shared by the collections of one client)
+        # Around every client call: local mode's client is not thread-safe (the catalog shares one lock among the
+        # collections of a local client; a remote client needs none, and gets a no-op).
+        self._lock = lock or threading.RLock()
         self._write_lock = threading.Lock()
-        self._version = 0
-        embed = None if embed_model is None else self.embed_passages
+        embed = None if config.embedding_model == EXTERNAL_MODEL else self.embed_passages
         self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, max_document_bytes)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-               dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: threading.RLock | None = None) -> "QdrantCollection":
+               dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None) -> "QdrantCollection":
         coll = cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes, lock=lock)
         with coll._lock, qdrant_errors(f"creating collection {name!r}"):
-            coll._create()
+            try:
+                coll._create()
+            except BaseException:
+                if coll._made:  # half made (its payload indexes failed): not left behind to be found later
+                    client.delete_collection(name)
+                raise
         return coll
 
     def _create(self) -> None:
         client, name, config, dimension = self.client, self.name, self.config, self._dimension
+        self._made = False
         client.create_collection(
             name,
             vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-            metadata={_CONFIG_KEY: dataclasses.asdict(config), "terms": 0, "chunks": 0},
+            metadata={_CONFIG_KEY: dataclasses.asdict(config), "terms": 0, "chunks": 0, "version": 0},
         )
+        self._made = True
         for field, schema in (("document_id", models.PayloadSchemaType.KEYWORD), ("meta_pairs", models.PayloadSchemaType.KEYWORD),
                               ("chunk_index", models.PayloadSchemaType.INTEGER)):
             with warnings.catch_warnings():  # local mode ignores payload indexes, and says so; a cluster uses them
@@ -136,10 +130,15 @@ class QdrantCollection:
         with self._lock, qdrant_errors(f"reading or writing collection {self.name!r}"):
             yield
 
-    def _stats(self) -> tuple[int, int]:
-        """(terms, chunks) written so far, for avgdl."""
+    def _stats(self) -> tuple[int, int, int]:
+        """(terms, chunks) written so far, for avgdl, and the write counter."""
         metadata = self.client.get_collection(self.name).config.metadata or {}
-        return int(metadata.get("terms", 0)), int(metadata.get("chunks", 0))
+        return int(metadata.get("terms", 0)), int(metadata.get("chunks", 0)), int(metadata.get("version", 0))
+
+    def _written(self, stats: tuple[int, int, int]) -> None:
+        """Record a write (after its points are in): the new length totals, the write counter bumped."""
+        terms, chunks, version = stats
+        self.client.update_collection(self.name, metadata={"terms": terms, "chunks": chunks, "version": version + 1})
 
     # ------------------------------------------------------------------ the seam: reads
     @property
@@ -148,7 +147,10 @@ class QdrantCollection:
 
     @property
     def version(self) -> int:
-        return self._version
+        """The collection's write counter, kept in its Qdrant metadata: the same for every server on the cluster
+        and across restarts (answers are cached per version)."""
+        with self._calls():
+            return self._stats()[2]
 
     def embed_query(self, query: str) -> np.ndarray:
         return np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
@@ -225,15 +227,15 @@ class QdrantCollection:
         search never finds a document missing. Returns once Qdrant acknowledged both (wait=True)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            points = self._points(chunks, vectors, analyzed)
+            points, stats = self._points(chunks, vectors, analyzed)
             existed = self._existing_documents(document_ids)
             if points:
                 self.client.upsert(self.name, points=points, wait=True)
+            self._written(stats)
             if existed:
                 stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
                                       must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True)
-            self._version += 1
         return len(existed)
 
     def import_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
@@ -241,17 +243,19 @@ class QdrantCollection:
         whole documents (a document's chunks may arrive in different calls)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            if points := self._points(chunks, vectors, analyzed):
+            points, stats = self._points(chunks, vectors, analyzed)
+            if points:
                 self.client.upsert(self.name, points=points, wait=True)
-            self._version += 1
+            self._written(stats)
 
-    def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]]) -> list[models.PointStruct]:
-        """The chunks as points, their BM25 values taken with avgdl including them (recorded in the metadata)."""
-        terms, count = self._stats()
+    def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]]) -> tuple[list, tuple[int, int, int]]:
+        """The chunks as points, their BM25 values taken with avgdl including them, and the statistics to record
+        once they are written. Replaced and deleted chunks are not subtracted: avgdl is the mean of what was
+        written, which a collection of stable sizes keeps close to its current mean."""
+        terms, count, version = self._stats()
         terms += sum(len(t) for t in analyzed)
         count += len(chunks)
-        avgdl = terms / count if count else 1.0
-        self.client.update_collection(self.name, metadata={"terms": terms, "chunks": count})
+        avgdl = terms / count if terms else 1.0  # chunks of stopwords only have no terms
         return [
             models.PointStruct(
                 id=point_id(c.id),
@@ -261,7 +265,7 @@ class QdrantCollection:
                          "metadata": dict(c.metadata), "meta_pairs": meta_pairs(c.metadata)},
             )
             for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
-        ]
+        ], (terms, count, version)
 
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(document_ids))
@@ -270,7 +274,7 @@ class QdrantCollection:
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True)
-                self._version += 1
+                self._written(self._stats())
         return len(existed), len(ids) - len(existed)
 
     def _existing_documents(self, document_ids: Sequence[str]) -> set[str]:
