@@ -222,7 +222,6 @@ class Collection:
                 replayed += 1
         coll._refresh_keyword()
         coll.keyword.start_refresher()
-        coll.dense.kvstore.release_cache()  # the start-up scans' pages are cold: ~64 MiB at 1M chunks
         if hasattr(coll.keyword.analyzer, "prepare_korean") and coll.dense.sample_has_hangul():
             coll.keyword.analyzer.prepare_korean()  # a collection that holds Korean: its first query shouldn't wait
         log.info("collection %s: %d WAL records replayed", coll.name, replayed)

@@ -112,12 +112,6 @@ class SqliteKVStore(BaseKVStore):
                 raise _as_os_error(exc) from exc
             self.committed.update(values)
 
-    def release_cache(self) -> None:
-        """Free the cache's clean pages (dirty ones of the open transaction stay): after a scan that read the
-        whole table once, they would otherwise hold their memory until pushed out."""
-        with self._lock:
-            self._conn.execute("PRAGMA shrink_memory")
-
     def close(self) -> None:
         """Closing rolls back an open transaction: the WAL still holds what it had."""
         with self._lock:

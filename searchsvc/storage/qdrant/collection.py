@@ -44,6 +44,7 @@ from qdrant_client import QdrantClient, models
 from searchsvc.ingest.batch import BatchPreparer, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
+from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.retrieve.external import EXTERNAL_MODEL
 from searchsvc.storage.qdrant.errors import qdrant_errors
 from searchsvc.types import Chunk, CollectionConfig, Document, ScoredId
@@ -153,12 +154,10 @@ class QdrantCollection:
             return self._stats()[2]
 
     def embed_query(self, query: str) -> np.ndarray:
-        return np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
+        return embed_query(self.embed_model, query)
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        if hasattr(self.embed_model, "embed_passages"):
-            return np.asarray(self.embed_model.embed_passages(list(texts)), dtype=np.float32)
-        return np.asarray(self.embed_model.get_text_embedding_batch(list(texts)), dtype=np.float32)
+        return embed_passages(self.embed_model, texts)
 
     def analyze_query(self, query: str) -> list[str]:
         return self.analyzer.analyze(query)
