@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
@@ -52,16 +54,26 @@ def stub(channel):
 _names = iter(range(10**6))
 
 
+@contextmanager
+def fresh_collection(stub, backend: str = "") -> Iterator[str]:
+    """A new collection (synchronous keyword refresh on the embedded backend), deleted on the way out."""
+    name = f"t{next(_names)}"
+    config = pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH, backend=backend)
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
+    try:
+        yield name
+    finally:
+        try:
+            stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+        except grpc.RpcError:
+            pass
+
+
 @pytest.fixture
 def collection(stub):
-    """A fresh collection with synchronous keyword refresh; deleted afterwards."""
-    name = f"t{next(_names)}"
-    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH)))
-    yield name
-    try:
-        stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
-    except grpc.RpcError:
-        pass
+    """A fresh embedded collection; deleted afterwards."""
+    with fresh_collection(stub) as name:
+        yield name
 
 
 def doc(id: str, text: str, title: str = "", **metadata: str) -> pb.Document:

@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from conftest import CORPUS, doc, index
+from conftest import CORPUS, doc, fresh_collection, index
 
 from searchsvc.v1 import searchsvc_pb2 as pb
 
@@ -22,11 +22,18 @@ def ask(collection: str, query: str, **kw) -> pb.AnswerRequest:
 
 
 @pytest.fixture
-def corpus(stub, collection):
-    index(stub, collection, CORPUS)
-    return collection
+def corpus(stub, request):
+    """CORPUS in a fresh collection, embedded unless a test asks for a backend (both: answers read their context
+    through the storage seam, and the cache keys on the storage's write counter)."""
+    with fresh_collection(stub, getattr(request, "param", "")) as name:
+        index(stub, name, CORPUS)
+        yield name
 
 
+BOTH_BACKENDS = pytest.mark.parametrize("corpus", ["embedded", "qdrant"], indirect=True)
+
+
+@BOTH_BACKENDS
 def test_answer_is_generated_grounded_and_cited(stub, corpus):
     r = stub.Answer(ask(corpus, QUESTION, max_tokens=48, temperature=0.0), timeout=300)
     assert r.kind == pb.ANSWER_KIND_GENERATED, r
@@ -80,6 +87,7 @@ def test_cancelling_a_stream_stops_generation(server, stub, corpus):
     assert r.kind == pb.ANSWER_KIND_GENERATED
 
 
+@BOTH_BACKENDS
 def test_cache_hit_then_invalidated_by_a_write(stub, corpus):
     request = ask(corpus, "What do cats hunt?", max_tokens=32, temperature=0.0)
     first = stub.Answer(request, timeout=300)

@@ -5,8 +5,16 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import CORPUS, doc, ids, index, search
+from conftest import CORPUS, doc, fresh_collection, ids, index, search
 from searchsvc.v1 import searchsvc_pb2 as pb
+
+
+@pytest.fixture(params=["embedded", "qdrant"])
+def collection(stub, request):
+    """Every API test that takes a collection runs on both storage backends (issue 16): Qdrant in qdrant-client's
+    local mode under the server's index dir. Fusion, rerank, cutoff and answers are the service's, the same on both."""
+    with fresh_collection(stub, request.param) as name:
+        yield name
 
 
 def field_violation(err: grpc.RpcError) -> str:

@@ -97,40 +97,6 @@ def test_an_unreachable_cluster_is_unavailable_and_does_not_stop_the_server(tmp_
         assert ids(search(stub, "local", "red tomatoes", mode=pb.SEARCH_MODE_KEYWORD))[0] == "tomato"
 
 
-def test_servers_sharing_a_cluster_see_each_others_collections(tmp_path):
-    """Two catalogs (two servers' worth) on one Qdrant: a collection created through one is found by the other
-    (at first use, and in a refreshed list), its documents too, and a delete through one is seen by the other.
-    Local mode lets one client own a store, so both catalogs share one client here; across processes that is
-    a cluster's job."""
-    from qdrant_client import QdrantClient
-
-    from searchsvc.catalog import Catalog
-    from searchsvc.config import QdrantSettings, load_settings
-    from searchsvc.errors import NotFound
-    from searchsvc.models import ModelRegistry
-    from searchsvc.types import CollectionConfig, Document
-
-    shared = QdrantClient(":memory:")
-    catalogs = []
-    for side in ("a", "b"):
-        (tmp_path / side / "qdrant").mkdir(parents=True)
-        settings = load_settings(index_dir=tmp_path / side, qdrant=QdrantSettings(path=tmp_path / side / "qdrant"))
-        catalog = Catalog(settings, ModelRegistry())
-        catalog._qdrant_client = shared
-        catalog.open_all()
-        catalogs.append(catalog)
-    a, b = catalogs
-    created = a.create("shared", CollectionConfig("external", "", 0, 0, dimension=2, backend="qdrant", language="en"))
-    created.index_documents([Document("x", "hello there", vector=[1.0, 0.0])])
-    assert [c.name for c in b.list()] == [] and [c.name for c in b.list(refresh=True)] == ["shared"]
-    seen = b.get("shared")
-    assert seen.document_count == 1 and seen.get_chunks(["x#0"])["x#0"].text == "hello there"
-    a.delete("shared")
-    assert [c.name for c in b.list(refresh=True)] == []
-    with pytest.raises(NotFound):
-        b.get("shared")
-
-
 def test_move_to_qdrant_copies_an_embedded_collection_that_then_answers_the_same(tmp_path):
     import os
     import subprocess

@@ -1,40 +1,163 @@
-"""Against a real Qdrant server or cluster: runs only when QDRANT_URL is set (e.g. QDRANT_URL=http://127.0.0.1:6333,
-and QDRANT_API_KEY if it needs one). None can be installed on the CI machine (no binary on PyPI, apt or npm, no
-Docker), so CI skips this file; tests/test_qdrant_backend.py covers the same API on qdrant-client's local mode."""
+"""searchsvc against a Qdrant server by URL, as in production: the remote client, several `searchsvc serve`
+processes on one store, and Qdrant's own engine doing the scoring (sparse IDF, filters, deletes, reopening).
+
+Two servers:
+- `stand-in` (always): tests/qdrant_standin.py, Qdrant's REST API served by Qdrant's Rust engine
+  (qdrant-edge-py). No Qdrant server binary can be installed on the CI machine (none on PyPI, apt or npm; no
+  Docker), and qdrant-client's local mode (tests/test_qdrant_backend.py) is a Python emulation that only one
+  process can open.
+- `QDRANT_URL` (only when that is set, e.g. QDRANT_URL=http://127.0.0.1:6333, plus QDRANT_API_KEY if it needs
+  one): a real Qdrant server or cluster. The tests that restart Qdrant itself run on the stand-in only.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 
+import grpc
 import pytest
 
 from conftest import ServerProcess, ids, index, search
+from qdrant_standin import StandInProcess
 from searchsvc.v1 import searchsvc_pb2 as pb
 
+pytest.importorskip("qdrant_edge", reason="qdrant-edge-py (the dev extra) runs the Qdrant stand-in")
+
 URL = os.environ.get("QDRANT_URL", "")
-pytestmark = pytest.mark.skipif(not URL, reason="QDRANT_URL is not set: no Qdrant server to test against")
+
+DOCS = [  # (id, text, kind, vector): short texts, so tantivy's one-byte length norms are exact (same BM25 as Qdrant)
+    ("tomato", "Tomatoes are red fruits that ripen in summer.", "food", [1, 0, 0, 0]),
+    ("grass", "Grass is green and grows in fields.", "plant", [0, 1, 0, 0]),
+    ("sky", "The clear sky is blue during the day.", "nature", [0, 0, 1, 0]),
+    ("basil", "Basil is a green herb used with tomatoes.", "food", [0.6, 0.8, 0, 0]),
+    ("fern", "Ferns are green plants of damp shade, fields and forests.", "plant", [0, 0.8, 0, 0.6]),
+]
+QUERIES = ["green", "red tomatoes", "green fields", "blue sky in summer", "herb"]
 
 
-def test_index_search_filter_delete_on_a_real_cluster(tmp_path):
-    env = {"SEARCHSVC_QDRANT__URL": URL, "SEARCHSVC_QDRANT__API_KEY": os.environ.get("QDRANT_API_KEY", "")}
+def documents(*names: str) -> list[pb.Document]:
+    return [pb.Document(id=i, text=t, metadata={"kind": k}, vector=v) for i, t, k, v in DOCS if not names or i in names]
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    process = StandInProcess(tmp_path_factory.mktemp("qdrant")).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module", params=["stand-in", "QDRANT_URL"])
+def qdrant_env(request, standin) -> dict[str, str]:
+    """The server settings that point searchsvc at the Qdrant under test."""
+    if request.param == "stand-in":
+        return {"SEARCHSVC_QDRANT__URL": standin.url}
+    if not URL:
+        pytest.skip("QDRANT_URL is not set: no real Qdrant server to test against")
+    return {"SEARCHSVC_QDRANT__URL": URL, "SEARCHSVC_QDRANT__API_KEY": os.environ.get("QDRANT_API_KEY", "")}
+
+
+def create(stub, name: str, backend: str = "qdrant") -> None:
+    config = pb.CollectionConfig(backend=backend, embedding_model="external", dimension=4, refresh_interval_ms=-1)
+    stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
+
+
+def names(stub) -> list[str]:
+    return [c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections]
+
+
+def keyword_scores(stub, name: str, query: str, **kw) -> list[tuple[str, float]]:
+    found = search(stub, name, query, mode=pb.SEARCH_MODE_KEYWORD, explain=True, top_k=10, **kw)
+    return [(h.document_id, round(h.explanation.keyword.score, 4)) for h in found.hits]
+
+
+def test_index_search_filter_delete(tmp_path, qdrant_env):
     name = f"searchsvc-test-{uuid.uuid4().hex[:8]}"
-    with ServerProcess(tmp_path, env=env) as server:
+    with ServerProcess(tmp_path, env=qdrant_env) as server:
         stub = server.stub()
-        config = pb.CollectionConfig(backend="qdrant", embedding_model="external", dimension=4)
-        stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
+        create(stub, name)
         try:
-            docs = [
-                pb.Document(id="a", text="red tomatoes", vector=[1, 0, 0, 0], metadata={"kind": "food"}),
-                pb.Document(id="b", text="green grass", vector=[0, 1, 0, 0], metadata={"kind": "plant"}),
-            ]
-            index(stub, name, docs)
-            assert ids(search(stub, name, "tomatoes", mode=pb.SEARCH_MODE_KEYWORD)) == ["a"]
-            assert ids(search(stub, name, "", mode=pb.SEARCH_MODE_DENSE, query_vector=[0, 1, 0, 0], top_k=1)) == ["b"]
-            assert ids(search(stub, name, "green", query_vector=[0, 1, 0, 0], filter={"kind": "food"})) == ["a"]
-            stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=name, ids=["a"]))
-            assert ids(search(stub, name, "tomatoes", mode=pb.SEARCH_MODE_KEYWORD)) == []
+            index(stub, name, documents())
+            assert sorted(ids(search(stub, name, "tomatoes", mode=pb.SEARCH_MODE_KEYWORD))) == ["basil", "tomato"]
+            assert ids(search(stub, name, "", mode=pb.SEARCH_MODE_DENSE, query_vector=[0, 1, 0, 0], top_k=1)) == ["grass"]
+            assert set(ids(search(stub, name, "green", query_vector=[0, 1, 0, 0], filter={"kind": "food"}))) == {"basil", "tomato"}
+            stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=name, ids=["tomato"]))
+            assert ids(search(stub, name, "tomatoes", mode=pb.SEARCH_MODE_KEYWORD)) == ["basil"]
         finally:
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
-    with ServerProcess(tmp_path, env=env) as server:  # the config lived on the cluster: nothing left behind
-        assert name not in [c.name for c in server.stub().ListCollections(pb.ListCollectionsRequest()).collections]
+    with ServerProcess(tmp_path, env=qdrant_env) as server:  # the config lived in Qdrant: nothing left behind
+        assert name not in names(server.stub())
+
+
+def test_two_servers_on_one_qdrant_serve_the_same_collections(tmp_path, qdrant_env):
+    """The stateless search tier: nothing of a Qdrant collection lives on either server's disk."""
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    with ServerProcess(tmp_path / "a", env=qdrant_env) as a, ServerProcess(tmp_path / "b", env=qdrant_env) as b:
+        sa, sb = a.stub(), b.stub()
+        create(sa, name)
+        index(sa, name, documents("tomato", "grass", "sky"))
+        assert name in names(sb)  # created through a, listed by b
+        assert ids(search(sb, name, "red tomatoes", mode=pb.SEARCH_MODE_KEYWORD)) == ["tomato"]  # indexed through a
+        index(sb, name, documents("basil"))
+        assert ids(search(sa, name, "herb", mode=pb.SEARCH_MODE_KEYWORD)) == ["basil"]  # and the other way round
+        sb.DeleteDocuments(pb.DeleteDocumentsRequest(collection=name, ids=["tomato"]))
+        assert ids(search(sa, name, "tomatoes", mode=pb.SEARCH_MODE_KEYWORD)) == ["basil"]
+        got = sa.GetCollection(pb.GetCollectionRequest(name=name))
+        assert (got.document_count, got.chunk_count) == (3, 3)
+        # Answers are cached per collection version; the version lives in Qdrant, so b's write reached a's cache key.
+        sa.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+        assert name not in names(sb)
+        with pytest.raises(grpc.RpcError) as err:
+            search(sb, name, "green")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_engine_scores_as_the_embedded_backend_through_filters_and_deletes(tmp_path, qdrant_env):
+    """Qdrant's IDF over our BM25 term-frequency values gives tantivy's BM25 scores; dense cosines and filtered
+    results agree; a deleted document is gone from every leg at once."""
+    name = f"engine-{uuid.uuid4().hex[:8]}"
+    with ServerProcess(tmp_path, env=qdrant_env) as server:
+        stub = server.stub()
+        create(stub, name)
+        create(stub, "embedded", backend="embedded")
+        try:
+            for collection in (name, "embedded"):
+                index(stub, collection, documents(), batch_size=10)  # one batch: every chunk written with the final avgdl
+            for query in QUERIES:
+                assert keyword_scores(stub, name, query) == keyword_scores(stub, "embedded", query), query
+                assert keyword_scores(stub, name, query, filter={"kind": "plant"}) == keyword_scores(stub, "embedded", query, filter={"kind": "plant"})
+            for vector in ([0.1, 0.7, 0.2, 0.3], [0.9, 0.1, 0.3, 0.2]):  # no ties
+                dense = [search(stub, c, "", mode=pb.SEARCH_MODE_DENSE, query_vector=vector, explain=True) for c in (name, "embedded")]
+                assert [(h.document_id, round(h.score, 5)) for h in dense[0].hits] == [(h.document_id, round(h.score, 5)) for h in dense[1].hits]
+            for collection in (name, "embedded"):
+                stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=collection, ids=["grass"]))
+            for mode in (pb.SEARCH_MODE_KEYWORD, pb.SEARCH_MODE_DENSE, pb.SEARCH_MODE_HYBRID):
+                query = dict(query="green grass fields", mode=mode, query_vector=[0.1, 0.7, 0.2, 0.3], top_k=10)
+                found = ids(search(stub, name, **query))
+                assert "grass" not in found and found == ids(search(stub, "embedded", **query)), mode
+        finally:
+            for collection in (name, "embedded"):
+                stub.DeleteCollection(pb.DeleteCollectionRequest(name=collection))
+
+
+def test_acked_documents_survive_qdrant_being_killed(tmp_path, qdrant_env, standin):
+    """Acked means Qdrant holds the write (wait=True): kill -9 the engine right after the acks, reopen it from its
+    files, and every acked document is found, by the same searchsvc server (which said UNAVAILABLE meanwhile)."""
+    if qdrant_env["SEARCHSVC_QDRANT__URL"] != standin.url:
+        pytest.skip("restarts Qdrant itself: stand-in only")
+    name = f"durable-{uuid.uuid4().hex[:8]}"
+    with ServerProcess(tmp_path, env={**qdrant_env, "SEARCHSVC_QDRANT__TIMEOUT_S": "3"}) as server:
+        stub = server.stub()
+        create(stub, name)
+        index(stub, name, documents(), batch_size=1)
+        before = keyword_scores(stub, name, "green fields")
+        standin.kill9()
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                search(stub, name, "green", mode=pb.SEARCH_MODE_KEYWORD)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            standin.start()
+        assert stub.GetCollection(pb.GetCollectionRequest(name=name)).document_count == len(DOCS)
+        assert keyword_scores(stub, name, "green fields") == before
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
