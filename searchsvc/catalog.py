@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import ssl
 import threading
 import time
 from contextlib import nullcontext
@@ -112,7 +113,8 @@ class Catalog:
 
                 q = self.settings.qdrant
                 if q.url:
-                    self._qdrant_client = QdrantClient(url=q.url, api_key=q.api_key or None, timeout=max(1, round(q.timeout_s)))
+                    tls = {"verify": ssl.create_default_context(cafile=str(q.tls_ca_file))} if q.tls_ca_file else {}
+                    self._qdrant_client = QdrantClient(url=q.url, api_key=q.api_key or None, timeout=max(1, round(q.timeout_s)), **tls)
                 else:
                     try:
                         self._qdrant_client = QdrantClient(path=str(self._qdrant_path))
@@ -125,8 +127,10 @@ class Catalog:
 
         embedder, dimension = self._embedder(config)
         make = QdrantCollection.create if create else QdrantCollection
+        q = self.settings.qdrant
         return make(self._qdrant(), name, config, embedder, dimension, get_analyzer(config.analyzer),
-                    max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_calls)
+                    max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_calls,
+                    ordering=q.write_ordering, **({"layout": q.layout()} if create else {}))
 
     @property
     def _uses_qdrant(self) -> bool:
@@ -160,7 +164,9 @@ class Catalog:
                 return None  # a Qdrant collection that searchsvc did not create
             if (self.root / name / "collection.json").exists():
                 raise FailedPrecondition(f"an embedded collection of the same name exists in {self.root}")
-            collection = self._collections[name] = self._qdrant_collection(name, config)
+            collection = self._qdrant_collection(name, config)
+            collection.check_dimension()
+            self._collections[name] = collection
             self._failed.pop(name, None)
             return collection
         except Unavailable:

@@ -100,6 +100,19 @@ class QdrantSettings(BaseModel):
     api_key: str = Field("", description="Sent to the cluster; use with an https url.")
     path: Path | None = Field(None, description="Local mode's directory; unset: <index_dir>/.qdrant.")
     timeout_s: float = Field(10.0, gt=0, description="Deadline of every call to the cluster.")
+    tls_ca_file: Path | None = Field(None, description="CA bundle that signed the cluster's certificate (an https url); unset: the system's.")
+    # How a new collection is laid out on the cluster (0: the cluster's default). Fixed at creation, as in Qdrant.
+    shard_number: int = Field(0, ge=0, description="Shards of a new collection; 0: Qdrant's default (one per node at creation).")
+    replication_factor: int = Field(0, ge=0, description="Copies of each shard; 0: Qdrant's default (1).")
+    write_consistency_factor: int = Field(
+        0, ge=0, description="Replicas that must apply a write before it is acked (BulkIndex acks after that); 0: Qdrant's default (1).")
+    write_ordering: Literal["weak", "medium", "strong"] = Field(
+        "weak", description="Qdrant's write ordering: weak (any replica), medium (the shard's leader if up), strong (only the leader).")
+
+    def layout(self) -> dict[str, int]:
+        """create_collection's cluster arguments that were set."""
+        fields = ("shard_number", "replication_factor", "write_consistency_factor")
+        return {f: getattr(self, f) for f in fields if getattr(self, f)}
 
 
 class Settings(BaseSettings):

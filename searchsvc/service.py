@@ -163,7 +163,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def ListCollections(self, request, context) -> pb.ListCollectionsResponse:
-        listed = await self._run(lambda: [collection_to_pb(c) for c in self.catalog.list(refresh=True)])
+        listed = await self._run(lambda: [pb_ for c in self.catalog.list(refresh=True) if (pb_ := listed_collection_to_pb(c))])
         listed += [failed_collection_to_pb(name, reason) for name, reason in self.catalog.failed().items()]
         return pb.ListCollectionsResponse(collections=sorted(listed, key=lambda c: c.name))
 
@@ -316,6 +316,19 @@ def collection_to_pb(c: Collection) -> pb.Collection:
         state_reason=c.read_only_reason,
         dense_index_in_use=c.dense_index_in_use,
     )
+
+
+def listed_collection_to_pb(c: Collection) -> pb.Collection | None:
+    """One collection of a listing: one whose storage does not answer is listed as UNAVAILABLE (the others are
+    still listed), one deleted meanwhile (through another server on the cluster) is left out."""
+    try:
+        return collection_to_pb(c)
+    except errors.Unavailable as exc:
+        listed = pb.Collection(name=c.name, state=pb.COLLECTION_STATE_UNAVAILABLE, state_reason=str(exc))
+        listed.config.backend = c.config.backend
+        return listed
+    except errors.NotFound:
+        return None
 
 
 def failed_collection_to_pb(name: str, reason: str) -> pb.Collection:

@@ -7,12 +7,15 @@ tests run searchsvc against a Qdrant *URL*, as production does: several `searchs
 one store, the remote client's REST serialization, and the real engine's scoring (sparse IDF, filters, deletes,
 payload indexes, reopening from disk).
 
-What it is not: a cluster. It has no sharding, replication, consensus, API keys or gRPC port. Only the
+What it is not: a cluster. It has no sharding, replication, consensus or gRPC port (it records the layout a
+collection was created with, as a one-node Qdrant reports it). It checks an API key (`--api-key`, the
+`api-key` header) and serves https (`--tls-cert/--tls-key`) when asked, as Qdrant does. Only the
 endpoints and request fields searchsvc sends are translated (anything else is a 400 that names it, so a new
 call in searchsvc fails loudly here rather than passing by accident). Collection metadata, which EdgeShard does
 not hold, lives in `<path>/<name>/collection.json` beside the shard, written atomically.
 
-    python tests/qdrant_standin.py --path DIR [--port 0]   # prints "listening on PORT" once serving
+    python tests/qdrant_standin.py --path DIR [--port 0] [--api-key K] [--tls-cert C --tls-key K]
+    # prints "listening on PORT" once serving
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -155,7 +159,9 @@ class Collection:
             "payload_schema": {},
             "config": {
                 "params": {"vectors": create.get("vectors"), "sparse_vectors": create.get("sparse_vectors"),
-                           "shard_number": 1, "replication_factor": 1, "write_consistency_factor": 1,
+                           "shard_number": create.get("shard_number") or 1,
+                           "replication_factor": create.get("replication_factor") or 1,
+                           "write_consistency_factor": create.get("write_consistency_factor") or 1,
                            "on_disk_payload": True},
                 "hnsw_config": {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000},
                 "optimizer_config": {"deleted_threshold": 0.2, "vacuum_min_vector_number": 1000,
@@ -307,6 +313,7 @@ _ROUTES = [
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as qdrant-client's httpx pool expects
     store: Store
+    api_key: str = ""
 
     def log_message(self, format, *args) -> None:
         pass
@@ -316,6 +323,8 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}") if length else {}
         path = self.path.split("?", 1)[0]
+        if self.api_key and self.headers.get("api-key") != self.api_key:
+            return self._send(401, {"status": {"error": "Must provide an API key or an Authorization bearer token"}, "time": 0})
         if path == "/":
             return self._send(200, {"title": "qdrant stand-in (searchsvc tests, qdrant-edge engine)", "version": VERSION})
         for method, pattern, handler in _ROUTES:
@@ -342,20 +351,25 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def serve(path: Path, port: int = 0, host: str = "127.0.0.1") -> tuple[ThreadingHTTPServer, Store]:
+def serve(path: Path, port: int = 0, host: str = "127.0.0.1", *, api_key: str = "",
+          tls: tuple[Path, Path] | None = None) -> tuple[ThreadingHTTPServer, Store]:
     store = Store(path)
-    handler = type("BoundHandler", (Handler,), {"store": store})
+    handler = type("BoundHandler", (Handler,), {"store": store, "api_key": api_key})
     ThreadingHTTPServer.allow_reuse_address = True  # a restart at once on the port of a killed one
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     return server, store
 
 
 class StandInProcess:
     """The stand-in as a child process on a fixed port, so that it can be killed and restarted at the same URL."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, *options: str, https: bool = False) -> None:
+        self.path, self.options, self.https = path, options, https
         with socket.socket() as s:  # a free port, kept across restarts
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -363,10 +377,10 @@ class StandInProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> "StandInProcess":
-        self.proc = subprocess.Popen([sys.executable, __file__, "--path", str(self.path), "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--path", str(self.path), "--port", str(self.port), *self.options],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
@@ -392,8 +406,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--path", type=Path, required=True, help="directory of the collections (created if missing)")
     parser.add_argument("--port", type=int, default=0, help="0: a free port, printed once serving")
+    parser.add_argument("--api-key", default="", help="refuse requests without this api-key header (401)")
+    parser.add_argument("--tls-cert", type=Path, help="serve https with this certificate (PEM) ...")
+    parser.add_argument("--tls-key", type=Path, help="... and this key")
     args = parser.parse_args()
-    server, store = serve(args.path, args.port)
+    server, store = serve(args.path, args.port, api_key=args.api_key,
+                          tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
     signal.signal(signal.SIGTERM, _interrupt)  # terminate closes the shards, as Ctrl-C does
     print(f"listening on {server.server_address[1]}", flush=True)
     try:

@@ -12,8 +12,12 @@ Two servers:
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import subprocess
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -142,7 +146,8 @@ def test_the_engine_scores_as_the_embedded_backend_through_filters_and_deletes(t
 
 def test_acked_documents_survive_qdrant_being_killed(tmp_path, qdrant_env, standin):
     """Acked means Qdrant holds the write (wait=True): kill -9 the engine right after the acks, reopen it from its
-    files, and every acked document is found, by the same searchsvc server (which said UNAVAILABLE meanwhile)."""
+    files, and every acked document is found, by the same searchsvc server (which said UNAVAILABLE meanwhile, and
+    listed the collection as UNAVAILABLE beside the others)."""
     if qdrant_env["SEARCHSVC_QDRANT__URL"] != standin.url:
         pytest.skip("restarts Qdrant itself: stand-in only")
     name = f"durable-{uuid.uuid4().hex[:8]}"
@@ -156,8 +161,69 @@ def test_acked_documents_survive_qdrant_being_killed(tmp_path, qdrant_env, stand
             with pytest.raises(grpc.RpcError) as err:
                 search(stub, name, "green", mode=pb.SEARCH_MODE_KEYWORD)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            create(stub, "here", backend="embedded")  # listed as usual beside the one that cannot answer
+            listed = {c.name: c for c in stub.ListCollections(pb.ListCollectionsRequest()).collections}
+            assert listed["here"].state == pb.COLLECTION_STATE_READY
+            assert listed[name].state == pb.COLLECTION_STATE_UNAVAILABLE and "retry" in listed[name].state_reason
         finally:
             standin.start()
         assert stub.GetCollection(pb.GetCollectionRequest(name=name)).document_count == len(DOCS)
         assert keyword_scores(stub, name, "green fields") == before
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def self_signed_certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed: no certificate to test TLS with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_api_key_layout_and_refusals_reach_qdrant(tmp_path):
+    """The connection settings are used as Qdrant expects: https verified against `tls_ca_file`, the `api-key`
+    header, the shard/replica layout at creation, write ordering on writes. Refusals come back as precise errors:
+    wrong key FAILED_PRECONDITION (an operator must fix it), an untrusted certificate UNAVAILABLE, a Qdrant
+    collection whose vectors are not the config's dimension FAILED_PRECONDITION."""
+    from searchsvc.catalog import Catalog
+    from searchsvc.config import QdrantSettings, load_settings
+    from searchsvc.errors import FailedPrecondition, Unavailable
+    from searchsvc.models import ModelRegistry
+    from searchsvc.types import CollectionConfig, Document
+
+    def catalog(side: str, **qdrant) -> Catalog:
+        settings = load_settings(index_dir=tmp_path / side, qdrant=QdrantSettings(url=standin.url, timeout_s=5, **qdrant))
+        opened = Catalog(settings, ModelRegistry())
+        opened.open_all()
+        return opened
+
+    cert, key = self_signed_certificate(tmp_path)
+    standin = StandInProcess(tmp_path / "q", "--api-key", "s3cret", "--tls-cert", str(cert), "--tls-key", str(key), https=True).start()
+    try:
+        good = catalog("a", api_key="s3cret", tls_ca_file=cert, shard_number=2, replication_factor=1,
+                       write_consistency_factor=1, write_ordering="strong")
+        config = CollectionConfig("external", "", 0, 0, dimension=4, backend="qdrant", language="en")
+        created = good.create("secure", config)
+        created.index_documents([Document("x", "hello there", vector=[1.0, 0.0, 0.0, 0.0])])
+        assert [hit.chunk_id for hit in created.keyword_search(created.analyze_query("hello"), 5)] == ["x#0"]
+        params = good._qdrant().get_collection("secure").config.params
+        assert (params.shard_number, params.replication_factor, params.write_consistency_factor) == (2, 1, 1)
+
+        with pytest.raises(FailedPrecondition, match="credentials"):
+            catalog("b", api_key="guess", tls_ca_file=cert).get("secure")
+        with pytest.raises(Unavailable, match="retry"):  # the system's CAs do not know this certificate
+            catalog("c", api_key="s3cret").get("secure")
+
+        # A Qdrant collection changed behind searchsvc's back: its vectors are 3-d, its stored config says 4.
+        from qdrant_client import models
+
+        client = good._qdrant()
+        client.delete_collection("secure")
+        client.create_collection("secure", vectors_config={"dense": models.VectorParams(size=3, distance=models.Distance.COSINE)},
+                                 metadata={"searchsvc_config": dataclasses.asdict(created.config)})
+        with pytest.raises(FailedPrecondition, match="3-d"):
+            catalog("d", api_key="s3cret", tls_ca_file=cert).get("secure")
+    finally:
+        standin.stop()

@@ -13,6 +13,7 @@ class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLLECTION_STATE_READY: _ClassVar[CollectionState]
     COLLECTION_STATE_READ_ONLY: _ClassVar[CollectionState]
     COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
+    COLLECTION_STATE_UNAVAILABLE: _ClassVar[CollectionState]
 
 class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,7 @@ COLLECTION_STATE_UNSPECIFIED: CollectionState
 COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_READ_ONLY: CollectionState
 COLLECTION_STATE_FAILED: CollectionState
+COLLECTION_STATE_UNAVAILABLE: CollectionState
 FUSION_UNSPECIFIED: Fusion
 FUSION_RRF: Fusion
 FUSION_RELATIVE_SCORE: Fusion

@@ -41,6 +41,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
 
+from searchsvc.errors import FailedPrecondition
 from searchsvc.ingest.batch import BatchPreparer, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
@@ -74,7 +75,8 @@ class QdrantCollection:
     serialized (local mode is not thread-safe; a remote client does not mind)."""
 
     def __init__(self, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None) -> None:
+                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None,
+                 ordering: str = "weak") -> None:
         self.client = client
         self.name = name
         self.config = config
@@ -85,24 +87,28 @@ class QdrantCollection:
         # collections of a local client; a remote client needs none, and gets a no-op).
         self._lock = lock or threading.RLock()
         self._write_lock = threading.Lock()
+        self._ordering = models.WriteOrdering(ordering)  # which replica takes a write first (see config.py)
         embed = None if config.embedding_model == EXTERNAL_MODEL else self.embed_passages
         self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, max_document_bytes)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-               dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None) -> "QdrantCollection":
-        coll = cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes, lock=lock)
+               dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None, ordering: str = "weak",
+               layout: Mapping[str, int] | None = None) -> "QdrantCollection":
+        """`layout`: shard_number, replication_factor, write_consistency_factor of the new Qdrant collection."""
+        coll = cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes, lock=lock,
+                   ordering=ordering)
         with coll._lock, qdrant_errors(f"creating collection {name!r}"):
             try:
-                coll._create()
+                coll._create(layout or {})
             except BaseException:
                 if coll._made:  # half made (its payload indexes failed): not left behind to be found later
                     client.delete_collection(name)
                 raise
         return coll
 
-    def _create(self) -> None:
+    def _create(self, layout: Mapping[str, int]) -> None:
         client, name, config, dimension = self.client, self.name, self.config, self._dimension
         self._made = False
         client.create_collection(
@@ -110,6 +116,7 @@ class QdrantCollection:
             vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata={_CONFIG_KEY: dataclasses.asdict(config), "terms": 0, "chunks": 0, "version": 0},
+            **layout,
         )
         self._made = True
         for field, schema in (("document_id", models.PayloadSchemaType.KEYWORD), ("meta_pairs", models.PayloadSchemaType.KEYWORD),
@@ -124,6 +131,16 @@ class QdrantCollection:
         metadata = client.get_collection(name).config.metadata or {}
         stored = metadata.get(_CONFIG_KEY)
         return CollectionConfig(**stored) if stored else None
+
+    def check_dimension(self) -> None:
+        """An opened collection's dense vectors must be what its embedder makes (a Qdrant collection changed
+        behind searchsvc's back, or a model of another size under the stored name, would fail every write)."""
+        with self._calls():
+            vectors = self.client.get_collection(self.name).config.params.vectors
+        size = vectors[DENSE].size if isinstance(vectors, dict) and DENSE in vectors else None
+        if size != self._dimension:
+            raise FailedPrecondition(f"the Qdrant collection's {DENSE!r} vectors are {size}-d; this collection's "
+                                     f"embedding ({self.config.embedding_model}) gives {self._dimension}-d")
 
     @contextmanager
     def _calls(self) -> Iterator[None]:
@@ -229,12 +246,13 @@ class QdrantCollection:
             points, stats = self._points(chunks, vectors, analyzed)
             existed = self._existing_documents(document_ids)
             if points:
-                self.client.upsert(self.name, points=points, wait=True)
+                self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
             self._written(stats)
             if existed:
                 stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
                                       must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
-                self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True)
+                self.client.delete(self.name, points_selector=models.FilterSelector(filter=stale), wait=True,
+                                   ordering=self._ordering)
         return len(existed)
 
     def import_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
@@ -244,7 +262,7 @@ class QdrantCollection:
         with self._write_lock, self._calls():
             points, stats = self._points(chunks, vectors, analyzed)
             if points:
-                self.client.upsert(self.name, points=points, wait=True)
+                self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
             self._written(stats)
 
     def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]]) -> tuple[list, tuple[int, int, int]]:
@@ -272,7 +290,8 @@ class QdrantCollection:
             existed = self._existing_documents(ids)
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
-                self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True)
+                self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True,
+                                   ordering=self._ordering)
                 self._written(self._stats())
         return len(existed), len(ids) - len(existed)
 
