@@ -303,6 +303,15 @@ class Catalog:
             if _in_qdrant(collection):  # holds nothing to reload
                 self._collections[name] = collection
                 return collection
+            if collection is None and not (self.root / name).exists() and self._uses_qdrant:
+                # One that failed to open from Qdrant (a changed Qdrant collection, refused credentials): look again.
+                self._failed.pop(name, None)
+                reopened = self._open_qdrant_or_fail(name)
+                if reopened is None:
+                    raise FailedPrecondition(f"collection {name!r} {self._failed[name]}") if name in self._failed else \
+                        NotFound(f"collection {name!r} not found")
+                log.info("reopened collection %s from Qdrant", name)
+                return reopened
             if collection is not None:
                 collection.close(checkpoint=False, reason="is being reopened")
             reopened = self._open_or_fail(self.root / name)

@@ -223,7 +223,12 @@ def test_tls_api_key_layout_and_refusals_reach_qdrant(tmp_path):
         client.delete_collection("secure")
         client.create_collection("secure", vectors_config={"dense": models.VectorParams(size=3, distance=models.Distance.COSINE)},
                                  metadata={"searchsvc_config": dataclasses.asdict(created.config)})
+        mismatched = catalog("d", api_key="s3cret", tls_ca_file=cert)
         with pytest.raises(FailedPrecondition, match="3-d"):
-            catalog("d", api_key="s3cret", tls_ca_file=cert).get("secure")
+            mismatched.get("secure")
+        # Put right in Qdrant, then ReopenCollection's path opens it without a restart.
+        good.delete("secure")
+        good.create("secure", config).index_documents([Document("y", "back again", vector=[0.0, 1.0, 0.0, 0.0])])
+        assert mismatched.reopen("secure").document_count == 1
     finally:
         standin.stop()
