@@ -24,6 +24,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from searchsvc.config import Settings
 from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from searchsvc.files import fsync_dir, remove_tree_atomic
+from searchsvc.ingest.batch import DocumentLimits
 from searchsvc.language import COLLECTION_DEFAULTS, validate_language
 from searchsvc.models import ModelRegistry
 from searchsvc.retrieve.analyzers import get_analyzer
@@ -54,6 +55,9 @@ class Catalog:
         self._failed: dict[str, str] = {}  # name -> why it could not be opened
         self._reembedding: set[str] = set()
         self._lock = threading.Lock()
+        s = settings
+        self._limits = DocumentLimits(s.max_document_bytes, s.max_metadata_pairs, s.max_metadata_key_bytes,
+                                      s.max_metadata_value_bytes, s.max_metadata_bytes)
         self._qdrant_client = None  # created at the first need (open_all with a cluster configured, or a create)
         self._qdrant_lock = threading.RLock()  # creating the client; and every call, for local mode's
         # Around each call on the client: local mode's is not thread-safe; a cluster's client is.
@@ -94,7 +98,7 @@ class Catalog:
         return Collection.open(
             path,
             *self._embedder(config),
-            max_document_bytes=self.settings.max_document_bytes,
+            limits=self._limits,
             checkpoint_wal_bytes=self.settings.checkpoint_wal_bytes,
             min_free_disk_bytes=self.settings.min_free_disk_bytes,
         )
@@ -129,7 +133,7 @@ class Catalog:
         make = QdrantCollection.create if create else QdrantCollection
         q = self.settings.qdrant
         return make(self._qdrant(), name, config, embedder, dimension, get_analyzer(config.analyzer),
-                    max_document_bytes=self.settings.max_document_bytes, lock=self._qdrant_calls,
+                    limits=self._limits, lock=self._qdrant_calls,
                     ordering=q.write_ordering, **({"layout": q.layout()} if create else {}))
 
     @property

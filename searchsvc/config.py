@@ -175,9 +175,17 @@ class Settings(BaseSettings):
 
     # Limits: requests beyond these are rejected with a precise status rather than slowing everyone down.
     max_document_bytes: int = Field(1_000_000, ge=1)
+    # Metadata is copied into every chunk and returned with every hit: bounded on its own (ingest/batch.py).
+    max_metadata_pairs: int = Field(64, ge=0)
+    max_metadata_key_bytes: int = Field(128, ge=1)
+    max_metadata_value_bytes: int = Field(4096, ge=1, le=65_530, description="le: tantivy's longest indexable term.")
+    max_metadata_bytes: int = Field(16384, ge=1, description="Keys and values of one document together.")
     max_batch_documents: int = Field(1000, ge=1)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_top_k: int = 1000
+    # A Search response stops adding hits before it passes this (SearchResponse.truncated_hits says how many were
+    # left out): gRPC clients refuse messages over 4 MiB by default, and a response is built whole in memory.
+    max_response_bytes: int = Field(4_000_000, ge=16 * 1024)
     max_query_chars: int = 4096
 
     # Resources. torch threads are set explicitly: with the default, query embedding stalls under contention.

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from searchsvc.answer.cache import AnswerCache
 from searchsvc.answer.engine import AnswerEngine, LLMProvider
@@ -23,6 +23,7 @@ from searchsvc.pipeline import SearchPipeline
 from searchsvc.service import SearchService, collection_health_name
 from searchsvc.types import CollectionConfig, Fusion
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
+from searchsvc import wire
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = searchsvc_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -86,7 +87,7 @@ async def serve(
     ]
     server = grpc.aio.server(options=limits)
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    wire.register(health_pb2_grpc.add_HealthServicer_to_server, health, server)
     pipeline = SearchPipeline(models, Fusion(settings.default_fusion))
     answers = await loop.run_in_executor(executor, build_answer_engine, settings, pipeline, executor)
     # Load (and on first start assemble) the LLM in the background: the first Answer waits for it, nothing else does.
@@ -94,8 +95,10 @@ async def serve(
     service = SearchService(settings, catalog, pipeline, executor, health, answers)
     if components is not None:
         components["service"] = service
-    searchsvc_pb2_grpc.add_SearchServiceServicer_to_server(service, server)
-    reflection.enable_server_reflection([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server)
+    wire.register(searchsvc_pb2_grpc.add_SearchServiceServicer_to_server, service, server)
+    # What reflection.enable_server_reflection does, registered through wire like the others.
+    wire.register(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                  reflection.aio.ReflectionServicer([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME]), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     await server.start()
     for name in ("", SERVICE_NAME):

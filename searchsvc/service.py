@@ -245,7 +245,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         collection = await self._collection(request.collection)
         params = search_params_from_pb(request, self.settings)
         result = await self._run(self.pipeline.search, collection, params)
-        return search_result_to_pb(result, params.explain)
+        return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
 
     # ----------------------------------------------------------- answers
     async def _answer_args(self, request: pb.AnswerRequest):
@@ -379,7 +379,9 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
     return params
 
 
-def search_result_to_pb(result: SearchResult, explain: bool) -> pb.SearchResponse:
+def search_result_to_pb(result: SearchResult, explain: bool, max_bytes: int) -> pb.SearchResponse:
+    """The response, built hit by hit until the next hit would take it past `max_bytes` (the rest are counted in
+    truncated_hits, not built)."""
     response = pb.SearchResponse(
         timings=search_timings_to_pb(result.timings_ms),
         rerank=pb.RerankStatus(
@@ -389,7 +391,14 @@ def search_result_to_pb(result: SearchResult, explain: bool) -> pb.SearchRespons
         fusion=_FUSION_TO_PB.get(result.fusion, pb.FUSION_UNSPECIFIED),
         query_language=result.query_language,
     )
-    response.hits.extend(hit_to_pb(h, explain) for h in result.hits)
+    size = response.ByteSize()
+    for i, h in enumerate(result.hits):
+        hit = hit_to_pb(h, explain)
+        size += hit.ByteSize() + 5  # the field's tag and length prefix
+        if size > max_bytes:
+            response.truncated_hits = len(result.hits) - i
+            break
+        response.hits.append(hit)
     return response
 
 

@@ -31,6 +31,7 @@ def server(tmp_path_factory):
         port=0,
         max_document_bytes=20_000,
         max_message_bytes=2_000_000,
+        max_response_bytes=400_000,
         torch_threads=1,
         # Most tests are about English behaviour (stemming, MiniLM scores); language tests ask for theirs.
         default_language="en",

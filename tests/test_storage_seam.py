@@ -12,6 +12,7 @@ import pytest
 
 from searchsvc.catalog import Catalog
 from searchsvc.config import load_settings
+from searchsvc.ingest.batch import DocumentLimits
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.storage import CollectionStorage
@@ -101,7 +102,7 @@ def test_writes_go_through_the_seam_prepared_by_the_service(collection):
     from searchsvc.ingest.chunking import Chunker
 
     seam = SeamOnly(collection)
-    preparer = BatchPreparer(Chunker(512, 0), None, DIM, 10_000)
+    preparer = BatchPreparer(Chunker(512, 0), None, DIM, DocumentLimits(10_000))
     batch = preparer.prepare([
         Document("e", "epsilon is a small number", vector=[0.0, 0.0, 1.0, 0.0]),
         Document("", "no id"),
@@ -125,7 +126,7 @@ def qdrant(collection):
     from searchsvc.storage.qdrant.collection import QdrantCollection
 
     client = QdrantClient(":memory:")
-    coll = QdrantCollection.create(client, "c", collection.config, None, DIM, collection.keyword.analyzer, max_document_bytes=10_000)
+    coll = QdrantCollection.create(client, "c", collection.config, None, DIM, collection.keyword.analyzer, limits=DocumentLimits(10_000))
     chunks = collection.get_chunks([f"{i}#0" for i in TEXTS])
     ordered = [chunks[f"{i}#0"] for i in TEXTS]
     vectors = np.stack([collection.dense.store.vectors([c.id])[0] for c in ordered])
@@ -181,7 +182,7 @@ def test_qdrant_external_collections_refuse_text_queries_and_count_writes(tmp_pa
     config = CollectionConfig("external", "english", 512, 0, dimension=DIM, backend="qdrant")
     client = QdrantClient(":memory:")
     coll = QdrantCollection.create(client, "x", config, ExternalEmbedding(dimension=DIM), DIM, get_analyzer("english"),
-                                   max_document_bytes=10_000)
+                                   limits=DocumentLimits(10_000))
     with pytest.raises(InvalidArgument) as err:
         SearchPipeline(ModelRegistry()).search(SeamOnly(coll), SearchParams("words only"))
     assert err.value.field == "query_vector"

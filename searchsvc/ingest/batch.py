@@ -40,14 +40,47 @@ class PreparedBatch:
 
 
 @dataclass(frozen=True)
+class DocumentLimits:
+    """What one document may carry (config.py: max_document_bytes, max_metadata_*). Metadata is copied into every
+    chunk of its document, stored with it and returned with every hit, so it is bounded on its own: without
+    limits, fuzzed 2 MB values made one top_k=1000 search build a 909 MB response (issue 17). The defaults
+    hold any realistic tag set (Pinecone allows 40 KB per record, Elasticsearch's keyword fields index 256
+    characters by default); a value must stay under tantivy's 65,530-byte term limit to be filterable."""
+
+    document_bytes: int = 1_000_000
+    metadata_pairs: int = 64
+    metadata_key_bytes: int = 128
+    metadata_value_bytes: int = 4096
+    metadata_bytes: int = 16384  # keys and values of one document together
+
+    def metadata_error(self, metadata: dict[str, str], at: str) -> tuple[str, str] | None:
+        """(field path, why) of the first limit `metadata` breaks; None if it keeps them all."""
+        if len(metadata) > self.metadata_pairs:
+            return at, f"{len(metadata)} pairs; at most {self.metadata_pairs}"
+        total = 0
+        for key, value in metadata.items():
+            key_bytes, value_bytes = len(key.encode()), len(value.encode())
+            if not key:
+                return at, "keys must not be empty"
+            if key_bytes > self.metadata_key_bytes:
+                return f"{at}[{key[:40]!r}]", f"key of {key_bytes} bytes; at most {self.metadata_key_bytes}"
+            if value_bytes > self.metadata_value_bytes:
+                return f"{at}[{key!r}]", f"value of {value_bytes} bytes; at most {self.metadata_value_bytes}"
+            total += key_bytes + value_bytes
+        if total > self.metadata_bytes:
+            return at, f"{total} bytes of keys and values; at most {self.metadata_bytes}"
+        return None
+
+
+@dataclass(frozen=True)
 class BatchPreparer:
     """A collection's ingest rules: its chunker, its embedder (None: callers bring every vector), its dimension
-    and the largest document it takes."""
+    and what one document may carry."""
 
     chunker: Chunker
     embed_passages: Callable[[Sequence[str]], np.ndarray] | None
     dimension: int
-    max_document_bytes: int
+    limits: DocumentLimits
 
     def prepare(self, docs: Sequence[Document]) -> PreparedBatch:
         """Invalid documents become errors (by field path) and the rest of the batch goes on. A document that
@@ -73,10 +106,12 @@ class BatchPreparer:
                 error = (f"documents[{i}].id", f"longer than {MAX_DOCUMENT_ID_BYTES} bytes")
             elif not doc.text.strip():
                 error = (f"documents[{i}].text", "must not be empty")
-            elif len(doc.text.encode()) + len(doc.title.encode()) > self.max_document_bytes:
-                error = (f"documents[{i}].text", f"document larger than {self.max_document_bytes} bytes")
+            elif len(doc.text.encode()) + len(doc.title.encode()) > self.limits.document_bytes:
+                error = (f"documents[{i}].text", f"document larger than {self.limits.document_bytes} bytes")
             elif reserved := sorted(set(doc.metadata) & set(RESERVED_METADATA)):
                 error = (f"documents[{i}].metadata", f"reserved keys {reserved}")
+            elif metadata_error := self.limits.metadata_error(doc.metadata, f"documents[{i}].metadata"):
+                error = metadata_error
             elif last_position[doc.id] != i:
                 error = (f"documents[{i}].id", f"repeated later in the batch at documents[{last_position[doc.id]}]")
             elif doc.vector is not None and len(doc.vector):

@@ -386,20 +386,22 @@ class RerankStatus(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., model: _Optional[str] = ..., skipped_reason: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "timings", "rerank", "cutoff_dropped", "fusion", "query_language")
+    __slots__ = ("hits", "timings", "rerank", "cutoff_dropped", "fusion", "query_language", "truncated_hits")
     HITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     CUTOFF_DROPPED_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
     QUERY_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_HITS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timings: Timings
     rerank: RerankStatus
     cutoff_dropped: int
     fusion: Fusion
     query_language: str
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., rerank: _Optional[_Union[RerankStatus, _Mapping]] = ..., cutoff_dropped: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_language: _Optional[str] = ...) -> None: ...
+    truncated_hits: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., rerank: _Optional[_Union[RerankStatus, _Mapping]] = ..., cutoff_dropped: _Optional[int] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_language: _Optional[str] = ..., truncated_hits: _Optional[int] = ...) -> None: ...
 
 class AnswerRequest(_message.Message):
     __slots__ = ("search", "max_tokens", "temperature", "extractive", "bypass_cache")

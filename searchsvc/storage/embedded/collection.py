@@ -42,7 +42,7 @@ from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhaus
 from searchsvc.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
 )
-from searchsvc.ingest.batch import BatchPreparer, IndexReport
+from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
@@ -122,7 +122,7 @@ class Collection:
         path: Path,
         config: CollectionConfig,
         dense: DenseIndex,
-        max_document_bytes: int,
+        limits: DocumentLimits,
         checkpoint_wal_bytes: int,
         min_free_disk_bytes: int = 0,
         files: FileLayer | None = None,
@@ -135,9 +135,8 @@ class Collection:
         self.keyword = _open_keyword_index(path / KEYWORD_DIR, get_analyzer(config.analyzer), refresh_s)
         self.metadata = MetadataIndex()
         self.chunker = Chunker(config.chunk_size, config.chunk_overlap)
-        self.max_document_bytes = max_document_bytes
         external = config.embedding_model == EXTERNAL_MODEL
-        self.ingest = BatchPreparer(self.chunker, None if external else dense.embed_passages, dense.store.dimension, max_document_bytes)
+        self.ingest = BatchPreparer(self.chunker, None if external else dense.embed_passages, dense.store.dimension, limits)
         self.checkpoint_wal_bytes = checkpoint_wal_bytes
         self.min_free_disk_bytes = min_free_disk_bytes
         self.wal = WriteAheadLog(path / "wal.log", files)
@@ -164,7 +163,7 @@ class Collection:
 
     @classmethod
     def open(
-        cls, path: Path, embed_model, dimension: int, *, max_document_bytes: int, checkpoint_wal_bytes: int,
+        cls, path: Path, embed_model, dimension: int, *, limits: DocumentLimits, checkpoint_wal_bytes: int,
         min_free_disk_bytes: int = 0, files: FileLayer | None = None,
     ):
         """Load the snapshot and replay the WAL. Raises WalCorrupt (nothing changed) for a damaged mid-log."""
@@ -183,7 +182,7 @@ class Collection:
         except BaseException:
             kvstore.close()
             raise
-        coll = cls(path.name, path, config, dense, max_document_bytes, checkpoint_wal_bytes, min_free_disk_bytes, files)
+        coll = cls(path.name, path, config, dense, limits, checkpoint_wal_bytes, min_free_disk_bytes, files)
         try:
             coll._recover(seq, faiss_seq=_snapshot_seq(snapshot))
         except BaseException:

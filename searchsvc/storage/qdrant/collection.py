@@ -42,7 +42,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
 
 from searchsvc.errors import FailedPrecondition
-from searchsvc.ingest.batch import BatchPreparer, IndexReport
+from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.embedding import embed_passages, embed_query
@@ -75,7 +75,7 @@ class QdrantCollection:
     serialized (local mode is not thread-safe; a remote client does not mind)."""
 
     def __init__(self, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-                 dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None,
+                 dimension: int, analyzer: Analyzer, *, limits: DocumentLimits, lock: Any = None,
                  ordering: str = "weak") -> None:
         self.client = client
         self.name = name
@@ -89,15 +89,15 @@ class QdrantCollection:
         self._write_lock = threading.Lock()
         self._ordering = models.WriteOrdering(ordering)  # which replica takes a write first (see config.py)
         embed = None if config.embedding_model == EXTERNAL_MODEL else self.embed_passages
-        self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, max_document_bytes)
+        self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, limits)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
-               dimension: int, analyzer: Analyzer, *, max_document_bytes: int, lock: Any = None, ordering: str = "weak",
+               dimension: int, analyzer: Analyzer, *, limits: DocumentLimits, lock: Any = None, ordering: str = "weak",
                layout: Mapping[str, int] | None = None) -> "QdrantCollection":
         """`layout`: shard_number, replication_factor, write_consistency_factor of the new Qdrant collection."""
-        coll = cls(client, name, config, embed_model, dimension, analyzer, max_document_bytes=max_document_bytes, lock=lock,
+        coll = cls(client, name, config, embed_model, dimension, analyzer, limits=limits, lock=lock,
                    ordering=ordering)
         with coll._lock, qdrant_errors(f"creating collection {name!r}"):
             try:
