@@ -33,13 +33,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     import grpc
     from tqdm import tqdm
 
-    from searchsvc.client import bulk_index
+    from searchsvc.client import bulk_index, open_channel
     from searchsvc.ingest.loaders import load_documents
     from searchsvc.v1 import searchsvc_pb2 as pb
     from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
-        stub = pb_grpc.SearchServiceStub(channel)
+    def channel():
+        return open_channel(args.target, **connection_options(args))
+
+    with channel() as opened:
+        stub = pb_grpc.SearchServiceStub(opened)
         try:
             stub.CreateCollection(pb.CreateCollectionRequest(name=args.collection), timeout=120)
         except grpc.RpcError as err:
@@ -55,11 +58,46 @@ def cmd_index(args: argparse.Namespace) -> int:
         for e in ack.errors:
             tqdm.write(f"rejected {e.document_id!r}: {e.field}: {e.message}")
 
-    bulk_index(lambda: grpc.insecure_channel(args.target), args.collection, load_documents(Path(args.path)),
+    bulk_index(channel, args.collection, load_documents(Path(args.path)),
                batch_size=args.batch_size, on_ack=on_ack)
     progress.close()
     print(f"indexed {progress.n - failed} documents, {failed} rejected")
     return 1 if failed else 0
+
+
+def connection_options(args: argparse.Namespace) -> dict:
+    """A client command's TLS and API key: its flags, else the config's `client` section (SEARCHSVC_CLIENT__*)."""
+    client = load_settings(args.config).client
+    return {
+        "api_key": args.api_key or client.api_key,
+        "tls": args.tls or client.tls,
+        "tls_ca_file": args.tls_ca or client.tls_ca_file,
+        "tls_cert_file": args.tls_cert or client.tls_cert_file,
+        "tls_key_file": args.tls_key or client.tls_key_file,
+    }
+
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="127.0.0.1:50051", help="the server, host:port")
+    p.add_argument("--api-key", default="", help="sent as 'authorization: Bearer <key>' (or config client.api_key)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    p.add_argument("--tls-ca", type=Path, help="the CA that signed the server's certificate (implies --tls)")
+    p.add_argument("--tls-cert", type=Path, help="this client's certificate, for mutual TLS")
+    p.add_argument("--tls-key", type=Path, help="its private key")
+
+
+def cmd_new_key(args: argparse.Namespace) -> int:
+    """A new random API key: printed once, with the config entry that stores only its hash."""
+    import secrets
+
+    from searchsvc.auth import hash_key
+
+    key = "ssk_" + secrets.token_urlsafe(32)
+    collections = ", ".join(f'"{c}"' for c in args.collections)
+    print(f"key (shown once; give it to the caller): {key}\n")
+    print("add to the server's config (TOML):\n")
+    print(f'[[auth.keys]]\nname = "{args.name}"\nrole = "{args.role}"\nsha256 = "{hash_key(key)}"\ncollections = [{collections}]')
+    return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -256,9 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="stream a folder, .jsonl (BEIR corpus too) or .csv into a collection")
     p.add_argument("path")
     p.add_argument("--collection", required=True)
-    p.add_argument("--target", default="127.0.0.1:50051")
     p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request")
+    add_connection_flags(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("new-key", help="make an API key and print the config entry that stores its hash")
+    p.add_argument("--name", required=True, help="how logs name the key")
+    p.add_argument("--role", choices=["read", "write", "admin"], required=True)
+    p.add_argument("--collections", nargs="*", default=[], help="names or prefixes ('team-a-*') it may touch; none: all")
+    p.set_defaults(func=cmd_new_key)
 
     p = sub.add_parser("repair", help="report what a repair of a collection's corrupt write-ahead log drops; --apply drops it")
     p.add_argument("collection")

@@ -1,10 +1,12 @@
-"""Client helpers used by the CLI, eval and bench: resumable bulk indexing over the BulkIndex stream."""
+"""Client helpers used by the CLI, eval and bench: a channel with TLS and an API key, and resumable bulk
+indexing over the BulkIndex stream."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import grpc
@@ -12,6 +14,49 @@ import grpc
 from searchsvc.types import Document
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
+
+
+def open_channel(target: str, *, api_key: str = "", tls: bool = False, tls_ca_file: Path | None = None,
+                 tls_cert_file: Path | None = None, tls_key_file: Path | None = None, options=None) -> grpc.Channel:
+    """A channel to a searchsvc server. TLS when `tls` or any TLS file is given (the CA that signed the server,
+    None: the system's; a certificate and key for mutual TLS); the API key goes in every call's metadata as
+    `authorization: Bearer <key>`."""
+    if tls or tls_ca_file or tls_cert_file:
+        from searchsvc.tls import channel_credentials
+
+        credentials = channel_credentials(tls_ca_file, tls_cert_file, tls_key_file)
+        if api_key:
+            credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(api_key))
+        return grpc.secure_channel(target, credentials, options=options)
+    channel = grpc.insecure_channel(target, options=options)
+    # grpc sends call credentials over TLS only; on a plaintext (loopback) channel the key goes as metadata.
+    return grpc.intercept_channel(channel, _ApiKey(api_key)) if api_key else channel
+
+
+class _CallDetails(namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, d):
+        return _CallDetails(d.method, d.timeout, [*(d.metadata or ()), self.header], d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
 
 
 def batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:

@@ -115,6 +115,53 @@ class QdrantSettings(BaseModel):
         return {f: getattr(self, f) for f in fields if getattr(self, f)}
 
 
+class TlsSettings(BaseModel):
+    """The server's TLS. Files are read again when they change (checked at each new connection's handshake),
+    so a renewed certificate takes effect without a restart."""
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain; with key_file, the port serves TLS only.")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
+    client_ca_file: Path | None = Field(None, description="Set: mutual TLS, clients must present a certificate this CA signed.")
+
+
+class ApiKeySettings(BaseModel):
+    """One API key (auth.py). Only its SHA-256 is stored: `searchsvc new-key` makes a key and prints this entry."""
+
+    name: str = Field(description="Shown in logs instead of the key.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
+    role: Literal["read", "write", "admin"]
+    collections: list[str] = Field(default_factory=list, description="Names or prefixes ('team-a-*') it may touch; empty: all.")
+
+
+class AuthSettings(BaseModel):
+    """API keys. None configured: no authentication, allowed only on a loopback address unless allow_anonymous."""
+
+    keys: list[ApiKeySettings] = Field(default_factory=list)
+    keys_file: Path | None = Field(None, description="A TOML file of [[keys]] tables like `keys`, added to them.")
+    allow_anonymous: bool = Field(False, description="Serve a non-loopback address without keys (a trusted network).")
+    open_health: bool = Field(True, description="grpc.health.v1 without a key (load balancers' probes).")
+    open_reflection: bool = Field(True, description="Server reflection without a key (grpcurl, Postman).")
+
+    def all_keys(self) -> list[ApiKeySettings]:
+        if self.keys_file is None:
+            return list(self.keys)
+        import tomllib
+
+        with open(self.keys_file, "rb") as f:
+            listed = tomllib.load(f).get("keys", [])
+        return list(self.keys) + [ApiKeySettings(**k) for k in listed]
+
+
+class ClientSettings(BaseModel):
+    """How the CLI's client commands (`searchsvc index`) connect; flags override these."""
+
+    api_key: str = ""
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
 class Settings(BaseSettings):
     """Server-wide settings. Per-collection settings live in `CollectionConfig` and are fixed at creation."""
 
@@ -123,6 +170,9 @@ class Settings(BaseSettings):
     index_dir: Path = Field(Path("indexes"), description="Storage root; one sub-directory per collection.")
     host: str = Field("127.0.0.1", description="Listen address ('[::]' for all interfaces).")
     port: int = Field(50051, ge=0, le=65535, description="Listen port; 0 picks a free one.")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    client: ClientSettings = Field(default_factory=ClientSettings)
 
     # Collection defaults (a CreateCollection config field left empty takes these).
     default_language: Literal["auto", "en", "ko"] = Field(

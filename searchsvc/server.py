@@ -23,7 +23,8 @@ from searchsvc.pipeline import SearchPipeline
 from searchsvc.service import SearchService, collection_health_name
 from searchsvc.types import CollectionConfig, Fusion
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
-from searchsvc import wire
+from searchsvc import tls, wire
+from searchsvc.auth import AuthInterceptor, KeyRing, Principal, Role
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = searchsvc_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -85,7 +86,7 @@ async def serve(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.aio.server(options=limits)
+    server = grpc.aio.server(options=limits, interceptors=auth_interceptors(settings))
     health = HealthServicer()
     wire.register(health_pb2_grpc.add_HealthServicer_to_server, health, server)
     pipeline = SearchPipeline(models, Fusion(settings.default_fusion))
@@ -99,7 +100,11 @@ async def serve(
     # What reflection.enable_server_reflection does, registered through wire like the others.
     wire.register(reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
                   reflection.aio.ReflectionServicer([SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME]), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls.cert_file:
+        port = server.add_secure_port(address, tls.server_credentials(settings.tls))
+    else:
+        port = server.add_insecure_port(address)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -126,6 +131,33 @@ async def serve(
     await llm_ready
     answers.close()
     executor.shutdown()
+
+
+def auth_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """The API-key check when keys are configured. Without keys the server refuses a non-loopback address (anyone
+    who reaches the port could delete collections) unless auth.allow_anonymous says the network is trusted."""
+    a = settings.auth
+    keys = KeyRing(Principal(k.name, k.sha256, Role[k.role.upper()], tuple(k.collections)) for k in a.all_keys())
+    if keys:
+        log.info("API keys required (%d configured); health %s, reflection %s", len(keys.principals),
+                 "open" if a.open_health else "keyed", "open" if a.open_reflection else "keyed")
+        return [AuthInterceptor(keys, open_health=a.open_health, open_reflection=a.open_reflection)]
+    if not _is_loopback(settings.host) and not a.allow_anonymous:
+        raise SystemExit(f"refusing to serve {settings.host} without API keys: configure auth.keys (searchsvc new-key), "
+                         "or set auth.allow_anonymous on a trusted network")
+    return []
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class BackgroundServer:

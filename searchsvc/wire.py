@@ -70,10 +70,15 @@ def _tolerant(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHand
         except Exception as exc:  # protobuf's DecodeError (and anything else a parser raises on bad bytes)
             return Undecodable(method, exc)
 
-    kind = ("stream" if handler.request_streaming else "unary") + "_" + ("stream" if handler.response_streaming else "unary")
+    kind = handler_kind(handler)
     behaviour = getattr(handler, kind)
     wrapped = _stream_request(behaviour) if handler.request_streaming else _unary_request(behaviour)
     return handler._replace(request_deserializer=deserialize, **{kind: wrapped})
+
+
+def handler_kind(handler: grpc.RpcMethodHandler) -> str:
+    """The RpcMethodHandler field that holds its behaviour: unary_unary, unary_stream, stream_unary or stream_stream."""
+    return ("stream" if handler.request_streaming else "unary") + "_" + ("stream" if handler.response_streaming else "unary")
 
 
 def _unary_request(behaviour):
