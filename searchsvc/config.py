@@ -242,6 +242,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="0: use all cores.")
     embed_batch_size: int = Field(32, ge=1)
     search_workers: int = Field(4, ge=1, description="Threads running searches and ingest work.")
+    # Admission (admission.py): past these, calls are refused at once with RESOURCE_EXHAUSTED and a retry hint.
+    # Searches: 16 per search worker; at ~5-20 ms each that queues at most ~0.1-0.3 s behind the workers.
+    # Answers: the model generates one answer at a time (10-45 s each on 2 cores); 4 waiting is already minutes.
+    # Ingest streams: each holds one batch (up to max_message_bytes) while it is embedded on one thread.
+    max_inflight_searches: int = Field(64, ge=1)
+    max_inflight_answers: int = Field(4, ge=1)
+    max_inflight_ingest: int = Field(8, ge=1, description="Concurrent BulkIndex streams.")
     # Durability: the WAL is folded into a snapshot once it grows past this, and at clean shutdown.
     checkpoint_wal_bytes: int = Field(64 * 1024 * 1024, ge=1)
     # Flood stage: below this much free space on the index dir's filesystem, BulkIndex is refused up front with

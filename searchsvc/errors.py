@@ -38,3 +38,15 @@ class FailedPrecondition(SearchsvcError):
 
 class Unavailable(SearchsvcError):
     """Transient: the caller should retry (e.g. a write that raced a collection's re-embed swap)."""
+
+
+class Overloaded(ResourceExhausted):
+    """Shed at admission: more calls of one kind in flight than the server takes; retry after `retry_after_ms`."""
+
+    def __init__(self, message: str, retry_after_ms: int):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class Abandoned(SearchsvcError):
+    """A call's work stopped between stages: its deadline passed or its caller went away."""

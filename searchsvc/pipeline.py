@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from searchsvc.admission import Deadline
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
@@ -22,11 +23,16 @@ from searchsvc.types import Fusion, Hit, RerankOutcome, ScoredId, SearchMode, Se
 
 
 class _Stopwatch:
-    def __init__(self) -> None:
+    """Per-stage timings; before each stage, the call's deadline is checked (the rest is abandoned once it passed)."""
+
+    def __init__(self, deadline: Deadline | None = None) -> None:
         self.ms: dict[str, float] = {}
+        self.deadline = deadline
 
     @contextmanager
     def stage(self, name: str):
+        if self.deadline is not None:
+            self.deadline.check(name)
         started = time.perf_counter()
         try:
             yield
@@ -54,8 +60,8 @@ class SearchPipeline:
                 raise InvalidArgument("rerank.model", f"cannot load {name!r}: {exc}") from exc
             raise
 
-    def search(self, coll: CollectionStorage, p: SearchParams) -> SearchResult:
-        clock = _Stopwatch()
+    def search(self, coll: CollectionStorage, p: SearchParams, deadline: Deadline | None = None) -> SearchResult:
+        clock = _Stopwatch(deadline)
         started = time.perf_counter()
         given = None  # the caller's query embedding, checked and unit-normalized
         if p.query_vector is not None and len(p.query_vector):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import logging
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
 from searchsvc import errors
+from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
 from searchsvc.catalog import Catalog
@@ -37,6 +39,8 @@ _CODES = {
     errors.ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: code_pb2.FAILED_PRECONDITION,
     errors.Unavailable: code_pb2.UNAVAILABLE,
+    errors.Overloaded: code_pb2.RESOURCE_EXHAUSTED,
+    errors.Abandoned: code_pb2.DEADLINE_EXCEEDED,
 }
 _FUSIONS = {pb.FUSION_RRF: Fusion.RRF, pb.FUSION_RELATIVE_SCORE: Fusion.RELATIVE_SCORE}
 _FUSION_TO_PB = {v: k for k, v in _FUSIONS.items()}
@@ -58,7 +62,15 @@ def _status_for(exc: errors.SearchsvcError) -> grpc.Status:
             )
         )
         status.details.append(detail)
-    return rpc_status.to_status(status)
+    converted = rpc_status.to_status(status)
+    if isinstance(exc, errors.Overloaded):  # gRPC's retry policy reads this: when to try again
+        return _Status(converted.code, converted.details,
+                       (*converted.trailing_metadata, ("grpc-retry-pushback-ms", str(exc.retry_after_ms))))
+    return converted
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    pass
 
 
 _environment_log = LogThrottle()
@@ -136,6 +148,10 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self.ingest_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-ingest")
         self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-admin")  # re-embeds
         self.health = health
+        s = settings
+        self.search_gate = Gate("search", s.max_inflight_searches, retry_after_ms=100)
+        self.answer_gate = Gate("answer", s.max_inflight_answers, retry_after_ms=5000)
+        self.ingest_gate = Gate("ingest", s.max_inflight_ingest, retry_after_ms=1000)
 
     async def _run(self, fn, *args, executor: ThreadPoolExecutor | None = None):
         loop = asyncio.get_running_loop()
@@ -208,16 +224,19 @@ class SearchService(pb_grpc.SearchServiceServicer):
         # One batch in flight per stream: the next request is read only after this ack, so HTTP/2 flow control
         # holds back a client that sends faster than we embed (server memory stays ~ one batch per stream).
         ordinal = 0
-        async for request in request_iterator:
-            ordinal += 1
-            collection = await self._collection(request.collection)
-            if len(request.documents) > self.settings.max_batch_documents:
-                raise errors.InvalidArgument(
-                    "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
-                )
-            docs = [Document(d.id, d.text, d.title, dict(d.metadata), d.vector or None) for d in request.documents]
-            report = await self._write(collection, collection.index_documents, docs)
-            yield ack_to_pb(request.sequence or ordinal, report)
+        deadline = Deadline(context)
+        with self.ingest_gate.admit():  # a stream holds one batch (up to max_message_bytes) while it is embedded
+            async for request in request_iterator:
+                ordinal += 1
+                collection = await self._collection(request.collection)
+                if len(request.documents) > self.settings.max_batch_documents:
+                    raise errors.InvalidArgument(
+                        "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
+                    )
+                docs = [Document(d.id, d.text, d.title, dict(d.metadata), d.vector or None) for d in request.documents]
+                deadline.check("ingest")  # a batch nobody waits for any more is not embedded
+                report = await self._write(collection, collection.index_documents, docs)
+                yield ack_to_pb(request.sequence or ordinal, report)
 
     @_maps_errors
     async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context) -> pb.DeleteDocumentsResponse:
@@ -242,10 +261,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
     # ----------------------------------------------------------- search
     @_maps_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
-        collection = await self._collection(request.collection)
-        params = search_params_from_pb(request, self.settings)
-        result = await self._run(self.pipeline.search, collection, params)
-        return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
+        with self.search_gate.admit():
+            collection = await self._collection(request.collection)
+            params = search_params_from_pb(request, self.settings)
+            result = await self._run(self.pipeline.search, collection, params, Deadline(context))
+            return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
 
     # ----------------------------------------------------------- answers
     async def _answer_args(self, request: pb.AnswerRequest):
@@ -254,12 +274,18 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def Answer(self, request: pb.AnswerRequest, context) -> pb.AnswerResponse:
-        result = await self.answers.answer(*await self._answer_args(request))
-        return answer_result_to_pb(result, request.search.explain)
+        with self.answer_gate.admit():
+            result = await self.answers.answer(*await self._answer_args(request))
+            return answer_result_to_pb(result, request.search.explain)
 
     @_maps_errors
     async def StreamAnswer(self, request: pb.AnswerRequest, context):
         explain = request.search.explain
+        with self.answer_gate.admit():
+            async for event in self._answer_events(request, explain):
+                yield event
+
+    async def _answer_events(self, request: pb.AnswerRequest, explain: bool):
         stream = self.answers.stream(*await self._answer_args(request))
         try:
             async for event in stream:
