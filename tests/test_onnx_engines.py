@@ -202,3 +202,20 @@ def test_cross_encoder_on_onnx_runtime_scores_as_torch(tmp_path, cache_dir):
     assert spearmanr(got, reference).statistic >= 0.99
     sigmoid = onnx.predict(pairs[:3], activation_fn=torch.nn.Sigmoid())
     assert np.allclose(sigmoid, 1 / (1 + np.exp(-reference[:3])), atol=1e-4)
+
+
+def test_the_torch_sentence_engine_draws_no_progress_bar_in_an_info_log(capsys):
+    """sentence-transformers draws a tqdm bar per encode call when its logger is at INFO (the server's level)."""
+    import logging
+
+    from searchsvc.models import DEFAULT_EMBEDDING_MODEL, ModelRegistry
+    from searchsvc.retrieve.embedding import embed_passages
+
+    model = ModelRegistry(sentence_engine="torch").embedder(DEFAULT_EMBEDDING_MODEL)
+    logging.getLogger("sentence_transformers").setLevel(logging.INFO)
+    try:
+        capsys.readouterr()
+        assert embed_passages(model, ["a passage", "another one"]).shape == (2, 384)
+        assert "Batches" not in capsys.readouterr().err
+    finally:
+        logging.getLogger("sentence_transformers").setLevel(logging.NOTSET)

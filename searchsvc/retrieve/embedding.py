@@ -25,7 +25,10 @@ def embed_passages(model: BaseEmbedding, texts: Sequence[str]) -> np.ndarray:
     inner = getattr(model, "_model", None)
     if hasattr(inner, "encode"):
         return np.asarray(
-            inner.encode(list(texts), batch_size=model.embed_batch_size, normalize_embeddings=model.normalize, convert_to_numpy=True),
+            # show_progress_bar: sentence-transformers draws a tqdm bar per call when its logger is at INFO, i.e. in
+            # every server log at the default level; a server log is for operators.
+            inner.encode(list(texts), batch_size=model.embed_batch_size, normalize_embeddings=model.normalize, convert_to_numpy=True,
+                         show_progress_bar=False),
             dtype=np.float32,
         )
     return np.asarray(model.get_text_embedding_batch(list(texts)), dtype=np.float32)
