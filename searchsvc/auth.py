@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import logging
 from dataclasses import dataclass
 from enum import IntEnum
@@ -209,12 +210,17 @@ def _checking(handler: grpc.RpcMethodHandler, refusal: Callable[[object], str | 
             return await behaviour(checked(requests, context), context)
         return handler._replace(stream_unary=stream_unary)
 
-    if handler.response_streaming:
+    if handler.response_streaming and inspect.isasyncgenfunction(behaviour):
         async def unary_stream(request, context):
             await check(request, context)
             async for response in behaviour(request, context):
                 yield response
         return handler._replace(unary_stream=unary_stream)
+    if handler.response_streaming:  # streams with context.write (health's Watch)
+        async def unary_writing(request, context):
+            await check(request, context)
+            return await behaviour(request, context)
+        return handler._replace(unary_stream=unary_writing)
 
     async def unary_unary(request, context):
         await check(request, context)

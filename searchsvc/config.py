@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Listen address ('[::]' for all interfaces).")
     port: int = Field(50051, ge=0, le=65535, description="Listen port; 0 picks a free one.")
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Serve Prometheus /metrics over HTTP on this port; unset: off.")
+    metrics_host: str = Field("127.0.0.1", description="The metrics endpoint's address ('0.0.0.0' for a scraper elsewhere).")
+    metrics_max_collection_labels: int = Field(100, ge=0, description="Per-collection series for at most this many collections.")
     auth: AuthSettings = Field(default_factory=AuthSettings)
     client: ClientSettings = Field(default_factory=ClientSettings)
 

@@ -25,6 +25,7 @@ from searchsvc.types import CollectionConfig, Fusion
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
 from searchsvc import tls, wire
 from searchsvc.auth import AuthInterceptor, KeyRing, Principal, Role
+from searchsvc.metrics import REGISTRY, RpcMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = searchsvc_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -86,7 +87,7 @@ async def serve(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.aio.server(options=limits, interceptors=auth_interceptors(settings))
+    server = grpc.aio.server(options=limits, interceptors=[RpcMetrics(), *auth_interceptors(settings)])
     health = HealthServicer()
     wire.register(health_pb2_grpc.add_HealthServicer_to_server, health, server)
     pipeline = SearchPipeline(models, Fusion(settings.default_fusion))
@@ -105,6 +106,10 @@ async def serve(
         port = server.add_secure_port(address, tls.server_credentials(settings.tls))
     else:
         port = server.add_insecure_port(address)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server = serve_metrics(service, settings.metrics_host, settings.metrics_port, settings.metrics_max_collection_labels)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_server[0].server_port)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -127,6 +132,9 @@ async def serve(
     log.info("shutting down: draining calls, then checkpointing collections")
     await health.enter_graceful_shutdown()
     await server.stop(grace=10)
+    if metrics_server is not None:
+        metrics_server[0].shutdown()
+        REGISTRY.unregister(metrics_server[1])
     await loop.run_in_executor(executor, catalog.close)
     await llm_ready
     answers.close()

@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from searchsvc import errors
+from searchsvc import errors, metrics
 from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
@@ -236,6 +236,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 docs = [Document(d.id, d.text, d.title, dict(d.metadata), d.vector or None) for d in request.documents]
                 deadline.check("ingest")  # a batch nobody waits for any more is not embedded
                 report = await self._write(collection, collection.index_documents, docs)
+                metrics.observe_ingest(report)
                 yield ack_to_pb(request.sequence or ordinal, report)
 
     @_maps_errors
@@ -265,6 +266,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
             collection = await self._collection(request.collection)
             params = search_params_from_pb(request, self.settings)
             result = await self._run(self.pipeline.search, collection, params, Deadline(context))
+            metrics.observe_search(result.timings_ms)
             return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
 
     # ----------------------------------------------------------- answers
@@ -276,6 +278,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
     async def Answer(self, request: pb.AnswerRequest, context) -> pb.AnswerResponse:
         with self.answer_gate.admit():
             result = await self.answers.answer(*await self._answer_args(request))
+            metrics.observe_answer(result)
             return answer_result_to_pb(result, request.search.explain)
 
     @_maps_errors
@@ -294,6 +297,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 elif isinstance(event, DeltaEvent):
                     yield pb.AnswerEvent(delta=pb.AnswerDelta(text=event.text))
                 else:
+                    metrics.observe_answer(event.result)
                     yield pb.AnswerEvent(done=answer_result_to_pb(event.result, explain))
         finally:
             await stream.aclose()  # a cancelled call stops generation now, not at the next token it would send

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from searchsvc.files import FileLayer, fsync_dir
+from searchsvc.metrics import WAL_FSYNC_SECONDS
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")
@@ -193,7 +194,8 @@ class WriteAheadLog:
                     raise OSError(errno.EIO, "write made no progress")
                 written += n
             syncing = True
-            self.files.fsync(self._fd)
+            with WAL_FSYNC_SECONDS.time():
+                self.files.fsync(self._fd)
         except OSError as exc:
             self._roll_back(start, exc, syncing)
             raise
