@@ -34,6 +34,14 @@ PROCESS_ENV = {
 }
 
 
+def otel_exporter_configured() -> bool:
+    """Whether the standard OpenTelemetry variables ask for trace export (tracing.py reads the rest of them)."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    if exporter == "none":
+        return False
+    return bool(exporter or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
 def apply_process_env() -> None:
     for key, value in PROCESS_ENV.items():
         os.environ.setdefault(key, value)

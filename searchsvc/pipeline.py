@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from searchsvc.admission import Deadline
+from searchsvc.tracing import span
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
@@ -35,7 +36,8 @@ class _Stopwatch:
             self.deadline.check(name)
         started = time.perf_counter()
         try:
-            yield
+            with span(f"search.{name}"):
+                yield
         finally:
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
 

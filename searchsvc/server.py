@@ -17,13 +17,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from searchsvc.answer.cache import AnswerCache
 from searchsvc.answer.engine import AnswerEngine, LLMProvider
 from searchsvc.catalog import Catalog
-from searchsvc.config import Settings, apply_process_env
+from searchsvc.config import Settings, apply_process_env, otel_exporter_configured
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.service import SearchService, collection_health_name
 from searchsvc.types import CollectionConfig, Fusion
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
-from searchsvc import tls, wire
+from searchsvc import tls, tracing, wire
+from searchsvc.tracing import TracingInterceptor
 from searchsvc.auth import AuthInterceptor, KeyRing, Principal, Role
 from searchsvc.metrics import REGISTRY, RpcMetrics, serve_metrics
 
@@ -87,7 +88,11 @@ async def serve(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.aio.server(options=limits, interceptors=[RpcMetrics(), *auth_interceptors(settings)])
+    if otel_exporter_configured():
+        tracing.configure_otlp()
+        log.info("traces exported over OTLP (OTEL_* variables)")
+    interceptors = [TracingInterceptor(), RpcMetrics(), *auth_interceptors(settings)]  # outermost first
+    server = grpc.aio.server(options=limits, interceptors=interceptors)
     health = HealthServicer()
     wire.register(health_pb2_grpc.add_HealthServicer_to_server, health, server)
     pipeline = SearchPipeline(models, Fusion(settings.default_fusion))

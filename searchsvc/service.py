@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import inspect
 import logging
@@ -15,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from searchsvc import errors, metrics
+from searchsvc import errors, metrics, tracing
 from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
@@ -154,8 +155,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self.ingest_gate = Gate("ingest", s.max_inflight_ingest, retry_after_ms=1000)
 
     async def _run(self, fn, *args, executor: ThreadPoolExecutor | None = None):
+        """`fn(*args)` on a worker thread, in this call's context (its trace span: stage spans become its children)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor or self.executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(executor or self.executor, functools.partial(contextvars.copy_context().run, fn, *args))
 
     # ----------------------------------------------------------- collections
     @_maps_errors
@@ -267,6 +269,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             params = search_params_from_pb(request, self.settings)
             result = await self._run(self.pipeline.search, collection, params, Deadline(context))
             metrics.observe_search(result.timings_ms)
+            tracing.set_attributes(collection=request.collection, mode=params.mode.name, top_k=params.top_k,
+                                   hits=len(result.hits), rerank=result.rerank.applied)
             return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
 
     # ----------------------------------------------------------- answers

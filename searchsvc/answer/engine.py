@@ -10,6 +10,7 @@ own token counts -- none of which the synthesizers expose.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import threading
@@ -42,6 +43,7 @@ from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.text import citations as markers_in
 from searchsvc.text import complete_prefix, has_words, is_refusal
+from searchsvc.tracing import span
 from searchsvc.types import Hit, SearchParams, indexed_text
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,9 @@ class AnswerEngine:
         self.generate_executor = ThreadPoolExecutor(4, thread_name_prefix="searchsvc-generate")
 
     async def _run(self, fn: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+        """On a worker thread, in the caller's context (its trace span: the search stages become its children)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, functools.partial(contextvars.copy_context().run, fn, *args))
 
     async def answer(self, collection: CollectionStorage, params: SearchParams, gen: GenerationParams) -> AnswerResult:
         async for event in self.stream(collection, params, gen):
@@ -140,7 +144,8 @@ class AnswerEngine:
         guard = GuardOutcome()
 
         if self.guard is not None:
-            verdict = await self.guard.check_input(params.query)
+            with span("guardrails.input"):
+                verdict = await self.guard.check_input(params.query)
             guard.input_ms = timings["guard_input"] = verdict.latency_ms
             guard.merge(verdict.status, verdict.hits)
             if verdict.status == "BLOCKED":
@@ -237,7 +242,8 @@ class AnswerEngine:
         if answer is None:
             answer = strip_invalid_markers("".join(released).strip(), len(packed.hits))
             if self.guard is not None:
-                verdict = await self.guard.check_output(answer, sources, final=True)
+                with span("guardrails.output"):
+                    verdict = await self.guard.check_output(answer, sources, final=True)
                 output_ms += verdict.latency_ms
                 guard.merge(verdict.status, verdict.hits)
                 answer = verdict.text
@@ -307,6 +313,10 @@ class AnswerEngine:
         running: list = []
 
         def produce() -> None:
+            with span("llm.generate", max_tokens=gen.max_tokens) as llm_span:
+                generate(llm_span)
+
+        def generate(llm_span) -> None:
             generation = None
             try:
                 generation = llm.stream(messages, max_tokens=gen.max_tokens, temperature=gen.temperature)
@@ -323,13 +333,15 @@ class AnswerEngine:
                     usage.prompt_tokens = generation.usage.prompt_tokens
                     usage.completion_tokens = generation.usage.completion_tokens
                     usage.prompt_tokens_reused = generation.usage.prompt_tokens_reused
+                    llm_span.set_attributes({"gen_ai.usage.input_tokens": usage.prompt_tokens,
+                                             "gen_ai.usage.output_tokens": usage.completion_tokens})
                 if stop_requested:
                     self.stats.last_cancel_stop_ms = (time.perf_counter() - stop_requested[0]) * 1000
                     log.info("generation stopped %.1f ms after cancel", self.stats.last_cancel_stop_ms)
                 post(("end", None))
 
         started = time.perf_counter()
-        future = loop.run_in_executor(self.generate_executor, produce)
+        future = loop.run_in_executor(self.generate_executor, contextvars.copy_context().run, produce)
         try:
             while True:
                 what, value = await queue.get()

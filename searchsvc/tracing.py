@@ -1,0 +1,102 @@
+"""OpenTelemetry traces (issue 17): a server span per RPC that continues the caller's W3C trace context
+(`traceparent` in the call's metadata), with a child span per pipeline stage and per LLM call.
+
+Export is OTLP, configured by the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME...),
+and on only when one of them names an exporter (config.otel_exporter_configured). Otherwise no provider is set,
+the API's no-op tracer answers, and a span costs a function call. This module keeps its own provider (instead of
+OpenTelemetry's process-wide one, which can be set once) so tests can give a server an in-memory exporter.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+_provider: trace.TracerProvider | None = None
+_NOOP = trace.NoOpTracer()
+
+
+def use_provider(provider: trace.TracerProvider | None) -> None:
+    global _provider
+    _provider = provider
+
+
+def tracer() -> trace.Tracer:
+    return _provider.get_tracer("searchsvc") if _provider is not None else _NOOP
+
+
+def configure_otlp(service_name: str = "searchsvc") -> None:
+    """An OTLP exporter per the OTEL_* variables, batching spans off the request path."""
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))  # OTEL_SERVICE_NAME wins
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    use_provider(provider)
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """One SERVER span per RPC, named `package.Service/Method` with OpenTelemetry's RPC attributes, child of the
+    trace context the caller sent (if any); its status is the call's final gRPC code."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or _provider is None:
+            return handler
+        from searchsvc.wire import handler_kind
+
+        service, _, method = details.method.lstrip("/").partition("/")
+        carrier = {k: v for k, v in details.invocation_metadata or () if isinstance(v, str)}
+        kind = handler_kind(handler)
+        behaviour = getattr(handler, kind)
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+        def span(context):
+            started = tracer().start_span(f"{service}/{method}", context=propagate.extract(carrier),
+                                          kind=SpanKind.SERVER, attributes=attributes)
+
+            def done(ctx) -> None:
+                code = ctx.code() or (grpc.StatusCode.CANCELLED if ctx.cancelled() else grpc.StatusCode.OK)
+                started.set_attribute("rpc.grpc.status_code", code.value[0])
+                if code != grpc.StatusCode.OK:
+                    started.set_status(Status(StatusCode.ERROR, code.name))
+                started.end()
+
+            context.add_done_callback(done)
+            return started
+
+        if inspect.isasyncgenfunction(behaviour):
+            async def streaming(request, context):
+                token = otel_context.attach(trace.set_span_in_context(span(context)))
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                finally:
+                    otel_context.detach(token)
+            return handler._replace(**{kind: streaming})
+
+        async def unary(request, context):
+            token = otel_context.attach(trace.set_span_in_context(span(context)))
+            try:
+                return await behaviour(request, context)
+            finally:
+                otel_context.detach(token)
+        return handler._replace(**{kind: unary})
+
+
+def set_attributes(**attributes) -> None:
+    """On the current span (the RPC's, in the servicer): the request's useful knobs and what it returned."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.set_attributes({f"searchsvc.{k}": v for k, v in attributes.items() if v is not None})
+
+
+def span(name: str, **attributes):
+    """A child span of the current one (a stage, an LLM call)."""
+    return tracer().start_as_current_span(name, attributes={f"searchsvc.{k}": v for k, v in attributes.items()})
