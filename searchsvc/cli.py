@@ -23,8 +23,10 @@ def _settings(args: argparse.Namespace, **extra):
 def cmd_serve(args: argparse.Namespace) -> int:
     from searchsvc.server import serve
 
+    from searchsvc import logs
+
     settings = _settings(args, host=args.host, port=args.port)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
 

@@ -273,6 +273,9 @@ class Settings(BaseSettings):
     answer: AnswerSettings = Field(default_factory=AnswerSettings)
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line, for log pipelines.")
+    slow_query_ms: float = Field(500.0, ge=0, description="Searches slower than this get a line on searchsvc.slowlog; 0: off.")
+    slow_query_log_text: bool = Field(False, description="Put the query text in slow-search lines (it may hold personal data).")
 
     @classmethod
     def settings_customise_sources(

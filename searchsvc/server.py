@@ -24,6 +24,7 @@ from searchsvc.service import SearchService, collection_health_name
 from searchsvc.types import CollectionConfig, Fusion
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc
 from searchsvc import tls, tracing, wire
+from searchsvc.logs import RequestIds
 from searchsvc.tracing import TracingInterceptor
 from searchsvc.auth import AuthInterceptor, KeyRing, Principal, Role
 from searchsvc.metrics import REGISTRY, RpcMetrics, serve_metrics
@@ -91,7 +92,7 @@ async def serve(
     if otel_exporter_configured():
         tracing.configure_otlp()
         log.info("traces exported over OTLP (OTEL_* variables)")
-    interceptors = [TracingInterceptor(), RpcMetrics(), *auth_interceptors(settings)]  # outermost first
+    interceptors = [TracingInterceptor(), RequestIds(), RpcMetrics(), *auth_interceptors(settings)]  # outermost first
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     health = HealthServicer()
     wire.register(health_pb2_grpc.add_HealthServicer_to_server, health, server)

@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from searchsvc import errors, metrics, tracing
+from searchsvc import errors, logs, metrics, tracing
 from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
@@ -271,6 +271,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             metrics.observe_search(result.timings_ms)
             tracing.set_attributes(collection=request.collection, mode=params.mode.name, top_k=params.top_k,
                                    hits=len(result.hits), rerank=result.rerank.applied)
+            logs.log_slow_search(self.settings.slow_query_ms, self.settings.slow_query_log_text, request.collection, params,
+                                 result.timings_ms, len(result.hits))
             return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
 
     # ----------------------------------------------------------- answers
