@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     # Searches: 16 per search worker; at ~5-20 ms each that queues at most ~0.1-0.3 s behind the workers.
     # Answers: the model generates one answer at a time (10-45 s each on 2 cores); 4 waiting is already minutes.
     # Ingest streams: each holds one batch (up to max_message_bytes) while it is embedded on one thread.
+    model_allow_list: list[str] = Field(
+        default_factory=list, description="Models a request may name beyond the packaged ones and <index_dir>/models: ids, "
+        "paths, or directories whose models may all be loaded.")
+    max_loaded_rerankers: int = Field(4, ge=1, description="Cross-encoders kept loaded (least recently used dropped).")
     max_inflight_searches: int = Field(64, ge=1)
     max_inflight_answers: int = Field(4, ge=1)
     max_inflight_ingest: int = Field(8, ge=1, description="Concurrent BulkIndex streams.")

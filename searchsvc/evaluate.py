@@ -141,6 +141,8 @@ def run_eval(
     with tempfile.TemporaryDirectory() as tmp:
         if settings.index_dir == Path("indexes"):  # the default: evaluate in a scratch dir
             settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        named = [m for m in (embedding_model, reranker_model) if m]  # named on the command line: the operator's
+        settings = settings.model_copy(update={"model_allow_list": [*settings.model_allow_list, *named]})
         if language:  # the server preloads its default language's embedder: make that this collection's
             settings = settings.model_copy(update={"default_language": language})
         with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:

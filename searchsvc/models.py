@@ -6,9 +6,12 @@ Offline by default: the packaged all-MiniLM-L6-v2 is loaded from its package pat
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
+from typing import Sequence
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
@@ -47,6 +50,17 @@ def resolve_model_path(name: str, models_dir: Path | None = None) -> str:
     return name
 
 
+class ModelNotAllowed(ValueError):
+    pass
+
+
+def _within(path: str, directory: str) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(Path(directory).resolve())
+    except (OSError, ValueError):
+        return False
+
+
 # When an e5 engine cannot be set up, the next one serves: OpenVINO -> ONNX Runtime -> torch (the reference).
 _E5_FALLBACK = {"openvino": "onnx", "onnx": "torch"}
 _ENGINE_NAMES = {"openvino": "OpenVINO", "onnx": "ONNX Runtime", "torch": "the torch engine"}
@@ -65,7 +79,14 @@ class ModelRegistry:
         threads: int = 0,
         encoder_int8: bool = True,
         rerank_engine: str = "onnx",
+        allowed: Sequence[str] | None = None,
+        max_cross_encoders: int = 4,
     ) -> None:
+        """`allowed`: what else than the packaged models and those under `models_dir` may be loaded (ids, paths,
+        or directories whose contents may); None: anything (the CLI's own commands, where the operator names
+        the model). `max_cross_encoders`: loaded rerankers kept (least recently used dropped first)."""
+        self.allowed = None if allowed is None else tuple(allowed)
+        self.max_cross_encoders = max_cross_encoders
         self.models_dir = models_dir
         self.e5_engine = e5_engine
         self.encoder_precision = encoder_precision
@@ -77,7 +98,7 @@ class ModelRegistry:
         self.rerank_max_length = rerank_max_length
         self.rerank_int8 = rerank_int8
         self._embedders: dict[str, BaseEmbedding] = {}
-        self._cross_encoders: dict[str, object] = {}
+        self._cross_encoders: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
         self._torch_ready = False
 
@@ -92,7 +113,21 @@ class ModelRegistry:
                 torch.set_num_threads(self.threads)
             self._torch_ready = True
 
+    def check_allowed(self, name: str) -> None:
+        """A server loads only packaged models, models under its models directory, and model_allow_list: a request
+        naming any path would otherwise make it read arbitrary files and grow its memory without bound."""
+        if self.allowed is None or name in PACKAGED_MODELS or name in E5_MODELS:
+            return
+        path = resolve_model_path(name, self.models_dir)
+        if self.models_dir is not None and _within(path, str(self.models_dir)):
+            return
+        if any(name == a or (os.sep in a and _within(path, a)) for a in self.allowed):
+            return
+        raise ModelNotAllowed(f"{name!r} is not a packaged model, a model under the server's models directory, "
+                              "or in its model_allow_list")
+
     def embedder(self, name: str) -> BaseEmbedding:
+        self.check_allowed(name)
         with self._lock:
             if name not in self._embedders:
                 self._prepare_torch()
@@ -155,8 +190,14 @@ class ModelRegistry:
         """A single-logit CrossEncoder, pairs truncated to `rerank_max_length` tokens: on ONNX Runtime
         (rerank_onnx.py) unless `rerank_engine` is torch; with `rerank_int8` its Linear layers run as torch's
         dynamically quantized int8 instead."""
+        self.check_allowed(name)
         with self._lock:
-            if name not in self._cross_encoders:
+            if name in self._cross_encoders:
+                self._cross_encoders.move_to_end(name)
+            else:
+                while len(self._cross_encoders) >= self.max_cross_encoders:
+                    dropped, _ = self._cross_encoders.popitem(last=False)
+                    log.info("dropped cross-encoder %s (max %d loaded)", dropped, self.max_cross_encoders)
                 self._prepare_torch()
                 from sentence_transformers import CrossEncoder
 

@@ -6,6 +6,7 @@ here, by the collection's embedder and analyzer; the backend answers the legs an
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
@@ -46,16 +47,20 @@ class SearchPipeline:
     def __init__(self, models: ModelRegistry, default_fusion: Fusion = Fusion.RRF) -> None:
         self.models = models
         self.english_fusion = FusionDefaults(default_fusion)  # non-Korean queries (settings.default_fusion)
-        self._rerankers: dict[str, CrossEncoderReranker] = {}  # one per model: its vocabulary check runs once
+        # One per model (its vocabulary check runs once), as many as the registry keeps loaded.
+        self._rerankers: OrderedDict[str, CrossEncoderReranker] = OrderedDict()
 
     def reranker_for(self, collection: CollectionStorage, override: str = "") -> CrossEncoderReranker | None:
         name = override or collection.config.reranker_model
         if not name:
             return None
         if name in self._rerankers:
+            self._rerankers.move_to_end(name)
             return self._rerankers[name]
         try:
             reranker = self._rerankers[name] = CrossEncoderReranker(self.models.cross_encoder(name), name)
+            while len(self._rerankers) > self.models.max_cross_encoders:
+                self._rerankers.popitem(last=False)
             return reranker
         except Exception as exc:
             if override:

@@ -75,6 +75,7 @@ async def serve(
         models_dir=Path(settings.index_dir) / "models", e5_engine=settings.e5_engine,
         encoder_precision=settings.encoder_precision, sentence_engine=settings.sentence_engine, threads=threads,
         encoder_int8=settings.encoder_int8, rerank_engine=settings.rerank_engine,
+        allowed=settings.model_allow_list, max_cross_encoders=settings.max_loaded_rerankers,
     )
     catalog = Catalog(settings, models)
     # Opening a collection loads its embedder. A server with no collection yet loads the default one up front

@@ -36,6 +36,7 @@ def server(tmp_path_factory):
         # Most tests are about English behaviour (stemming, MiniLM scores); language tests ask for theirs.
         default_language="en",
         llm={"models_dir": MODELS_DIR},
+        model_allow_list=[str(tmp_path_factory.getbasetemp())],  # models the tests make (e.g. a plumbing cross-encoder)
     )
     with BackgroundServer(settings) as running:
         yield running

@@ -86,3 +86,13 @@ def test_a_search_response_stops_at_the_byte_budget(server, stub, collection):
     assert full.ByteSize() <= budget and full.truncated_hits > 0 and len(full.hits) + full.truncated_hits == 40
     assert ids(full)[:3] == ids(small) and small.truncated_hits == 0  # the best hits are the ones kept
 
+
+
+def test_requests_may_name_only_allowed_models(stub, collection, tmp_path_factory):
+    """Packaged models, the server's models directory and model_allow_list (the test server allows its temp tree)."""
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateCollection(pb.CreateCollectionRequest(name="sneaky", config=pb.CollectionConfig(embedding_model="/usr/lib/python3")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model_allow_list" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        search(stub, collection, "x", rerank=pb.RerankOptions(enabled=True, model="../../etc"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model_allow_list" in err.value.details()

@@ -125,3 +125,19 @@ def test_index_command_streams_a_folder(server, stub, tmp_path):
     got = stub.GetCollection(pb.GetCollectionRequest(name="notes"))
     assert got.document_count == 7
     stub.DeleteCollection(pb.DeleteCollectionRequest(name="notes"))
+
+
+def test_loaded_cross_encoders_are_bounded_least_recently_used_first(plumbing_cross_encoder, tmp_path):
+    import shutil
+
+    from searchsvc.models import ModelNotAllowed, ModelRegistry
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(plumbing_cross_encoder, copy)
+    registry = ModelRegistry(models_dir=tmp_path / "models", allowed=[plumbing_cross_encoder, str(tmp_path)], max_cross_encoders=1)
+    first = registry.cross_encoder(plumbing_cross_encoder)
+    assert registry.cross_encoder(plumbing_cross_encoder) is first  # kept while it is the one in use
+    registry.cross_encoder(copy)
+    assert list(registry._cross_encoders) == [copy]  # the other was dropped, not kept beside it
+    with pytest.raises(ModelNotAllowed):
+        ModelRegistry(models_dir=tmp_path / "models", allowed=[]).cross_encoder(plumbing_cross_encoder)
