@@ -258,6 +258,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args, port=0)
     logging.basicConfig(level=logging.WARNING)
+    if args.soak or args.observability:
+        from searchsvc import bench_ops
+
+        if args.soak:
+            bench_ops.run_soak(settings, args.soak)
+        else:
+            bench_ops.run_observability_overhead(settings, args.observability, args.queries)
+        return 0
     if args.scale:
         from searchsvc.bench_scale import run_scale
 
@@ -406,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "docs/s as it grows, RSS, restart to SERVING, search p50/p99, recall@10, checkpoint times)")
     p.add_argument("--quantization", choices=["none", "sq8"], default="none",
                    help="with --scale: the collection's dense_index.quantization")
+    p.add_argument("--soak", type=int, metavar="MINUTES",
+                   help="instead of the parts: a mixed workload at ~80%% of measured capacity; per minute RSS, search p50/p99, errors")
+    p.add_argument("--observability", type=int, metavar="CHUNKS",
+                   help="instead of the parts: Search p50 with metrics and tracing on vs off at CHUNKS chunks")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-rerank", help="rerank latency p50/p95 for 20 and 50 candidates: fp32 vs int8, 256 vs 128 tokens")

@@ -93,7 +93,9 @@ async def serve(
     if otel_exporter_configured():
         tracing.configure_otlp()
         log.info("traces exported over OTLP (OTEL_* variables)")
-    interceptors = [TracingInterceptor(), RequestIds(), RpcMetrics(), *auth_interceptors(settings)]  # outermost first
+    # Outermost first. Metrics only with their port: off, they cost nothing.
+    metered = [RpcMetrics()] if settings.metrics_port is not None else []
+    interceptors = [TracingInterceptor(), RequestIds(), *metered, *auth_interceptors(settings)]
     server = grpc.aio.server(options=limits, interceptors=interceptors)
     health = HealthServicer()
     wire.register(health_pb2_grpc.add_HealthServicer_to_server, health, server)

@@ -149,6 +149,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self.ingest_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-ingest")
         self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-admin")  # re-embeds
         self.health = health
+        self.metered = settings.metrics_port is not None  # Prometheus metrics are served
         s = settings
         self.search_gate = Gate("search", s.max_inflight_searches, retry_after_ms=100)
         self.answer_gate = Gate("answer", s.max_inflight_answers, retry_after_ms=5000)
@@ -238,7 +239,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 docs = [Document(d.id, d.text, d.title, dict(d.metadata), d.vector or None) for d in request.documents]
                 deadline.check("ingest")  # a batch nobody waits for any more is not embedded
                 report = await self._write(collection, collection.index_documents, docs)
-                metrics.observe_ingest(report)
+                if self.metered:
+                    metrics.observe_ingest(report)
                 yield ack_to_pb(request.sequence or ordinal, report)
 
     @_maps_errors
@@ -268,7 +270,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             collection = await self._collection(request.collection)
             params = search_params_from_pb(request, self.settings)
             result = await self._run(self.pipeline.search, collection, params, Deadline(context))
-            metrics.observe_search(result.timings_ms)
+            if self.metered:
+                metrics.observe_search(result.timings_ms)
             tracing.set_attributes(collection=request.collection, mode=params.mode.name, top_k=params.top_k,
                                    hits=len(result.hits), rerank=result.rerank.applied)
             logs.log_slow_search(self.settings.slow_query_ms, self.settings.slow_query_log_text, request.collection, params,
@@ -284,7 +287,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
     async def Answer(self, request: pb.AnswerRequest, context) -> pb.AnswerResponse:
         with self.answer_gate.admit():
             result = await self.answers.answer(*await self._answer_args(request))
-            metrics.observe_answer(result)
+            if self.metered:
+                metrics.observe_answer(result)
             return answer_result_to_pb(result, request.search.explain)
 
     @_maps_errors
@@ -303,7 +307,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
                 elif isinstance(event, DeltaEvent):
                     yield pb.AnswerEvent(delta=pb.AnswerDelta(text=event.text))
                 else:
-                    metrics.observe_answer(event.result)
+                    if self.metered:
+                        metrics.observe_answer(event.result)
                     yield pb.AnswerEvent(done=answer_result_to_pb(event.result, explain))
         finally:
             await stream.aclose()  # a cancelled call stops generation now, not at the next token it would send
