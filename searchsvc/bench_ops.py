@@ -4,13 +4,15 @@
   capacity measured just before, on a real server process; per minute: server RSS, search p50/p99, calls done,
   errors by status code. Leaks and drift show as a rising RSS or p99; the last line is the RSS drift over the
   last 5 minutes.
-- `searchsvc bench --observability CHUNKS`: Search p50 with metrics and tracing on vs off, on a collection of
-  CHUNKS external-vector chunks, in 8 alternating phases (off, on, off, on...) so that drift cancels out.
+- `searchsvc bench --observability CHUNKS`: Search p50 with metrics and tracing on vs off, on two copies of a
+  collection of CHUNKS external-vector chunks served side by side; each query goes to each configuration, in
+  random order: off; metrics and tracing at the default sampling; metrics and every trace recorded.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -118,7 +120,7 @@ def run_soak(settings: Settings, minutes: int) -> None:
                       f"({window[0]:,.0f} -> {window[-1]:,.0f} MB)")
 
 
-def run_observability_overhead(settings: Settings, chunks: int, queries: int) -> None:
+def run_observability_overhead(settings: Settings, chunks: int, queries: int, rounds: int = 3) -> None:
     """Search p50 with metrics (a scraped port) and tracing (spans recorded and batched to an exporter) on vs off."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -145,38 +147,54 @@ def run_observability_overhead(settings: Settings, chunks: int, queries: int) ->
         rng = random.Random(3)
         requests = [pb.SearchRequest(collection="o", query=" ".join(corpus.words(3)), query_vector=vectors.sample(1)[0].tolist())
                     for _ in range(queries)]
-        print(f"Search p50 at {chunks:,} chunks, HYBRID, {queries} queries per phase (same queries each phase)")
-        results: dict[str, list[float]] = {"off": [], "on": []}
-        for phase in ("off", "on") * 4:
-            on = phase == "on"
-            exporter = InMemorySpanExporter()
-            if on:
-                provider = TracerProvider()
-                provider.add_span_processor(BatchSpanProcessor(exporter))
-                tracing.use_provider(provider)
-            port = _free_port() if on else None
-            with BackgroundServer(base.model_copy(update={"metrics_port": port})) as server, \
-                    grpc.insecure_channel(server.target) as channel:
-                stub = pb_grpc.SearchServiceStub(channel)
-                for r in requests[:20]:
-                    stub.Search(r)  # warm
-                order = list(range(queries))
-                rng.shuffle(order)
-                times = []
-                for i in order:
-                    started = time.perf_counter()
-                    stub.Search(requests[i])
-                    times.append((time.perf_counter() - started) * 1000)
-                if on:
-                    import urllib.request
+        # Two servers on two copies of the collection, one plain and one with metrics (scraped) and tracing (spans
+        # batched to an exporter); each query goes to both, in random order, so drift and order cancel out. The
+        # traced server runs each query twice: with the default sampling of traces that start here, and with all.
+        shutil.copytree(Path(tmp) / "o", Path(tmp) / "copy" / "o")
+        exporter = InMemorySpanExporter()
+        providers = {"on": TracerProvider(sampler=tracing.default_sampler(settings.trace_sample_ratio)),
+                     "on, every trace": TracerProvider()}
+        for provider in providers.values():
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        port = _free_port()
+        on_settings = base.model_copy(update={"index_dir": Path(tmp) / "copy", "metrics_port": port})
+        with BackgroundServer(base) as plain, BackgroundServer(on_settings) as observed, \
+                grpc.insecure_channel(plain.target) as plain_channel, grpc.insecure_channel(observed.target) as observed_channel:
+            stubs = {"off": pb_grpc.SearchServiceStub(plain_channel)}
+            stubs |= {which: pb_grpc.SearchServiceStub(observed_channel) for which in providers}
 
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()  # scraped, as in production
+            def timed(which: str, request) -> float:
+                tracing.use_provider(providers.get(which))
+                started = time.perf_counter()
+                stubs[which].Search(request)
+                return (time.perf_counter() - started) * 1000
+
+            for r in requests[:50]:  # warm both
+                for which in stubs:
+                    timed(which, r)
+            times: dict[str, list[float]] = {which: [] for which in stubs}
+            for _ in range(rounds):
+                for r in requests:
+                    order = list(stubs)
+                    rng.shuffle(order)
+                    for which in order:
+                        times[which].append(timed(which, r))
+            import urllib.request
+
+            scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
             tracing.use_provider(None)
-            results[phase] += times
-            print(f"  {phase:>3}: p50 {np.percentile(times, 50):.2f} ms, p99 {np.percentile(times, 99):.2f} ms"
-                  + (f" ({len(exporter.get_finished_spans())} spans exported)" if on else ""), flush=True)
-        off, on = np.percentile(results["off"], 50), np.percentile(results["on"], 50)
-        print(f"overhead on Search p50: {on:.2f} vs {off:.2f} ms = {100 * (on - off) / off:+.1f}%")
+            for provider in providers.values():
+                provider.force_flush()
+        off = np.percentile(times["off"], 50)
+        print(f"Search at {chunks:,} chunks, HYBRID, {len(times['off'])} queries to each configuration (each query to all, "
+              f"in random order); {len(exporter.get_finished_spans()):,} spans exported, {len(scraped):,} bytes scraped; "
+              f"sampling: {settings.trace_sample_ratio:.0%} of root traces")
+        for which, t in times.items():
+            p50 = np.percentile(t, 50)
+            paired = np.median(np.subtract(t, times["off"]))
+            print(f"  {which:>16}: p50 {p50:.2f} ms, p99 {np.percentile(t, 99):.2f} ms"
+                  + (f"; overhead on p50 {100 * (p50 - off) / off:+.1f}% (median paired difference {paired * 1000:+.0f} us)"
+                     if which != "off" else ""))
 
 
 def _free_port() -> int:

@@ -42,6 +42,10 @@ def otel_exporter_configured() -> bool:
     return bool(exporter or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
+def otel_sampler_configured() -> bool:
+    return bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+
+
 def apply_process_env() -> None:
     for key, value in PROCESS_ENV.items():
         os.environ.setdefault(key, value)
@@ -277,6 +281,9 @@ class Settings(BaseSettings):
     answer: AnswerSettings = Field(default_factory=AnswerSettings)
 
     log_level: str = "INFO"
+    trace_sample_ratio: float = Field(
+        0.1, ge=0, le=1, description="Traces starting here that are recorded (a caller's sampled trace always is); "
+        "OTEL_TRACES_SAMPLER overrides.")
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, for log pipelines.")
     slow_query_ms: float = Field(500.0, ge=0, description="Searches slower than this get a line on searchsvc.slowlog; 0: off.")
     slow_query_log_text: bool = Field(False, description="Put the query text in slow-search lines (it may hold personal data).")

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from searchsvc.admission import Deadline
-from searchsvc.tracing import span
+from searchsvc.tracing import record_stages
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
@@ -30,17 +30,18 @@ class _Stopwatch:
     def __init__(self, deadline: Deadline | None = None) -> None:
         self.ms: dict[str, float] = {}
         self.deadline = deadline
+        self.intervals: list[tuple[str, int, int]] = []  # (stage, start, end) in ns since the epoch, for trace spans
 
     @contextmanager
     def stage(self, name: str):
         if self.deadline is not None:
             self.deadline.check(name)
-        started = time.perf_counter()
+        started, started_ns = time.perf_counter(), time.time_ns()
         try:
-            with span(f"search.{name}"):
-                yield
+            yield
         finally:
             self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+            self.intervals.append((name, started_ns, time.time_ns()))
 
 
 class SearchPipeline:
@@ -145,6 +146,7 @@ class SearchPipeline:
                 dropped, hits = len(hits) - len(kept), kept
 
         clock.ms["total"] = (time.perf_counter() - started) * 1000
+        record_stages("search", clock.intervals)
         applied = fusion if p.mode is SearchMode.HYBRID else None
         return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied, query_language=language)
 

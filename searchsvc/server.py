@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from searchsvc.answer.cache import AnswerCache
 from searchsvc.answer.engine import AnswerEngine, LLMProvider
 from searchsvc.catalog import Catalog
-from searchsvc.config import Settings, apply_process_env, otel_exporter_configured
+from searchsvc.config import Settings, apply_process_env, otel_exporter_configured, otel_sampler_configured
 from searchsvc.models import ModelRegistry
 from searchsvc.pipeline import SearchPipeline
 from searchsvc.service import SearchService, collection_health_name
@@ -91,7 +91,7 @@ async def serve(
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
     if otel_exporter_configured():
-        tracing.configure_otlp()
+        tracing.configure_otlp(settings.trace_sample_ratio, otel_sampler_configured())
         log.info("traces exported over OTLP (OTEL_* variables)")
     # Outermost first. Metrics only with their port: off, they cost nothing.
     metered = [RpcMetrics()] if settings.metrics_port is not None else []

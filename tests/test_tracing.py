@@ -74,3 +74,18 @@ def test_a_failed_call_is_an_error_span_and_an_answer_traces_its_guardrails(stub
     names = {s.name for s in finished(spans, "/Answer")}
     assert "searchsvc.v1.SearchService/Answer" in names and "search.dense" in names
     assert len({s.context.trace_id for s in spans.get_finished_spans()}) == 1
+
+
+def test_the_default_sampler_follows_the_callers_sampled_traces_and_samples_the_rest(stub, collection):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing.default_sampler(0.0))  # no root trace of our own: only the callers'
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        stub.Search(pb.SearchRequest(collection=collection, query="not traced"))
+        stub.Search(pb.SearchRequest(collection=collection, query="traced"), metadata=[("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01")])
+        spans = finished(exporter, "/Search")
+        time.sleep(0.2)  # had the first call been recorded, its span would have ended by now
+        assert {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()} == {TRACE_ID} and spans
+    finally:
+        tracing.use_provider(None)
