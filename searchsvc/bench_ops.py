@@ -127,13 +127,13 @@ def run_observability_overhead(settings: Settings, chunks: int, queries: int, ro
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from searchsvc import tracing
-    from searchsvc.server import BackgroundServer
+    from searchsvc.server import BackgroundServer, private_server
 
     dimension = 384
     corpus, vectors = SyntheticCorpus(), ClusteredVectors(dimension)
     with tempfile.TemporaryDirectory() as tmp:
-        base = settings.model_copy(update={"index_dir": Path(tmp), "port": 0, "metrics_port": None,
-                                           "llm": settings.llm.model_copy(update={"backend": "none"})})
+        base = private_server(settings).model_copy(update={"index_dir": Path(tmp), "port": 0,
+                                                           "llm": settings.llm.model_copy(update={"backend": "none"})})
         with BackgroundServer(base) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             stub.CreateCollection(pb.CreateCollectionRequest(name="o", config=pb.CollectionConfig(

@@ -21,7 +21,7 @@ import numpy as np
 from searchsvc.client import bulk_index
 from searchsvc.config import Settings
 from searchsvc.ingest.loaders import load_jsonl
-from searchsvc.server import BackgroundServer
+from searchsvc.server import BackgroundServer, private_server
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -145,7 +145,7 @@ def run_eval(
         settings = settings.model_copy(update={"model_allow_list": [*settings.model_allow_list, *named]})
         if language:  # the server preloads its default language's embedder: make that this collection's
             settings = settings.model_copy(update={"default_language": language})
-        with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
+        with BackgroundServer(private_server(settings)) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             name = ensure_indexed(stub, server.target, dataset, embedding_model, analyzer, language, backend)
             results = {}

@@ -20,7 +20,7 @@ import numpy as np
 
 from searchsvc.config import Settings
 from searchsvc.evaluate import ensure_indexed, load_qrels, pct
-from searchsvc.server import BackgroundServer
+from searchsvc.server import BackgroundServer, private_server
 from searchsvc.text import content_tokens, is_refusal
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -67,7 +67,7 @@ def run_answer_eval(
     with tempfile.TemporaryDirectory() as tmp:
         if settings.index_dir == Path("indexes"):
             settings = settings.model_copy(update={"index_dir": Path(tmp)})
-        with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
+        with BackgroundServer(private_server(settings)) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             name = ensure_indexed(stub, server.target, dataset)
             answered = [_ask(stub, name, q, max_tokens) for q in questions]

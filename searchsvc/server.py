@@ -177,6 +177,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def private_server(settings: Settings) -> Settings:
+    """The settings of a server that eval and bench start for themselves on loopback: no TLS, keys or metrics
+    port from the operator's config (their own client talks to it in plaintext, without a key)."""
+    from searchsvc.config import AuthSettings, TlsSettings
+
+    return settings.model_copy(update={"host": "127.0.0.1", "tls": TlsSettings(), "auth": AuthSettings(), "metrics_port": None})
+
+
 class BackgroundServer:
     """The real server on its own event loop thread, for eval, bench and tests in one process."""
 
