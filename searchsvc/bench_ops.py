@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import queue
 import random
 import shutil
 import tempfile
@@ -97,23 +98,34 @@ def run_soak(settings: Settings, minutes: int) -> None:
             rate = 0.8 * capacity
             print(f"capacity: {capacity:.1f} calls/s (the mix, 4 clients closed-loop); soak at {rate:.1f} calls/s for {minutes} min")
             print(f"{'min':>3} {'RSS MB':>8} {'search p50':>10} {'p99 ms':>7} {'calls':>6}  errors")
-            rss_per_minute = []
-            with ThreadPoolExecutor(32) as pool:
-                next_at = time.monotonic()
-                for minute in range(1, minutes + 1):
-                    futures = []
-                    end = time.monotonic() + 60
-                    while time.monotonic() < end:  # open loop: calls start on schedule, whatever the server does
-                        futures.append(pool.submit(work))
-                        next_at += 1 / rate
-                        time.sleep(max(0.0, next_at - time.monotonic()))
+            rss_per_minute: list[float] = []
+            finished_minutes: queue.Queue = queue.Queue()
+
+            def report() -> None:  # waits for each minute's calls apart from the submitter, which keeps its schedule
+                while (item := finished_minutes.get()) is not None:
+                    minute, futures, rss = item
                     results = [f.result() for f in futures]
                     searches = [ms for kind, ms, code in results if kind == "search" and code == "OK"]
                     errors = Counter(code for _, _, code in results if code != "OK")
-                    rss = _rss_mb(server.proc.pid)
-                    rss_per_minute.append(rss)
                     p50, p99 = (np.percentile(searches, 50), np.percentile(searches, 99)) if searches else (0, 0)
                     print(f"{minute:>3} {rss:>8,.0f} {p50:>10.1f} {p99:>7.1f} {len(results):>6}  {dict(errors) or '-'}", flush=True)
+
+            reporter = threading.Thread(target=report)
+            reporter.start()
+            with ThreadPoolExecutor(64) as pool:
+                next_at = time.monotonic()
+                for minute in range(1, minutes + 1):
+                    futures = []
+                    end = next_at + 60
+                    while next_at < end:  # open loop: calls start on schedule, whatever the server does
+                        time.sleep(max(0.0, next_at - time.monotonic()))
+                        futures.append(pool.submit(work))
+                        next_at += 1 / rate
+                    rss = _rss_mb(server.proc.pid)
+                    rss_per_minute.append(rss)
+                    finished_minutes.put((minute, futures, rss))
+                finished_minutes.put(None)
+                reporter.join()
             if len(rss_per_minute) > 5:
                 window = rss_per_minute[-6:]
                 print(f"RSS drift over the last 5 minutes: {100 * (window[-1] - window[0]) / window[0]:+.1f}% "
