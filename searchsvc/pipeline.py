@@ -14,6 +14,7 @@ import numpy as np
 from searchsvc.admission import Deadline
 from searchsvc.tracing import record_stages
 from searchsvc.cutoff import apply_similarity_cutoff
+from searchsvc.diversify import mmr
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
 from searchsvc.errors import InvalidArgument
@@ -114,7 +115,8 @@ class SearchPipeline:
                 ranked = fuse_rrf({"dense": dense, "keyword": keyword}, weights, p.rrf_k)
             else:
                 ranked = [(s.chunk_id, s.score) for s in (dense or keyword)]
-            window = max(p.top_k, p.rerank_candidates) if reranker else p.top_k
+            # MMR chooses among the reranked candidates when there is a reranker, else among its own.
+            window = max(p.top_k, p.rerank_candidates) if reranker else max(p.top_k, p.mmr_candidates)
             hits = self._hits(coll, ranked[:window], dense, keyword, p.mode)
 
         if reranker is not None and hits:
@@ -129,6 +131,10 @@ class SearchPipeline:
                         hit.rerank_score = hit.score = score
                     hits.sort(key=lambda h: (-h.score, h.chunk_id))
                     rerank = RerankOutcome(applied=True, model=reranker.name)
+        if p.mmr_lambda is not None and len(hits) > 1:
+            with clock.stage("mmr"):
+                pool = hits[: p.mmr_candidates]
+                hits = mmr(pool, coll.vectors([h.chunk_id for h in pool]), p.mmr_lambda, p.top_k)
         hits = hits[: p.top_k]
 
         dropped = 0

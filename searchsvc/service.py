@@ -415,6 +415,8 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         query_vector=r.query_vector or None,
         ef_search=r.dense.ef_search or None,
         exact=r.dense.exact,
+        mmr_lambda=r.mmr.lambda_mult if r.HasField("mmr") else None,
+        mmr_candidates=(r.mmr.candidates or min(4 * top_k, 200)) if r.HasField("mmr") else 0,
     )
     params.validate(max_top_k=s.max_top_k, max_query_chars=s.max_query_chars)
     return params

@@ -139,6 +139,8 @@ class SearchParams:
     query_vector: Sequence[float] | None = None  # the caller's query embedding; checked against the collection
     ef_search: int | None = None  # HNSW beam width for this search; None: the collection's hnsw_ef_search
     exact: bool = False  # the dense leg scans every vector even on an HNSW collection
+    mmr_lambda: float | None = None  # maximal marginal relevance (pipeline.py); None: off
+    mmr_candidates: int = 0
 
     def validate(self, *, max_top_k: int, max_query_chars: int) -> None:
         """Raise InvalidArgument naming the first bad field."""
@@ -194,6 +196,9 @@ def validate_search_params(p: SearchParams, *, max_top_k: int, max_query_chars: 
     _check(p.keyword_weight is None or p.keyword_weight >= 0, "keyword_weight", "must be >= 0")
     _check(1 <= p.rerank_candidates <= 200, "rerank.candidates", "must be between 1 and 200")
     _check(p.ef_search is None or 1 <= p.ef_search <= MAX_EF_SEARCH, "dense.ef_search", f"must be between 1 and {MAX_EF_SEARCH}")
+    if p.mmr_lambda is not None:
+        _check(0 <= p.mmr_lambda <= 1, "mmr.lambda_mult", "must be between 0 and 1")
+        _check(p.top_k <= p.mmr_candidates <= 200, "mmr.candidates", f"must be between top_k ({p.top_k}) and 200")
     for key in p.filter:
         _check(bool(key), "filter", "keys must not be empty")
 

@@ -60,6 +60,7 @@ QUERY = [0.5, -0.2, 0.1, 0.9]
 CASES = {
     "hybrid rrf": SearchParams("alpha gamma", query_vector=QUERY),
     "hybrid relative score": SearchParams("alpha gamma", query_vector=QUERY, fusion=Fusion.RELATIVE_SCORE),
+    "hybrid mmr": SearchParams("alpha gamma", query_vector=QUERY, top_k=3, mmr_lambda=0.5, mmr_candidates=10),
     "dense": SearchParams("", mode=SearchMode.DENSE, query_vector=QUERY),
     "dense exact": SearchParams("", mode=SearchMode.DENSE, query_vector=QUERY, exact=True),
     "keyword": SearchParams("beta electrons", mode=SearchMode.KEYWORD),

@@ -11,9 +11,10 @@ english chain), fusion and what follows it. A backend answers the two legs and s
   selective filter costs no candidate slots;
 - `similarities`: the stored vectors' cosine to a query vector, for chunks a leg found (the cutoff and relative
   score fusion need it for keyword-only hits);
+- `vectors`: the stored unit vectors themselves (MMR compares hits with each other);
 - `get_chunks`: the stored chunks themselves (text, title, document id, offsets, user metadata).
 
-Ids a leg returns may be deleted before `get_chunks` or `similarities` reads them: both skip them silently.
+Ids a leg returns may be deleted before `get_chunks`, `similarities` or `vectors` reads them: they skip them silently.
 
 Writes arrive prepared (ingest/batch.py: checked, chunked, embedded): `upsert` replaces whole documents by their
 chunks and vectors, `delete_documents` removes documents. Both return only once the change is durable: an acked
@@ -70,6 +71,8 @@ class CollectionStorage(Protocol):
     def keyword_search(self, terms: Sequence[str], k: int, filter: MetadataFilter | None = None) -> list[ScoredId]: ...
 
     def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]: ...
+
+    def vectors(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]: ...
 
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]: ...
 

@@ -260,7 +260,7 @@ class RerankOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense")
+    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense", "mmr")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class SearchRequest(_message.Message):
     FUSION_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
+    MMR_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -300,7 +301,16 @@ class SearchRequest(_message.Message):
     fusion: Fusion
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     dense: DenseSearchOptions
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ...) -> None: ...
+    mmr: MmrOptions
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ..., mmr: _Optional[_Union[MmrOptions, _Mapping]] = ...) -> None: ...
+
+class MmrOptions(_message.Message):
+    __slots__ = ("lambda_mult", "candidates")
+    LAMBDA_MULT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    lambda_mult: float
+    candidates: int
+    def __init__(self, lambda_mult: _Optional[float] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class DenseSearchOptions(_message.Message):
     __slots__ = ("ef_search", "exact")

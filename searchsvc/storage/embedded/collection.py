@@ -647,6 +647,9 @@ class Collection:
     def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
         return self.dense.similarities(vector, chunk_ids)
 
+    def vectors(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.dense.stored_vectors(chunk_ids)
+
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
         return self.dense.get_chunks(chunk_ids)
 

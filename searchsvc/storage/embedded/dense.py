@@ -651,6 +651,13 @@ class DenseIndex:
             result = self.store.query(query, ef_search=ef_search, exact=exact)
         return [ScoredId(node_id, rank, score) for rank, (node_id, score) in enumerate(zip(result.ids, result.similarities), start=1)]
 
+    def stored_vectors(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            chunk_ids = self.store.present(chunk_ids)
+            if not chunk_ids:
+                return {}
+            return dict(zip(chunk_ids, self.store.vectors(chunk_ids)))
+
     def similarities(self, query_vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
         with self._lock:
             chunk_ids = self.store.present(chunk_ids)  # a chunk deleted since a leg found it has none

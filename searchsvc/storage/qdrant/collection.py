@@ -209,6 +209,13 @@ class QdrantCollection:
         query = np.asarray(vector, dtype=np.float32)
         return {p.payload["chunk_id"]: float(np.asarray(p.vector[DENSE], dtype=np.float32) @ query) for p in found}
 
+    def vectors(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not chunk_ids:
+            return {}
+        with self._calls():
+            found = self.client.retrieve(self.name, [point_id(c) for c in chunk_ids], with_payload=["chunk_id"], with_vectors=[DENSE])
+        return {p.payload["chunk_id"]: np.asarray(p.vector[DENSE], dtype=np.float32) for p in found}
+
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
         if not chunk_ids:
             return {}
