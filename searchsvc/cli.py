@@ -150,7 +150,7 @@ def cmd_move_to_qdrant(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logging.basicConfig(level=logging.WARNING)
-    catalog = Catalog(settings, ModelRegistry(models_dir=Path(settings.index_dir) / "models"))
+    catalog = Catalog(settings, ModelRegistry(models_dir=settings.models_dir, cache_dir=settings.derived_models_dir))
     try:
         source = catalog.open_embedded(args.collection)
         print(f"{args.collection}: {source.document_count} documents, {source.chunk_count} chunks ({source.config.embedding_model})")
@@ -215,7 +215,7 @@ def _train(args: argparse.Namespace, train, recipe) -> int:
     settings = _settings(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     data = load_retrieval_data(Path(args.dataset), args.split, seed=args.seed, validation_fraction=args.validation_fraction)
-    out = args.out or Path(settings.index_dir) / "models"
+    out = args.out or settings.models_dir
     base = args.base or settings.default_embedding_model or DEFAULT_EMBEDDING_MODEL
     summary = asdict(train(data, base, out, recipe, data_licence=args.data_licence))
     summary["loss_history"] = summary["loss_history"][:: max(1, len(summary["loss_history"]) // 10)]
@@ -285,8 +285,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from searchsvc import bench_encoders, bench_llm
 
         text = "\n\n".join(bench_encoders.load_passages(Path(args.passages) if args.passages else None, 40))
-        models_dir = settings.llm.models_dir or Path(settings.index_dir) / "models"
-        bench_llm.run(settings.llm, models_dir, text)
+        bench_llm.run(settings.llm, settings.gguf_dir, text)
     return 0
 
 

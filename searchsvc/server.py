@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -72,7 +71,7 @@ async def serve(
     executor = ThreadPoolExecutor(settings.search_workers, thread_name_prefix="searchsvc")
     models = ModelRegistry(
         settings.embed_batch_size, settings.rerank_max_length, settings.rerank_int8,
-        models_dir=Path(settings.index_dir) / "models", e5_engine=settings.e5_engine,
+        models_dir=settings.models_dir, cache_dir=settings.derived_models_dir, e5_engine=settings.e5_engine,
         encoder_precision=settings.encoder_precision, sentence_engine=settings.sentence_engine, threads=threads,
         encoder_int8=settings.encoder_int8, rerank_engine=settings.rerank_engine,
         allowed=settings.model_allow_list, max_cross_encoders=settings.max_loaded_rerankers,

@@ -18,8 +18,17 @@ from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc  # noqa: E402
 
 SYNC_REFRESH = -1  # keyword leg refreshes before each ack: deterministic tests
-# The GGUF answer model is assembled from its pip parts once per checkout (~500 MB), not once per test run.
+# Exports and the assembled GGUF answer model (1.1 GB) are made once per checkout and shared by every test
+# server, not once per index dir: one copy per server filled a CI machine's disk.
 MODELS_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models"
+
+
+def server_settings(index_dir: Path, **overrides):
+    """A test server's settings: a free loopback port, one torch thread, English defaults, the shared model cache
+    and, unless `llm` says otherwise, no LLM (answers are extractive; the session `server` has the real one)."""
+    base = dict(index_dir=index_dir, port=0, torch_threads=1, default_language="en", model_cache_dir=MODELS_DIR,
+                llm={"backend": "none"})
+    return load_settings(**{**base, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +44,7 @@ def server(tmp_path_factory):
         torch_threads=1,
         # Most tests are about English behaviour (stemming, MiniLM scores); language tests ask for theirs.
         default_language="en",
-        llm={"models_dir": MODELS_DIR},
+        model_cache_dir=MODELS_DIR,
         model_allow_list=[str(tmp_path_factory.getbasetemp())],  # models the tests make (e.g. a plumbing cross-encoder)
     )
     with BackgroundServer(settings) as running:
@@ -110,12 +119,15 @@ def ids(response: pb.SearchResponse) -> list[str]:
 
 
 class ServerProcess(_ServerProcess):
-    """The server as a child process, with one torch thread (tests run beside each other on 2 cores) and English
-    defaults (as the in-process server). `with ServerProcess(dir) as server:` starts it and stops it (if still
-    running) on the way out."""
+    """The server as a child process, with one torch thread (tests run beside each other on 2 cores), English
+    defaults (as the in-process server), the shared model cache, and no LLM (answers in these tests are
+    extractive; loading 1.1 GB per process would only cost time and memory). `with ServerProcess(dir) as
+    server:` starts it and stops it (if still running) on the way out."""
 
     def __init__(self, index_dir: Path, env: dict[str, str] | None = None) -> None:
-        super().__init__(index_dir, env={"SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_DEFAULT_LANGUAGE": "en", **(env or {})})
+        defaults = {"SEARCHSVC_TORCH_THREADS": "1", "SEARCHSVC_DEFAULT_LANGUAGE": "en",
+                    "SEARCHSVC_MODEL_CACHE_DIR": str(MODELS_DIR), "SEARCHSVC_LLM__BACKEND": "none"}
+        super().__init__(index_dir, env={**defaults, **(env or {})})
         self._channel: grpc.Channel | None = None
 
     def stub(self) -> pb_grpc.SearchServiceStub:

@@ -5,10 +5,9 @@ whose LLM backend is an OpenAI-compatible server double on loopback, scripted to
 from __future__ import annotations
 
 import pytest
-from conftest import CORPUS, SYNC_REFRESH, index
+from conftest import CORPUS, SYNC_REFRESH, index, server_settings
 from fake_llm_servers import FakeOpenAI
 
-from searchsvc.config import load_settings
 from searchsvc.server import BackgroundServer
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -24,11 +23,8 @@ def llm_server():
 def stub(tmp_path_factory, llm_server):
     import grpc
 
-    settings = load_settings(
-        index_dir=tmp_path_factory.mktemp("indexes"),
-        port=0,
-        torch_threads=1,
-        default_language="en",
+    settings = server_settings(
+        tmp_path_factory.mktemp("indexes"),
         llm={"backend": "openai_like", "model": "served-model", "base_url": llm_server.url + "/v1", "api_key": "sk-test"},
     )
     with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:

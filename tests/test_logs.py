@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ServerProcess, index
+from conftest import MODELS_DIR, ServerProcess, index
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 
@@ -30,3 +30,5 @@ def test_json_lines_with_request_ids_and_a_slow_search_line(tmp_path):
     assert any(r["request_id"] == generated for r in records)
     everything = "".join(server.output)
     assert "private question" not in everything and "secret document" not in everything
+    # ServerProcess shares one model_cache_dir: the MiniLM export is found there, none is written per index dir.
+    assert not (tmp_path / "models").exists() and list((MODELS_DIR / "onnx").glob("*MiniLM*.onnx"))

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import index
+from conftest import index, server_settings
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -23,12 +23,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    from searchsvc.config import load_settings
     from searchsvc.server import BackgroundServer
 
     port = free_port()
-    settings = load_settings(index_dir=tmp_path_factory.mktemp("idx"), port=0, default_language="en", torch_threads=1,
-                             metrics_port=port)
+    settings = server_settings(tmp_path_factory.mktemp("idx"), metrics_port=port)
     with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
         yield pb_grpc.SearchServiceStub(channel), f"http://127.0.0.1:{port}/metrics"
 

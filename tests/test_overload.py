@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import index
+from conftest import index, server_settings
 from searchsvc import admission
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -23,11 +23,9 @@ from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory):
-    from searchsvc.config import load_settings
     from searchsvc.server import BackgroundServer
 
-    settings = load_settings(index_dir=tmp_path_factory.mktemp("idx"), port=0, default_language="en", torch_threads=1,
-                             search_workers=2, max_inflight_searches=3)
+    settings = server_settings(tmp_path_factory.mktemp("idx"), search_workers=2, max_inflight_searches=3)
     with BackgroundServer(settings) as server:
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)

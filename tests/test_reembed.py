@@ -9,9 +9,8 @@ import shutil
 import grpc
 import pytest
 
-from conftest import CORPUS, SYNC_REFRESH, doc, ids, index, search
+from conftest import CORPUS, SYNC_REFRESH, doc, ids, index, search, server_settings
 from searchsvc.catalog import Catalog
-from searchsvc.config import load_settings
 from searchsvc.models import DEFAULT_EMBEDDING_MODEL, TRAINED_MANIFEST, ModelRegistry, resolve_model_path
 from searchsvc.v1 import searchsvc_pb2 as pb
 
@@ -75,8 +74,8 @@ def test_reembed_rejects_bad_requests_and_keeps_the_data(stub, collection):
 
 @pytest.fixture
 def catalog(tmp_path):
-    settings = load_settings(index_dir=tmp_path / "idx", port=0, torch_threads=1, default_language="en")
-    models = ModelRegistry(models_dir=tmp_path / "idx" / "models")
+    settings = server_settings(tmp_path / "idx")
+    models = ModelRegistry(models_dir=settings.models_dir, cache_dir=settings.derived_models_dir)
     (tmp_path / "idx" / "models").mkdir(parents=True)
     short_model(tmp_path / "idx" / "models")
     cat = Catalog(settings, models)

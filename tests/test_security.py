@@ -11,6 +11,7 @@ import time
 import grpc
 import pytest
 
+from conftest import server_settings
 from searchsvc.auth import RULES, KeyRing, Principal, Role, hash_key
 from searchsvc.client import open_channel
 from searchsvc.v1 import searchsvc_pb2 as pb
@@ -78,14 +79,13 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def secured(pki, tmp_path_factory):
     """One in-process server: TLS, and the four keys of KEYS (team-b: admin on team-b-* only)."""
-    from searchsvc.config import load_settings
     from searchsvc.server import BackgroundServer
 
     d, _ = pki
     keys = [{"name": n, "sha256": hash_key(k), "role": ROLES[n], "collections": ["team-b-*"] if n == "team-b" else []}
             for n, k in KEYS.items()]
-    settings = load_settings(index_dir=tmp_path_factory.mktemp("idx"), port=0, default_language="en", torch_threads=1,
-                             tls={"cert_file": d / "server.pem", "key_file": d / "server.key"}, auth={"keys": keys})
+    settings = server_settings(tmp_path_factory.mktemp("idx"),
+                               tls={"cert_file": d / "server.pem", "key_file": d / "server.key"}, auth={"keys": keys})
     with BackgroundServer(settings) as running:
         yield running, d
 
@@ -111,15 +111,14 @@ def test_tls_handshake_and_plaintext_refused(secured):
 
 
 def test_mutual_tls_needs_a_client_certificate_and_the_server_certificate_reloads(pki, tmp_path):
-    from searchsvc.config import load_settings
     from searchsvc.server import BackgroundServer
 
     d, server_ca = pki
     cert, key = tmp_path / "server.pem", tmp_path / "server.key"
     cert.write_bytes((d / "server.pem").read_bytes())
     key.write_bytes((d / "server.key").read_bytes())
-    settings = load_settings(index_dir=tmp_path / "idx", port=0, default_language="en", torch_threads=1,
-                             tls={"cert_file": cert, "key_file": key, "client_ca_file": d / "client-ca.pem"})
+    settings = server_settings(tmp_path / "idx",
+                               tls={"cert_file": cert, "key_file": key, "client_ca_file": d / "client-ca.pem"})
 
     def list_with(**tls):
         with open_channel(f"localhost:{server.port}", **tls) as ch:

@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
 
 from searchsvc.answer.cache import AnswerCache, cache_key
 from searchsvc.answer.citations import attribute_uncited, extract_citations, source_token_sets, strip_invalid_markers
@@ -56,7 +55,7 @@ class LLMProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.llm
-        self.models_dir = settings.llm.models_dir or Path(settings.index_dir) / "models"
+        self.models_dir = settings.gguf_dir
         self._lock = threading.Lock()
         self._loaded = False
         self._llm = None
