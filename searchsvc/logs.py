@@ -100,7 +100,7 @@ def log_slow_search(threshold_ms: float, with_text: bool, collection: str, param
         return
     fields = {
         "slow_search_ms": round(total, 1), "collection": collection, "mode": params.mode.name, "top_k": params.top_k,
-        "filter_keys": sorted(params.filter), "rerank": params.rerank, "hits": hits,
+        "filter_keys": sorted({c.key for c in params.filter.conditions()}) if params.filter else [], "rerank": params.rerank, "hits": hits,
         "stages_ms": {k: round(v, 1) for k, v in timings_ms.items() if k != "total"},
     }
     if with_text:

@@ -184,8 +184,9 @@ class SearchPipeline:
                     text=chunk.text,
                     title=chunk.title,
                     score=score,
+                    typed_metadata=chunk.metadata,
                     metadata={
-                        **chunk.metadata,
+                        **{k: v for k, v in chunk.metadata.items() if isinstance(v, str)},
                         "chunk_index": str(chunk.index), "start_char": str(chunk.start_char), "end_char": str(chunk.end_char),
                     },
                     dense=d,

@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from searchsvc import errors, logs, metrics, tracing
+from searchsvc import errors, filters, logs, metadata_pb, metrics, tracing
 from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
@@ -236,7 +236,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
                     raise errors.InvalidArgument(
                         "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
                     )
-                docs = [Document(d.id, d.text, d.title, dict(d.metadata), d.vector or None) for d in request.documents]
+                docs = [document_from_pb(d, f"documents[{i}]") for i, d in enumerate(request.documents)]
                 deadline.check("ingest")  # a batch nobody waits for any more is not embedded
                 report = await self._write(collection, collection.index_documents, docs)
                 if self.metered:
@@ -390,6 +390,21 @@ def ack_to_pb(sequence: int, report: IndexReport) -> pb.BulkIndexResponse:
     )
 
 
+def document_from_pb(d: pb.Document, path: str) -> Document:
+    try:
+        return Document(d.id, d.text, d.title, metadata_pb.document_metadata(d, path), d.vector or None)
+    except errors.InvalidArgument as exc:  # that document is refused with its field path; the batch goes on
+        return Document(d.id, d.text, d.title, dict(d.metadata), invalid=(exc.field, exc.description))
+
+
+def request_filter(r: pb.SearchRequest) -> filters.Filter | None:
+    """`filter` (exact string pairs, any key) and `where` (the language), both required when both are set."""
+    if any(not key for key in r.filter):
+        raise errors.InvalidArgument("filter", "keys must not be empty")
+    where = filters.check(metadata_pb.filter_from_pb(r.where), "where") if r.HasField("where") else None
+    return filters.both(filters.from_pairs(dict(r.filter)), where)
+
+
 def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
     if r.mode not in _MODES:
         raise errors.InvalidArgument("mode", f"unknown search mode {r.mode}")
@@ -399,7 +414,7 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
     params = SearchParams(
         query=r.query,
         top_k=top_k,
-        filter=dict(r.filter),
+        filter=request_filter(r),
         mode=_MODES[r.mode],
         explain=r.explain,
         dense_candidates=r.dense_candidates or max(s.default_candidates, top_k),
@@ -459,6 +474,7 @@ def search_timings_to_pb(t: dict[str, float]) -> pb.Timings:
 
 def hit_to_pb(h, explain: bool) -> pb.Hit:
     hit = pb.Hit(chunk_id=h.chunk_id, document_id=h.document_id, text=h.text, title=h.title, score=h.score, metadata=h.metadata)
+    metadata_pb.metadata_to_pb(h.typed_metadata, hit)
     if explain:
         e = hit.explanation
         if h.dense:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from searchsvc.errors import InvalidArgument
+from searchsvc.filters import Filter, Metadata
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_DOCUMENT_ID_BYTES = 512
@@ -87,8 +88,9 @@ class Document:
     id: str
     text: str
     title: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)  # strings, numbers, booleans, timestamps, string lists
     vector: Sequence[float] | None = None  # the caller's embedding: one chunk, no model (retrieve/external.py)
+    invalid: tuple[str, str] | None = None  # (field path, why): what the service could not map; refused in ingest
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Chunk:
     index: int
     text: str
     title: str
-    metadata: dict[str, str]
+    metadata: Metadata
     start_char: int
     end_char: int
 
@@ -122,7 +124,7 @@ class ScoredId:
 class SearchParams:
     query: str
     top_k: int = 10
-    filter: dict[str, str] = field(default_factory=dict)
+    filter: Filter | None = None  # filters.py: the request's `filter` pairs and `where`, together
     mode: SearchMode = SearchMode.HYBRID
     explain: bool = False
     dense_candidates: int = 50
@@ -154,7 +156,8 @@ class Hit:
     text: str
     title: str
     score: float
-    metadata: dict[str, str]
+    metadata: dict[str, str]  # the string values, and the chunk's position (chunk_index, start_char, end_char)
+    typed_metadata: Metadata = field(default_factory=dict)  # every value, typed
     dense: ScoredId | None = None
     keyword: ScoredId | None = None
     fused_score: float | None = None
@@ -199,6 +202,4 @@ def validate_search_params(p: SearchParams, *, max_top_k: int, max_query_chars: 
     if p.mmr_lambda is not None:
         _check(0 <= p.mmr_lambda <= 1, "mmr.lambda_mult", "must be between 0 and 1")
         _check(p.top_k <= p.mmr_candidates <= 200, "mmr.candidates", f"must be between top_k ({p.top_k}) and 200")
-    for key in p.filter:
-        _check(bool(key), "filter", "keys must not be empty")
 

@@ -71,6 +71,11 @@ def _condition(spec: dict):
             return qe.FieldCondition(key=spec["key"], match=qe.MatchValue(match["value"]))
         if "any" in match:
             return qe.FieldCondition(key=spec["key"], match=qe.MatchAny(match["any"]))
+    if "key" in spec and spec.get("range"):
+        bounds = {k: float(v) for k, v in spec["range"].items() if k in ("gt", "gte", "lt", "lte") and v is not None}
+        return qe.FieldCondition(key=spec["key"], range=qe.RangeFloat(**bounds))
+    if "is_empty" in spec:
+        return qe.IsEmptyCondition(spec["is_empty"]["key"])
     raise BadRequest(f"condition not supported by the stand-in: {spec}")
 
 

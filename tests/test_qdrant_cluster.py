@@ -232,3 +232,22 @@ def test_tls_api_key_layout_and_refusals_reach_qdrant(tmp_path):
         assert mismatched.reopen("secure").document_count == 1
     finally:
         standin.stop()
+
+
+def test_the_engine_filters_as_defined(tmp_path, qdrant_env):
+    """Every filter case of test_filters.py on Qdrant's engine (typed payloads, ranges, is_empty, nesting),
+    against filters.matches over the same documents."""
+    from test_filters import DOCS as TYPED_DOCS, FILTERS, document, expected, found
+
+    name = f"filters-{uuid.uuid4().hex[:8]}"
+    with ServerProcess(tmp_path, env=qdrant_env) as server:
+        stub = server.stub()
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(backend="qdrant")))
+        try:
+            index(stub, name, [document(i, m) for i, m in TYPED_DOCS.items()], batch_size=10)
+            analyzer = stub.GetCollection(pb.GetCollectionRequest(name=name)).config.analyzer
+            for case, where in FILTERS.items():
+                for mode in (pb.SEARCH_MODE_KEYWORD, pb.SEARCH_MODE_DENSE):
+                    assert found(stub, name, where, mode) == expected(where, analyzer), (case, mode)
+        finally:
+            stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))

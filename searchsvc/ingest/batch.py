@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from searchsvc.errors import InvalidArgument
+from searchsvc.filters import Metadata, MetadataValue
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.external import unit_vector
 from searchsvc.types import MAX_DOCUMENT_ID_BYTES, RESERVED_METADATA, Chunk, Document
@@ -53,23 +54,33 @@ class DocumentLimits:
     metadata_value_bytes: int = 4096
     metadata_bytes: int = 16384  # keys and values of one document together
 
-    def metadata_error(self, metadata: dict[str, str], at: str) -> tuple[str, str] | None:
+    def metadata_error(self, metadata: Metadata, at: str) -> tuple[str, str] | None:
         """(field path, why) of the first limit `metadata` breaks; None if it keeps them all."""
         if len(metadata) > self.metadata_pairs:
             return at, f"{len(metadata)} pairs; at most {self.metadata_pairs}"
         total = 0
         for key, value in metadata.items():
-            key_bytes, value_bytes = len(key.encode()), len(value.encode())
+            key_bytes, value_bytes = len(key.encode()), _value_bytes(value)
             if not key:
                 return at, "keys must not be empty"
             if key_bytes > self.metadata_key_bytes:
                 return f"{at}[{key[:40]!r}]", f"key of {key_bytes} bytes; at most {self.metadata_key_bytes}"
+            if isinstance(value, tuple) and not all(value):
+                return f"{at}[{key!r}]", "list elements must not be empty"
             if value_bytes > self.metadata_value_bytes:
                 return f"{at}[{key!r}]", f"value of {value_bytes} bytes; at most {self.metadata_value_bytes}"
             total += key_bytes + value_bytes
         if total > self.metadata_bytes:
             return at, f"{total} bytes of keys and values; at most {self.metadata_bytes}"
         return None
+
+
+def _value_bytes(value: MetadataValue) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, tuple):  # a list: its strings and one separator each
+        return sum(len(v.encode()) + 1 for v in value)
+    return 8  # numbers, booleans, timestamps
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,10 @@ class BatchPreparer:
         last_position = {d.id: i for i, d in enumerate(docs)}
         valid, given, errors = [], {}, []
         for i, doc in enumerate(docs):
-            error, vector = None, None
-            if not doc.id:
+            error, vector = doc.invalid, None
+            if error:
+                pass
+            elif not doc.id:
                 error = (f"documents[{i}].id", "must not be empty")
             elif len(doc.id.encode()) > MAX_DOCUMENT_ID_BYTES:
                 error = (f"documents[{i}].id", f"longer than {MAX_DOCUMENT_ID_BYTES} bytes")

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -173,7 +176,7 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("id", "text", "title", "metadata", "vector")
+    __slots__ = ("id", "text", "title", "metadata", "vector", "typed_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -181,17 +184,48 @@ class Document(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetadataValue, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     title: str
     metadata: _containers.ScalarMap[str, str]
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    typed_metadata: _containers.MessageMap[str, MetadataValue]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Iterable[float]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
+
+class MetadataValue(_message.Message):
+    __slots__ = ("string_value", "int_value", "double_value", "bool_value", "timestamp_value", "string_list_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    int_value: int
+    double_value: float
+    bool_value: bool
+    timestamp_value: _timestamp_pb2.Timestamp
+    string_list_value: StringList
+    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., string_list_value: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BulkIndexRequest(_message.Message):
     __slots__ = ("collection", "documents", "sequence")
@@ -260,7 +294,7 @@ class RerankOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense", "mmr")
+    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense", "mmr", "where")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +319,7 @@ class SearchRequest(_message.Message):
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
     MMR_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -302,7 +337,60 @@ class SearchRequest(_message.Message):
     query_vector: _containers.RepeatedScalarFieldContainer[float]
     dense: DenseSearchOptions
     mmr: MmrOptions
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ..., mmr: _Optional[_Union[MmrOptions, _Mapping]] = ...) -> None: ...
+    where: Filter
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ..., mmr: _Optional[_Union[MmrOptions, _Mapping]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("must", "should", "must_not")
+    MUST_FIELD_NUMBER: _ClassVar[int]
+    SHOULD_FIELD_NUMBER: _ClassVar[int]
+    MUST_NOT_FIELD_NUMBER: _ClassVar[int]
+    must: _containers.RepeatedCompositeFieldContainer[FilterClause]
+    should: _containers.RepeatedCompositeFieldContainer[FilterClause]
+    must_not: _containers.RepeatedCompositeFieldContainer[FilterClause]
+    def __init__(self, must: _Optional[_Iterable[_Union[FilterClause, _Mapping]]] = ..., should: _Optional[_Iterable[_Union[FilterClause, _Mapping]]] = ..., must_not: _Optional[_Iterable[_Union[FilterClause, _Mapping]]] = ...) -> None: ...
+
+class FilterClause(_message.Message):
+    __slots__ = ("key", "eq", "ne", "any_of", "none_of", "range", "exists", "text_match", "contains", "filter")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EQ_FIELD_NUMBER: _ClassVar[int]
+    NE_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    NONE_OF_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MATCH_FIELD_NUMBER: _ClassVar[int]
+    CONTAINS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    eq: MetadataValue
+    ne: MetadataValue
+    any_of: ValueList
+    none_of: ValueList
+    range: Range
+    exists: bool
+    text_match: str
+    contains: str
+    filter: Filter
+    def __init__(self, key: _Optional[str] = ..., eq: _Optional[_Union[MetadataValue, _Mapping]] = ..., ne: _Optional[_Union[MetadataValue, _Mapping]] = ..., any_of: _Optional[_Union[ValueList, _Mapping]] = ..., none_of: _Optional[_Union[ValueList, _Mapping]] = ..., range: _Optional[_Union[Range, _Mapping]] = ..., exists: _Optional[bool] = ..., text_match: _Optional[str] = ..., contains: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class ValueList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[MetadataValue]
+    def __init__(self, values: _Optional[_Iterable[_Union[MetadataValue, _Mapping]]] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("gt", "gte", "lt", "lte")
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    gt: MetadataValue
+    gte: MetadataValue
+    lt: MetadataValue
+    lte: MetadataValue
+    def __init__(self, gt: _Optional[_Union[MetadataValue, _Mapping]] = ..., gte: _Optional[_Union[MetadataValue, _Mapping]] = ..., lt: _Optional[_Union[MetadataValue, _Mapping]] = ..., lte: _Optional[_Union[MetadataValue, _Mapping]] = ...) -> None: ...
 
 class MmrOptions(_message.Message):
     __slots__ = ("lambda_mult", "candidates")
@@ -343,7 +431,7 @@ class Explanation(_message.Message):
     def __init__(self, dense: _Optional[_Union[LegScore, _Mapping]] = ..., keyword: _Optional[_Union[LegScore, _Mapping]] = ..., fused_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("chunk_id", "document_id", "text", "title", "score", "metadata", "explanation")
+    __slots__ = ("chunk_id", "document_id", "text", "title", "score", "metadata", "explanation", "typed_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +439,13 @@ class Hit(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetadataValue, _Mapping]] = ...) -> None: ...
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -358,6 +453,7 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     document_id: str
     text: str
@@ -365,7 +461,8 @@ class Hit(_message.Message):
     score: float
     metadata: _containers.ScalarMap[str, str]
     explanation: Explanation
-    def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+    typed_metadata: _containers.MessageMap[str, MetadataValue]
+    def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "rerank_ms", "cutoff_ms", "total_ms")

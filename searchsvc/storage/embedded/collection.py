@@ -34,10 +34,12 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
+from searchsvc import filters
+from searchsvc.filters import Filter
 from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
 from searchsvc.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
@@ -47,6 +49,7 @@ from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
+from searchsvc.storage.embedded.metadata_index import MetadataIndex
 from searchsvc.storage.embedded.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
 from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.storage.embedded.wal import WalFailed, WriteAheadLog, iter_records
@@ -68,47 +71,6 @@ CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keep
 # after kill -9 to ~7 s. A removal only marks a tombstone.
 DENSE_SNAPSHOT_CHANGES = 20_000
 KEYWORD_HEAL_INTERVAL_S = 1.0  # a failed keyword writer is replaced by the next write, at most this often
-
-
-class MetadataIndex:
-    """Exact-match postings (key, value) -> chunk ids, shared by both legs so filters run before fusion."""
-
-    def __init__(self) -> None:
-        self._postings: dict[tuple[str, str], set[str]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, chunk_id: str, metadata: dict[str, str]) -> None:
-        with self._lock:
-            for pair in metadata.items():
-                self._postings.setdefault(pair, set()).add(chunk_id)
-
-    def add_many(self, chunk_ids: list[str], metadata: dict[str, str]) -> None:
-        """Chunks that all carry `metadata`."""
-        with self._lock:
-            for pair in metadata.items():
-                self._postings.setdefault(pair, set()).update(chunk_ids)
-
-    def remove(self, chunk_id: str, metadata: dict[str, str]) -> None:
-        with self._lock:
-            for pair in metadata.items():
-                ids = self._postings.get(pair)
-                if ids is not None:
-                    ids.discard(chunk_id)
-                    if not ids:
-                        del self._postings[pair]
-
-    def match(self, filter: Mapping[str, str]) -> set[str]:
-        with self._lock:
-            sets = sorted((self._postings.get(pair, set()) for pair in filter.items()), key=len)
-            return set.intersection(*sets) if sets else set()
-
-    def any_match(self, filter: Mapping[str, str]) -> bool:
-        """Whether some chunk has every pair, without building the intersection (a broad filter's is ~1M ids)."""
-        if not filter:
-            return True
-        with self._lock:
-            smallest, *rest = sorted((self._postings.get(pair, set()) for pair in filter.items()), key=len)
-            return any(all(chunk_id in other for other in rest) for chunk_id in smallest)
 
 
 def user_metadata(node_metadata: dict) -> dict[str, str]:
@@ -133,7 +95,7 @@ class Collection:
         self.dense = dense
         refresh_s = max(config.refresh_interval_ms, 0) / 1000
         self.keyword = _open_keyword_index(path / KEYWORD_DIR, get_analyzer(config.analyzer), refresh_s)
-        self.metadata = MetadataIndex()
+        self.metadata = MetadataIndex(self.keyword.analyzer.analyze)  # text_match analyzes as the keyword leg
         self.chunker = Chunker(config.chunk_size, config.chunk_overlap)
         external = config.embedding_model == EXTERNAL_MODEL
         self.ingest = BatchPreparer(self.chunker, None if external else dense.embed_passages, dense.store.dimension, limits)
@@ -250,7 +212,7 @@ class Collection:
         # The postings hold the dense store's own id strings, not the copies SQLite returned (~60 B per chunk).
         shared = self.dense.shared_chunk_ids()
         for metadata, chunk_ids in kvstore.chunk_metadata_groups().items():
-            self.metadata.add_many([shared.get(c, c) for c in chunk_ids], json.loads(metadata))
+            self.metadata.add_many([shared.get(c, c) for c in chunk_ids], filters.from_json(json.loads(metadata)))
         del shared
         self._document_count = self.dense.document_count
 
@@ -346,8 +308,8 @@ class Collection:
         record = {
             "op": "upsert",
             "documents": list(document_ids),
-            # vars, not dataclasses.asdict: the same dict (metadata is str -> str) at 1/30 of the cost
-            "chunks": [{**vars(c), "metadata": dict(c.metadata)} for c in chunks],
+            # vars, not dataclasses.asdict: the same dict at 1/30 of the cost
+            "chunks": [{**vars(c), "metadata": filters.to_json(c.metadata)} for c in chunks],
             "vectors": base64.b64encode(np.asarray(vectors, dtype=np.float32).tobytes()).decode("ascii"),
         }
         with self._write_lock:
@@ -407,13 +369,13 @@ class Collection:
             self._document_count += (record["op"] == "upsert") - bool(old)
             removed += old
         for chunk_id, metadata in kvstore.chunk_metadata(removed).items():
-            self.metadata.remove(chunk_id, metadata)
+            self.metadata.remove(chunk_id, filters.from_json(metadata))
         kvstore.delete_chunk_metadata(removed)
         self.dense.remove(removed)
         vectors = base64.b64decode(record["vectors"]) if chunks else b""
         if chunks:
             self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1))
-            kvstore.put_chunk_metadata([(c.id, c.metadata) for c in chunks if c.metadata])
+            kvstore.put_chunk_metadata([(c.id, filters.to_json(c.metadata)) for c in chunks if c.metadata])
             for c in chunks:
                 self.metadata.add(c.id, c.metadata)
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
@@ -628,21 +590,34 @@ class Collection:
     def analyze_query(self, query: str) -> list[str]:
         return self.keyword.analyzer.analyze(query)
 
-    def may_match(self, filter: Mapping[str, str] | None) -> bool:
-        return not filter or self.metadata.any_match(filter)
+    def may_match(self, filter: Filter | None) -> bool:
+        return not filter or self.metadata.any_match(filter, self.dense.live_chunk_ids())
 
     def dense_search(
-        self, vector: np.ndarray, k: int, filter: Mapping[str, str] | None = None, *, ef_search: int | None = None,
+        self, vector: np.ndarray, k: int, filter: Filter | None = None, *, ef_search: int | None = None,
         exact: bool = False,
     ) -> list[ScoredId]:
-        # A filter becomes the set of chunk ids its postings allow: FAISS searches only those (dense.py).
-        allowed = self.metadata.match(filter) if filter else None
+        # A filter becomes the set of chunk ids the metadata index allows: FAISS searches only those (dense.py).
+        allowed = self.metadata.match(filter, self.dense.live_chunk_ids()) if filter else None
         if allowed is not None and not allowed:
             return []
         return self.dense.search(vector, k, allowed, ef_search=ef_search, exact=exact)
 
-    def keyword_search(self, terms: Sequence[str], k: int, filter: Mapping[str, str] | None = None) -> list[ScoredId]:
-        return self.keyword.search_terms(terms, k, dict(filter) if filter else None)
+    def keyword_search(self, terms: Sequence[str], k: int, filter: Filter | None = None) -> list[ScoredId]:
+        if filter and any(c.op == "text_match" for c in filter.conditions()):
+            filter = self._text_matches_as_values(filter)
+        return self.keyword.search_terms(terms, k, filter)
+
+    def _text_matches_as_values(self, f: Filter) -> Filter:
+        """tantivy holds metadata values, not their analyzed terms: each text_match becomes any_of over the
+        key's distinct values that hold its terms (the metadata index knows and caches them)."""
+        def clause(c):
+            if isinstance(c, Filter):
+                return self._text_matches_as_values(c)
+            if c.op != "text_match":
+                return c
+            return filters.Condition(c.key, "any_of", tuple(self.metadata.text_matching_values(c)))  # none: no chunk
+        return Filter(tuple(map(clause, f.must)), tuple(map(clause, f.should)), tuple(map(clause, f.must_not)))
 
     def similarities(self, vector: np.ndarray, chunk_ids: Sequence[str]) -> dict[str, float]:
         return self.dense.similarities(vector, chunk_ids)
@@ -694,7 +669,9 @@ def _snapshot_seq(snapshot: Path | None) -> int:
 
 
 def _record_chunks(record: dict) -> list[Chunk]:
-    return [Chunk(**c) for c in record["chunks"]] if record["op"] == "upsert" else []
+    if record["op"] != "upsert":
+        return []
+    return [Chunk(**{**c, "metadata": filters.from_json(c["metadata"])}) for c in record["chunks"]]
 
 
 def _keyword_chunk(chunk: Chunk) -> KeywordChunk:

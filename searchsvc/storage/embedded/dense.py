@@ -18,7 +18,7 @@ import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import AbstractSet, Any, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -34,6 +34,7 @@ from llama_index.core.storage.index_store.utils import json_to_index_struct
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStore
 
+from searchsvc import filters
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
@@ -608,6 +609,10 @@ class DenseIndex:
                 return True
         return False
 
+    def live_chunk_ids(self) -> AbstractSet[str]:
+        """Every live chunk id, as a view (not a copy) of the vector store's map."""
+        return self.store._node_id_to_faiss_id_map.keys()
+
     def shared_chunk_ids(self) -> dict[str, str]:
         """Each live chunk id mapped to the string object the vector store holds for it: other indexes built at
         load can keep that object instead of a copy of their own."""
@@ -669,7 +674,7 @@ class DenseIndex:
 
 def _to_node(chunk: Chunk, embedding: list[float] | None) -> TextNode:
     metadata = {
-        **chunk.metadata,
+        **filters.to_json(chunk.metadata),
         "document_id": chunk.document_id,
         "title": chunk.title,
         "chunk_index": chunk.index,
@@ -700,7 +705,7 @@ def _chunk_of(chunk_id: str, text: str, m: dict) -> Chunk:
         index=int(m["chunk_index"]),
         text=text,
         title=m.get("title", ""),
-        metadata={k: v for k, v in m.items() if k not in RESERVED_METADATA},
+        metadata=filters.from_json({k: v for k, v in m.items() if k not in RESERVED_METADATA}),
         start_char=int(m["start_char"]),
         end_char=int(m["end_char"]),
     )

@@ -22,6 +22,7 @@ documents by id before adding their chunks, so replaying it again changes nothin
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import Iterator, Sequence
 
 import tantivy
 
+from searchsvc import filters
+from searchsvc.filters import Filter, Metadata, Timestamp
 from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.refresher import DebouncedRefresher
 from searchsvc.files import fsync_dir, write_text_atomic
@@ -37,7 +40,11 @@ from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)
 
-META_SEPARATOR = "\x1f"  # metadata pairs are indexed as one raw term "key\x1fvalue"
+# Filters (searchsvc/filters.py): eq, any_of, exists match raw terms in `meta` (filters.exact_terms); ranges
+# match the JSON field `attrs`, numbers at attrs.n.<key> (f64) and timestamps at attrs.t.<key> (i64 microseconds).
+# Indexes from before the format below lack both and are rebuilt once from the docstore.
+FORMAT = "2"
+FORMAT_FILE = "searchsvc-format"
 WRITER_HEAP_BYTES = 32_000_000  # tantivy's indexing buffer; one writer thread (a 2-core box serves searches too)
 
 
@@ -47,6 +54,7 @@ def _schema() -> tantivy.Schema:
     builder.add_text_field("doc", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("meta", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("body", tokenizer_name="terms", index_option="freq")  # no positions: BM25 only
+    builder.add_json_field("attrs", tokenizer_name="raw", index_option="basic", fast=True)  # fast: range queries
     return builder.build()
 
 
@@ -59,15 +67,21 @@ class KeywordChunk:
     chunk_id: str
     document_id: str
     text: str  # what the analyzer reads: title and text
-    metadata: dict[str, str]
+    metadata: Metadata
 
 
 class TantivyKeywordIndex:
     def __init__(self, path: Path, analyzer: Analyzer, *, refresh_interval_s: float = 1.0) -> None:
         self.path = path
         self.analyzer = analyzer
+        if path.exists() and tantivy.Index.exists(str(path)) and _format(path) != FORMAT:
+            log.info("keyword index %s predates typed filters: rebuilding it", path)
+            shutil.rmtree(path)
+            path.with_suffix(".seq").unlink(missing_ok=True)
         path.mkdir(parents=True, exist_ok=True)
         created = not tantivy.Index.exists(str(path))
+        if created:
+            write_text_atomic(path / FORMAT_FILE, FORMAT)
         self._index = tantivy.Index(_schema(), path=str(path)) if created else tantivy.Index.open(str(path))
         # Tokenizers are not stored with the index: register ours on every open.
         self._index.register_tokenizer("terms", tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build())
@@ -104,8 +118,13 @@ class TantivyKeywordIndex:
             doc = tantivy.Document(id=chunk.chunk_id, doc=chunk.document_id)
             # Terms never contain whitespace, but the field splits on it: keep a stray one from splitting a term.
             doc.add_text("body", " ".join("".join(t.split()) for t in terms))
-            for key, value in chunk.metadata.items():
-                doc.add_text("meta", f"{key}{META_SEPARATOR}{value}")
+            for term in filters.exact_terms(chunk.metadata):
+                doc.add_text("meta", term)
+            ranges: dict[str, dict] = {}
+            for kind, key, value in filters.range_values(chunk.metadata):
+                ranges.setdefault(_RANGE_PATH[kind], {})[key] = int(value) if kind == "timestamp" else value
+            if ranges:
+                doc.add_json("attrs", ranges)
             docs.append(doc)
         with self._writer_lock, self._failing("add"):
             for doc in docs:
@@ -190,26 +209,22 @@ class TantivyKeywordIndex:
         """Chunks in the searchable view."""
         return self._view[0].num_docs
 
-    def search(self, query: str, k: int, filter: dict[str, str] | None = None) -> list[ScoredId]:
+    def search(self, query: str, k: int, filter: Filter | None = None) -> list[ScoredId]:
         """Top-k chunks by BM25 over the analyzer's terms of `query` (see search_terms)."""
         return self.search_terms(self.analyzer.analyze(query), k, filter)
 
-    def search_terms(self, terms: Sequence[str], k: int, filter: dict[str, str] | None = None) -> list[ScoredId]:
-        """Top-k chunks by BM25 over analyzed `terms`. `filter`: exact metadata pairs, all required, applied
-        inside the search."""
+    def search_terms(self, terms: Sequence[str], k: int, filter: Filter | None = None) -> list[ScoredId]:
+        """Top-k chunks by BM25 over analyzed `terms`. `filter` applies inside the search (its text_match
+        conditions already turned into values: Collection.keyword_search)."""
         terms = ["".join(t.split()) for t in terms]  # the body field splits on whitespace: a term stays one term
         if k <= 0 or not terms:
             return []
         schema = self._index.schema
         bm25 = tantivy.Query.boolean_query([(tantivy.Occur.Should, tantivy.Query.term_query(schema, "body", t)) for t in terms])
         if filter:
-            # Filter clauses must not add to the score: const_score(…, 0).
-            clauses = [(tantivy.Occur.Must, bm25)] + [
-                (tantivy.Occur.Must, tantivy.Query.const_score_query(
-                    tantivy.Query.term_query(schema, "meta", f"{key}{META_SEPARATOR}{value}"), 0.0))
-                for key, value in filter.items()
-            ]
-            bm25 = tantivy.Query.boolean_query(clauses)
+            # The filter must not add to the score: const_score(…, 0).
+            matching = tantivy.Query.const_score_query(self._filter_query(filter), 0.0)
+            bm25 = tantivy.Query.boolean_query([(tantivy.Occur.Must, bm25), (tantivy.Occur.Must, matching)])
         searcher, hidden = self._view
         # Deleted-but-visible chunks may take slots: fetch more, within bounds (a mass delete is hidden for at
         # most one refresh interval, and must not turn each search into a scan meanwhile).
@@ -223,3 +238,53 @@ class TantivyKeywordIndex:
             ranked.append((float(score), chunk_id))
         ranked.sort(key=lambda sc: (-sc[0], sc[1]))  # deterministic order: score desc, then chunk id
         return [ScoredId(c, rank, s) for rank, (s, c) in enumerate(ranked[:k], start=1)]
+
+    def _filter_query(self, f: Filter) -> tantivy.Query:
+        Occur, Query = tantivy.Occur, tantivy.Query
+        clauses = [(Occur.Must, self._clause_query(c)) for c in f.must]
+        if f.should:
+            clauses.append((Occur.Must, Query.boolean_query([(Occur.Should, self._clause_query(c)) for c in f.should])))
+        clauses += [(Occur.MustNot, self._clause_query(c)) for c in f.must_not]
+        if not any(occur == Occur.Must for occur, _ in clauses):
+            clauses.append((Occur.Must, Query.all_query()))  # only exclusions: everything else matches
+        return Query.boolean_query(clauses)
+
+    def _clause_query(self, c: filters.Clause) -> tantivy.Query:
+        Occur, Query = tantivy.Occur, tantivy.Query
+        if isinstance(c, Filter):
+            return self._filter_query(c)
+        schema = self._index.schema
+        if c.op in ("eq", "ne", "any_of", "none_of"):
+            found = Query.boolean_query([(Occur.Should, Query.term_query(schema, "meta", filters.value_term(c.key, v)))
+                                         for v in c.values])  # no values: matches nothing
+            return _negated(found) if c.negated else found
+        if c.op == "exists":
+            present = Query.term_query(schema, "meta", filters.present_term(c.key))
+            return present if c.exists else _negated(present)
+        if c.op == "range":
+            # One comparison per bound, intersected: tantivy 0.27 panics on a two-sided JSON range whose lower
+            # bound is negative ("[-2.0 TO 0.5]"); one-sided ones are fine.
+            timestamps = any(isinstance(b, Timestamp) for b in (c.gt, c.gte, c.lt, c.lte))
+            field = f"attrs.{_RANGE_PATH['timestamp' if timestamps else 'number']}.{c.key}"  # keys: filters.TYPED_KEY
+            parts = [self._index.parse_query(f"{field}:{op}{_literal(b)}", [])
+                     for op, b in ((">", c.gt), (">=", c.gte), ("<", c.lt), ("<=", c.lte)) if b is not None]
+            return Query.boolean_query([(Occur.Must, p) for p in parts])
+        raise ValueError(f"the keyword index cannot evaluate {c.op}")  # text_match: see Collection.keyword_search
+
+
+_RANGE_PATH = {"number": "n", "timestamp": "t"}
+
+
+def _negated(q: tantivy.Query) -> tantivy.Query:
+    return tantivy.Query.boolean_query([(tantivy.Occur.Must, tantivy.Query.all_query()), (tantivy.Occur.MustNot, q)])
+
+
+def _literal(bound: float | Timestamp) -> str:
+    return str(bound.micros) if isinstance(bound, Timestamp) else repr(float(bound))
+
+
+def _format(path: Path) -> str:
+    try:
+        return (path / FORMAT_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""

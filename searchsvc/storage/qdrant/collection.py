@@ -7,9 +7,12 @@ Points are chunks, id = uuid5 of the chunk id (Qdrant takes only integers and UU
   tf·(k1+1) / (tf + k1·(1 − b + b·len/avgdl)). Qdrant multiplies each query term's value by
   idf = ln(1 + (N − n + 0.5)/(n + 0.5)), computed from its own counts, so a query of term counts scores
   Σ idf · tf-part: BM25 with collection-wide IDF, as tantivy computes it;
-- the payload: chunk id, document id, title, text, chunk index and offsets, the user metadata, and the metadata
-  pairs again as one string array ("key\\x1fvalue") that filters match exactly (user keys may hold dots, which
-  Qdrant would read as nested paths).
+- the payload: chunk id, document id, title, text, chunk index and offsets, the user metadata (typed, as JSON:
+  filters.to_json), and for filters (searchsvc/filters.py): `meta_pairs`, the exact-match terms of
+  filters.exact_terms ("key\\x1fvalue" for strings; user keys may hold dots, which Qdrant would read as nested
+  paths); `times`, timestamps as microseconds by key (ranges); `text_terms`, "key\\x1bterm" for each analyzed
+  term of each string value (text_match). Ranges on numbers and exists read `metadata.<key>` (filter keys are
+  filters.TYPED_KEY: no dots).
 
 Term ids are the first 4 bytes of the term's BLAKE2b digest (Qdrant's sparse indices are u32). Two terms that
 collide share a posting; over a 1M-term vocabulary that is ~100 pairs of rare terms.
@@ -41,7 +44,9 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
 
+from searchsvc import filters
 from searchsvc.errors import FailedPrecondition
+from searchsvc.filters import Filter, Timestamp
 from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
@@ -53,7 +58,6 @@ from searchsvc.types import Chunk, CollectionConfig, Document, ScoredId
 DENSE = "dense"
 SPARSE = "bm25"
 K1, B = 1.2, 0.75  # tantivy's (and Lucene's) BM25 parameters
-META_SEPARATOR = "\x1f"
 _POINT_NAMESPACE = uuid.UUID("2f1d3c4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5")
 _CONFIG_KEY = "searchsvc_config"
 
@@ -66,8 +70,8 @@ def term_id(term: str) -> int:
     return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=4).digest(), "little")
 
 
-def meta_pairs(metadata: Mapping[str, str]) -> list[str]:
-    return [f"{k}{META_SEPARATOR}{v}" for k, v in metadata.items()]
+def text_term(key: str, term: str) -> str:
+    return f"{key}\x1b{term}"
 
 
 class QdrantCollection:
@@ -179,25 +183,25 @@ class QdrantCollection:
     def analyze_query(self, query: str) -> list[str]:
         return self.analyzer.analyze(query)
 
-    def may_match(self, filter: Mapping[str, str] | None) -> bool:
+    def may_match(self, filter: Filter | None) -> bool:
         return True  # a filter that matches nothing costs Qdrant one cheap lookup per leg
 
-    def dense_search(self, vector: np.ndarray, k: int, filter: Mapping[str, str] | None = None, *,
+    def dense_search(self, vector: np.ndarray, k: int, filter: Filter | None = None, *,
                      ef_search: int | None = None, exact: bool = False) -> list[ScoredId]:
         params = models.SearchParams(hnsw_ef=ef_search, exact=exact) if ef_search or exact else None
         with self._calls():
             found = self.client.query_points(self.name, query=np.asarray(vector, dtype=np.float32).tolist(), using=DENSE,
-                                             query_filter=_filter(filter), limit=k, search_params=params,
+                                             query_filter=self._filter(filter), limit=k, search_params=params,
                                              with_payload=["chunk_id"]).points
         return _ranked(found)
 
-    def keyword_search(self, terms: Sequence[str], k: int, filter: Mapping[str, str] | None = None) -> list[ScoredId]:
+    def keyword_search(self, terms: Sequence[str], k: int, filter: Filter | None = None) -> list[ScoredId]:
         counts = _term_counts(terms)
         if not counts or k <= 0:
             return []
         query = models.SparseVector(indices=list(counts), values=[float(v) for v in counts.values()])
         with self._calls():
-            found = self.client.query_points(self.name, query=query, using=SPARSE, query_filter=_filter(filter),
+            found = self.client.query_points(self.name, query=query, using=SPARSE, query_filter=self._filter(filter),
                                              limit=k, with_payload=["chunk_id"]).points
         return _ranked(found)
 
@@ -225,7 +229,7 @@ class QdrantCollection:
         for p in found:
             m = p.payload
             chunks[m["chunk_id"]] = Chunk(m["chunk_id"], m["document_id"], m["chunk_index"], m["text"], m["title"],
-                                          dict(m["metadata"]), m["start_char"], m["end_char"])
+                                          filters.from_json(m["metadata"]), m["start_char"], m["end_char"])
         return chunks
 
     @property
@@ -286,10 +290,45 @@ class QdrantCollection:
                 vector={DENSE: v.tolist(), SPARSE: _bm25_vector(t, avgdl)},
                 payload={"chunk_id": c.id, "document_id": c.document_id, "chunk_index": c.index, "title": c.title,
                          "text": c.text, "start_char": c.start_char, "end_char": c.end_char,
-                         "metadata": dict(c.metadata), "meta_pairs": meta_pairs(c.metadata)},
+                         **self._filter_payload(c.metadata)},
             )
             for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
         ], (terms, count, version)
+
+    def _filter(self, f: Filter | None) -> models.Filter | None:
+        """The filter in Qdrant's language (the same boolean shape)."""
+        if not f:
+            return None
+        return models.Filter(must=[self._clause(c) for c in f.must] or None,
+                             should=[self._clause(c) for c in f.should] or None,
+                             must_not=[self._clause(c) for c in f.must_not] or None)
+
+    def _clause(self, c: filters.Clause):
+        if isinstance(c, Filter):
+            return self._filter(c) or models.Filter()
+        if c.op in ("eq", "ne", "any_of", "none_of"):
+            terms = [filters.value_term(c.key, v) for v in c.values]
+            found = _match_any("meta_pairs", terms) if terms else _NOTHING
+            return models.Filter(must_not=[found]) if c.negated else found
+        if c.op == "exists":
+            empty = models.IsEmptyCondition(is_empty=models.PayloadField(key=f"metadata.{c.key}"))
+            return models.Filter(must_not=[empty]) if c.exists else empty
+        if c.op == "range":
+            bounds = {n: getattr(c, n) for n in ("gt", "gte", "lt", "lte") if getattr(c, n) is not None}
+            if any(isinstance(b, Timestamp) for b in bounds.values()):
+                return models.FieldCondition(key=f"times.{c.key}", range=models.Range(**{n: b.micros for n, b in bounds.items()}))
+            return models.FieldCondition(key=f"metadata.{c.key}", range=models.Range(**bounds))
+        terms = list(dict.fromkeys(self.analyzer.analyze(c.text)))
+        return models.Filter(must=[_match("text_terms", text_term(c.key, t)) for t in terms]) if terms else _NOTHING
+
+    def _filter_payload(self, metadata: filters.Metadata) -> dict:
+        payload = {"metadata": filters.to_json(metadata), "meta_pairs": filters.exact_terms(metadata)}
+        if times := {key: int(value) for kind, key, value in filters.range_values(metadata) if kind == "timestamp"}:
+            payload["times"] = times
+        if texts := [text_term(key, term) for key, value in metadata.items() if isinstance(value, str)
+                     for term in dict.fromkeys(self.analyzer.analyze(value))]:
+            payload["text_terms"] = texts
+        return payload
 
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(document_ids))
@@ -353,8 +392,4 @@ def _match_any(key: str, values: list) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchAny(any=values))
 
 
-def _filter(filter: Mapping[str, str] | None) -> models.Filter | None:
-    """Exact metadata pairs, all required."""
-    if not filter:
-        return None
-    return models.Filter(must=[_match("meta_pairs", pair) for pair in meta_pairs(filter)])
+_NOTHING = models.HasIdCondition(has_id=[])  # a condition no point meets
