@@ -231,3 +231,67 @@ def test_typed_filters_survive_a_restart_and_a_kill(tmp_path):
     with ServerProcess(tmp_path) as server:
         after = {case: found(server.stub(), "c", FILTERS[case], pb.SEARCH_MODE_HYBRID) for case in cases}
         assert after == {case: ids - {"b"} for case, ids in before.items()}
+
+
+def random_filter(rng, depth: int = 0) -> Filter:
+    def condition():
+        key = rng.choice(["k", "n", "t", "b", "l"])
+        op = rng.choice(["eq", "ne", "any_of", "none_of", "range", "exists"])
+        if op == "range":
+            if key == "t":
+                return C(key, "range", **{rng.choice(["gt", "gte"]): ts(f"202{rng.randrange(5)}-01-01"),
+                                          rng.choice(["lt", "lte"]): ts(f"202{rng.randrange(5, 9)}-01-01")})
+            return C("n", "range", **{rng.choice(["gt", "gte", "lt", "lte"]): rng.choice([-2, 0, 1.5, 3])})
+        if op == "exists":
+            return C(key, "exists", exists=rng.random() < 0.5)
+        pool = {"k": ["x", "y", "z"], "n": [0, 1, 2], "b": [True, False], "l": ["p", "q"], "t": ["x"]}[key]
+        values = tuple(rng.sample(pool, rng.randint(1, min(2, len(pool))))) if op in ("any_of", "none_of") else (rng.choice(pool),)
+        return C(key, op, values)
+
+    def clauses(n):
+        return tuple(random_filter(rng, depth + 1) if depth < 3 and rng.random() < 0.3 else condition() for _ in range(n))
+    return Filter(must=clauses(rng.randint(0, 2)), should=clauses(rng.choice([0, 0, 2])), must_not=clauses(rng.randint(0, 1)))
+
+
+def test_random_nested_filters_agree_with_the_definition_in_both_embedded_indexes(tmp_path):
+    """200 random chunks and 300 random nested filters: the dense leg's id selection (MetadataIndex) and the
+    keyword leg's tantivy query select exactly what filters.matches selects."""
+    import random
+
+    from searchsvc.retrieve.analyzers import get_analyzer
+    from searchsvc.storage.embedded.metadata_index import MetadataIndex
+    from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, TantivyKeywordIndex
+
+    rng = random.Random(18)
+    metadata = {}
+    for i in range(200):
+        m = {}
+        if rng.random() < 0.7:
+            m["k"] = rng.choice(["x", "y", "z"])
+        if rng.random() < 0.7:
+            m["n"] = rng.choice([-2, -1.5, 0, 1, 1.5, 2, 3, "1"])
+        if rng.random() < 0.5:
+            m["t"] = ts(f"202{rng.randrange(10)}-01-01")
+        if rng.random() < 0.5:
+            m["b"] = rng.random() < 0.5
+        if rng.random() < 0.5:
+            m["l"] = tuple(rng.sample(["p", "q", "r"], rng.randint(0, 2)))
+        metadata[f"c{i}"] = m
+    analyzer = get_analyzer("english")
+    postings = MetadataIndex(analyzer.analyze)
+    keyword = TantivyKeywordIndex(tmp_path / "kw", analyzer, refresh_interval_s=0)
+    keyword.add([KeywordChunk(c, c, "common words", m) for c, m in metadata.items()])
+    keyword.commit()
+    for c, m in metadata.items():
+        postings.add(c, m)
+    universe = dict.fromkeys(metadata).keys()
+    checked = 0
+    for _ in range(300):
+        f = random_filter(rng)
+        want = {c for c, m in metadata.items() if filters.matches(f, m)}
+        assert set(postings.match(f, universe)) == want, f
+        assert postings.any_match(f, universe) == bool(want), f
+        assert {h.chunk_id for h in keyword.search_terms(["common"], 500, f)} == want, f
+        checked += 0 < len(want) < len(metadata)
+    assert checked > 100  # most filters select a proper subset
+    keyword.close()
