@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Sequence
 
 import grpc
 
+from searchsvc.multi import named_collections
 from searchsvc.log_throttle import LogThrottle
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.wire import Undecodable, handler_kind
@@ -77,6 +78,11 @@ def _search_overrides_model(r: pb.SearchRequest) -> bool:
     return bool(r.rerank.model)
 
 
+def _searched(r: pb.SearchRequest) -> list[str]:
+    """Every collection a search names: a key scoped to some must not reach others through `collections`."""
+    return named_collections(r.collection, r.collections)
+
+
 RULES: dict[str, Rule] = {
     "CreateCollection": Rule(Role.ADMIN, lambda r: [r.name]),
     "GetCollection": Rule(Role.READ, lambda r: [r.name]),
@@ -86,9 +92,9 @@ RULES: dict[str, Rule] = {
     "ReopenCollection": Rule(Role.ADMIN, lambda r: [r.name]),
     "BulkIndex": Rule(Role.WRITE, lambda r: [r.collection]),
     "DeleteDocuments": Rule(Role.WRITE, lambda r: [r.collection]),
-    "Search": Rule(Role.READ, lambda r: [r.collection], _search_overrides_model),
-    "Answer": Rule(Role.READ, lambda r: [r.search.collection], lambda r: _search_overrides_model(r.search)),
-    "StreamAnswer": Rule(Role.READ, lambda r: [r.search.collection], lambda r: _search_overrides_model(r.search)),
+    "Search": Rule(Role.READ, lambda r: _searched(r), _search_overrides_model),
+    "Answer": Rule(Role.READ, lambda r: _searched(r.search), lambda r: _search_overrides_model(r.search)),
+    "StreamAnswer": Rule(Role.READ, lambda r: _searched(r.search), lambda r: _search_overrides_model(r.search)),
     "GetAnswerStats": Rule(Role.READ),
 }
 

@@ -183,6 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed=args.seed, validation_fraction=args.validation_fraction, embedding_model=args.embedding_model,
         analyzer=args.analyzer, language=args.language, reranker_model=args.reranker_model, rerank_candidates=args.rerank_candidates, rerank_fusion=args.rerank_fusion,
         modes=args.modes.split(",") if args.modes else None, backend=args.backend,
+        mmr=[float(x) for x in args.mmr.split(",")] if args.mmr else None,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
@@ -266,6 +267,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             bench_ops.run_observability_overhead(settings, args.observability, args.queries)
         return 0
+    if args.filters:
+        from searchsvc.bench_filters import run_filters
+
+        run_filters(settings, args.filters, args.queries)
+        return 0
     if args.scale:
         from searchsvc.bench_scale import run_scale
 
@@ -343,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank-int8", action="store_true", help="the int8 fast path (settings.rerank_int8)")
     p.add_argument("--rerank-max-length", type=int, default=256, help="query + passage tokens per pair")
     p.add_argument("--modes", help="comma-separated subset of KEYWORD,DENSE,HYBRID,HYBRID-RSF,HYBRID-DEFAULT,HYBRID+RERANK")
+    p.add_argument("--mmr", metavar="LAMBDAS", help="comma-separated MMR lambdas (e.g. 1,0.7,0.5): a HYBRID+MMR row each, "
+                   "top 10 of 40 candidates, with dup@10 (the share of top-10 pairs at cosine > 0.95)")
     p.add_argument("--backend", default="", choices=["", "embedded", "qdrant"],
                    help="where the eval collection is stored (default: the server's; qdrant: the configured cluster, else local mode)")
     p.add_argument("--out", help="write per-query nDCG@10 and latencies as JSON here")
@@ -415,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --scale: the collection's dense_index.quantization")
     p.add_argument("--soak", type=int, metavar="MINUTES",
                    help="instead of the parts: a mixed workload at ~80%% of measured capacity; per minute RSS, search p50/p99, errors")
+    p.add_argument("--filters", type=int, metavar="CHUNKS",
+                   help="instead of the parts: filtered search p50 at 1%%, 10%% and 50%% selectivity against unfiltered")
     p.add_argument("--observability", type=int, metavar="CHUNKS",
                    help="instead of the parts: Search p50 with metrics and tracing on vs off at CHUNKS chunks")
     p.set_defaults(func=cmd_bench)

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 import grpc
 
+from searchsvc.metadata_pb import value_to_pb
 from searchsvc.types import Document
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -71,8 +72,13 @@ def batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 
 def to_pb(doc: Document) -> pb.Document:
-    return pb.Document(id=doc.id, text=doc.text, title=doc.title, metadata=doc.metadata,
-                       vector=[] if doc.vector is None else doc.vector)
+    """String values go in `metadata` (what servers before typed metadata read), the others in typed_metadata."""
+    out = pb.Document(id=doc.id, text=doc.text, title=doc.title, vector=[] if doc.vector is None else doc.vector,
+                      metadata={k: v for k, v in doc.metadata.items() if isinstance(v, str)})
+    for key, value in doc.metadata.items():
+        if not isinstance(value, str):
+            out.typed_metadata[key].CopyFrom(value_to_pb(value))
+    return out
 
 
 def bulk_index(

@@ -125,11 +125,14 @@ def run_eval(
     rerank_fusion: str = "rrf",
     modes: list[str] | None = None,
     backend: str = "",
+    mmr: list[float] | None = None,
 ) -> dict:
     """`holdout` "train" / "validation": only that side of train-embedder's fixed-seed split of the queries.
     HYBRID fuses with RRF, HYBRID-RSF with relative-score fusion (weights 1 each), HYBRID-DEFAULT with whatever
     the query's language defaults to (searchsvc/language.py). `reranker_model`: adds HYBRID+RERANK, the
-    top `rerank_candidates` of the hybrid ranking (`rerank_fusion`) reordered by it."""
+    top `rerank_candidates` of the hybrid ranking (`rerank_fusion`) reordered by it. `mmr`: adds HYBRID+MMR <λ>
+    rows (the top 10 re-selected by maximal marginal relevance from 40 candidates), each with the share of
+    top-10 pairs whose stored vectors have cosine > 0.95 (near-duplicates)."""
     qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
     queries = {qid: text for qid, text in load_queries(dataset / "queries.jsonl").items() if qid in qrels}
     if holdout:
@@ -156,17 +159,23 @@ def run_eval(
             if reranker_model:
                 rerank = pb.RerankOptions(enabled=True, candidates=rerank_candidates, model=reranker_model)
                 runs["HYBRID+RERANK"] = (pb.SEARCH_MODE_HYBRID, rsf if rerank_fusion == "relative_score" else rrf, rerank)
-            for label, (mode, fusion, rerank) in runs.items():
+            for lambda_mult in mmr or []:
+                runs[f"HYBRID+MMR {lambda_mult:g}"] = (pb.SEARCH_MODE_HYBRID, rrf, pb.MmrOptions(lambda_mult=lambda_mult))
+            storage = server.components["service"].catalog.get(name)  # stored vectors, for the near-duplicate share
+            for label, (mode, fusion, options) in runs.items():
                 if modes and label not in modes:
                     continue
-                rows = {"ndcg@10": [], "recall@100": [], "mrr@10": []}
+                rerank = options if isinstance(options, pb.RerankOptions) else None
+                diversify = options if isinstance(options, pb.MmrOptions) else None
+                rows = {"ndcg@10": [], "recall@100": [], "mrr@10": [], "near-dup@10": []}
                 latency: dict[str, list[float]] = {s: [] for s in ("client", "embed", "dense", "keyword", "fuse", "rerank", "total")}
                 for qid in qids:
                     started = time.perf_counter()
                     # The rerank stage scores every hit it returns: ask for its candidates only (R@100 is then
                     # recall over those), not 100, or it would rerank 100.
-                    top_k = max(rerank_candidates, 10) if rerank is not None else 100
-                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=top_k, mode=mode, fusion=fusion, rerank=rerank)
+                    top_k = max(rerank_candidates, 10) if rerank is not None else 10 if diversify is not None else 100
+                    request = pb.SearchRequest(collection=name, query=queries[qid], top_k=top_k, mode=mode, fusion=fusion,
+                                               rerank=rerank, mmr=diversify)
                     if fusion != pb.FUSION_UNSPECIFIED:
                         request.dense_weight = request.keyword_weight = 1.0
                     response = stub.Search(request, timeout=60)
@@ -180,18 +189,31 @@ def run_eval(
                     rows["ndcg@10"].append(ndcg_at_k(ranked, qrels[qid]))
                     rows["recall@100"].append(recall_at_k(ranked, qrels[qid]))
                     rows["mrr@10"].append(mrr_at_k(ranked, qrels[qid]))
+                    rows["near-dup@10"].append(near_duplicate_share(storage, [h.chunk_id for h in response.hits[:10]]))
                 results[label] = {"metrics": {m: float(np.mean(v)) for m, v in rows.items()}, "qids": qids, "per_query": rows["ndcg@10"], "latency": latency}
     print_report(dataset.name, len(qids), results)
     return results
 
 
+def near_duplicate_share(storage, chunk_ids: list[str], threshold: float = 0.95) -> float:
+    """The share of pairs among `chunk_ids` whose stored vectors have cosine above `threshold`."""
+    found = storage.vectors(chunk_ids)
+    vectors = np.stack([found[c] for c in chunk_ids if c in found]) if found else np.empty((0, 1))
+    n = len(vectors)
+    if n < 2:
+        return 0.0
+    cosines = vectors @ vectors.T
+    return float((cosines[np.triu_indices(n, 1)] > threshold).sum() / (n * (n - 1) / 2))
+
+
 def print_report(dataset: str, n_queries: int, results: dict) -> None:
     print(f"\n{dataset}: {n_queries} queries")
-    print(f"{'mode':<14} {'nDCG@10':>8} {'R@100':>7} {'MRR@10':>7}   {'p50 ms':>7} {'p95 ms':>7}  server p50: embed / dense / keyword / fuse / rerank")
+    print(f"{'mode':<17} {'nDCG@10':>8} {'R@100':>7} {'MRR@10':>7} {'dup@10':>7}   {'p50 ms':>7} {'p95 ms':>7}  "
+          "server p50: embed / dense / keyword / fuse / rerank")
     for label, r in results.items():
         m, lat = r["metrics"], r["latency"]
         stages = " / ".join(f"{pct(lat[s], 50):.1f}" for s in ("embed", "dense", "keyword", "fuse", "rerank"))
-        print(f"{label:<14} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f}   "
+        print(f"{label:<17} {m['ndcg@10']:>8.4f} {m['recall@100']:>7.4f} {m['mrr@10']:>7.4f} {m['near-dup@10']:>7.4f}   "
               f"{pct(lat['client'], 50):>7.1f} {pct(lat['client'], 95):>7.1f}  {stages}")
     for a, b in (("HYBRID", "KEYWORD"), ("HYBRID", "DENSE"), ("HYBRID-RSF", "HYBRID"), ("HYBRID-DEFAULT", "KEYWORD"), ("HYBRID-DEFAULT", "DENSE"), ("HYBRID+RERANK", "HYBRID"), ("HYBRID+RERANK", "HYBRID-RSF")):
         if a in results and b in results:

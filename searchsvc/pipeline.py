@@ -19,6 +19,7 @@ from searchsvc.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
 from searchsvc.errors import InvalidArgument
 from searchsvc.models import ModelRegistry
+from searchsvc.multi import CollectionGroup, merge
 from searchsvc.retrieve.external import unit_vector
 from searchsvc.rerank import CrossEncoderReranker
 from searchsvc.storage import CollectionStorage
@@ -69,7 +70,9 @@ class SearchPipeline:
                 raise InvalidArgument("rerank.model", f"cannot load {name!r}: {exc}") from exc
             raise
 
-    def search(self, coll: CollectionStorage, p: SearchParams, deadline: Deadline | None = None) -> SearchResult:
+    def search(self, coll: CollectionStorage | CollectionGroup, p: SearchParams, deadline: Deadline | None = None) -> SearchResult:
+        if isinstance(coll, CollectionGroup):
+            return merge([self.search(member, p, deadline) for member in coll.members], p.top_k, p.rrf_k)
         clock = _Stopwatch(deadline)
         started = time.perf_counter()
         given = None  # the caller's query embedding, checked and unit-normalized
@@ -180,6 +183,7 @@ class SearchPipeline:
             hits.append(
                 Hit(
                     chunk_id=chunk_id,
+                    collection=coll.name,
                     document_id=chunk.document_id,
                     text=chunk.text,
                     title=chunk.title,

@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from searchsvc import errors, filters, logs, metadata_pb, metrics, tracing
+from searchsvc import errors, filters, logs, metadata_pb, metrics, multi, tracing
 from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
@@ -263,24 +263,30 @@ class SearchService(pb_grpc.SearchServiceServicer):
             if collection.read_only_reason:
                 await self._set_health(collection.name)
 
+    async def _searched(self, r: pb.SearchRequest):
+        """The collection a search names, or a CollectionGroup when it names several."""
+        names = multi.collection_names(r.collection, r.collections)
+        members = tuple([await self._collection(n) for n in names])
+        return members[0] if len(members) == 1 else multi.CollectionGroup(members)
+
     # ----------------------------------------------------------- search
     @_maps_errors
     async def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
         with self.search_gate.admit():
-            collection = await self._collection(request.collection)
+            collection = await self._searched(request)
             params = search_params_from_pb(request, self.settings)
             result = await self._run(self.pipeline.search, collection, params, Deadline(context))
             if self.metered:
                 metrics.observe_search(result.timings_ms)
-            tracing.set_attributes(collection=request.collection, mode=params.mode.name, top_k=params.top_k,
+            tracing.set_attributes(collection=collection.name, mode=params.mode.name, top_k=params.top_k,
                                    hits=len(result.hits), rerank=result.rerank.applied)
-            logs.log_slow_search(self.settings.slow_query_ms, self.settings.slow_query_log_text, request.collection, params,
+            logs.log_slow_search(self.settings.slow_query_ms, self.settings.slow_query_log_text, collection.name, params,
                                  result.timings_ms, len(result.hits))
             return search_result_to_pb(result, params.explain, self.settings.max_response_bytes)
 
     # ----------------------------------------------------------- answers
     async def _answer_args(self, request: pb.AnswerRequest):
-        collection = await self._collection(request.search.collection)
+        collection = await self._searched(request.search)
         return collection, answer_search_params_from_pb(request, self.settings), generation_params_from_pb(request, self.settings)
 
     @_maps_errors
@@ -475,6 +481,7 @@ def search_timings_to_pb(t: dict[str, float]) -> pb.Timings:
 def hit_to_pb(h, explain: bool) -> pb.Hit:
     hit = pb.Hit(chunk_id=h.chunk_id, document_id=h.document_id, text=h.text, title=h.title, score=h.score, metadata=h.metadata)
     metadata_pb.metadata_to_pb(h.typed_metadata, hit)
+    hit.collection = h.collection
     if explain:
         e = hit.explanation
         if h.dense:

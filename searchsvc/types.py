@@ -158,6 +158,7 @@ class Hit:
     score: float
     metadata: dict[str, str]  # the string values, and the chunk's position (chunk_index, start_char, end_char)
     typed_metadata: Metadata = field(default_factory=dict)  # every value, typed
+    collection: str = ""
     dense: ScoredId | None = None
     keyword: ScoredId | None = None
     fused_score: float | None = None

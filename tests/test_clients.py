@@ -56,6 +56,8 @@ def _check_example_output(out: str, name: str, stub) -> None:
     hits = [line for line in lines if line.startswith("hit ")]
     assert len(hits) == 3 and hits[0].startswith("hit 1: vaccine ") and "dense=#1/" in hits[0] and "keyword=#1/" in hits[0]
     assert hits[1].startswith("hit 2: antibody ")
+    # A range on a timestamp (published from 2010 on), with each hit's typed year.
+    assert "range filter: antibody 2012, tides 2020, volcano 2015" in lines
     assert any(line.startswith("bad request: code 3 ") and "query" in line for line in lines)
     assert any(line.startswith("missing collection: code 5 ") for line in lines)
     assert "answer context: 3 hits" in lines

@@ -428,10 +428,10 @@ def test_llama_cpp_close_during_prompt_prefill(qwen):
     consumer = threading.Thread(target=lambda: list(gen))
     consumer.start()
     time.sleep(0.3)  # inside the prefill (~1000 tokens take several seconds)
-    closed = time.monotonic()
     gen.close()
-    consumer.join(5)
-    latency = time.monotonic() - closed
+    consumer.join(30)
     assert not consumer.is_alive() and not qwen._lock.locked()
-    assert latency < 1.5, f"prefill stopped {latency * 1000:.0f} ms after close()"
+    # Stopped partway through the prompt (a chunk of 64 tokens after close()), not after reading all of it: a
+    # count, not a time (a wall-clock bound failed on a busy CI machine).
+    assert qwen._llama.n_tokens < gen.usage.prompt_tokens - 1, (qwen._llama.n_tokens, gen.usage.prompt_tokens)
     assert gen.finish_reason == "cancelled" and gen.usage.completion_tokens == 0

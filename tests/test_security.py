@@ -237,6 +237,15 @@ def test_scoped_keys_see_only_their_collections_and_model_overrides_need_admin(s
         with pytest.raises(grpc.RpcError) as err:
             list(stream)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "team-c-docs" in err.value.details()
+        # Nor does naming another team's collection among several reach it.
+        for search in (pb.SearchRequest(collection="team-b-docs", collections=["team-c-docs"], query="y"),
+                       pb.SearchRequest(collections=["team-b-docs", "team-c-docs"], query="y")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Search(search)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "team-c-docs" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Answer(pb.AnswerRequest(search=search, extractive=True))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with channel_to(secured, KEYS["writer"]) as ch:
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.SearchServiceStub(ch).Search(pb.SearchRequest(collection="team-b-docs", query="y", query_vector=[1, 0],

@@ -1,6 +1,6 @@
 # Calls searchsvc the way a backend service does: creates a collection, streams documents through BulkIndex
-# and checks every ack, searches with a deadline and prints each hit's explanation, shows the status of a bad
-# request, streams an extractive answer, and deletes the collection.
+# and checks every ack, searches with a deadline and prints each hit's explanation, searches with a range filter
+# on typed metadata, shows the status of a bad request, streams an extractive answer, and deletes the collection.
 #
 # Usage: ruby -I build example.rb [address=127.0.0.1:50051] [collection=ruby-example]
 require "grpc"
@@ -11,13 +11,22 @@ address = ARGV[0] || "127.0.0.1:50051"
 collection = ARGV[1] || "ruby-example"
 stub = V1::SearchService::Stub.new(address, :this_channel_is_insecure)
 
+# Typed metadata: the year as an integer and New Year's Day as a timestamp.
+def new_year(year)
+  Searchsvc::V1::MetadataValue.new(timestamp_value: Google::Protobuf::Timestamp.new(seconds: Time.utc(year, 1, 1).to_i))
+end
+
+def published(year)
+  { "year" => Searchsvc::V1::MetadataValue.new(int_value: year), "published" => new_year(year) }
+end
+
 DOCUMENTS = [
-  V1::Document.new(id: "vaccine", title: "Vaccines", text: "Vaccines train the immune system to recognise a pathogen before infection."),
-  V1::Document.new(id: "coffee", title: "Coffee", text: "Coffee beans are roasted seeds; caffeine is a stimulant."),
-  V1::Document.new(id: "volcano", title: "Volcanoes", text: "A volcano erupts when magma rises through the crust."),
+  V1::Document.new(id: "vaccine", title: "Vaccines", text: "Vaccines train the immune system to recognise a pathogen before infection.", typed_metadata: published(1998)),
+  V1::Document.new(id: "coffee", title: "Coffee", text: "Coffee beans are roasted seeds; caffeine is a stimulant.", typed_metadata: published(2004)),
+  V1::Document.new(id: "volcano", title: "Volcanoes", text: "A volcano erupts when magma rises through the crust.", typed_metadata: published(2015)),
   V1::Document.new(id: "empty", title: "Rejected", text: "   "), # rejected by the server: the ack names the field
-  V1::Document.new(id: "tides", title: "Tides", text: "Tides are caused by the gravitational pull of the moon."),
-  V1::Document.new(id: "antibody", title: "Antibodies", text: "Antibodies bind antigens and mark pathogens for the immune system."),
+  V1::Document.new(id: "tides", title: "Tides", text: "Tides are caused by the gravitational pull of the moon.", typed_metadata: published(2020)),
+  V1::Document.new(id: "antibody", title: "Antibodies", text: "Antibodies bind antigens and mark pathogens for the immune system.", typed_metadata: published(2012)),
 ].freeze
 BATCH_SIZE = 2
 WINDOW = 2 # batches in flight before waiting for an ack
@@ -64,6 +73,14 @@ response.hits.each_with_index do |hit, i|
   puts format("hit %d: %s score=%.4f%s%s", i + 1, hit.document_id, hit.score, dense, keyword)
 end
 puts format("search took %.1f ms on the server (query language %s)", response.timings.total_ms, response.query_language)
+
+# Documents published from 2010 on (a range on a timestamp), applied inside both legs.
+since = V1::FilterClause.new(key: "published", range: V1::Range.new(gte: new_year(2010)))
+filtered = stub.search(
+  V1::SearchRequest.new(collection: collection, query: "immune system", top_k: 5, where: V1::Filter.new(must: [since])),
+  deadline: Time.now + 5,
+)
+puts "range filter: #{filtered.hits.map { |h| "#{h.document_id} #{h.typed_metadata["year"].int_value}" }.sort.join(", ")}"
 
 { "bad request" => V1::SearchRequest.new(collection: collection, query: "  "),
   "missing collection" => V1::SearchRequest.new(collection: "no-such-collection", query: "x") }.each do |label, request|

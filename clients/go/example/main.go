@@ -1,6 +1,6 @@
 // Command example calls searchsvc the way a backend service does: it creates a collection, streams documents
-// through BulkIndex and checks every ack, searches with a deadline and prints each hit's explanation, shows the
-// status of a bad request, streams an extractive answer, and deletes the collection.
+// through BulkIndex and checks every ack, searches with a deadline and prints each hit's explanation, searches
+// with a range filter on typed metadata, shows the status of a bad request, streams an extractive answer, and deletes the collection.
 //
 // Usage: example -addr 127.0.0.1:50051 -collection go-example
 package main
@@ -11,21 +11,37 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/searchsvc/searchsvc/clients/go/searchsvc/v1"
 )
 
 var documents = []*pb.Document{
-	{Id: "vaccine", Title: "Vaccines", Text: "Vaccines train the immune system to recognise a pathogen before infection."},
-	{Id: "coffee", Title: "Coffee", Text: "Coffee beans are roasted seeds; caffeine is a stimulant."},
-	{Id: "volcano", Title: "Volcanoes", Text: "A volcano erupts when magma rises through the crust."},
+	{Id: "vaccine", Title: "Vaccines", Text: "Vaccines train the immune system to recognise a pathogen before infection.", TypedMetadata: published(1998)},
+	{Id: "coffee", Title: "Coffee", Text: "Coffee beans are roasted seeds; caffeine is a stimulant.", TypedMetadata: published(2004)},
+	{Id: "volcano", Title: "Volcanoes", Text: "A volcano erupts when magma rises through the crust.", TypedMetadata: published(2015)},
 	{Id: "empty", Title: "Rejected", Text: "   "}, // rejected by the server: the ack names the field
-	{Id: "tides", Title: "Tides", Text: "Tides are caused by the gravitational pull of the moon."},
-	{Id: "antibody", Title: "Antibodies", Text: "Antibodies bind antigens and mark pathogens for the immune system."},
+	{Id: "tides", Title: "Tides", Text: "Tides are caused by the gravitational pull of the moon.", TypedMetadata: published(2020)},
+	{Id: "antibody", Title: "Antibodies", Text: "Antibodies bind antigens and mark pathogens for the immune system.", TypedMetadata: published(2012)},
+}
+
+func newYear(year int) *pb.MetadataValue {
+	t := time.Date(year, 1, 1, 0, 0, 0, 0, time.UTC)
+	return &pb.MetadataValue{Kind: &pb.MetadataValue_TimestampValue{TimestampValue: timestamppb.New(t)}}
+}
+
+// published is a document's typed metadata: the year as an integer and New Year's Day as a timestamp.
+func published(year int) map[string]*pb.MetadataValue {
+	return map[string]*pb.MetadataValue{
+		"year":      {Kind: &pb.MetadataValue_IntValue{IntValue: int64(year)}},
+		"published": newYear(year),
+	}
 }
 
 const batchSize = 2
@@ -59,6 +75,7 @@ func main() {
 
 	bulkIndex(ctx, client, *name)
 	search(ctx, client, *name)
+	filteredSearch(ctx, client, *name)
 	badRequest(ctx, client, *name)
 	streamAnswer(ctx, client, *name)
 
@@ -140,6 +157,31 @@ func search(ctx context.Context, client pb.SearchServiceClient, collection strin
 		fmt.Println()
 	}
 	fmt.Printf("search took %.1f ms on the server (query language %s)\n", resp.Timings.TotalMs, resp.QueryLanguage)
+}
+
+// filteredSearch keeps documents published from 2010 on (a range on a timestamp), inside both legs.
+func filteredSearch(ctx context.Context, client pb.SearchServiceClient, collection string) {
+	since := &pb.FilterClause{Key: "published", Condition: &pb.FilterClause_Range{Range: &pb.Range{Gte: newYear(2010)}}}
+	resp, err := client.Search(ctx, &pb.SearchRequest{
+		Collection: collection, Query: "immune system", TopK: 5, Where: &pb.Filter{Must: []*pb.FilterClause{since}},
+	})
+	if err != nil {
+		log.Fatalf("Search: %v", err)
+	}
+	found := map[string]int64{}
+	for _, h := range resp.Hits {
+		found[h.DocumentId] = h.TypedMetadata["year"].GetIntValue()
+	}
+	ids := make([]string, 0, len(found))
+	for id := range found {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = fmt.Sprintf("%s %d", id, found[id])
+	}
+	fmt.Printf("range filter: %s\n", strings.Join(parts, ", "))
 }
 
 // badRequest shows what a caller gets for an invalid request: INVALID_ARGUMENT naming the field.

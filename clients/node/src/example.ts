@@ -1,6 +1,6 @@
 // Calls searchsvc the way a backend service does: creates a collection, streams documents through BulkIndex
-// and checks every ack, searches with a deadline and prints each hit's explanation, shows the status of a bad
-// request, streams an extractive answer, and deletes the collection.
+// and checks every ack, searches with a deadline and prints each hit's explanation, searches with a range
+// filter on typed metadata, shows the status of a bad request, streams an extractive answer, and deletes the collection.
 //
 // Usage: node dist/example.js [address=127.0.0.1:50051] [collection=node-example]
 import { credentials, Metadata, ServiceError, status } from "@grpc/grpc-js";
@@ -22,13 +22,16 @@ const [address = "127.0.0.1:50051", collection = "node-example"] = process.argv.
 const client = new SearchServiceClient(address, credentials.createInsecure());
 
 // fromPartial fills every field left out (metadata, vector, and any the proto adds later) with its default.
+// Typed metadata: the year as an integer and New Year's Day as a timestamp (a Date in ts-proto's mapping).
+const newYear = (year: number) => ({ timestampValue: new Date(Date.UTC(year, 0, 1)) });
+const published = (year: number) => ({ year: { intValue: year }, published: newYear(year) });
 const documents: Document[] = [
-  { id: "vaccine", title: "Vaccines", text: "Vaccines train the immune system to recognise a pathogen before infection." },
-  { id: "coffee", title: "Coffee", text: "Coffee beans are roasted seeds; caffeine is a stimulant." },
-  { id: "volcano", title: "Volcanoes", text: "A volcano erupts when magma rises through the crust." },
+  { id: "vaccine", title: "Vaccines", text: "Vaccines train the immune system to recognise a pathogen before infection.", typedMetadata: published(1998) },
+  { id: "coffee", title: "Coffee", text: "Coffee beans are roasted seeds; caffeine is a stimulant.", typedMetadata: published(2004) },
+  { id: "volcano", title: "Volcanoes", text: "A volcano erupts when magma rises through the crust.", typedMetadata: published(2015) },
   { id: "empty", title: "Rejected", text: "   " }, // rejected by the server: the ack names the field
-  { id: "tides", title: "Tides", text: "Tides are caused by the gravitational pull of the moon." },
-  { id: "antibody", title: "Antibodies", text: "Antibodies bind antigens and mark pathogens for the immune system." },
+  { id: "tides", title: "Tides", text: "Tides are caused by the gravitational pull of the moon.", typedMetadata: published(2020) },
+  { id: "antibody", title: "Antibodies", text: "Antibodies bind antigens and mark pathogens for the immune system.", typedMetadata: published(2012) },
 ].map((d) => Document.fromPartial(d));
 const BATCH_SIZE = 2;
 const WINDOW = 2; // batches in flight before waiting for an ack
@@ -108,6 +111,19 @@ async function search(): Promise<void> {
   console.log(`search took ${response.timings?.totalMs.toFixed(1)} ms on the server (query language ${response.queryLanguage})`);
 }
 
+// Documents published from 2010 on (a range on a timestamp), applied inside both legs.
+async function filteredSearch(): Promise<void> {
+  const request = SearchRequest.fromPartial({
+    collection,
+    query: "immune system",
+    topK: 5,
+    where: { must: [{ key: "published", range: { gte: newYear(2010) } }] },
+  });
+  const response: SearchResponse = await unary(client.search, request, 5);
+  const found = response.hits.map((h) => `${h.documentId} ${h.typedMetadata["year"]?.intValue}`).sort();
+  console.log(`range filter: ${found.join(", ")}`);
+}
+
 async function badRequest(): Promise<void> {
   for (const [label, request] of [
     ["bad request", SearchRequest.fromPartial({ collection, query: "  " })],
@@ -148,6 +164,7 @@ async function main(): Promise<void> {
   console.log(`created collection ${created.name} (language ${created.config?.language}, analyzer ${created.config?.analyzer})`);
   await bulkIndex();
   await search();
+  await filteredSearch();
   await badRequest();
   await streamAnswer();
   await unary(client.deleteCollection, DeleteCollectionRequest.fromPartial({ name: collection }));
