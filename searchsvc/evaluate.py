@@ -163,7 +163,7 @@ def run_eval(
                 runs[f"HYBRID+MMR {lambda_mult:g}"] = (pb.SEARCH_MODE_HYBRID, rrf, pb.MmrOptions(lambda_mult=lambda_mult))
             storage = server.components["service"].catalog.get(name)  # stored vectors, for the near-duplicate share
             for label, (mode, fusion, options) in runs.items():
-                if modes and label not in modes:
+                if modes and label not in modes and not isinstance(options, pb.MmrOptions):  # --mmr rows always run
                     continue
                 rerank = options if isinstance(options, pb.RerankOptions) else None
                 diversify = options if isinstance(options, pb.MmrOptions) else None
