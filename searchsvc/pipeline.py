@@ -16,6 +16,7 @@ from searchsvc.tracing import record_stages
 from searchsvc.cutoff import apply_similarity_cutoff
 from searchsvc.diversify import mmr
 from searchsvc.fuse import fuse_relative_score, fuse_rrf
+from searchsvc.highlight import highlight
 from searchsvc.language import KOREAN_FUSION, FusionDefaults, query_language
 from searchsvc.errors import InvalidArgument
 from searchsvc.models import ModelRegistry
@@ -153,6 +154,11 @@ class SearchPipeline:
                             h.similarity = cosines.get(h.chunk_id)
                 kept = apply_similarity_cutoff(hits, p.similarity_cutoff)
                 dropped, hits = len(hits) - len(kept), kept
+        if p.highlight and p.query.strip():
+            with clock.stage("highlight"):
+                terms = coll.analyze_query(p.query)
+                for hit in hits:
+                    hit.highlight = highlight(hit.text, terms, coll.term_spans)
 
         clock.ms["total"] = (time.perf_counter() - started) * 1000
         record_stages("search", clock.intervals)

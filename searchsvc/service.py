@@ -438,6 +438,7 @@ def search_params_from_pb(r: pb.SearchRequest, s: Settings) -> SearchParams:
         exact=r.dense.exact,
         mmr_lambda=r.mmr.lambda_mult if r.HasField("mmr") else None,
         mmr_candidates=(r.mmr.candidates or min(4 * top_k, 200)) if r.HasField("mmr") else 0,
+        highlight=r.highlight,
     )
     params.validate(max_top_k=s.max_top_k, max_query_chars=s.max_query_chars)
     return params
@@ -482,6 +483,10 @@ def hit_to_pb(h, explain: bool) -> pb.Hit:
     hit = pb.Hit(chunk_id=h.chunk_id, document_id=h.document_id, text=h.text, title=h.title, score=h.score, metadata=h.metadata)
     metadata_pb.metadata_to_pb(h.typed_metadata, hit)
     hit.collection = h.collection
+    if h.highlight is not None:
+        hit.highlight.spans.extend(pb.TextSpan(start=s, end=e) for s, e in h.highlight.spans)
+        hit.highlight.snippet = h.text[h.highlight.snippet_start : h.highlight.snippet_end]
+        hit.highlight.snippet_span.start, hit.highlight.snippet_span.end = h.highlight.snippet_start, h.highlight.snippet_end
     if explain:
         e = hit.explanation
         if h.dense:

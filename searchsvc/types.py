@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from searchsvc.errors import InvalidArgument
 from searchsvc.filters import Filter, Metadata
+from searchsvc.highlight import Highlight
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_DOCUMENT_ID_BYTES = 512
@@ -143,6 +144,7 @@ class SearchParams:
     exact: bool = False  # the dense leg scans every vector even on an HNSW collection
     mmr_lambda: float | None = None  # maximal marginal relevance (pipeline.py); None: off
     mmr_candidates: int = 0
+    highlight: bool = False  # fill Hit.highlight (highlight.py)
 
     def validate(self, *, max_top_k: int, max_query_chars: int) -> None:
         """Raise InvalidArgument naming the first bad field."""
@@ -159,6 +161,7 @@ class Hit:
     metadata: dict[str, str]  # the string values, and the chunk's position (chunk_index, start_char, end_char)
     typed_metadata: Metadata = field(default_factory=dict)  # every value, typed
     collection: str = ""
+    highlight: Highlight | None = None
     dense: ScoredId | None = None
     keyword: ScoredId | None = None
     fused_score: float | None = None

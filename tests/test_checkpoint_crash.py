@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from searchsvc.filters import from_pairs
 from searchsvc.catalog import Catalog
 from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection
 from searchsvc.config import load_settings
@@ -41,7 +42,7 @@ def document(i: int, version: int = 1) -> Document:
 
 def filtered(catalog: Catalog, coll, parity: str) -> set[str]:
     """The dense leg's filter (the metadata postings; the keyword leg filters inside tantivy)."""
-    params = SearchParams("", mode=SearchMode.DENSE, top_k=50, filter={"parity": parity}, query_vector=vector(0))
+    params = SearchParams("", mode=SearchMode.DENSE, top_k=50, filter=from_pairs({"parity": parity}), query_vector=vector(0))
     hits = SearchPipeline(catalog.models).search(coll, params).hits
     return {h.document_id for h in hits}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from searchsvc.filters import from_pairs
 from searchsvc.catalog import Catalog
 from searchsvc.config import load_settings
 from searchsvc.ingest.batch import DocumentLimits
@@ -64,8 +65,8 @@ CASES = {
     "dense": SearchParams("", mode=SearchMode.DENSE, query_vector=QUERY),
     "dense exact": SearchParams("", mode=SearchMode.DENSE, query_vector=QUERY, exact=True),
     "keyword": SearchParams("beta electrons", mode=SearchMode.KEYWORD),
-    "filtered": SearchParams("alpha gamma", query_vector=QUERY, filter={"kind": "physics"}),
-    "filter matching nothing": SearchParams("alpha", query_vector=QUERY, filter={"kind": "none"}),
+    "filtered": SearchParams("alpha gamma", query_vector=QUERY, filter=from_pairs({"kind": "physics"})),
+    "filter matching nothing": SearchParams("alpha", query_vector=QUERY, filter=from_pairs({"kind": "none"})),
     "cutoff": SearchParams("alpha gamma", query_vector=QUERY, similarity_cutoff=-0.5),
     "keyword with cutoff": SearchParams("alpha", mode=SearchMode.KEYWORD, query_vector=QUERY, similarity_cutoff=-1.0),
 }
@@ -91,8 +92,8 @@ def test_every_search_reads_only_through_the_seam(collection, case):
 
 def test_the_embedded_collection_implements_the_seam(collection):
     assert isinstance(collection, CollectionStorage)
-    assert collection.may_match({"kind": "light"}) and not collection.may_match({"kind": "light", "x": "y"})
-    assert collection.may_match(None) and not collection.may_match({"kind": "nothing"})
+    assert collection.may_match(from_pairs({"kind": "light"})) and not collection.may_match(from_pairs({"kind": "light", "x": "y"}))
+    assert collection.may_match(None) and not collection.may_match(from_pairs({"kind": "nothing"}))
     assert collection.get_chunks(["c#0", "gone#0"]).keys() == {"c#0"}
 
 
@@ -163,7 +164,7 @@ def test_qdrant_replaces_and_deletes_whole_documents(qdrant):
     assert qdrant.upsert(["z"], one, np.eye(1, DIM, dtype=np.float32)) == 1
     assert qdrant.get_chunks(["z#0", "z#1"]).keys() == {"z#0"} and qdrant.get_chunks(["z#0"])["z#0"].text == "zeta again"
     assert [s.chunk_id for s in qdrant.keyword_search(qdrant.analyze_query("zeta"), 5)] == ["z#0"]
-    assert qdrant.keyword_search(qdrant.analyze_query("zeta"), 5, {"kind": "x"}) == []
+    assert qdrant.keyword_search(qdrant.analyze_query("zeta"), 5, from_pairs({"kind": "x"})) == []
     assert qdrant.delete_documents(["z", "nothing"]) == (1, 1)
     assert qdrant.chunk_count == before and qdrant.get_chunks(["z#0"]) == {}
 

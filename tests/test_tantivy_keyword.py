@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from searchsvc.filters import from_pairs
 from searchsvc.catalog import Catalog
 from searchsvc.config import load_settings
 from searchsvc.models import ModelRegistry
@@ -76,9 +77,9 @@ def test_filters_deletes_and_commits(tmp_path):
     assert index.commit() and not index.commit(), "nothing changed: no second commit"
     assert [h.chunk_id for h in index.search("apple", 10)] == ["b#0", "a#0"]
     unfiltered = {h.chunk_id: h.score for h in index.search("apple", 10)}
-    filtered = index.search("apple", 10, {"lang": "en"})
+    filtered = index.search("apple", 10, from_pairs({"lang": "en"}))
     assert [(h.chunk_id, h.score) for h in filtered] == [("a#0", unfiltered["a#0"])], "a filter adds nothing to the score"
-    assert index.search("apple", 10, {"lang": "de"}) == []
+    assert index.search("apple", 10, from_pairs({"lang": "de"})) == []
     index.delete_documents(["b"])  # not committed yet: already hidden
     assert [h.chunk_id for h in index.search("apple", 10)] == ["a#0"]
     index.add([chunk("d", "apple crumble")])

@@ -16,12 +16,20 @@ from searchsvc.errors import InvalidArgument
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
+Span = tuple[str, int, int]  # (term, start, end): the term and where its surface form is in the text
+
+
 class Analyzer(Protocol):
     name: str
 
     def analyze(self, text: str) -> list[str]: ...
 
     def analyze_many(self, texts: list[str]) -> list[list[str]]: ...
+
+    def spans(self, text: str) -> list[Span]:
+        """The terms `analyze` makes, each with the character range of the surface text it came from
+        (highlights: a Korean morpheme maps back to the word it was read from)."""
+        ...
 
 
 class WhitespaceAnalyzer:
@@ -34,6 +42,9 @@ class WhitespaceAnalyzer:
 
     def analyze_many(self, texts: list[str]) -> list[list[str]]:
         return [self.analyze(t) for t in texts]
+
+    def spans(self, text: str) -> list[Span]:
+        return [(m.group().lower(), m.start(), m.end()) for m in re.finditer(r"\S+", text)]
 
 
 class EnglishAnalyzer:
@@ -55,6 +66,10 @@ class EnglishAnalyzer:
 
     def analyze_many(self, texts: list[str]) -> list[list[str]]:
         return [self.analyze(t) for t in texts]
+
+    def spans(self, text: str) -> list[Span]:
+        words = [m for m in _WORD.finditer(text.lower()) if m.group() not in self._stopwords]
+        return [(term, m.start(), m.end()) for term, m in zip(self.stem([m.group() for m in words]), words)]
 
     def terms(self, words: list[str]) -> list[str]:
         """Lowercased words -> index terms: stopwords dropped, the rest stemmed."""
@@ -115,6 +130,25 @@ class KoreanAnalyzer:
             return [self.analyze(t) for t in texts]
         return [self._terms(tokens) for tokens in self._kiwi.tokenize(texts)]
 
+    def spans(self, text: str) -> list[Span]:
+        """kiwi's tokens carry their position in the text: a morpheme (먹 of 먹었던) maps to its surface."""
+        out: list[Span] = []
+        run: list = []  # contiguous Latin/digit tokens, one term together
+        for tok in [*self._kiwi.tokenize(text), None]:
+            if tok is not None and tok.tag in _LATIN_OR_NUMBER and (not run or tok.start == run[-1].start + run[-1].len):
+                run.append(tok)
+                continue
+            if run:
+                terms = self._latin(["".join(t.form for t in run).lower()])
+                if terms:
+                    out.append((terms[0], run[0].start, run[-1].start + run[-1].len))
+                run = [tok] if tok is not None and tok.tag in _LATIN_OR_NUMBER else []
+                if run:
+                    continue
+            if tok is not None and (tok.tag in _KOREAN_CONTENT or tok.tag.startswith(_KOREAN_PREDICATES)):
+                out.append((tok.form.lower(), tok.start, tok.start + tok.len))
+        return out
+
     def _terms(self, tokens) -> list[str]:
         terms: list[str] = []
         latin: list[str] = []  # the current run of contiguous Latin/digit tokens
@@ -167,6 +201,13 @@ class MultilingualAnalyzer:
 
     def analyze(self, text: str) -> list[str]:
         return self.analyze_many([text])[0]
+
+    def spans(self, text: str) -> list[Span]:
+        out: list[Span] = []
+        for run in _CJK_RUN.finditer(text):
+            out += [(text[j : j + 2], j, min(j + 2, run.end())) for j in range(run.start(), max(run.end() - 1, run.start() + 1))]
+        rest = _CJK_RUN.sub(lambda m: " " * len(m.group()), text)  # same length: offsets stay
+        return (self._korean if HANGUL_SCRIPT.search(rest) else self._english).spans(rest) + out
 
     def analyze_many(self, texts: list[str]) -> list[list[str]]:
         out: list[list[str]] = [[] for _ in texts]

@@ -7,12 +7,14 @@ english chain), fusion and what follows it. A backend answers the two legs and s
 
 - `dense_search`: top-k chunk ids by cosine to a unit vector;
 - `keyword_search`: top-k chunk ids by BM25 (collection-wide IDF) over already-analyzed terms;
-- both apply a metadata filter (exact key/value pairs, all required) inside the search, before top-k, so a
-  selective filter costs no candidate slots;
+- both apply a metadata filter (searchsvc/filters.py: typed conditions with must / should / must_not) inside
+  the search, before top-k, so a selective filter costs no candidate slots; filters.matches defines what it
+  selects, and every backend is tested against it;
 - `similarities`: the stored vectors' cosine to a query vector, for chunks a leg found (the cutoff and relative
   score fusion need it for keyword-only hits);
 - `vectors`: the stored unit vectors themselves (MMR compares hits with each other);
-- `get_chunks`: the stored chunks themselves (text, title, document id, offsets, user metadata).
+- `get_chunks`: the stored chunks themselves (text, title, document id, offsets, user metadata);
+- `term_spans`: the collection's analyzer on a stored text, with each term's surface range (highlights).
 
 Ids a leg returns may be deleted before `get_chunks`, `similarities` or `vectors` reads them: they skip them silently.
 
@@ -23,13 +25,14 @@ write survives the process dying at any moment after.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from searchsvc.filters import Filter
 from searchsvc.types import Chunk, CollectionConfig, ScoredId
 
-MetadataFilter = Mapping[str, str]  # exact key -> value pairs, all required
+MetadataFilter = Filter  # searchsvc/filters.py
 
 
 @runtime_checkable
@@ -55,6 +58,10 @@ class CollectionStorage(Protocol):
 
     def analyze_query(self, query: str) -> list[str]:
         """The keyword terms of a query, by the collection's analyzer."""
+        ...
+
+    def term_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """The collection's analyzer on a stored text, each term with its surface range (highlights)."""
         ...
 
     def may_match(self, filter: MetadataFilter | None) -> bool:

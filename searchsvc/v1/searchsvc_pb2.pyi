@@ -294,7 +294,7 @@ class RerankOptions(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., candidates: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense", "mmr", "where", "collections")
+    __slots__ = ("collection", "query", "top_k", "filter", "mode", "explain", "dense_candidates", "keyword_candidates", "rrf_k", "dense_weight", "keyword_weight", "rerank", "similarity_cutoff", "fusion", "query_vector", "dense", "mmr", "where", "collections", "highlight")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -321,6 +321,7 @@ class SearchRequest(_message.Message):
     MMR_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -340,7 +341,8 @@ class SearchRequest(_message.Message):
     mmr: MmrOptions
     where: Filter
     collections: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ..., mmr: _Optional[_Union[MmrOptions, _Mapping]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., collections: _Optional[_Iterable[str]] = ...) -> None: ...
+    highlight: bool
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., explain: _Optional[bool] = ..., dense_candidates: _Optional[int] = ..., keyword_candidates: _Optional[int] = ..., rrf_k: _Optional[float] = ..., dense_weight: _Optional[float] = ..., keyword_weight: _Optional[float] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., similarity_cutoff: _Optional[float] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., query_vector: _Optional[_Iterable[float]] = ..., dense: _Optional[_Union[DenseSearchOptions, _Mapping]] = ..., mmr: _Optional[_Union[MmrOptions, _Mapping]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., collections: _Optional[_Iterable[str]] = ..., highlight: _Optional[bool] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("must", "should", "must_not")
@@ -433,7 +435,7 @@ class Explanation(_message.Message):
     def __init__(self, dense: _Optional[_Union[LegScore, _Mapping]] = ..., keyword: _Optional[_Union[LegScore, _Mapping]] = ..., fused_score: _Optional[float] = ..., rerank_score: _Optional[float] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("chunk_id", "document_id", "text", "title", "score", "metadata", "explanation", "typed_metadata", "collection")
+    __slots__ = ("chunk_id", "document_id", "text", "title", "score", "metadata", "explanation", "typed_metadata", "collection", "highlight")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -457,6 +459,7 @@ class Hit(_message.Message):
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHT_FIELD_NUMBER: _ClassVar[int]
     chunk_id: str
     document_id: str
     text: str
@@ -466,7 +469,26 @@ class Hit(_message.Message):
     explanation: Explanation
     typed_metadata: _containers.MessageMap[str, MetadataValue]
     collection: str
-    def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ..., collection: _Optional[str] = ...) -> None: ...
+    highlight: Highlight
+    def __init__(self, chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ..., collection: _Optional[str] = ..., highlight: _Optional[_Union[Highlight, _Mapping]] = ...) -> None: ...
+
+class Highlight(_message.Message):
+    __slots__ = ("spans", "snippet", "snippet_span")
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_SPAN_FIELD_NUMBER: _ClassVar[int]
+    spans: _containers.RepeatedCompositeFieldContainer[TextSpan]
+    snippet: str
+    snippet_span: TextSpan
+    def __init__(self, spans: _Optional[_Iterable[_Union[TextSpan, _Mapping]]] = ..., snippet: _Optional[str] = ..., snippet_span: _Optional[_Union[TextSpan, _Mapping]] = ...) -> None: ...
+
+class TextSpan(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("embed_ms", "dense_ms", "keyword_ms", "fuse_ms", "rerank_ms", "cutoff_ms", "total_ms")

@@ -209,11 +209,11 @@ class Collection:
         if kvstore.committed.get(CHUNK_METADATA_COMPLETE) != "1":
             found = [(chunk_id, user_metadata(metadata)) for chunk_id, metadata in self.dense.stored_metadata()]
             kvstore.put_chunk_metadata([(chunk_id, metadata) for chunk_id, metadata in found if metadata])
-        # The postings hold the dense store's own id strings, not the copies SQLite returned (~60 B per chunk).
-        shared = self.dense.shared_chunk_ids()
+        # The postings hold FAISS ids, the dense store's own int objects (not copies: ~28 B per chunk and posting).
+        faiss_ids = self.dense.all_faiss_ids()
         for metadata, chunk_ids in kvstore.chunk_metadata_groups().items():
-            self.metadata.add_many([shared.get(c, c) for c in chunk_ids], filters.from_json(json.loads(metadata)))
-        del shared
+            self.metadata.add_many([faiss_ids[c] for c in chunk_ids if c in faiss_ids], filters.from_json(json.loads(metadata)))
+        del faiss_ids
         self._document_count = self.dense.document_count
 
     def _rebuild_keyword_index(self, seq: int) -> None:
@@ -368,16 +368,19 @@ class Collection:
             # Every upserted document has at least one chunk (its text is non-empty).
             self._document_count += (record["op"] == "upsert") - bool(old)
             removed += old
+        faiss_ids = self.dense.faiss_ids(removed)
         for chunk_id, metadata in kvstore.chunk_metadata(removed).items():
-            self.metadata.remove(chunk_id, filters.from_json(metadata))
+            if chunk_id in faiss_ids:
+                self.metadata.remove(faiss_ids[chunk_id], filters.from_json(metadata))
         kvstore.delete_chunk_metadata(removed)
         self.dense.remove(removed)
         vectors = base64.b64decode(record["vectors"]) if chunks else b""
         if chunks:
             self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1))
             kvstore.put_chunk_metadata([(c.id, filters.to_json(c.metadata)) for c in chunks if c.metadata])
+            faiss_ids = self.dense.faiss_ids([c.id for c in chunks])
             for c in chunks:
-                self.metadata.add(c.id, c.metadata)
+                self.metadata.add(faiss_ids[c.id], c.metadata)
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
         # snapshot holds it, start-up replays it from there (see _checkpoint_locked).
         kvstore.log_dense(record["seq"], removed, [c.id for c in chunks], vectors)
@@ -590,18 +593,25 @@ class Collection:
     def analyze_query(self, query: str) -> list[str]:
         return self.keyword.analyzer.analyze(query)
 
+    def term_spans(self, text: str) -> list[tuple[str, int, int]]:
+        return self.keyword.analyzer.spans(text)
+
     def may_match(self, filter: Filter | None) -> bool:
-        return not filter or self.metadata.any_match(filter, self.dense.live_chunk_ids())
+        return not filter or self.metadata.any_selected(self.metadata.select(filter), self.dense.live_count)
 
     def dense_search(
         self, vector: np.ndarray, k: int, filter: Filter | None = None, *, ef_search: int | None = None,
         exact: bool = False,
     ) -> list[ScoredId]:
-        # A filter becomes the set of chunk ids the metadata index allows: FAISS searches only those (dense.py).
-        allowed = self.metadata.match(filter, self.dense.live_chunk_ids()) if filter else None
-        if allowed is not None and not allowed:
+        # A filter becomes the FAISS ids the metadata index allows, or those it excludes: FAISS searches
+        # only the chunks it allows (dense.py).
+        if not filter:
+            return self.dense.search(vector, k, ef_search=ef_search, exact=exact)
+        selection = self.metadata.select(filter)
+        if not self.metadata.any_selected(selection, self.dense.live_count):
             return []
-        return self.dense.search(vector, k, allowed, ef_search=ef_search, exact=exact)
+        ids = {"excluded_ids" if selection.complemented else "allowed_ids": selection.ids}
+        return self.dense.search(vector, k, ef_search=ef_search, exact=exact, **ids)
 
     def keyword_search(self, terms: Sequence[str], k: int, filter: Filter | None = None) -> list[ScoredId]:
         if filter and any(c.op == "text_match" for c in filter.conditions()):

@@ -18,7 +18,7 @@ import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -249,16 +249,23 @@ class FilterableFaissStore(FaissMapVectorStore):
     def _positions(self, faiss_ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self._ids(), faiss_ids)
 
-    def query(self, query: VectorStoreQuery, ef_search: int | None = None, exact: bool = False, **kwargs: Any) -> VectorStoreQueryResult:
+    def query(self, query: VectorStoreQuery, ef_search: int | None = None, exact: bool = False,
+              allowed_ids: np.ndarray | None = None, excluded_ids: np.ndarray | None = None, **kwargs: Any) -> VectorStoreQueryResult:
+        """`allowed_ids` / `excluded_ids`: the FAISS ids a filter allows, or those it excludes (live ones only);
+        `query.node_ids` too names allowed chunks (LlamaIndex's way, by chunk id)."""
         if query.filters is not None:
             raise ValueError("pass allowed chunk ids as VectorStoreQuery.node_ids")
         vector = np.asarray(query.query_embedding, dtype=np.float32)
         k = min(query.similarity_top_k, self.live_count)
-        allowed = None
+        allowed = allowed_ids
         if query.node_ids is not None:
             faiss_id_of = self._node_id_to_faiss_id_map
             allowed = np.asarray([faiss_id_of[n] for n in query.node_ids if n in faiss_id_of], dtype=np.int64)
+        excluded = excluded_ids if excluded_ids is not None and len(excluded_ids) else None
+        if allowed is not None:
             k = min(k, len(allowed))
+        elif excluded is not None:
+            k = min(k, self.live_count - len(excluded))
         if k <= 0:
             return VectorStoreQueryResult(similarities=[], ids=[])
         hnsw = self.is_hnsw
@@ -266,13 +273,23 @@ class FilterableFaissStore(FaissMapVectorStore):
             # A graph walk under a selective filter visits ~1/selectivity nodes per hit and loses recall; an
             # exact scan of the few allowed vectors is both cheaper and exact (Qdrant plans filtered searches
             # the same way).
-            scores, ids = self._exact(vector, k, allowed)
+            scores, ids = self._exact(vector, k, allowed, excluded)
         else:
             sel = None
+            keep = []  # SWIG selectors point to each other without owning: hold them until the search is done
             if allowed is not None:
                 sel = faiss.IDSelectorBatch(allowed)
-            elif hnsw and self._tombstones:
-                sel = self._tombstone_selector()
+            else:
+                if hnsw and self._tombstones:
+                    sel = self._tombstone_selector()
+                if excluded is not None:
+                    keep.append(faiss.IDSelectorBatch(excluded))
+                    keep.append(faiss.IDSelectorNot(keep[-1]))
+                    if sel is not None:
+                        keep.append(sel)
+                        sel = faiss.IDSelectorAnd(sel, keep[-2])
+                    else:
+                        sel = keep[-1]
             if hnsw:
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or self._ef_search, k))
             else:
@@ -291,7 +308,8 @@ class FilterableFaissStore(FaissMapVectorStore):
             self._skip_tombstones = (faiss.IDSelectorNot(batch), batch)  # the Not only points to the batch: keep both
         return self._skip_tombstones[0]
 
-    def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
             ids = self._ids()
             if (floats := self._float_vectors()) is not None:
@@ -303,6 +321,8 @@ class FilterableFaissStore(FaissMapVectorStore):
                 ])
             if self._tombstones:
                 scores[np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))] = -np.inf
+            if excluded is not None:
+                scores[np.isin(ids, excluded)] = -np.inf
         else:
             allowed = np.sort(allowed)
             ids, scores = allowed, self._vectors_at(self._positions(allowed)) @ vector
@@ -609,9 +629,19 @@ class DenseIndex:
                 return True
         return False
 
-    def live_chunk_ids(self) -> AbstractSet[str]:
-        """Every live chunk id, as a view (not a copy) of the vector store's map."""
-        return self.store._node_id_to_faiss_id_map.keys()
+    @property
+    def live_count(self) -> int:
+        return self.store.live_count
+
+    def faiss_ids(self, chunk_ids: Sequence[str]) -> dict[str, int]:
+        """The FAISS id of each live chunk among `chunk_ids` (ids are stable: a graph rebuild keeps them; a
+        chunk written again gets a new one)."""
+        faiss_id_of = self.store._node_id_to_faiss_id_map
+        return {c: faiss_id_of[c] for c in chunk_ids if c in faiss_id_of}
+
+    def all_faiss_ids(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.store._node_id_to_faiss_id_map)
 
     def shared_chunk_ids(self) -> dict[str, str]:
         """Each live chunk id mapped to the string object the vector store holds for it: other indexes built at
@@ -643,6 +673,7 @@ class DenseIndex:
 
     def search(
         self, query_vector: np.ndarray, k: int, allowed: set[str] | None = None, *, ef_search: int | None = None, exact: bool = False,
+        allowed_ids: np.ndarray | None = None, excluded_ids: np.ndarray | None = None,
     ) -> list[ScoredId]:
         """Top-k chunk ids by cosine. Queries the index's vector store directly: fusion needs ids and scores,
         and a VectorIndexRetriever would also load and deserialize every candidate node from the docstore
@@ -653,7 +684,7 @@ class DenseIndex:
             node_ids=None if allowed is None else list(allowed),
         )
         with self._lock:
-            result = self.store.query(query, ef_search=ef_search, exact=exact)
+            result = self.store.query(query, ef_search=ef_search, exact=exact, allowed_ids=allowed_ids, excluded_ids=excluded_ids)
         return [ScoredId(node_id, rank, score) for rank, (node_id, score) in enumerate(zip(result.ids, result.similarities), start=1)]
 
     def stored_vectors(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:

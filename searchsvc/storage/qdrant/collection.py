@@ -183,6 +183,9 @@ class QdrantCollection:
     def analyze_query(self, query: str) -> list[str]:
         return self.analyzer.analyze(query)
 
+    def term_spans(self, text: str) -> list[tuple[str, int, int]]:
+        return self.analyzer.spans(text)
+
     def may_match(self, filter: Filter | None) -> bool:
         return True  # a filter that matches nothing costs Qdrant one cheap lookup per leg
 
