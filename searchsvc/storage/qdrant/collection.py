@@ -32,6 +32,7 @@ few hundred chunks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import threading
 import uuid
@@ -94,6 +95,8 @@ class QdrantCollection:
         self._ordering = models.WriteOrdering(ordering)  # which replica takes a write first (see config.py)
         embed = None if config.embedding_model == EXTERNAL_MODEL else self.embed_passages
         self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, limits)
+        # text_match terms of metadata strings: a document's chunks repeat its metadata, sources their values.
+        self._value_terms = functools.lru_cache(maxsize=4096)(lambda value: tuple(dict.fromkeys(analyzer.analyze(value))))
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -329,7 +332,7 @@ class QdrantCollection:
         if times := {key: int(value) for kind, key, value in filters.range_values(metadata) if kind == "timestamp"}:
             payload["times"] = times
         if texts := [text_term(key, term) for key, value in metadata.items() if isinstance(value, str)
-                     for term in dict.fromkeys(self.analyzer.analyze(value))]:
+                     for term in self._value_terms(value)]:
             payload["text_terms"] = texts
         return payload
 
