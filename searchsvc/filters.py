@@ -13,7 +13,7 @@ Conditions, with the kinds they compare (types are strict, as in Qdrant: the str
 - range (gt, gte, lt, lte): numbers (integers and floats compared as numbers) or timestamps, never both.
 - exists: the key holds something other than an empty list (false: LlamaIndex's IS_EMPTY).
 - text_match: the key's string value, analyzed by the collection's analyzer, holds every term of the text
-  (strings only, not lists: Korean morphemes, English stems).
+  (strings only, not lists: Korean morphemes, English stems); a text without terms (stopwords) matches nothing.
 
 `matches` is the definition; every index (embedded postings, tantivy, Qdrant) must agree with it, and the tests
 check them against it on the same documents.
@@ -21,7 +21,6 @@ check them against it on the same documents.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import re
 from dataclasses import dataclass
@@ -44,9 +43,6 @@ class Timestamp:
     """A point in time, microseconds since the Unix epoch (UTC)."""
 
     micros: int
-
-    def isoformat(self) -> str:
-        return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=self.micros)).isoformat().replace("+00:00", "Z")
 
 
 Scalar = Union[str, int, float, bool, Timestamp]
@@ -207,7 +203,8 @@ def _holds(c: Condition, metadata: Metadata, analyze: Callable[[str], Iterable[s
         return ((c.gt is None or value > c.gt) and (c.gte is None or value >= c.gte)
                 and (c.lt is None or value < c.lt) and (c.lte is None or value <= c.lte))
     if c.op == "text_match":
-        return isinstance(value, str) and set(analyze(c.text)) <= set(analyze(value))
+        wanted = set(analyze(c.text))
+        return isinstance(value, str) and bool(wanted) and wanted <= set(analyze(value))
     raise ValueError(c.op)
 
 

@@ -9,9 +9,11 @@ service's hybrid search, rerank, cutoff and filters without glue.
 
 Hits become `NodeWithScore`s: the chunk's text, its id, a SOURCE relationship to its document, and metadata
 (the document's, typed: timestamps as timezone-aware datetimes; plus document_id, title, collection and the
-chunk's offsets). A range filter whose value is a string takes it as an ISO 8601 time ("2024-01-01"). LlamaIndex `MetadataFilters` translate one to one into the service's Filter (filters.py):
-AND -> must, OR -> should, NOT -> must_not; EQ, NE, IN, NIN, GT, GTE, LT, LTE, CONTAINS, TEXT_MATCH,
-IS_EMPTY onto eq, ne, any_of, none_of, range, contains, text_match, exists; other operators are refused.
+chunk's offsets). LlamaIndex `MetadataFilters` translate into the service's Filter (filters.py): AND -> must,
+OR -> should, NOT -> must_not; EQ, NE, IN, NIN, GT, GTE, LT, LTE, CONTAINS, TEXT_MATCH, IS_EMPTY onto eq, ne,
+any_of, none_of, range, contains, text_match, exists false. Two differ slightly from LlamaIndex's in-memory
+store: CONTAINS is list membership (not a substring test), and IS_EMPTY does not count "" as empty. A range
+filter whose value is a string takes it as an ISO 8601 time ("2024-01-01"). Other operators are refused.
 """
 
 from __future__ import annotations

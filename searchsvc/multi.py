@@ -3,12 +3,11 @@ embedder, analyzer, legs, rerank and cutoff), and the lists are merged by RRF ov
 mean different things in different collections (another model, another corpus's IDF), ranks do not: NVIDIA's
 RAG blueprint and Elasticsearch's multi-index search merge the same way.
 
-A `CollectionGroup` stands where one collection would (SearchPipeline.search, the answer engine): its name and
-version key the answer cache, and its first collection's embedder ranks sentences for extractive answers."""
+A `CollectionGroup` stands where one collection would (SearchPipeline.search, the answer engine): its name
+("a+b") and version key the answer cache, and its first collection's embedder ranks sentences for extractive answers."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -46,9 +45,9 @@ class CollectionGroup:
 
     @property
     def version(self) -> int:
-        """Changes whenever a member's does (the answer cache keys on it)."""
-        versions = ",".join(f"{m.name}:{m.version}" for m in self.members)
-        return int.from_bytes(hashlib.blake2b(versions.encode(), digest_size=7).digest(), "big")
+        """The members' versions summed: each only grows, so the sum grows with every write to any of them (the
+        answer cache keys on it and drops rows of older versions; a member's deletion drops the group's rows)."""
+        return sum(m.version for m in self.members)
 
     def embed_query(self, query: str) -> np.ndarray:
         return self.members[0].embed_query(query)

@@ -315,3 +315,23 @@ def test_the_dense_leg_on_an_hnsw_graph_with_a_deleted_chunk(stub, exact):
             assert {h.document_id for h in stub.Search(request).hits} == expected(where, "english") - {"b"}, case
     finally:
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def test_a_cached_selection_never_answers_a_filter_that_only_compares_equal():
+    """eq 1 and eq true are equal as Python values ((1,) == (True,)): the recent-selection cache must tell
+    them apart, as the definition does."""
+    from searchsvc.storage.embedded.metadata_index import MetadataIndex
+
+    index = MetadataIndex(str.split)
+    index.add(1, {"x": 1})
+    index.add(2, {"x": True})
+    for value, want in ((1, [1]), (True, [2]), (1, [1])):
+        assert index.select(Filter(must=(C("x", "eq", (value,)),))).ids.tolist() == want
+
+
+def test_text_match_without_terms_matches_nothing(stub, typed_collection):
+    """A text of stopwords only has no terms to hold: no chunk, on every backend (as filters.matches says)."""
+    where = Filter(must=(C("headline", "text_match", text="the of"),))
+    assert expected(where, "english") == set()
+    for mode in (pb.SEARCH_MODE_KEYWORD, pb.SEARCH_MODE_DENSE):
+        assert found(stub, typed_collection, where, mode) == set()

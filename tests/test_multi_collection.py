@@ -66,3 +66,27 @@ def test_unknown_or_too_many_collections(stub, two_languages, request_, code):
     with pytest.raises(grpc.RpcError) as err:
         stub.Search(request_)
     assert err.value.code() == code
+
+
+def test_deleting_a_member_drops_the_groups_cached_answers(stub):
+    """Answers over several collections are cached under the group ("a+b") and the sum of their versions; a
+    member deleted and made again (versions from zero) must not find the old answer."""
+    def make(name, text):
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH)))
+        index(stub, name, [pb.Document(id="d", text=text)])
+
+    def ask():
+        request = pb.AnswerRequest(search=pb.SearchRequest(collections=["group-a", "group-b"], query="What colour is the door?"),
+                                   extractive=True)
+        return stub.Answer(request, timeout=120)
+
+    make("group-a", "The door is painted red.")
+    make("group-b", "The garden has an apple tree.")
+    try:
+        assert "red" in ask().answer
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name="group-a"))
+        make("group-a", "The door is painted green.")
+        assert "green" in ask().answer
+    finally:
+        for name in ("group-a", "group-b"):
+            stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))

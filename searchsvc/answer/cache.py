@@ -95,7 +95,8 @@ class AnswerCache:
 
     def drop_collection(self, collection: str) -> None:
         with self._lock:
-            self._sql("DELETE FROM answers WHERE collection = ?", (collection,))
+            # Also the answers of searches over several collections ("a+b", multi.CollectionGroup) that named it.
+            self._sql("DELETE FROM answers WHERE instr('+' || collection || '+', '+' || ? || '+') > 0", (collection,))
             # Memory entries are keyed by hash only; clearing all is simple and rare (collection deletes).
             self._memory.clear()
 

@@ -68,8 +68,11 @@ class EnglishAnalyzer:
         return [self.analyze(t) for t in texts]
 
     def spans(self, text: str) -> list[Span]:
-        words = [m for m in _WORD.finditer(text.lower()) if m.group() not in self._stopwords]
-        return [(term, m.start(), m.end()) for term, m in zip(self.stem([m.group() for m in words]), words)]
+        # Matched on the text itself, each word lowercased after: lowercasing the whole text first can change its
+        # length (İ becomes two code points) and shift every later span.
+        words = [(m.group().lower(), m) for m in _WORD.finditer(text)]
+        words = [(w, m) for w, m in words if w not in self._stopwords]
+        return [(term, m.start(), m.end()) for term, (_, m) in zip(self.stem([w for w, _ in words]), words)]
 
     def terms(self, words: list[str]) -> list[str]:
         """Lowercased words -> index terms: stopwords dropped, the rest stemmed."""

@@ -368,19 +368,23 @@ class Collection:
             # Every upserted document has at least one chunk (its text is non-empty).
             self._document_count += (record["op"] == "upsert") - bool(old)
             removed += old
-        faiss_ids = self.dense.faiss_ids(removed)
-        for chunk_id, metadata in kvstore.chunk_metadata(removed).items():
-            if chunk_id in faiss_ids:
-                self.metadata.remove(faiss_ids[chunk_id], filters.from_json(metadata))
-        kvstore.delete_chunk_metadata(removed)
-        self.dense.remove(removed)
         vectors = base64.b64decode(record["vectors"]) if chunks else b""
-        if chunks:
-            self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1))
-            kvstore.put_chunk_metadata([(c.id, filters.to_json(c.metadata)) for c in chunks if c.metadata])
-            faiss_ids = self.dense.faiss_ids([c.id for c in chunks])
-            for c in chunks:
-                self.metadata.add(faiss_ids[c.id], c.metadata)
+        # Postings and vectors change under the dense index's lock, which a filtered search holds from selecting
+        # to searching (dense_search): it never sees a chunk in one and not the other.
+        with self.dense.locked():
+            faiss_ids = self.dense.faiss_ids(removed)
+            for chunk_id, metadata in kvstore.chunk_metadata(removed).items():
+                if chunk_id in faiss_ids:
+                    self.metadata.remove(faiss_ids[chunk_id], filters.from_json(metadata))
+            kvstore.delete_chunk_metadata(removed)
+            self.dense.remove(removed, rebuild=False)
+            if chunks:
+                self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1), rebuild=False)
+                kvstore.put_chunk_metadata([(c.id, filters.to_json(c.metadata)) for c in chunks if c.metadata])
+                faiss_ids = self.dense.faiss_ids([c.id for c in chunks])
+                for c in chunks:
+                    self.metadata.add(faiss_ids[c.id], c.metadata)
+        self.dense.maybe_rebuild()
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
         # snapshot holds it, start-up replays it from there (see _checkpoint_locked).
         kvstore.log_dense(record["seq"], removed, [c.id for c in chunks], vectors)
@@ -597,7 +601,10 @@ class Collection:
         return self.keyword.analyzer.spans(text)
 
     def may_match(self, filter: Filter | None) -> bool:
-        return not filter or self.metadata.any_selected(self.metadata.select(filter), self.dense.live_count)
+        if not filter:
+            return True
+        with self.dense.locked():
+            return self.metadata.any_selected(self.metadata.select(filter), self.dense.live_count)
 
     def dense_search(
         self, vector: np.ndarray, k: int, filter: Filter | None = None, *, ef_search: int | None = None,
@@ -607,11 +614,12 @@ class Collection:
         # only the chunks it allows (dense.py).
         if not filter:
             return self.dense.search(vector, k, ef_search=ef_search, exact=exact)
-        selection = self.metadata.select(filter)
-        if not self.metadata.any_selected(selection, self.dense.live_count):
-            return []
-        ids = {"excluded_ids" if selection.complemented else "allowed_ids": selection.ids}
-        return self.dense.search(vector, k, ef_search=ef_search, exact=exact, **ids)
+        with self.dense.locked():  # the selection and the vectors of one moment (see _apply)
+            selection = self.metadata.select(filter)
+            if not self.metadata.any_selected(selection, self.dense.live_count):
+                return []
+            ids = {"excluded_ids" if selection.complemented else "allowed_ids": selection.ids}
+            return self.dense.search(vector, k, ef_search=ef_search, exact=exact, **ids)
 
     def keyword_search(self, terms: Sequence[str], k: int, filter: Filter | None = None) -> list[ScoredId]:
         if filter and any(c.op == "text_match" for c in filter.conditions()):

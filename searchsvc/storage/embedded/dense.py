@@ -16,6 +16,7 @@ import re
 import threading
 import time
 from collections.abc import MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -521,7 +522,7 @@ class DenseIndex:
         index = load_index_from_storage(storage, embed_model=embed_model)
         index.index_struct.nodes_dict = StoreNodeIds(store)  # persisted empty (see _flush)
         dense = cls(index, store, embed_model, spec)
-        dense._maybe_rebuild()  # an "auto" collection that grew past the threshold before HNSW existed
+        dense.maybe_rebuild()  # an "auto" collection that grew past the threshold before HNSW existed
         return dense
 
     @property
@@ -545,7 +546,14 @@ class DenseIndex:
             raise error from exc
 
     # --- writes
-    def add(self, chunks: Sequence[Chunk], embeddings: np.ndarray) -> None:
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the index's lock (re-entrant) across several steps: the collection keeps its metadata postings
+        and the vectors changing together, and a filtered search sees both at one moment."""
+        with self._lock:
+            yield
+
+    def add(self, chunks: Sequence[Chunk], embeddings: np.ndarray, *, rebuild: bool = True) -> None:
         """What VectorStoreIndex.insert_nodes does for a vector store that keeps no text (vectors to the store,
         the node to the index struct and the docstore), with the batch kept whole: upstream copies each node
         and calls the docstore once per node (one SQLite round of reads and writes each), and the vectors go in
@@ -558,7 +566,8 @@ class DenseIndex:
                 struct.add_node(node, text_id=node.id_)
             self.docstore.add_documents(nodes, allow_update=True)
             self.index.storage_context.index_store.add_index_struct(struct)
-        self._maybe_rebuild()
+        if rebuild:
+            self.maybe_rebuild()
 
     def replay(self, removed: Sequence[str], added: Sequence[str], vectors: np.ndarray) -> None:
         """Redo one write's effect on the vectors alone (the docstore already holds it): start-up applying the
@@ -568,15 +577,18 @@ class DenseIndex:
                 self.store.delete_nodes(list(removed))
             if added:
                 self.store.add_vectors(list(added), vectors)
-        self._maybe_rebuild()
+        self.maybe_rebuild()
 
-    def remove(self, chunk_ids: Sequence[str]) -> None:
+    def remove(self, chunk_ids: Sequence[str], *, rebuild: bool = True) -> None:
+        """`rebuild` False: the caller calls maybe_rebuild itself, outside any lock it holds (a rebuild runs
+        outside the index's lock so that searches go on)."""
         if chunk_ids:
             with self._lock:
                 self.index.delete_nodes(list(chunk_ids), delete_from_docstore=True)
-            self._maybe_rebuild()
+            if rebuild:
+                self.maybe_rebuild()
 
-    def _maybe_rebuild(self) -> None:
+    def maybe_rebuild(self) -> None:
         """Build a fresh HNSW graph when an "auto" flat index reaches AUTO_HNSW_MIN_CHUNKS, or when tombstones
         fill COMPACT_AT of a graph. The build runs outside the lock, so searches go on against the old index
         meanwhile; only the writer that triggered it waits (~7k vectors/s on 2 cores)."""
@@ -651,12 +663,6 @@ class DenseIndex:
     def all_faiss_ids(self) -> dict[str, int]:
         with self._lock:
             return dict(self.store._node_id_to_faiss_id_map)
-
-    def shared_chunk_ids(self) -> dict[str, str]:
-        """Each live chunk id mapped to the string object the vector store holds for it: other indexes built at
-        load can keep that object instead of a copy of their own."""
-        with self._lock:
-            return {n: n for n in self.store._node_at if n is not None}
 
     @property
     def document_count(self) -> int:

@@ -16,7 +16,6 @@ that ends as one ("not archived") reaches FAISS as the ids it excludes, never as
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -52,7 +51,7 @@ class MetadataIndex:
         # Recent selections by filter, valid while nothing was written since: the pipeline asks may_match and
         # then the dense leg with one filter, and applications repeat theirs (a tenant, a category).
         self._generation = 0
-        self._recent: OrderedDict[Filter, tuple[int, Selection]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[int, Selection]] = OrderedDict()
         self._terms_of = lru_cache(maxsize=65536)(lambda text: frozenset(analyze(text)))
 
     # --- writes
@@ -94,14 +93,15 @@ class MetadataIndex:
 
     # --- reads
     def select(self, f: Filter) -> Selection:
+        key = repr(f)  # not the Filter itself: (1,) == (True,), and eq 1 must not answer eq true
         with self._lock:
-            recent = self._recent.get(f)
+            recent = self._recent.get(key)
             if recent is not None and recent[0] == self._generation:
-                self._recent.move_to_end(f)
+                self._recent.move_to_end(key)
                 return recent[1]
             ids, complemented = self._filter(f)
             selection = Selection(np.fromiter(ids, dtype=np.int64, count=len(ids)), complemented)  # a copy
-            self._recent[f] = (self._generation, selection)
+            self._recent[key] = (self._generation, selection)
             while len(self._recent) > RECENT_SELECTIONS:
                 self._recent.popitem(last=False)
             return selection
@@ -144,13 +144,13 @@ class MetadataIndex:
         as_float = lambda b: float(b.micros) if isinstance(b, Timestamp) else float(b)  # noqa: E731
         lo, hi = 0, len(values)
         if c.gte is not None:
-            lo = bisect.bisect_left(values, as_float(c.gte))
+            lo = int(np.searchsorted(values, as_float(c.gte), "left"))
         if c.gt is not None:
-            lo = bisect.bisect_right(values, as_float(c.gt))
+            lo = int(np.searchsorted(values, as_float(c.gt), "right"))
         if c.lte is not None:
-            hi = bisect.bisect_right(values, as_float(c.lte))
+            hi = int(np.searchsorted(values, as_float(c.lte), "right"))
         if c.lt is not None:
-            hi = bisect.bisect_left(values, as_float(c.lt))
+            hi = int(np.searchsorted(values, as_float(c.lt), "left"))
         return set(ids[lo:hi].tolist()) if lo < hi else set()
 
     def _text_match(self, c: Condition) -> set[int]:
@@ -163,6 +163,8 @@ class MetadataIndex:
 
     def _text_matching(self, c: Condition) -> list[str]:
         wanted = self._terms_of(c.text)
+        if not wanted:  # a text of stopwords only matches nothing (filters.matches)
+            return []
         return [v for v in self._texts.get(c.key, {}) if wanted <= self._terms_of(v)]
 
 
