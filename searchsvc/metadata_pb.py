@@ -7,6 +7,7 @@ import math
 from searchsvc import filters
 from searchsvc.errors import InvalidArgument
 from searchsvc.filters import Condition, Filter, MetadataValue, Timestamp
+from searchsvc.types import RESERVED_METADATA
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 _MAX_TIMESTAMP_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, protobuf's Timestamp range
@@ -57,6 +58,8 @@ def document_metadata(d: pb.Document, path: str) -> dict[str, MetadataValue]:
             raise InvalidArgument(where, f"key {filters.TYPED_KEY_RULE}")
         if key in merged:
             raise InvalidArgument(where, "the key is also in metadata")
+        if key in RESERVED_METADATA:
+            raise InvalidArgument(where, f"reserved key (the service sets {', '.join(RESERVED_METADATA)})")
         merged[key] = value_from_pb(d.typed_metadata[key], where)
     return merged
 

@@ -263,9 +263,13 @@ class SearchService(pb_grpc.SearchServiceServicer):
             if collection.read_only_reason:
                 await self._set_health(collection.name)
 
-    async def _searched(self, r: pb.SearchRequest):
-        """The collection a search names, or a CollectionGroup when it names several."""
-        names = multi.collection_names(r.collection, r.collections)
+    async def _searched(self, r: pb.SearchRequest, path: str = ""):
+        """The collection a search names, or a CollectionGroup when it names several. `path`: where the
+        SearchRequest sits in the request ("search." in an AnswerRequest), for the field an error names."""
+        try:
+            names = multi.collection_names(r.collection, r.collections)
+        except errors.InvalidArgument as exc:
+            raise errors.InvalidArgument(f"{path}{exc.field}", exc.description) from None
         members = tuple([await self._collection(n) for n in names])
         return members[0] if len(members) == 1 else multi.CollectionGroup(members)
 
@@ -286,7 +290,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     # ----------------------------------------------------------- answers
     async def _answer_args(self, request: pb.AnswerRequest):
-        collection = await self._searched(request.search)
+        collection = await self._searched(request.search, "search.")
         return collection, answer_search_params_from_pb(request, self.settings), generation_params_from_pb(request, self.settings)
 
     @_maps_errors

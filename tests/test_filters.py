@@ -201,15 +201,18 @@ def test_bad_typed_metadata_refuses_that_document_only(stub):
         both.typed_metadata["k"].int_value = 1
         huge = pb.Document(id="huge", text="report")
         huge.typed_metadata["n"].int_value = 2**60
+        reserved = pb.Document(id="reserved", text="report")
+        reserved.typed_metadata["chunk_index"].int_value = 3
         good = pb.Document(id="good", text="report")
         good.typed_metadata["n"].int_value = 7
-        (ack,) = index(stub, name, [nan, dotted, both, huge, good], batch_size=5)
+        (ack,) = index(stub, name, [nan, dotted, both, huge, reserved, good], batch_size=6)
         assert ack.indexed_count == 1
         fields = {e.document_id: e.field for e in ack.errors}
         assert fields == {"nan": "documents[0].typed_metadata['score'].double_value",
                           "dotted": "documents[1].typed_metadata['a.b']",
                           "both": "documents[2].typed_metadata['k']",
-                          "huge": "documents[3].typed_metadata['n'].int_value"}
+                          "huge": "documents[3].typed_metadata['n'].int_value",
+                          "reserved": "documents[4].typed_metadata['chunk_index']"}
 
 
 def test_typed_filters_survive_a_restart_and_a_kill(tmp_path):

@@ -90,3 +90,9 @@ def test_deleting_a_member_drops_the_groups_cached_answers(stub):
     finally:
         for name in ("group-a", "group-b"):
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def test_an_answer_names_the_search_field_it_refuses(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Answer(pb.AnswerRequest(search=pb.SearchRequest(query="x"), extractive=True))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("search.collection")
