@@ -28,7 +28,6 @@ from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from searchsvc.client import open_channel
-from searchsvc.filters import Timestamp
 from searchsvc.metadata_pb import value_to_pb
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -155,8 +154,9 @@ def _clause(f: MetadataFilter | MetadataFilters) -> pb.FilterClause:
 
 def _value(value) -> pb.MetadataValue:
     if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        return value_to_pb(Timestamp(round(aware.timestamp() * 1_000_000)))
+        out = pb.MetadataValue()
+        out.timestamp_value.FromDatetime(value)  # a naive datetime is UTC
+        return out
     if isinstance(value, list):
         value = tuple(value)
     return value_to_pb(value)

@@ -10,8 +10,6 @@ from searchsvc.filters import Condition, Filter, MetadataValue, Timestamp
 from searchsvc.types import RESERVED_METADATA
 from searchsvc.v1 import searchsvc_pb2 as pb
 
-_MAX_TIMESTAMP_SECONDS = 253402300799  # 9999-12-31T23:59:59Z, protobuf's Timestamp range
-
 
 def value_from_pb(v: pb.MetadataValue, path: str) -> MetadataValue:
     kind = v.WhichOneof("kind")
@@ -23,10 +21,10 @@ def value_from_pb(v: pb.MetadataValue, path: str) -> MetadataValue:
     if kind == "int_value" and abs(v.int_value) > filters.MAX_SAFE_INTEGER:
         raise InvalidArgument(f"{path}.int_value", "must be within ±2^53 (integers compare as numbers in ranges)")
     if kind == "timestamp_value":
-        t = v.timestamp_value
-        if not -62135596800 <= t.seconds <= _MAX_TIMESTAMP_SECONDS or not 0 <= t.nanos < 10**9:
-            raise InvalidArgument(f"{path}.timestamp_value", "outside 0001-01-01..9999-12-31")
-        return Timestamp(t.seconds * 1_000_000 + t.nanos // 1000)
+        try:
+            return Timestamp(v.timestamp_value.ToMicroseconds())  # checks protobuf's range
+        except ValueError:
+            raise InvalidArgument(f"{path}.timestamp_value", "outside 0001-01-01..9999-12-31") from None
     if kind == "string_list_value":
         return tuple(v.string_list_value.values)
     return getattr(v, kind)
@@ -43,8 +41,7 @@ def value_to_pb(value: MetadataValue) -> pb.MetadataValue:
         return pb.MetadataValue(double_value=value)
     if isinstance(value, Timestamp):
         out = pb.MetadataValue()
-        out.timestamp_value.seconds, micros = divmod(value.micros, 1_000_000)
-        out.timestamp_value.nanos = micros * 1000
+        out.timestamp_value.FromMicroseconds(value.micros)
         return out
     return pb.MetadataValue(string_list_value=pb.StringList(values=list(value)))
 

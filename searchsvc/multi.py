@@ -15,7 +15,7 @@ import numpy as np
 
 from searchsvc.errors import InvalidArgument
 from searchsvc.storage import CollectionStorage
-from searchsvc.types import Hit, RerankOutcome, SearchResult
+from searchsvc.types import RerankOutcome, SearchResult
 
 MAX_COLLECTIONS = 16
 
@@ -59,14 +59,12 @@ class CollectionGroup:
 def merge(results: Sequence[SearchResult], top_k: int, rrf_k: float) -> SearchResult:
     """The members' results (in member order) as one: hits by RRF over their per-collection ranks (ties: the
     earlier collection), each hit's score replaced by that RRF score; timings and counts summed."""
-    ranked: list[tuple[float, int, int, Hit]] = [
-        (1.0 / (rrf_k + rank), i, rank, hit)
-        for i, result in enumerate(results) for rank, hit in enumerate(result.hits, start=1)
-    ]
-    ranked.sort(key=lambda r: (-r[0], r[2], r[1]))
+    # Each hit is in one list, so its RRF score is 1/(k + its rank): ordering by rank (then list) is ordering by it.
+    ranked = sorted(((rank, i, hit) for i, result in enumerate(results) for rank, hit in enumerate(result.hits, start=1)),
+                    key=lambda r: r[:2])
     hits = []
-    for score, _, _, hit in ranked[:top_k]:
-        hit.score = score
+    for rank, _, hit in ranked[:top_k]:
+        hit.score = 1.0 / (rrf_k + rank)
         hits.append(hit)
     timings: dict[str, float] = {}
     for result in results:

@@ -100,13 +100,15 @@ class SearchPipeline:
 
         dense: list[ScoredId] = []
         keyword: list[ScoredId] = []
+        query_terms: list[str] | None = None
         if may_match:
             if use_dense:
                 with clock.stage("dense"):
                     dense = coll.dense_search(query_vector, p.dense_candidates, filter, ef_search=p.ef_search, exact=p.exact)
             if use_keyword:
                 with clock.stage("keyword"):
-                    keyword = coll.keyword_search(coll.analyze_query(p.query), p.keyword_candidates, filter)
+                    query_terms = coll.analyze_query(p.query)
+                    keyword = coll.keyword_search(query_terms, p.keyword_candidates, filter)
 
         with clock.stage("fuse"):
             fusion, weights = self._fusion(p, language)
@@ -156,7 +158,7 @@ class SearchPipeline:
                 dropped, hits = len(hits) - len(kept), kept
         if p.highlight and p.query.strip():
             with clock.stage("highlight"):
-                terms = coll.analyze_query(p.query)
+                terms = query_terms if query_terms is not None else coll.analyze_query(p.query)  # the keyword leg's
                 for hit in hits:
                     hit.highlight = highlight(hit.text, terms, coll.term_spans)
 

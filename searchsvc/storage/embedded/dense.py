@@ -276,20 +276,16 @@ class FilterableFaissStore(FaissMapVectorStore):
             # the same way).
             scores, ids = self._exact(vector, k, allowed, excluded)
         else:
+            # faiss's Python wrappers keep what each selector points to (its bitmap, Not's and And's inputs).
             sel = None
-            keep = []  # SWIG selectors point to each other without owning: hold them until the search is done
             if allowed is not None:
-                sel = self._bitmap_selector(allowed, keep)
+                sel = self._bitmap_selector(allowed)
             else:
                 if hnsw and self._tombstones:
                     sel = self._tombstone_selector()
                 if excluded is not None:
-                    keep.append(faiss.IDSelectorNot(self._bitmap_selector(excluded, keep)))
-                    if sel is not None:
-                        keep.append(sel)
-                        sel = faiss.IDSelectorAnd(sel, keep[-2])
-                    else:
-                        sel = keep[-1]
+                    outside = faiss.IDSelectorNot(self._bitmap_selector(excluded))
+                    sel = outside if sel is None else faiss.IDSelectorAnd(sel, outside)
             if hnsw:
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or self._ef_search, k))
             else:
@@ -302,15 +298,12 @@ class FilterableFaissStore(FaissMapVectorStore):
         hits = [(s, node_at[r]) for s, r in zip(scores[found].tolist(), rows)]
         return VectorStoreQueryResult(similarities=[s for s, _ in hits], ids=[n for _, n in hits])
 
-    def _bitmap_selector(self, ids: np.ndarray, keep: list) -> Any:
+    def _bitmap_selector(self, ids: np.ndarray) -> Any:
         """FAISS's bitmap id selector: built in ~0.3 ms for 50k of 100k ids, against 6 ms for IDSelectorBatch's
-        hash set (the bitmap and the selector go in `keep`, which must outlive the search)."""
+        hash set."""
         mask = np.zeros(max(self._next_id, 1), dtype=bool)
         mask[ids] = True
-        bitmap = np.packbits(mask, bitorder="little")
-        keep.append(bitmap)
-        keep.append(faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)))  # its size is in bytes
-        return keep[-1]
+        return faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
 
     def _tombstone_selector(self) -> Any:
         if self._skip_tombstones is None:
