@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Sequence
 import grpc
 
 from searchsvc.multi import named_collections
+from searchsvc.snapshots import collection_of
 from searchsvc.log_throttle import LogThrottle
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.wire import Undecodable, handler_kind
@@ -96,7 +97,35 @@ RULES: dict[str, Rule] = {
     "Answer": Rule(Role.READ, lambda r: _searched(r.search), lambda r: _search_overrides_model(r.search)),
     "StreamAnswer": Rule(Role.READ, lambda r: _searched(r.search), lambda r: _search_overrides_model(r.search)),
     "GetAnswerStats": Rule(Role.READ),
+    "GetDocuments": Rule(Role.READ, lambda r: [r.collection]),
+    "ListDocuments": Rule(Role.READ, lambda r: [r.collection]),
+    "CountDocuments": Rule(Role.READ, lambda r: [r.collection]),
+    # Every alias and collection an action names: a key scoped to some must not alias its way to others.
+    "UpdateAliases": Rule(Role.ADMIN, lambda r: [n for a in r.actions for n in _alias_names(a)]),
+    "ListAliases": Rule(Role.READ),  # the response is filtered to the key's aliases
+    # Snapshots hold a collection's whole data: administrators only, checked against the collection a snapshot
+    # name starts with (`<collection>@…`).
+    "CreateSnapshot": Rule(Role.ADMIN, lambda r: [r.collection]),
+    "ListSnapshots": Rule(Role.ADMIN),  # the response is filtered to the key's collections
+    "DeleteSnapshot": Rule(Role.ADMIN, lambda r: [collection_of(r.name)]),
+    "RestoreSnapshot": Rule(Role.ADMIN, lambda r: [collection_of(r.name), r.collection]),
+    "DownloadSnapshot": Rule(Role.ADMIN, lambda r: [collection_of(r.name)]),
+    "UploadSnapshot": Rule(Role.ADMIN, lambda r: [collection_of(r.name)] if r.WhichOneof("part") == "name" else []),
 }
+
+# Listings a key limited to some collections sees only part of: the repeated field, and the name it is checked by.
+LISTINGS: dict[str, tuple[str, Callable[[object], str]]] = {
+    "ListCollections": ("collections", lambda c: c.name),
+    "ListAliases": ("aliases", lambda a: a.alias),
+    "ListSnapshots": ("snapshots", lambda s: s.collection),
+}
+
+
+def _alias_names(action: pb.AliasAction) -> list[str]:
+    kind = action.WhichOneof("action")
+    if kind == "delete":
+        return [action.delete]
+    return [getattr(action, kind).alias, getattr(action, kind).collection] if kind else []
 
 
 class KeyRing:
@@ -151,8 +180,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             rule = Rule(Role.ADMIN)
         if principal.role < rule.role:
             return _refusing(handler, grpc.StatusCode.PERMISSION_DENIED, _denied(principal, method, rule.role))
+        listing = LISTINGS.get(method.removeprefix(SERVICE)) if principal.collections else None
         return _checking(handler, lambda request: _check_request(principal, method, rule, request),
-                         principal if method == SERVICE + "ListCollections" else None)
+                         (lambda item: principal.may_touch(listing[1](item)), listing[0]) if listing else None)
 
 
 def _denied(principal: Principal, method: str, needed: Role, collection: str | None = None) -> str:
@@ -190,9 +220,9 @@ def _refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: st
 
 
 def _checking(handler: grpc.RpcMethodHandler, refusal: Callable[[object], str | None],
-              lister: Principal | None) -> grpc.RpcMethodHandler:
-    """The handler, with each request checked first (every message of a request stream); a ListCollections
-    response is cut to what the key may see."""
+              listing: tuple[Callable[[object], bool], str] | None) -> grpc.RpcMethodHandler:
+    """The handler, with each request checked first (every message of a request stream); a listing's response
+    is cut to what the key may see (`listing`: a test of one item, and the repeated field holding them)."""
     behaviour = getattr(handler, handler_kind(handler))
 
     async def check(request, context) -> None:
@@ -231,9 +261,11 @@ def _checking(handler: grpc.RpcMethodHandler, refusal: Callable[[object], str | 
     async def unary_unary(request, context):
         await check(request, context)
         response = await behaviour(request, context)
-        if lister is not None and lister.collections:
-            kept = [c for c in response.collections if lister.may_touch(c.name)]
-            del response.collections[:]
-            response.collections.extend(kept)
+        if listing is not None:
+            may_see, field = listing
+            items = getattr(response, field)
+            kept = [item for item in items if may_see(item)]
+            del items[:]
+            items.extend(kept)
         return response
     return handler._replace(unary_unary=unary_unary)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
+from searchsvc.aliases import AliasAction, Aliases
 from searchsvc.config import Settings
 from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from searchsvc.files import fsync_dir, remove_tree_atomic
@@ -31,6 +32,8 @@ from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
 from searchsvc.storage.embedded.collection import DOCSTORE_FILE, Collection, validate_config_values
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
+from searchsvc.storage.embedded.snapshot import Manifest
+from searchsvc.storage.embedded.snapshot import extract as extract_snapshot
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 from searchsvc.storage.embedded.wal import WalCorrupt
 from searchsvc.storage.qdrant.errors import qdrant_errors
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from searchsvc.storage.qdrant.collection import QdrantCollection
 
 log = logging.getLogger(__name__)
+ALIASES_FILE = "aliases.json"
 
 
 def _in_qdrant(collection) -> bool:
@@ -54,7 +58,9 @@ class Catalog:
         self._collections: dict[str, Collection] = {}
         self._failed: dict[str, str] = {}  # name -> why it could not be opened
         self._reembedding: set[str] = set()
+        self._restoring: set[str] = set()
         self._lock = threading.Lock()
+        self.aliases = Aliases(self.root / ALIASES_FILE)
         s = settings
         self._limits = DocumentLimits(s.max_document_bytes, s.max_metadata_pairs, s.max_metadata_key_bytes,
                                       s.max_metadata_value_bytes, s.max_metadata_bytes)
@@ -197,6 +203,8 @@ class Catalog:
         self.root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         self._recover_reembeds()
+        for staging in self.root.glob(".restore-*"):  # a restore that a crash interrupted: never opened
+            shutil.rmtree(staging, ignore_errors=True)
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and not path.name.startswith(".") and (path / "collection.json").exists():
                 self._open_or_fail(path)
@@ -214,6 +222,8 @@ class Catalog:
             path = self.root / name
             if name in self._collections or path.exists():
                 raise AlreadyExists(f"collection {name!r} already exists")
+            if target := self.aliases.target(name):
+                raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
             try:
                 self._embedder(config)
             except Exception as exc:
@@ -247,11 +257,14 @@ class Catalog:
             return collection
 
     def loaded(self, name: str) -> Collection | None:
-        """The open collection `name`, or None (then `get` says why, or finds it in Qdrant). Never blocks."""
-        return self._collections.get(name)
+        """The open collection `name` (or that alias `name` names), or None (then `get` says why, or finds it in
+        Qdrant). Never blocks."""
+        return self._collections.get(self.aliases.resolve(name))
 
     def get(self, name: str) -> Collection:
+        """The collection `name`, or the one alias `name` names."""
         validate_collection_name(name, "collection")
+        name = self.aliases.resolve(name)
         collection = self._collections.get(name)
         if collection is None and name not in self._failed and self._uses_qdrant:
             # Created through another server on the same cluster, or not reachable at start.
@@ -290,6 +303,7 @@ class Catalog:
     def failure(self, name: str) -> str:
         """Why `name` could not be opened; "" if it is open. NOT_FOUND if it does not exist at all."""
         validate_collection_name(name, "name")
+        name = self.aliases.resolve(name)
         if name in self._failed:
             return self._failed[name]
         self.get(name)
@@ -300,6 +314,7 @@ class Catalog:
         read-only state after a storage fault, or retries one that failed to open (e.g. after `searchsvc repair`).
         FAILED_PRECONDITION if it still cannot be opened."""
         validate_collection_name(name, "name")
+        name = self.aliases.resolve(name)
         with self._lock:
             collection = self._collections.pop(name, None)
             if collection is None and name not in self._failed:
@@ -325,8 +340,15 @@ class Catalog:
             return reopened
 
     def delete(self, name: str) -> None:
+        """FAILED_PRECONDITION for an alias's name, and for a collection an alias points to."""
         validate_collection_name(name)
+        if target := self.aliases.target(name):
+            raise FailedPrecondition(f"{name!r} is an alias of collection {target!r}: delete the alias (UpdateAliases), "
+                                     "or the collection by its own name")
         with self._lock:
+            if aliases := self.aliases.of(name):
+                raise FailedPrecondition(f"collection {name!r} is named by alias(es) {', '.join(aliases)}: delete or "
+                                         "re-point them first (UpdateAliases)")
             collection = self._collections.pop(name, None)
             if collection is None and self._failed.pop(name, None) is None:
                 raise NotFound(f"collection {name!r} not found")
@@ -349,6 +371,50 @@ class Catalog:
             raise NotFound(f"no collection {name!r} under {self.root}")
         collection = self._collections[name] = self._open(path)
         return collection
+
+    # ------------------------------------------------------------------ aliases (aliases.py)
+    def update_aliases(self, actions: list[AliasAction]) -> dict[str, str]:
+        """Apply alias actions atomically. Collections they name are looked up first (one only in Qdrant may
+        need a call), then checked again under the lock that creates and deletes collections."""
+        for action in actions:
+            if action.collection and not self.aliases.target(action.collection):
+                try:
+                    self.get(action.collection)
+                except (NotFound, FailedPrecondition, InvalidArgument):
+                    pass  # reported by the update, with the action's field path
+        with self._lock:
+            return self.aliases.update(actions, lambda n: n in self._collections or n in self._failed)
+
+    # ------------------------------------------------------------------ snapshots (snapshots.py)
+    def restore(self, path: Path, manifest: Manifest, name: str) -> Collection:
+        """A new embedded collection `name` from the verified snapshot archive at `path`: extracted beside the
+        collections as `.restore-<name>` (ignored, and removed at start), then renamed into place and opened."""
+        validate_collection_name(name, "collection")
+        with self._lock:
+            if name in self._collections or name in self._failed or (self.root / name).exists() or name in self._restoring:
+                raise AlreadyExists(f"collection {name!r} already exists")
+            if target := self.aliases.target(name):
+                raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
+            self._restoring.add(name)
+        staging = self.root / f".restore-{name}"
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            extract_snapshot(path, manifest, staging)
+            with self._lock:
+                os.replace(staging, self.root / name)
+                fsync_dir(self.root)
+                try:
+                    collection = self._collections[name] = self._open(self.root / name)
+                except BaseException:
+                    remove_tree_atomic(self.root / name)
+                    raise
+            log.info("restored collection %s from snapshot %s (seq %d, %d documents)", name, manifest.name,
+                     manifest.sequence, manifest.document_count)
+            return collection
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            with self._lock:
+                self._restoring.discard(name)
 
     # ------------------------------------------------------------------ embedded -> Qdrant
     def move_to_qdrant(self, name: str, target: str = "", *, keep: bool = False, batch: int = 1000) -> "QdrantCollection":
@@ -374,14 +440,18 @@ class Catalog:
                                      hnsw_ef_search=defaults.hnsw_ef_search)
         moved = self._qdrant_collection(target, config, create=True)
         try:
+            def copy(chunks: list) -> None:
+                texts = source.dense.kvstore.document_texts([c.document_id for c in chunks if c.index == 0])
+                moved.import_chunks(chunks, source.dense.store.vectors([c.id for c in chunks]), texts)
+
             pending: list = []
             for chunk in source.dense.stored_chunks():
                 pending.append(chunk)
                 if len(pending) == batch:
-                    moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
+                    copy(pending)
                     pending = []
             if pending:
-                moved.import_chunks(pending, source.dense.store.vectors([c.id for c in pending]))
+                copy(pending)
             if (moved.chunk_count, moved.document_count) != (source.chunk_count, source.document_count):
                 raise FailedPrecondition(
                     f"copied {moved.chunk_count} chunks of {moved.document_count} documents, but {name!r} holds "
@@ -412,6 +482,7 @@ class Catalog:
         if not embedding_model:
             raise InvalidArgument("embedding_model", "must not be empty")
         coll = self.get(name)
+        name = coll.name
         if _in_qdrant(coll):
             raise FailedPrecondition(f"collection {name!r} is stored in Qdrant: re-embedding it is not supported yet; "
                                      "create a new collection and index the documents again")

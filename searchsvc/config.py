@@ -183,6 +183,8 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Model files derived from packaged weights (ONNX and OpenVINO exports, assembled GGUF files), "
         "keyed by weight hash and runtime version, so servers may share one; unset: <index_dir>/models.")
+    snapshot_dir: Path | None = Field(
+        None, description="Where CreateSnapshot writes snapshot archives (and uploads land); unset: <index_dir>/.snapshots.")
     host: str = Field("127.0.0.1", description="Listen address ('[::]' for all interfaces).")
     port: int = Field(50051, ge=0, le=65535, description="Listen port; 0 picks a free one.")
     tls: TlsSettings = Field(default_factory=TlsSettings)
@@ -295,6 +297,10 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         """Models this server owns (trained, re-embedding targets): <index_dir>/models."""
         return Path(self.index_dir) / "models"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return Path(self.snapshot_dir) if self.snapshot_dir else Path(self.index_dir) / ".snapshots"
 
     @property
     def derived_models_dir(self) -> Path:

@@ -36,6 +36,10 @@ class FailedPrecondition(SearchsvcError):
     pass
 
 
+class DataLoss(SearchsvcError):
+    """Stored data is corrupt (a snapshot member failing its checksum): unrecoverable from this copy."""
+
+
 class Unavailable(SearchsvcError):
     """Transient: the caller should retry (e.g. a write that raced a collection's re-embed swap)."""
 

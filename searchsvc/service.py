@@ -16,7 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
-from searchsvc import errors, filters, logs, metadata_pb, metrics, multi, tracing
+from searchsvc import data_pb, documents, errors, filters, logs, metadata_pb, metrics, multi, tracing
 from searchsvc.admission import Deadline, Gate
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
@@ -26,6 +26,7 @@ from searchsvc.ingest.batch import IndexReport
 from searchsvc.config import Settings
 from searchsvc.log_throttle import LogThrottle
 from searchsvc.pipeline import SearchPipeline
+from searchsvc.snapshots import SnapshotStore, validate_snapshot_name
 from searchsvc.files import is_disk_full
 from searchsvc.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams, SearchResult
 from searchsvc.v1 import searchsvc_pb2 as pb
@@ -40,6 +41,7 @@ _CODES = {
     errors.ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     errors.FailedPrecondition: code_pb2.FAILED_PRECONDITION,
     errors.Unavailable: code_pb2.UNAVAILABLE,
+    errors.DataLoss: code_pb2.DATA_LOSS,
     errors.Overloaded: code_pb2.RESOURCE_EXHAUSTED,
     errors.Abandoned: code_pb2.DEADLINE_EXCEEDED,
 }
@@ -147,7 +149,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
         # batches at once, each with a full set of torch threads, oversubscribing the cores; and one thread
         # keeps one OpenMP team warm. Searches keep their own pool, so they never queue behind a batch.
         self.ingest_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-ingest")
-        self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-admin")  # re-embeds
+        self.admin_executor = ThreadPoolExecutor(1, thread_name_prefix="searchsvc-admin")  # re-embeds, snapshots
+        self.snapshots = SnapshotStore(settings.snapshots_dir, catalog.root, settings.min_free_disk_bytes)
+        self.snapshots.clean()  # what a crash left of a snapshot being written or uploaded
         self.health = health
         self.metered = settings.metrics_port is not None  # Prometheus metrics are served
         s = settings
@@ -188,10 +192,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def ReopenCollection(self, request: pb.ReopenCollectionRequest, context) -> pb.Collection:
+        name = self.catalog.aliases.resolve(request.name)
         try:
-            collection = await self._run(self.catalog.reopen, request.name, executor=self.admin_executor)
+            collection = await self._run(self.catalog.reopen, name, executor=self.admin_executor)
         finally:
-            await self._set_health(request.name)
+            await self._set_health(name)
         return await self._run(collection_to_pb, collection)  # counts may be calls to Qdrant
 
     async def _set_health(self, name: str) -> None:
@@ -218,7 +223,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         # On its own thread: neither the search pool's threads nor the ingest thread (writes go on meanwhile).
         collection = await self._run(self.catalog.reembed, request.name, request.embedding_model, executor=self.admin_executor)
         if self.answers is not None and self.answers.cache is not None:
-            self.answers.cache.drop_collection(request.name)
+            self.answers.cache.drop_collection(collection.name)
         return await self._run(collection_to_pb, collection)  # counts may be calls to Qdrant
 
     # ----------------------------------------------------------- documents
@@ -270,8 +275,121 @@ class SearchService(pb_grpc.SearchServiceServicer):
             names = multi.collection_names(r.collection, r.collections)
         except errors.InvalidArgument as exc:
             raise errors.InvalidArgument(f"{path}{exc.field}", exc.description) from None
-        members = tuple([await self._collection(n) for n in names])
-        return members[0] if len(members) == 1 else multi.CollectionGroup(members)
+        members = {}
+        for n in names:  # two names may be one collection (an alias and its target): searched once
+            collection = await self._collection(n)
+            members.setdefault(collection.name, collection)
+        found = tuple(members.values())
+        return found[0] if len(found) == 1 else multi.CollectionGroup(found)
+
+    # ----------------------------------------------------------- reading documents
+    @_maps_errors
+    async def GetDocuments(self, request: pb.GetDocumentsRequest, context) -> pb.GetDocumentsResponse:
+        collection = await self._collection(request.collection)
+        ids = documents.check_ids(request.ids)
+        view = data_pb.view_from_pb(request.view, documents.DocumentView.FULL)
+        found = await self._run(collection.get_documents, ids, view)
+        return data_pb.get_documents_response(list(request.ids), found, view, self.settings.max_response_bytes)
+
+    @_maps_errors
+    async def ListDocuments(self, request: pb.ListDocumentsRequest, context) -> pb.ListDocumentsResponse:
+        collection = await self._collection(request.collection)
+        where = request_filter(request)
+        size = documents.check_page_size(request.page_size)
+        after = documents.position_of(request.page_token, collection.name, where)
+        view = data_pb.view_from_pb(request.view, documents.DocumentView.BASIC)
+
+        def page() -> pb.ListDocumentsResponse:
+            ids, position = collection.list_documents(where, after, size)
+            response = pb.ListDocumentsResponse()
+            handled = data_pb.documents_to_pb(ids, collection.get_documents(ids, view), view,
+                                              self.settings.max_response_bytes, response)
+            if handled == 0 and ids:
+                raise errors.ResourceExhausted("one document exceeds the response size limit: list with view BASIC, "
+                                               "then GetDocuments one id at a time")
+            if handled < len(ids):  # the page ends where the size limit cut it: continue from there
+                _, position = collection.list_documents(where, after, handled)
+            response.next_page_token = documents.page_token(collection.name, where, position)
+            return response
+
+        return await self._run(page)
+
+    @_maps_errors
+    async def CountDocuments(self, request: pb.CountDocumentsRequest, context) -> pb.CountDocumentsResponse:
+        collection = await self._collection(request.collection)
+        where = request_filter(request)
+        return pb.CountDocumentsResponse(count=await self._run(collection.count_documents, where))
+
+    # ----------------------------------------------------------- aliases
+    @_maps_errors
+    async def UpdateAliases(self, request: pb.UpdateAliasesRequest, context) -> pb.UpdateAliasesResponse:
+        actions = data_pb.alias_actions_from_pb(request.actions)
+        aliases = await self._run(self.catalog.update_aliases, actions, executor=self.admin_executor)
+        return pb.UpdateAliasesResponse(aliases=data_pb.aliases_to_pb(aliases))
+
+    @_maps_errors
+    async def ListAliases(self, request: pb.ListAliasesRequest, context) -> pb.ListAliasesResponse:
+        aliases = self.catalog.aliases.all()
+        if request.collection:
+            aliases = {a: c for a, c in aliases.items() if c == request.collection}
+        return pb.ListAliasesResponse(aliases=data_pb.aliases_to_pb(aliases))
+
+    # ----------------------------------------------------------- snapshots
+    @_maps_errors
+    async def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context) -> pb.Snapshot:
+        collection = await self._collection(request.collection)
+        info = await self._run(self.snapshots.create, collection, executor=self.admin_executor)
+        return data_pb.snapshot_to_pb(info)
+
+    @_maps_errors
+    async def ListSnapshots(self, request: pb.ListSnapshotsRequest, context) -> pb.ListSnapshotsResponse:
+        collection = self.catalog.aliases.resolve(request.collection) if request.collection else ""
+        found = await self._run(self.snapshots.list, collection)
+        return pb.ListSnapshotsResponse(snapshots=[data_pb.snapshot_to_pb(s) for s in found])
+
+    @_maps_errors
+    async def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context) -> pb.DeleteSnapshotResponse:
+        await self._run(self.snapshots.delete, request.name)
+        return pb.DeleteSnapshotResponse()
+
+    @_maps_errors
+    async def RestoreSnapshot(self, request: pb.RestoreSnapshotRequest, context) -> pb.Collection:
+        validate_snapshot_name(request.name)
+
+        def restore():
+            manifest = self.snapshots.verify(request.name)  # every checksum, before anything is written
+            return self.catalog.restore(self.snapshots.path(request.name), manifest, request.collection)
+
+        collection = await self._run(restore, executor=self.admin_executor)
+        await self._set_health(collection.name)
+        return await self._run(collection_to_pb, collection)
+
+    @_maps_errors
+    async def DownloadSnapshot(self, request: pb.DownloadSnapshotRequest, context):
+        blocks = self.snapshots.read(request.name)
+        try:
+            while block := await self._run(next, blocks, b""):
+                yield pb.SnapshotData(data=block)
+        finally:
+            blocks.close()
+
+    @_maps_errors
+    async def UploadSnapshot(self, request_iterator, context) -> pb.Snapshot:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "name":
+            raise errors.InvalidArgument("name", "the first message must name the snapshot")
+        name = validate_snapshot_name(first.name)
+        tmp = self.snapshots.upload_path(name)
+        try:
+            with open(tmp, "wb") as out:  # one message at a time: gRPC flow control holds a fast sender back
+                async for request in request_iterator:
+                    if request.WhichOneof("part") != "data":
+                        raise errors.InvalidArgument("data", "only the first message names the snapshot; the others carry data")
+                    await self._run(out.write, request.data)
+            info = await self._run(self.snapshots.accept, name, tmp, executor=self.admin_executor)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return data_pb.snapshot_to_pb(info)
 
     # ----------------------------------------------------------- search
     @_maps_errors
@@ -342,24 +460,9 @@ def collection_health_name(name: str) -> str:
 
 
 def collection_to_pb(c: Collection) -> pb.Collection:
-    cfg = c.config
     return pb.Collection(
         name=c.name,
-        config=pb.CollectionConfig(
-            embedding_model=cfg.embedding_model,
-            analyzer=cfg.analyzer,
-            chunk_size=cfg.chunk_size,
-            chunk_overlap=cfg.chunk_overlap,
-            reranker_model=cfg.reranker_model,
-            refresh_interval_ms=cfg.refresh_interval_ms,
-            language=cfg.language,
-            dimension=cfg.dimension,
-            dense_index=pb.DenseIndexConfig(
-                kind=cfg.dense_index, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search,
-                quantization=cfg.dense_quantization,
-            ),
-            backend=cfg.backend,
-        ),
+        config=data_pb.config_to_pb(c.config),
         document_count=c.document_count,
         chunk_count=c.chunk_count,
         dimension=c.dimension,

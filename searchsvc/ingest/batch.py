@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from searchsvc.documents import texts_to_store
 from searchsvc.errors import InvalidArgument
 from searchsvc.filters import Metadata, MetadataValue
 from searchsvc.ingest.chunking import Chunker
@@ -38,6 +39,7 @@ class PreparedBatch:
     chunks: list[Chunk]
     vectors: np.ndarray  # (len(chunks), dimension) float32 unit vectors, row i for chunks[i]
     errors: list[DocumentError]
+    texts: dict[str, str] = field(default_factory=dict)  # the texts their chunks do not reproduce (documents.py)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class BatchPreparer:
             whole = [Chunk(f"{d.id}#0", d.id, 0, d.text, d.title, dict(d.metadata), 0, len(d.text)) for d in valid if d.id in given]
             chunks += whole
             vectors = np.concatenate([vectors.reshape(-1, self.dimension), np.stack([given[c.document_id] for c in whole])])
-        return PreparedBatch([d.id for d in valid], chunks, np.asarray(vectors, dtype=np.float32), errors)
+        ids = [d.id for d in valid]
+        texts = texts_to_store(ids, {d.id: d.text for d in valid}, chunks)
+        return PreparedBatch(ids, chunks, np.asarray(vectors, dtype=np.float32), errors, texts)
 
     def _validate(self, docs: Sequence[Document]) -> tuple[list[Document], dict[str, np.ndarray], list[DocumentError]]:
         """The valid documents, the unit vectors of those that brought one (by document id), and the errors."""

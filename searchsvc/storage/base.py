@@ -14,12 +14,15 @@ english chain), fusion and what follows it. A backend answers the two legs and s
   score fusion need it for keyword-only hits);
 - `vectors`: the stored unit vectors themselves (MMR compares hits with each other);
 - `get_chunks`: the stored chunks themselves (text, title, document id, offsets, user metadata);
-- `term_spans`: the collection's analyzer on a stored text, with each term's surface range (highlights).
+- `term_spans`: the collection's analyzer on a stored text, with each term's surface range (highlights);
+- `get_documents`, `list_documents`, `count_documents`: whole documents (documents.py), read by id, listed in
+  the backend's stable order from a position, counted; a filter selects a document when its metadata (every
+  chunk's) matches.
 
 Ids a leg returns may be deleted before `get_chunks`, `similarities` or `vectors` reads them: they skip them silently.
 
 Writes arrive prepared (ingest/batch.py: checked, chunked, embedded): `upsert` replaces whole documents by their
-chunks and vectors, `delete_documents` removes documents. Both return only once the change is durable: an acked
+chunks and vectors (and stores the texts their chunks do not reproduce), `delete_documents` removes documents. Both return only once the change is durable: an acked
 write survives the process dying at any moment after.
 """
 
@@ -29,6 +32,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from searchsvc.documents import DocumentView, StoredDocument
 from searchsvc.filters import Filter
 from searchsvc.types import Chunk, CollectionConfig, ScoredId
 
@@ -83,9 +87,22 @@ class CollectionStorage(Protocol):
 
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]: ...
 
-    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
-        """Each of `document_ids` becomes exactly its chunks in `chunks` (row i of `vectors` for chunks[i]).
-        Returns how many of those documents existed before."""
+    def get_documents(self, document_ids: Sequence[str], view: DocumentView) -> dict[str, StoredDocument]:
+        """The stored documents among `document_ids`."""
+        ...
+
+    def list_documents(self, filter: MetadataFilter | None, after: str, limit: int) -> tuple[list[str], str]:
+        """Up to `limit` document ids past position `after` ("": from the start) in the backend's stable order,
+        and the position of the last one examined ("": the end was reached). Fewer than `limit` ids with a
+        position: the backend stopped early to bound the call's work; the caller continues from there."""
+        ...
+
+    def count_documents(self, filter: MetadataFilter | None) -> int: ...
+
+    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray,
+               texts: dict[str, str] | None = None) -> int:
+        """Each of `document_ids` becomes exactly its chunks in `chunks` (row i of `vectors` for chunks[i]), with
+        its text in `texts` when its chunks do not reproduce it. Returns how many of those documents existed."""
         ...
 
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:

@@ -46,6 +46,13 @@ class GuardrailStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GUARDRAIL_STATUS_ALLOWED: _ClassVar[GuardrailStatus]
     GUARDRAIL_STATUS_MODIFIED: _ClassVar[GuardrailStatus]
     GUARDRAIL_STATUS_BLOCKED: _ClassVar[GuardrailStatus]
+
+class DocumentView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DOCUMENT_VIEW_UNSPECIFIED: _ClassVar[DocumentView]
+    DOCUMENT_VIEW_BASIC: _ClassVar[DocumentView]
+    DOCUMENT_VIEW_FULL: _ClassVar[DocumentView]
+    DOCUMENT_VIEW_FULL_WITH_VECTORS: _ClassVar[DocumentView]
 COLLECTION_STATE_UNSPECIFIED: CollectionState
 COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_READ_ONLY: CollectionState
@@ -68,6 +75,10 @@ GUARDRAIL_STATUS_UNSPECIFIED: GuardrailStatus
 GUARDRAIL_STATUS_ALLOWED: GuardrailStatus
 GUARDRAIL_STATUS_MODIFIED: GuardrailStatus
 GUARDRAIL_STATUS_BLOCKED: GuardrailStatus
+DOCUMENT_VIEW_UNSPECIFIED: DocumentView
+DOCUMENT_VIEW_BASIC: DocumentView
+DOCUMENT_VIEW_FULL: DocumentView
+DOCUMENT_VIEW_FULL_WITH_VECTORS: DocumentView
 
 class CollectionConfig(_message.Message):
     __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension", "dense_index", "backend")
@@ -700,3 +711,241 @@ class AnswerStats(_message.Message):
     cache_hits: int
     cache_misses: int
     def __init__(self, answers_by_kind: _Optional[_Mapping[str, int]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
+
+class StoredDocument(_message.Message):
+    __slots__ = ("id", "text", "title", "metadata", "typed_metadata", "chunks")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetadataValue, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    title: str
+    metadata: _containers.ScalarMap[str, str]
+    typed_metadata: _containers.MessageMap[str, MetadataValue]
+    chunks: _containers.RepeatedCompositeFieldContainer[StoredChunk]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ..., chunks: _Optional[_Iterable[_Union[StoredChunk, _Mapping]]] = ...) -> None: ...
+
+class StoredChunk(_message.Message):
+    __slots__ = ("id", "index", "start_char", "end_char", "vector")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_CHAR_FIELD_NUMBER: _ClassVar[int]
+    END_CHAR_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    index: int
+    start_char: int
+    end_char: int
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., start_char: _Optional[int] = ..., end_char: _Optional[int] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "view")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    view: DocumentView
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., view: _Optional[_Union[DocumentView, str]] = ...) -> None: ...
+
+class GetDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "not_found_ids")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_IDS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[StoredDocument]
+    not_found_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., not_found_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "where", "filter", "page_size", "page_token", "view")
+    class FilterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    where: Filter
+    filter: _containers.ScalarMap[str, str]
+    page_size: int
+    page_token: str
+    view: DocumentView
+    def __init__(self, collection: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., filter: _Optional[_Mapping[str, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., view: _Optional[_Union[DocumentView, str]] = ...) -> None: ...
+
+class ListDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "next_page_token")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[StoredDocument]
+    next_page_token: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[StoredDocument, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CountDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "where", "filter")
+    class FilterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    where: Filter
+    filter: _containers.ScalarMap[str, str]
+    def __init__(self, collection: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CountDocumentsResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class Alias(_message.Message):
+    __slots__ = ("alias", "collection")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    collection: str
+    def __init__(self, alias: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class AliasAction(_message.Message):
+    __slots__ = ("create", "delete", "repoint")
+    CREATE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    REPOINT_FIELD_NUMBER: _ClassVar[int]
+    create: Alias
+    delete: str
+    repoint: Alias
+    def __init__(self, create: _Optional[_Union[Alias, _Mapping]] = ..., delete: _Optional[str] = ..., repoint: _Optional[_Union[Alias, _Mapping]] = ...) -> None: ...
+
+class UpdateAliasesRequest(_message.Message):
+    __slots__ = ("actions",)
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedCompositeFieldContainer[AliasAction]
+    def __init__(self, actions: _Optional[_Iterable[_Union[AliasAction, _Mapping]]] = ...) -> None: ...
+
+class UpdateAliasesResponse(_message.Message):
+    __slots__ = ("aliases",)
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    aliases: _containers.RepeatedCompositeFieldContainer[Alias]
+    def __init__(self, aliases: _Optional[_Iterable[_Union[Alias, _Mapping]]] = ...) -> None: ...
+
+class ListAliasesRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ListAliasesResponse(_message.Message):
+    __slots__ = ("aliases",)
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    aliases: _containers.RepeatedCompositeFieldContainer[Alias]
+    def __init__(self, aliases: _Optional[_Iterable[_Union[Alias, _Mapping]]] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("name", "collection", "size_bytes", "create_time", "sequence", "format_version", "document_count", "chunk_count", "sha256", "config")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    collection: str
+    size_bytes: int
+    create_time: _timestamp_pb2.Timestamp
+    sequence: int
+    format_version: int
+    document_count: int
+    chunk_count: int
+    sha256: str
+    config: CollectionConfig
+    def __init__(self, name: _Optional[str] = ..., collection: _Optional[str] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., format_version: _Optional[int] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., sha256: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ...) -> None: ...
+
+class CreateSnapshotRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ListSnapshotsRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ListSnapshotsResponse(_message.Message):
+    __slots__ = ("snapshots",)
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    snapshots: _containers.RepeatedCompositeFieldContainer[Snapshot]
+    def __init__(self, snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ...) -> None: ...
+
+class DeleteSnapshotRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteSnapshotResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RestoreSnapshotRequest(_message.Message):
+    __slots__ = ("name", "collection")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    collection: str
+    def __init__(self, name: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class DownloadSnapshotRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SnapshotData(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class UploadSnapshotRequest(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -95,6 +95,61 @@ class SearchServiceStub:
                 request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetAnswerStatsRequest.SerializeToString,
                 response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerStats.FromString,
                 _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/searchsvc.v1.SearchService/GetDocuments',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetDocumentsResponse.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/searchsvc.v1.SearchService/ListDocuments',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
+        self.CountDocuments = channel.unary_unary(
+                '/searchsvc.v1.SearchService/CountDocuments',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.CountDocumentsRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.CountDocumentsResponse.FromString,
+                _registered_method=True)
+        self.UpdateAliases = channel.unary_unary(
+                '/searchsvc.v1.SearchService/UpdateAliases',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.UpdateAliasesRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.UpdateAliasesResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/searchsvc.v1.SearchService/ListAliases',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
+        self.CreateSnapshot = channel.unary_unary(
+                '/searchsvc.v1.SearchService/CreateSnapshot',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/searchsvc.v1.SearchService/ListSnapshots',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/searchsvc.v1.SearchService/DeleteSnapshot',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
+        self.RestoreSnapshot = channel.unary_unary(
+                '/searchsvc.v1.SearchService/RestoreSnapshot',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.RestoreSnapshotRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
+                _registered_method=True)
+        self.DownloadSnapshot = channel.unary_stream(
+                '/searchsvc.v1.SearchService/DownloadSnapshot',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.DownloadSnapshotRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.SnapshotData.FromString,
+                _registered_method=True)
+        self.UploadSnapshot = channel.stream_unary(
+                '/searchsvc.v1.SearchService/UploadSnapshot',
+                request_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.UploadSnapshotRequest.SerializeToString,
+                response_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.Snapshot.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -207,6 +262,98 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocuments(self, request, context):
+        """Reads documents back by id: text, title, metadata and chunks (FULL view by default). Ids not stored are
+        listed in not_found_ids. INVALID_ARGUMENT for more than 1,000 ids; RESOURCE_EXHAUSTED when the documents
+        would not fit in one response (ask for fewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists documents, optionally filtered, in a stable order (by document id on the embedded backend, by point
+        id on Qdrant), one page at a time (BASIC view by default). A page token stays valid while writes continue:
+        a document present from the first page to the last is listed exactly once; one added or deleted meanwhile
+        may or may not be. A page may hold fewer than page_size documents without being the last; the last page has
+        an empty next_page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountDocuments(self, request, context):
+        """Counts documents, optionally filtered (a document matches when its metadata does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAliases(self, request, context):
+        """Applies alias actions atomically: all of them, or none (the first failing action's error). An alias is a
+        second name of one collection that every RPC naming a collection accepts, except CreateCollection and
+        DeleteCollection. Re-pointing an alias swaps what its callers search in one step (zero-downtime reindex).
+        Aliases are stored durably under the index dir. Returns every alias after the change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Lists aliases, sorted by alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSnapshot(self, request, context):
+        """Writes a snapshot of an embedded collection: one archive holding its config, data files and a manifest
+        (format version, the write sequence it holds, sizes and sha256 of every member). Consistent while writes
+        go on: it holds exactly the writes acknowledged before `Snapshot.sequence`. FAILED_PRECONDITION for a
+        collection stored in Qdrant (use Qdrant's snapshots, or `searchsvc export`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Lists the server's snapshots, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Deletes a snapshot. NOT_FOUND if there is none of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSnapshot(self, request, context):
+        """Restores a snapshot as a new collection. Every member's checksum is verified before anything is written:
+        DATA_LOSS names the first member that fails. FAILED_PRECONDITION for a snapshot of a newer format;
+        ALREADY_EXISTS if the name is taken by a collection or an alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadSnapshot(self, request, context):
+        """Streams a snapshot's archive, to move it to another machine (`searchsvc snapshots download`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadSnapshot(self, request_iterator, context):
+        """Stores an uploaded archive as a snapshot of this server after verifying it (as RestoreSnapshot does).
+        The first message names it; the following ones carry its bytes in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +416,61 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetAnswerStats,
                     request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetAnswerStatsRequest.FromString,
                     response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.AnswerStats.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetDocumentsRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.GetDocumentsResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'CountDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountDocuments,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.CountDocumentsRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.CountDocumentsResponse.SerializeToString,
+            ),
+            'UpdateAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAliases,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.UpdateAliasesRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.UpdateAliasesResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListAliasesRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.Snapshot.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'RestoreSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSnapshot,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.RestoreSnapshotRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.Collection.SerializeToString,
+            ),
+            'DownloadSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadSnapshot,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.DownloadSnapshotRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.SnapshotData.SerializeToString,
+            ),
+            'UploadSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadSnapshot,
+                    request_deserializer=searchsvc_dot_v1_dot_searchsvc__pb2.UploadSnapshotRequest.FromString,
+                    response_serializer=searchsvc_dot_v1_dot_searchsvc__pb2.Snapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -596,6 +798,303 @@ class SearchService:
             '/searchsvc.v1.SearchService/GetAnswerStats',
             searchsvc_dot_v1_dot_searchsvc__pb2.GetAnswerStatsRequest.SerializeToString,
             searchsvc_dot_v1_dot_searchsvc__pb2.AnswerStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/GetDocuments',
+            searchsvc_dot_v1_dot_searchsvc__pb2.GetDocumentsRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.GetDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/ListDocuments',
+            searchsvc_dot_v1_dot_searchsvc__pb2.ListDocumentsRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/CountDocuments',
+            searchsvc_dot_v1_dot_searchsvc__pb2.CountDocumentsRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.CountDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/UpdateAliases',
+            searchsvc_dot_v1_dot_searchsvc__pb2.UpdateAliasesRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.UpdateAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/ListAliases',
+            searchsvc_dot_v1_dot_searchsvc__pb2.ListAliasesRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/CreateSnapshot',
+            searchsvc_dot_v1_dot_searchsvc__pb2.CreateSnapshotRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/ListSnapshots',
+            searchsvc_dot_v1_dot_searchsvc__pb2.ListSnapshotsRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/DeleteSnapshot',
+            searchsvc_dot_v1_dot_searchsvc__pb2.DeleteSnapshotRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/RestoreSnapshot',
+            searchsvc_dot_v1_dot_searchsvc__pb2.RestoreSnapshotRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.Collection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/searchsvc.v1.SearchService/DownloadSnapshot',
+            searchsvc_dot_v1_dot_searchsvc__pb2.DownloadSnapshotRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.SnapshotData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/searchsvc.v1.SearchService/UploadSnapshot',
+            searchsvc_dot_v1_dot_searchsvc__pb2.UploadSnapshotRequest.SerializeToString,
+            searchsvc_dot_v1_dot_searchsvc__pb2.Snapshot.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,9 +27,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import errno
+import itertools
 import json
 import logging
+import os
 import shutil
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -40,6 +43,7 @@ import numpy as np
 
 from searchsvc import filters
 from searchsvc.filters import Filter
+from searchsvc.documents import DocumentView, StoredDocument, document_from_chunks
 from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
 from searchsvc.files import (
     FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
@@ -50,6 +54,7 @@ from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
 from searchsvc.storage.embedded.metadata_index import MetadataIndex
+from searchsvc.storage.embedded.snapshot import PinnedCheckpoint
 from searchsvc.storage.embedded.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
 from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.storage.embedded.wal import WalFailed, WriteAheadLog, iter_records
@@ -70,6 +75,9 @@ CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keep
 # start-up replays. Replaying an add is an HNSW insert (~3k/s on 2 cores at 1M chunks): this bounds a replay
 # after kill -9 to ~7 s. A removal only marks a tombstone.
 DENSE_SNAPSHOT_CHANGES = 20_000
+# A filtered ListDocuments call examines at most this many documents, then returns a short page with a token
+# to go on from (AIP-158 allows a short page): a selective filter must not make one call scan the collection.
+LIST_SCAN_LIMIT = 50_000
 KEYWORD_HEAL_INTERVAL_S = 1.0  # a failed keyword writer is replaced by the next write, at most this often
 
 
@@ -272,6 +280,9 @@ class Collection:
                 done.update({c.id: (c.indexed_text, v) for c, v in zip(late, vectors)})
             if chunks:
                 dense.add(chunks, np.stack([done[c.id][1] for c in chunks]))
+            texts = self.dense.kvstore.all_document_texts()
+            while part := dict(itertools.islice(texts, 2000)):
+                dense.kvstore.put_document_texts(part)
             Collection.write_config(target, config)
             name = f"snap-{self._seq + 1:012d}"
             dense.persist(target / name)
@@ -281,6 +292,30 @@ class Collection:
             dense.kvstore.close()  # before the directory is renamed under it
             write_text_atomic(target / "CURRENT", name)  # last: a staging dir with CURRENT is complete
             yield self
+
+    def pin_checkpoint(self, staging: Path) -> PinnedCheckpoint:
+        """A checkpoint at the current write sequence, held for a snapshot archive (storage/embedded/snapshot.py):
+        under the write lock, checkpoint, hard-link the FAISS snapshot and the keyword index's files of it into
+        `staging` (a new directory on this filesystem), and open a read transaction on the docstore, which sees
+        that commit until it ends. Writes wait only for this, not for the archive."""
+        with self._write_lock:
+            self.check_writable()
+            try:
+                self._checkpoint_locked()
+                name = self.dense.kvstore.committed["snapshot"]
+                staging.mkdir(parents=True)
+                shutil.copyfile(self.path / "collection.json", staging / "collection.json")
+                (staging / name).mkdir()
+                for f in (self.path / name).iterdir():
+                    os.link(f, staging / name / f.name)
+                self.keyword.link_committed(staging / KEYWORD_DIR)
+                docstore = sqlite3.connect(f"{(self.path / DOCSTORE_FILE).as_uri()}?mode=ro", uri=True, check_same_thread=False)
+                docstore.execute("BEGIN")
+                docstore.execute("SELECT count(*) FROM meta").fetchone()  # the read transaction starts here
+            except OSError as exc:
+                raise self._storage_error(exc, "pin a checkpoint for a snapshot") from None
+            return PinnedCheckpoint(staging, docstore, self._seq, name, self.document_count, self.chunk_count,
+                                    dataclasses.asdict(self.config))
 
     def retire(self, reason: str) -> None:
         """Close without a checkpoint (the caller holds the write lock): later writes get UNAVAILABLE."""
@@ -295,19 +330,22 @@ class Collection:
         self.check_free_space()  # before any work: refused up front, like Elasticsearch's flood stage
         batch = self.ingest.prepare(docs)  # no lock held: chunking and embedding are most of a batch's time
         prepared = time.perf_counter()
-        replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors)
+        replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors, batch.texts)
         log.debug(
             "%s: batch of %d docs / %d chunks: chunk and embed %.0f ms, commit %.0f ms",
             self.name, len(docs), len(batch.chunks), (prepared - started) * 1000, (time.perf_counter() - prepared) * 1000,
         )
         return IndexReport(len(batch.document_ids), replaced, len(batch.chunks), batch.errors)
 
-    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
-        """Replace each document in `document_ids` by its `chunks` (vectors row for row), durably: returns after
-        the WAL holds the batch (fsynced). Returns how many of the documents existed before."""
+    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray,
+               texts: dict[str, str] | None = None) -> int:
+        """Replace each document in `document_ids` by its `chunks` (vectors row for row) and its text in `texts`
+        (those the chunks do not reproduce), durably: returns after the WAL holds the batch (fsynced). Returns
+        how many of the documents existed before."""
         record = {
             "op": "upsert",
             "documents": list(document_ids),
+            "texts": texts or {},
             # vars, not dataclasses.asdict: the same dict at 1/30 of the cost
             "chunks": [{**vars(c), "metadata": filters.to_json(c.metadata)} for c in chunks],
             "vectors": base64.b64encode(np.asarray(vectors, dtype=np.float32).tobytes()).decode("ascii"),
@@ -362,12 +400,17 @@ class Collection:
             return existed
         kvstore = self.dense.kvstore
         removed: list[str] = []
+        replaced: list[str] = []
         for doc_id in record["documents"]:
             old = self.dense.chunk_ids_of(doc_id)
             existed += bool(old)
             # Every upserted document has at least one chunk (its text is non-empty).
             self._document_count += (record["op"] == "upsert") - bool(old)
             removed += old
+            if old:
+                replaced.append(doc_id)
+        kvstore.delete_document_texts(replaced)
+        kvstore.put_document_texts(record.get("texts", {}))  # records from before texts were stored have none
         vectors = base64.b64decode(record["vectors"]) if chunks else b""
         # Postings and vectors change under the dense index's lock, which a filtered search holds from selecting
         # to searching (dense_search): it never sees a chunk in one and not the other.
@@ -645,6 +688,58 @@ class Collection:
 
     def get_chunks(self, chunk_ids: Sequence[str]) -> dict[str, Chunk]:
         return self.dense.get_chunks(chunk_ids)
+
+    # ------------------------------------------------------------------ documents (documents.py)
+    def get_documents(self, document_ids: Sequence[str], view: DocumentView) -> dict[str, StoredDocument]:
+        chunk_ids = {d: self.dense.chunk_ids_of(d) for d in document_ids}
+        chunks = self.dense.get_chunks([c for ids in chunk_ids.values() for c in ids])
+        full = view is not DocumentView.BASIC
+        texts = self.dense.kvstore.document_texts(list(chunk_ids)) if full else {}
+        found = {}
+        for doc_id, ids in chunk_ids.items():
+            mine = [chunks[c] for c in ids if c in chunks]  # a write may have replaced some since: skip the gone
+            if mine:
+                found[doc_id] = document_from_chunks(doc_id, mine, texts.get(doc_id) if full else "")
+        if view is DocumentView.FULL_WITH_VECTORS:
+            vectors = self.dense.stored_vectors([c.id for d in found.values() for c in d.chunks])
+            for d in found.values():
+                d.vectors = {c.id: vectors[c.id] for c in d.chunks if c.id in vectors}
+        return found
+
+    def list_documents(self, filter: Filter | None, after: str, limit: int) -> tuple[list[str], str]:
+        """In document id order. With a filter, each document's first chunk is tested against the filter's
+        selection (metadata is the document's, on every chunk), scanning at most LIST_SCAN_LIMIT ids per call."""
+        if not filter:
+            ids = self.dense.document_ids_after(after, limit)
+            return ids, ids[-1] if len(ids) == limit else ""
+        found: list[str] = []
+        scanned = 0
+        while len(found) < limit and scanned < LIST_SCAN_LIMIT:
+            page = self.dense.document_ids_after(after, max(limit, 1000))
+            if not page:
+                return found, ""
+            with self.dense.locked():
+                selection = self.metadata.select(filter)
+                first = self.dense.faiss_ids([f"{d}#0" for d in page])
+                ids = np.fromiter((first.get(f"{d}#0", -1) for d in page), dtype=np.int64, count=len(page))
+                selected = np.isin(ids, selection.ids, invert=selection.complemented) & (ids >= 0)
+            for doc_id, keep in zip(page, selected.tolist()):
+                after = doc_id
+                if keep:
+                    found.append(doc_id)
+                    if len(found) == limit:
+                        break
+            scanned += len(page)
+        return found, after
+
+    def count_documents(self, filter: Filter | None) -> int:
+        """A document is counted by its first chunk (`<id>#0`): chunk ids end with their index."""
+        if not filter:
+            return self.document_count
+        with self.dense.locked():
+            selection = self.metadata.select(filter)
+            firsts = sum(1 for c in self.dense.chunk_ids_at(selection.ids) if c is not None and c.endswith("#0"))
+            return self.document_count - firsts if selection.complemented else firsts
 
 
 def _open_keyword_index(path: Path, analyzer, refresh_s: float) -> TantivyKeywordIndex:

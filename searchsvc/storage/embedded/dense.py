@@ -333,6 +333,11 @@ class FilterableFaissStore(FaissMapVectorStore):
         top = top[np.argsort(-scores[top], kind="stable")]
         return scores[top], ids[top]
 
+    def node_ids_of(self, faiss_ids: np.ndarray) -> list[str | None]:
+        """The node id at each of these live FAISS ids (None for a tombstone)."""
+        node_at = self._node_at
+        return [node_at[p] for p in self._positions(faiss_ids).tolist()]
+
     def present(self, node_ids: Sequence[str]) -> list[str]:
         """The ids among `node_ids` that have a live vector, in order."""
         faiss_id_of = self._node_id_to_faiss_id_map
@@ -660,6 +665,14 @@ class DenseIndex:
     @property
     def document_count(self) -> int:
         return self.kvstore.count(self.docstore._ref_doc_collection)
+
+    def document_ids_after(self, after: str, limit: int) -> list[str]:
+        """Up to `limit` stored document ids past `after`, in id order."""
+        return self.kvstore.keys_after(after, limit, collection=self.docstore._ref_doc_collection)
+
+    def chunk_ids_at(self, faiss_ids: np.ndarray) -> list[str | None]:
+        """The chunk id at each live FAISS id (the caller holds `locked()`, so none goes meanwhile)."""
+        return self.store.node_ids_of(faiss_ids)
 
     def get_nodes(self, chunk_ids: Sequence[str], raise_error: bool = True) -> list[BaseNode]:
         return self.docstore.get_nodes(list(chunk_ids), raise_error=raise_error)

@@ -6,7 +6,8 @@ embedded, transactional row store (DuckDB is columnar: single-row writes are its
 written here, on the stdlib's sqlite3, behind LlamaIndex's own `BaseKVStore` so `KVDocumentStore` and
 `VectorStoreIndex` use it unchanged.
 
-Beside the key-value rows, `chunk_metadata` holds each chunk's user metadata alone (small JSON, only for chunks
+Beside the key-value rows, `document_text` holds the texts of documents whose chunks do not reproduce them
+(searchsvc/documents.py); `chunk_metadata` holds each chunk's user metadata alone (small JSON, only for chunks
 that have any), which start-up reads to rebuild the filter postings without parsing whole nodes; and `dense_log` keeps what each write did to the dense index (chunk ids removed, chunk ids
 and float32 vectors added) since the last FAISS snapshot, so a checkpoint can commit it instead of rewriting the
 whole FAISS index; start-up replays it onto that snapshot.
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunk_metadata (chunk_id TEXT PRIMARY KEY, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS document_text (document_id TEXT PRIMARY KEY, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dense_log (
     seq INTEGER PRIMARY KEY,
     removed TEXT NOT NULL,
@@ -173,6 +175,13 @@ class SqliteKVStore(BaseKVStore):
         sql = f"SELECT key, {column} FROM kv WHERE collection = ? AND key > ? ORDER BY key LIMIT ?"
         return self._pages(sql, (collection,), "", page)
 
+    def keys_after(self, after: str, limit: int, collection: str = DEFAULT_COLLECTION) -> list[str]:
+        """Up to `limit` keys of `collection` past `after`, in order."""
+        with self._lock:
+            rows = self._conn.execute("SELECT key FROM kv WHERE collection = ? AND key > ? ORDER BY key LIMIT ?",
+                                      (collection, after, limit)).fetchall()
+        return [key for key, in rows]
+
     def count(self, collection: str = DEFAULT_COLLECTION) -> int:
         with self._lock:
             return self._conn.execute("SELECT count(*) FROM kv WHERE collection = ?", (collection,)).fetchone()[0]
@@ -200,6 +209,22 @@ class SqliteKVStore(BaseKVStore):
         for chunk_id, metadata in self._pages(sql, (), "", page):
             groups.setdefault(metadata, []).append(chunk_id)
         return groups
+
+    # ------------------------------------------------------------------ document texts
+    def put_document_texts(self, texts: dict[str, str]) -> None:
+        if texts:
+            self._write("INSERT OR REPLACE INTO document_text (document_id, text) VALUES (?, ?)", list(texts.items()))
+
+    def delete_document_texts(self, document_ids: list[str]) -> None:
+        if document_ids:
+            self._write("DELETE FROM document_text WHERE document_id = ?", [(d,) for d in document_ids])
+
+    def document_texts(self, document_ids: list[str]) -> dict[str, str]:
+        return dict(self._select_in("SELECT document_id, text FROM document_text WHERE document_id IN ({})", (), document_ids))
+
+    def all_document_texts(self, *, page: int = 2000) -> Iterator[tuple[str, str]]:
+        sql = "SELECT document_id, text FROM document_text WHERE document_id > ? ORDER BY document_id LIMIT ?"
+        return self._pages(sql, (), "", page)
 
     # ------------------------------------------------------------------ dense log
     def log_dense(self, seq: int, removed: list[str], added: list[str], vectors: bytes) -> None:

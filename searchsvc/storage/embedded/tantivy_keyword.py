@@ -22,6 +22,7 @@ documents by id before adding their chunks, so replaying it again changes nothin
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from contextlib import contextmanager
@@ -188,6 +189,25 @@ class TantivyKeywordIndex:
         return True
 
     refresh = commit  # what the collection and the refresher call
+
+    def link_committed(self, dest: Path) -> None:
+        """Hard-link the files of the last commit into `dest` (and its seq file beside it), for a snapshot: the
+        caller holds the collection's write lock and has just committed. Merges are stopped while the links are
+        made (a merge ending meanwhile would replace segments); tantivy never rewrites a file in place, so the
+        links keep this commit whatever the writer does next."""
+        with self._writer_lock:
+            if self._changed or self._applied_seq != self.committed_seq:
+                raise RuntimeError(f"keyword index {self.path}: writes since its last commit")
+            self._writer.wait_merging_threads()  # consumes the writer
+            try:
+                dest.mkdir(parents=True)
+                for f in sorted(self.path.iterdir()):
+                    if f.is_file() and not (f.name.startswith(".tantivy-") and f.name.endswith(".lock")):
+                        os.link(f, dest / f.name)
+                if self._seq_path.exists():
+                    os.link(self._seq_path, dest.with_suffix(".seq"))
+            finally:
+                self._writer = self._index.writer(WRITER_HEAP_BYTES, 1)
 
     def start_refresher(self) -> None:
         self._refresher.start()

@@ -7,7 +7,8 @@ Points are chunks, id = uuid5 of the chunk id (Qdrant takes only integers and UU
   tf·(k1+1) / (tf + k1·(1 − b + b·len/avgdl)). Qdrant multiplies each query term's value by
   idf = ln(1 + (N − n + 0.5)/(n + 0.5)), computed from its own counts, so a query of term counts scores
   Σ idf · tf-part: BM25 with collection-wide IDF, as tantivy computes it;
-- the payload: chunk id, document id, title, text, chunk index and offsets, the user metadata (typed, as JSON:
+- the payload: chunk id, document id, title, text, chunk index and offsets (chunk 0 also the document's text,
+  where its chunks do not reproduce it: documents.py), the user metadata (typed, as JSON:
   filters.to_json), and for filters (searchsvc/filters.py): `meta_pairs`, the exact-match terms of
   filters.exact_terms ("key\\x1fvalue" for strings; user keys may hold dots, which Qdrant would read as nested
   paths); `times`, timestamps as microseconds by key (ranges); `text_terms`, "key\\x1bterm" for each analyzed
@@ -46,6 +47,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
 
 from searchsvc import filters
+from searchsvc.documents import DocumentView, StoredDocument, document_from_chunks
 from searchsvc.errors import FailedPrecondition
 from searchsvc.filters import Filter, Timestamp
 from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
@@ -231,12 +233,48 @@ class QdrantCollection:
             return {}
         with self._calls():
             found = self.client.retrieve(self.name, [point_id(c) for c in chunk_ids], with_payload=True)
-        chunks = {}
-        for p in found:
-            m = p.payload
-            chunks[m["chunk_id"]] = Chunk(m["chunk_id"], m["document_id"], m["chunk_index"], m["text"], m["title"],
-                                          filters.from_json(m["metadata"]), m["start_char"], m["end_char"])
-        return chunks
+        return {p.payload["chunk_id"]: _chunk(p.payload) for p in found}
+
+    # ------------------------------------------------------------------ the seam: documents (documents.py)
+    def get_documents(self, document_ids: Sequence[str], view: DocumentView) -> dict[str, StoredDocument]:
+        vectors = [DENSE] if view is DocumentView.FULL_WITH_VECTORS else False
+        wanted = models.Filter(must=[_match_any("document_id", list(document_ids))])
+        points, offset = [], None
+        with self._calls():
+            while True:
+                found, offset = self.client.scroll(self.name, scroll_filter=wanted, limit=1000, offset=offset,
+                                                   with_payload=True, with_vectors=vectors)
+                points += found
+                if offset is None:
+                    break
+        by_document: dict[str, list] = {}
+        for p in points:
+            by_document.setdefault(p.payload["document_id"], []).append(p)
+        documents = {}
+        for doc_id, mine in by_document.items():
+            chunks = [_chunk(p.payload) for p in mine]
+            stored = next((p.payload["document_text"] for p in mine if "document_text" in p.payload), None)
+            doc = document_from_chunks(doc_id, chunks, stored if view is not DocumentView.BASIC else "")
+            if vectors:
+                doc.vectors = {p.payload["chunk_id"]: np.asarray(p.vector[DENSE], dtype=np.float32) for p in mine}
+            documents[doc_id] = doc
+        return documents
+
+    def list_documents(self, filter: Filter | None, after: str, limit: int) -> tuple[list[str], str]:
+        """In point id order of the documents' first chunks; a position is Qdrant's next page offset."""
+        with self._calls():
+            found, offset = self.client.scroll(self.name, scroll_filter=self._first_chunks(filter), limit=limit,
+                                               offset=after or None, with_payload=["document_id"], with_vectors=False)
+        return [p.payload["document_id"] for p in found], "" if offset is None else str(offset)
+
+    def count_documents(self, filter: Filter | None) -> int:
+        with self._calls():
+            return self.client.count(self.name, count_filter=self._first_chunks(filter), exact=True).count
+
+    def _first_chunks(self, filter: Filter | None) -> models.Filter:
+        """Each document once (its chunk 0), where its metadata (every chunk's) matches `filter`."""
+        first = _match("chunk_index", 0)
+        return models.Filter(must=[first, translated]) if (translated := self._filter(filter)) else models.Filter(must=[first])
 
     @property
     def chunk_count(self) -> int:
@@ -252,15 +290,17 @@ class QdrantCollection:
     # ------------------------------------------------------------------ the seam: writes
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
         batch = self.ingest.prepare(docs)
-        replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors)
+        replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors, batch.texts)
         return IndexReport(len(batch.document_ids), replaced, len(batch.chunks), batch.errors)
 
-    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+    def upsert(self, document_ids: Sequence[str], chunks: Sequence[Chunk], vectors: np.ndarray,
+               texts: dict[str, str] | None = None) -> int:
         """New points first (a replaced chunk is overwritten in place), then the documents' stale chunks: a
-        search never finds a document missing. Returns once Qdrant acknowledged both (wait=True)."""
+        search never finds a document missing. Returns once Qdrant acknowledged both (wait=True). A text the
+        chunks do not reproduce goes in the payload of the document's chunk 0 (`document_text`)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            points, stats = self._points(chunks, vectors, analyzed)
+            points, stats = self._points(chunks, vectors, analyzed, texts or {})
             existed = self._existing_documents(document_ids)
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
@@ -272,17 +312,18 @@ class QdrantCollection:
                                    ordering=self._ordering)
         return len(existed)
 
-    def import_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> None:
+    def import_chunks(self, chunks: Sequence[Chunk], vectors: np.ndarray, texts: dict[str, str] | None = None) -> None:
         """Chunks copied from another collection into this new one: written as they are, without replacing
         whole documents (a document's chunks may arrive in different calls)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            points, stats = self._points(chunks, vectors, analyzed)
+            points, stats = self._points(chunks, vectors, analyzed, texts or {})
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
             self._written(stats)
 
-    def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]]) -> tuple[list, tuple[int, int, int]]:
+    def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]],
+                texts: Mapping[str, str]) -> tuple[list, tuple[int, int, int]]:
         """The chunks as points, their BM25 values taken with avgdl including them, and the statistics to record
         once they are written. Replaced and deleted chunks are not subtracted: avgdl is the mean of what was
         written, which a collection of stable sizes keeps close to its current mean."""
@@ -296,7 +337,8 @@ class QdrantCollection:
                 vector={DENSE: v.tolist(), SPARSE: _bm25_vector(t, avgdl)},
                 payload={"chunk_id": c.id, "document_id": c.document_id, "chunk_index": c.index, "title": c.title,
                          "text": c.text, "start_char": c.start_char, "end_char": c.end_char,
-                         **self._filter_payload(c.metadata)},
+                         **self._filter_payload(c.metadata),
+                         **({"document_text": texts[c.document_id]} if c.index == 0 and c.document_id in texts else {})},
             )
             for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
         ], (terms, count, version)
@@ -372,6 +414,11 @@ class QdrantCollection:
 
     def close(self, checkpoint: bool = True, reason: str = "") -> None:
         pass  # the client belongs to the catalog; Qdrant holds every acked write already
+
+
+def _chunk(m: Mapping) -> Chunk:
+    return Chunk(m["chunk_id"], m["document_id"], m["chunk_index"], m["text"], m["title"], filters.from_json(m["metadata"]),
+                 m["start_char"], m["end_char"])
 
 
 def _term_counts(terms: Sequence[str]) -> dict[int, int]:
