@@ -1,4 +1,5 @@
-"""Command line: `searchsvc serve | index | repair | move-to-qdrant | eval | eval-answers | train-embedder | bench`."""
+"""Command line: `searchsvc serve | index | import | export | alias | snapshot | repair | move-to-qdrant | eval |
+eval-answers | train-embedder | bench`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from searchsvc.cli_common import add_connection_flags, connection_options
+from searchsvc.cli_data import add_data_commands
 from searchsvc.config import apply_process_env, load_settings
 
 
@@ -65,27 +68,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     progress.close()
     print(f"indexed {progress.n - failed} documents, {failed} rejected")
     return 1 if failed else 0
-
-
-def connection_options(args: argparse.Namespace) -> dict:
-    """A client command's TLS and API key: its flags, else the config's `client` section (SEARCHSVC_CLIENT__*)."""
-    client = load_settings(args.config).client
-    return {
-        "api_key": args.api_key or client.api_key,
-        "tls": args.tls or client.tls,
-        "tls_ca_file": args.tls_ca or client.tls_ca_file,
-        "tls_cert_file": args.tls_cert or client.tls_cert_file,
-        "tls_key_file": args.tls_key or client.tls_key_file,
-    }
-
-
-def add_connection_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="127.0.0.1:50051", help="the server, host:port")
-    p.add_argument("--api-key", default="", help="sent as 'authorization: Bearer <key>' (or config client.api_key)")
-    p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
-    p.add_argument("--tls-ca", type=Path, help="the CA that signed the server's certificate (implies --tls)")
-    p.add_argument("--tls-cert", type=Path, help="this client's certificate, for mutual TLS")
-    p.add_argument("--tls-key", type=Path, help="its private key")
 
 
 def cmd_new_key(args: argparse.Namespace) -> int:
@@ -312,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request")
     add_connection_flags(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("import", help="stream a .jsonl (e.g. from `searchsvc export`), .csv or folder into a collection")
+    p.add_argument("collection")
+    p.add_argument("path")
+    p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request")
+    add_connection_flags(p)
+    p.set_defaults(func=cmd_index)
+
+    add_data_commands(sub)
 
     p = sub.add_parser("new-key", help="make an API key and print the config entry that stores its hash")
     p.add_argument("--name", required=True, help="how logs name the key")

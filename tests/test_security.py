@@ -159,6 +159,17 @@ def requests_for(method: str):
         "Answer": pb.AnswerRequest(search=search, extractive=True),
         "StreamAnswer": pb.AnswerRequest(search=search, extractive=True),
         "GetAnswerStats": pb.GetAnswerStatsRequest(),
+        "GetDocuments": pb.GetDocumentsRequest(collection=TOUCHED, ids=["a"]),
+        "ListDocuments": pb.ListDocumentsRequest(collection=TOUCHED),
+        "CountDocuments": pb.CountDocumentsRequest(collection=TOUCHED),
+        "UpdateAliases": pb.UpdateAliasesRequest(actions=[pb.AliasAction(create=pb.Alias(alias="team-a-alias", collection=TOUCHED))]),
+        "ListAliases": pb.ListAliasesRequest(),
+        "CreateSnapshot": pb.CreateSnapshotRequest(collection=TOUCHED),
+        "ListSnapshots": pb.ListSnapshotsRequest(),
+        "DeleteSnapshot": pb.DeleteSnapshotRequest(name=f"{TOUCHED}@1-1"),
+        "RestoreSnapshot": pb.RestoreSnapshotRequest(name=f"{TOUCHED}@1-1", collection="team-a-restored"),
+        "DownloadSnapshot": pb.DownloadSnapshotRequest(name=f"{TOUCHED}@1-1"),
+        "UploadSnapshot": pb.UploadSnapshotRequest(name=f"{TOUCHED}@1-1"),
     }.get(method)
 
 
@@ -186,15 +197,20 @@ def test_every_rpc_has_a_rule_and_a_request():
     assert all(requests_for(n) is not None for n in names)
 
 
-# The contract, written out here (not read from RULES): read may Search, Answer, Get and List; write may also
-# index and delete documents; admin may also create, delete, re-embed and reopen collections.
+# The contract, written out here (not read from RULES): read may Search, Answer, Get, List and Count; write may
+# also index and delete documents; admin may also create, delete, re-embed and reopen collections, change aliases
+# and handle snapshots (which hold a collection's whole data).
 NEEDED = {
     "GetCollection": Role.READ, "ListCollections": Role.READ, "Search": Role.READ, "Answer": Role.READ,
-    "StreamAnswer": Role.READ, "GetAnswerStats": Role.READ,
+    "StreamAnswer": Role.READ, "GetAnswerStats": Role.READ, "GetDocuments": Role.READ, "ListDocuments": Role.READ,
+    "CountDocuments": Role.READ, "ListAliases": Role.READ,
     "BulkIndex": Role.WRITE, "DeleteDocuments": Role.WRITE,
     "CreateCollection": Role.ADMIN, "DeleteCollection": Role.ADMIN, "ReembedCollection": Role.ADMIN, "ReopenCollection": Role.ADMIN,
+    "UpdateAliases": Role.ADMIN, "CreateSnapshot": Role.ADMIN, "ListSnapshots": Role.ADMIN, "DeleteSnapshot": Role.ADMIN,
+    "RestoreSnapshot": Role.ADMIN, "DownloadSnapshot": Role.ADMIN, "UploadSnapshot": Role.ADMIN,
 }
-SERVER_WIDE = {"ListCollections", "GetAnswerStats"}  # not about one collection (a listing is cut to the key's scope)
+# Not about one collection (a listing is cut to the key's scope).
+SERVER_WIDE = {"ListCollections", "GetAnswerStats", "ListAliases", "ListSnapshots"}
 
 
 @pytest.mark.parametrize("who", ["nobody", "bad", "reader", "writer", "admin", "team-b"])
@@ -246,6 +262,18 @@ def test_scoped_keys_see_only_their_collections_and_model_overrides_need_admin(s
             with pytest.raises(grpc.RpcError) as err:
                 stub.Answer(pb.AnswerRequest(search=search, extractive=True))
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # Nor an alias: it would name another team's collection with this team's name.
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[
+                pb.AliasAction(create=pb.Alias(alias="team-b-way-in", collection="team-c-docs"))]))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "team-c-docs" in err.value.details()
+        stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[pb.AliasAction(create=pb.Alias(alias="team-b-main", collection="team-b-docs"))]))
+    with channel_to(secured, KEYS["admin"]) as ch:
+        stub = pb_grpc.SearchServiceStub(ch)
+        stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[pb.AliasAction(create=pb.Alias(alias="team-c-main", collection="team-c-docs"))]))
+        assert len(stub.ListAliases(pb.ListAliasesRequest()).aliases) == 2
+    with channel_to(secured, KEYS["team-b"]) as ch:
+        assert [a.alias for a in pb_grpc.SearchServiceStub(ch).ListAliases(pb.ListAliasesRequest()).aliases] == ["team-b-main"]
     with channel_to(secured, KEYS["writer"]) as ch:
         with pytest.raises(grpc.RpcError) as err:
             pb_grpc.SearchServiceStub(ch).Search(pb.SearchRequest(collection="team-b-docs", query="y", query_vector=[1, 0],

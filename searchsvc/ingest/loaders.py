@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from searchsvc import filters
 from searchsvc.types import Document
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
@@ -19,7 +20,9 @@ def _as_metadata(value: object) -> dict[str, str]:
 
 
 def load_jsonl(path: Path) -> Iterator[Document]:
-    """One JSON object per line: `id` or BEIR's `_id`, `text`, optional `title` and `metadata`."""
+    """One JSON object per line: `id` or BEIR's `_id`, `text`, optional `title`, `metadata` (values that are not
+    strings become JSON strings), `typed_metadata` (filters.to_json: numbers, booleans, string lists,
+    {"$timestamp": microseconds}) and `vector` (the document's own embedding), as `searchsvc export` writes."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -28,7 +31,8 @@ def load_jsonl(path: Path) -> Iterator[Document]:
             doc_id = row.get("id", row.get("_id"))
             if doc_id is None:
                 raise ValueError(f"{path}:{line_no}: no 'id' or '_id'")
-            yield Document(str(doc_id), row.get("text", ""), row.get("title") or "", _as_metadata(row.get("metadata")))
+            metadata = {**_as_metadata(row.get("metadata")), **filters.from_json(row.get("typed_metadata") or {})}
+            yield Document(str(doc_id), row.get("text", ""), row.get("title") or "", metadata, row.get("vector"))
 
 
 def load_csv(path: Path) -> Iterator[Document]:
