@@ -45,7 +45,7 @@ def node_toolchain():
     return _run([str(CLIENTS / "node" / "build.sh")])
 
 
-def _check_example_output(out: str, name: str, stub) -> None:
+def _check_example_output(out: str, name: str, stub, reads_back: bool = False) -> None:
     lines = out.splitlines()
     assert lines[0] == f"created collection {name} (language en, analyzer english)"
     # Three batches of two; the second carries the blank document, rejected with its field and code 3.
@@ -58,6 +58,9 @@ def _check_example_output(out: str, name: str, stub) -> None:
     assert hits[1].startswith("hit 2: antibody ")
     # A range on a timestamp (published from 2010 on), with each hit's typed year.
     assert "range filter: antibody 2012, tides 2020, volcano 2015" in lines
+    if reads_back:  # the Go example also reads a document back by id and counts by a filter
+        assert 'document tides: "Tides are caused by the gravitational pull of the moon." (2020), 1 chunk(s); not found: nope' in lines
+        assert "documents published since 2010: 3" in lines
     assert any(line.startswith("bad request: code 3 ") and "query" in line for line in lines)
     assert any(line.startswith("missing collection: code 5 ") for line in lines)
     assert "answer context: 3 hits" in lines
@@ -71,7 +74,7 @@ def test_go_client_generated_from_the_proto_runs_against_the_server(server, stub
     _require("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc")
     _run([str(CLIENTS / "go" / "build.sh")])
     out = _run([str(CLIENTS / "go" / "build" / "bin" / "example"), "-addr", server.target, "-collection", "go-example"], timeout=120)
-    _check_example_output(out, "go-example", stub)
+    _check_example_output(out, "go-example", stub, reads_back=True)
 
 
 def test_ruby_client_generated_from_the_proto_runs_against_the_server(server, stub):

@@ -1,6 +1,7 @@
 // Command example calls searchsvc the way a backend service does: it creates a collection, streams documents
 // through BulkIndex and checks every ack, searches with a deadline and prints each hit's explanation, searches
-// with a range filter on typed metadata, shows the status of a bad request, streams an extractive answer, and deletes the collection.
+// with a range filter on typed metadata, reads a document back by id, shows the status of a bad request, streams an
+// extractive answer, and deletes the collection.
 //
 // Usage: example -addr 127.0.0.1:50051 -collection go-example
 package main
@@ -76,6 +77,7 @@ func main() {
 	bulkIndex(ctx, client, *name)
 	search(ctx, client, *name)
 	filteredSearch(ctx, client, *name)
+	readBack(ctx, client, *name)
 	badRequest(ctx, client, *name)
 	streamAnswer(ctx, client, *name)
 
@@ -182,6 +184,25 @@ func filteredSearch(ctx context.Context, client pb.SearchServiceClient, collecti
 		parts[i] = fmt.Sprintf("%s %d", id, found[id])
 	}
 	fmt.Printf("range filter: %s\n", strings.Join(parts, ", "))
+}
+
+// readBack reads a document back by id (its text, typed metadata and chunks) and counts documents by a filter.
+func readBack(ctx context.Context, client pb.SearchServiceClient, collection string) {
+	got, err := client.GetDocuments(ctx, &pb.GetDocumentsRequest{Collection: collection, Ids: []string{"tides", "nope"}})
+	if err != nil {
+		log.Fatalf("GetDocuments: %v", err)
+	}
+	d := got.Documents[0]
+	year := d.TypedMetadata["published"].GetTimestampValue().AsTime().Year()
+	fmt.Printf("document %s: %q (%d), %d chunk(s); not found: %s\n", d.Id, d.Text, year, len(d.Chunks), strings.Join(got.NotFoundIds, ","))
+	since := &pb.Filter{Must: []*pb.FilterClause{{Key: "published", Condition: &pb.FilterClause_Range{Range: &pb.Range{
+		Gte: &pb.MetadataValue{Kind: &pb.MetadataValue_TimestampValue{TimestampValue: timestamppb.New(time.Date(2010, 1, 1, 0, 0, 0, 0, time.UTC))}},
+	}}}}}
+	counted, err := client.CountDocuments(ctx, &pb.CountDocumentsRequest{Collection: collection, Where: since})
+	if err != nil {
+		log.Fatalf("CountDocuments: %v", err)
+	}
+	fmt.Printf("documents published since 2010: %d\n", counted.Count)
 }
 
 // badRequest shows what a caller gets for an invalid request: INVALID_ARGUMENT naming the field.
