@@ -220,7 +220,7 @@ class Catalog:
         validate_config_values(config)
         with self._lock:
             path = self.root / name
-            if name in self._collections or path.exists():
+            if name in self._collections or path.exists() or name in self._restoring:
                 raise AlreadyExists(f"collection {name!r} already exists")
             if target := self.aliases.target(name):
                 raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")

@@ -254,6 +254,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         run_filters(settings, args.filters, args.queries)
         return 0
+    if args.snapshots:
+        from searchsvc.bench_snapshots import run_snapshots
+
+        run_snapshots(settings, args.snapshots)
+        return 0
     if args.scale:
         from searchsvc.bench_scale import run_scale
 
@@ -416,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of the parts: a mixed workload at ~80%% of measured capacity; per minute RSS, search p50/p99, errors")
     p.add_argument("--filters", type=int, metavar="CHUNKS",
                    help="instead of the parts: filtered search p50 at 1%%, 10%% and 50%% selectivity against unfiltered")
+    p.add_argument("--snapshots", metavar="DATASET|CHUNKS",
+                   help="instead of the parts: snapshot, restore and export times and archive size of a dataset's "
+                   "collection (e.g. ../shared/data/scifact) or of CHUNKS synthetic external-vector chunks")
     p.add_argument("--observability", type=int, metavar="CHUNKS",
                    help="instead of the parts: Search p50 with metrics and tracing on vs off at CHUNKS chunks")
     p.set_defaults(func=cmd_bench)

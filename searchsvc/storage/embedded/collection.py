@@ -409,12 +409,13 @@ class Collection:
             removed += old
             if old:
                 replaced.append(doc_id)
-        kvstore.delete_document_texts(replaced)
-        kvstore.put_document_texts(record.get("texts", {}))  # records from before texts were stored have none
         vectors = base64.b64decode(record["vectors"]) if chunks else b""
-        # Postings and vectors change under the dense index's lock, which a filtered search holds from selecting
-        # to searching (dense_search): it never sees a chunk in one and not the other.
+        # Postings, vectors and documents change under the dense index's lock, which a filtered search holds from
+        # selecting to searching (dense_search), and a document read from its chunk ids to its text: neither sees
+        # a chunk in one and not the other.
         with self.dense.locked():
+            kvstore.delete_document_texts(replaced)
+            kvstore.put_document_texts(record.get("texts", {}))  # records from before texts were stored have none
             faiss_ids = self.dense.faiss_ids(removed)
             for chunk_id, metadata in kvstore.chunk_metadata(removed).items():
                 if chunk_id in faiss_ids:
@@ -691,19 +692,17 @@ class Collection:
 
     # ------------------------------------------------------------------ documents (documents.py)
     def get_documents(self, document_ids: Sequence[str], view: DocumentView) -> dict[str, StoredDocument]:
-        chunk_ids = {d: self.dense.chunk_ids_of(d) for d in document_ids}
-        chunks = self.dense.get_chunks([c for ids in chunk_ids.values() for c in ids])
         full = view is not DocumentView.BASIC
-        texts = self.dense.kvstore.document_texts(list(chunk_ids)) if full else {}
+        with self.dense.locked():  # each document as one write left it (see _apply)
+            chunk_ids = {d: self.dense.chunk_ids_of(d) for d in document_ids}
+            chunks = self.dense.get_chunks([c for ids in chunk_ids.values() for c in ids])
+            texts = self.dense.kvstore.document_texts(list(chunk_ids)) if full else {}
+            vectors = self.dense.stored_vectors(list(chunks)) if view is DocumentView.FULL_WITH_VECTORS else {}
         found = {}
         for doc_id, ids in chunk_ids.items():
-            mine = [chunks[c] for c in ids if c in chunks]  # a write may have replaced some since: skip the gone
-            if mine:
-                found[doc_id] = document_from_chunks(doc_id, mine, texts.get(doc_id) if full else "")
-        if view is DocumentView.FULL_WITH_VECTORS:
-            vectors = self.dense.stored_vectors([c.id for d in found.values() for c in d.chunks])
-            for d in found.values():
-                d.vectors = {c.id: vectors[c.id] for c in d.chunks if c.id in vectors}
+            if ids:
+                found[doc_id] = document_from_chunks(doc_id, [chunks[c] for c in ids], texts.get(doc_id) if full else "")
+                found[doc_id].vectors = {c: vectors[c] for c in ids if c in vectors}
         return found
 
     def list_documents(self, filter: Filter | None, after: str, limit: int) -> tuple[list[str], str]:
