@@ -37,6 +37,10 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _logged_snapshot(server: ServerProcess, name: str) -> str:
+    return next((line.strip().split(": ", 1)[-1] for line in server.output if f"snapshot {name} " in line), "-")
+
+
 def _synthetic(start: int, count: int, corpus: SyntheticCorpus, vectors: ClusteredVectors) -> list:
     docs = corpus.docs(count, start=start, min_words=10, max_words=30)
     for doc, vector in zip(docs, vectors.sample(count)):
@@ -45,7 +49,7 @@ def _synthetic(start: int, count: int, corpus: SyntheticCorpus, vectors: Cluster
 
 
 def run_snapshots(settings: Settings, source: str) -> None:
-    env = {"SEARCHSVC_LLM__BACKEND": "none"}
+    env = {"SEARCHSVC_LLM__BACKEND": "none", "SEARCHSVC_LOG_LEVEL": "INFO"}  # the server logs each snapshot's stages
     synthetic = source.isdigit()
     corpus, vectors = SyntheticCorpus(), ClusteredVectors(384)
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "index", env=env) as server:
@@ -71,6 +75,7 @@ def run_snapshots(settings: Settings, source: str) -> None:
         print(f"CreateSnapshot: {took:.2f} s, archive {snap.size_bytes / 1e6:.1f} MB (collection on disk {on_disk / 1e6:.1f} MB); "
               f"a plain copy of the collection directory, fsynced, took {copied:.2f} s: snapshot/copy time {took / copied:.2f}",
               flush=True)
+        print(f"  server log: {_logged_snapshot(server, snap.name)}")
 
         started = time.perf_counter()
         restored = stub.RestoreSnapshot(pb.RestoreSnapshotRequest(name=snap.name, collection=f"{NAME}-restored"), timeout=3600)
@@ -113,4 +118,5 @@ def run_snapshots(settings: Settings, source: str) -> None:
         print(f"CreateSnapshot during a BulkIndex stream: {took:.2f} s at seq {during.sequence} ({during.document_count:,} documents); "
               f"ack gaps before it p50 {np.percentile(acks[:before], 50) * 1000:.0f} ms, while it ran max "
               f"{max(during_acks or [0]) * 1000:.0f} ms over {len(during_acks)} acks", flush=True)
+        print(f"  server log: {_logged_snapshot(server, during.name)}")
         channel.close()
