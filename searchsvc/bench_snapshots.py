@@ -82,6 +82,8 @@ def run_snapshots(settings: Settings, source: str) -> None:
         took = time.perf_counter() - started
         assert (restored.document_count, restored.chunk_count) == (collection.document_count, collection.chunk_count)
         print(f"RestoreSnapshot (verify every member, extract, open): {took:.2f} s for {restored.document_count:,} documents", flush=True)
+        opened = next((line.strip().split(": ", 1)[-1] for line in server.output if f"collection {NAME}-restored loaded" in line), "-")
+        print(f"  server log: {opened}")
 
         started, exported, token = time.perf_counter(), 0, ""
         while True:
