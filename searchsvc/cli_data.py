@@ -1,7 +1,7 @@
 """Command line for managing data on a running server (issue 19): `export`, `import`, `alias …`, `snapshot …`.
 
-Every command talks gRPC to `--target`; a server-side error is printed as its status and message (and field),
-with exit code 1, never as a traceback.
+Every command talks gRPC to `--target` (cli_common.py: a server-side error is its status and message, exit code
+1, never a traceback).
 """
 
 from __future__ import annotations
@@ -12,32 +12,12 @@ import json
 import sys
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from searchsvc import filters, metadata_pb
-from searchsvc.cli_common import add_connection_flags, connection_options
+from searchsvc.cli_common import add_connection_flags, connect, reports_rpc_errors
 
 EXPORT_PAGE = 200
-
-
-def _stub(args: argparse.Namespace):
-    from searchsvc.client import open_channel
-    from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
-
-    channel = open_channel(args.target, **connection_options(args))
-    return channel, pb_grpc.SearchServiceStub(channel)
-
-
-def _reports_rpc_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        import grpc
-
-        try:
-            return command(args)
-        except grpc.RpcError as err:
-            print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
-            return 1
-    return run
 
 
 # ------------------------------------------------------------------ export / import
@@ -53,11 +33,11 @@ def document_to_json(d, with_vector: bool) -> dict:
     return row
 
 
-@_reports_rpc_errors
+@reports_rpc_errors
 def cmd_export(args: argparse.Namespace) -> int:
     from searchsvc.v1 import searchsvc_pb2 as pb
 
-    channel, stub = _stub(args)
+    channel, stub = connect(args)
     with channel:
         collection = stub.GetCollection(pb.GetCollectionRequest(name=args.collection), timeout=args.timeout)
         # A collection of external vectors cannot embed its texts again: its vectors always go with them.
@@ -82,11 +62,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ aliases
-@_reports_rpc_errors
+@reports_rpc_errors
 def cmd_alias(args: argparse.Namespace) -> int:
     from searchsvc.v1 import searchsvc_pb2 as pb
 
-    channel, stub = _stub(args)
+    channel, stub = connect(args)
     with channel:
         if args.action == "list":
             aliases = stub.ListAliases(pb.ListAliasesRequest(), timeout=args.timeout).aliases
@@ -119,11 +99,11 @@ def _file_parts(path: Path, name: str, pb) -> Iterator:
             yield pb.UploadSnapshotRequest(data=block)
 
 
-@_reports_rpc_errors
+@reports_rpc_errors
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from searchsvc.v1 import searchsvc_pb2 as pb
 
-    channel, stub = _stub(args)
+    channel, stub = connect(args)
     with channel:
         if args.action == "create":
             print(_describe(stub.CreateSnapshot(pb.CreateSnapshotRequest(collection=args.collection), timeout=args.timeout)))
@@ -156,8 +136,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def add_data_commands(sub) -> None:
     def connected(p: argparse.ArgumentParser, timeout: float) -> argparse.ArgumentParser:
-        add_connection_flags(p)
-        p.add_argument("--timeout", type=float, default=timeout, help=f"deadline of each call in seconds (default {timeout:g})")
+        add_connection_flags(p, timeout)
         return p
 
     p = connected(sub.add_parser("export", help="write a collection's documents (text, title, metadata; vectors) to JSONL"), 600)

@@ -133,8 +133,8 @@ def test_repointing_under_concurrent_searches(stub, two):
 def test_aliases_survive_kill_9(tmp_path):
     with ServerProcess(tmp_path) as server:
         stub = server.stub()
-        for name in ("base-v1", "base-v2"):
-            stub.CreateCollection(pb.CreateCollectionRequest(name=name))
+        for name in ("base-v1", "base-v2"):  # external vectors: no model to load at either start
+            stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(embedding_model="external", dimension=2)))
         stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[create("base", "base-v1"), create("other", "base-v2")]))
         stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[repoint("base", "base-v2"), delete("other")]))
         server.kill9()

@@ -1,5 +1,6 @@
 """The rerank stage's mechanics and the `searchsvc index` command, against the session's loopback server."""
 
+import re
 import subprocess
 import sys
 
@@ -120,8 +121,10 @@ def test_index_command_streams_a_folder(server, stub, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 1, done.stderr  # one file was rejected, and the exit code says so
-    assert "indexed 7 documents, 1 rejected" in done.stdout
+    assert re.search(r"indexed 7 documents \(7 chunks\) into notes in [\d.]+ s \([\d.]+ docs/s\); 1 rejected", done.stdout)
+    assert "  1 × documents[i].text: must not be empty" in done.stdout.splitlines()
     assert "empty.txt" in done.stdout + done.stderr
+    assert "8/8" in done.stderr  # the progress bar knew the total (files in the folder)
     got = stub.GetCollection(pb.GetCollectionRequest(name="notes"))
     assert got.document_count == 7
     stub.DeleteCollection(pb.DeleteCollectionRequest(name="notes"))

@@ -77,3 +77,23 @@ def load_documents(path: Path) -> Iterator[Document]:
     if suffix in TEXT_SUFFIXES:
         return iter([load_text_file(path, path.parent)])
     raise ValueError(f"unsupported input {path}: expected a folder, .jsonl, .csv, .txt or .md")
+
+
+def count_documents(path: Path) -> int | None:
+    """How many documents `load_documents(path)` yields, where that is cheap to know (lines, rows, files; the
+    file read once without parsing); None otherwise."""
+    if path.is_dir():
+        corpus = path / "corpus.jsonl"
+        if not corpus.exists():
+            return sum(1 for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        path = corpus
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    if suffix in TEXT_SUFFIXES:
+        return 1
+    return None

@@ -1,0 +1,127 @@
+"""The command line for people (issue 20), each command a real process against the session's loopback server:
+tables and JSON, bad requests (exit code, the field named), a missing collection, and Ctrl-C during `answer`
+stopping generation on the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from searchsvc.v1 import searchsvc_pb2 as pb
+
+ENV = {**os.environ, "COLUMNS": "220", "SEARCHSVC_LOG_LEVEL": "WARNING"}  # wide tables: nothing folded away
+
+
+def cli(server, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "searchsvc", *args, "--target", server.target], capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def notes(server, tmp_path_factory):
+    corpus = tmp_path_factory.mktemp("cli") / "notes.jsonl"
+    rows = [
+        {"id": "seoul", "title": "Seoul", "text": "Seoul is the capital of South Korea, on the Han River.", "metadata": {"kind": "city"}},
+        {"id": "paris", "title": "Paris", "text": "Paris is the capital of France, famous for the Eiffel Tower.", "metadata": {"kind": "city"}},
+        {"id": "cats", "title": "Cats", "text": "Cats are small domesticated felines that purr and hunt mice.", "metadata": {"kind": "animal"},
+         "typed_metadata": {"legs": 4}},
+        {"id": "blank", "title": "Blank", "text": "   "},
+    ]
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    created = cli(server, "collections", "create", "cli-notes", "--language", "en", "--refresh-interval-ms", "-1", "--chunk-size", "128")
+    assert created.returncode == 0, created.stderr
+    assert "cli-notes" in created.stdout and "english" in created.stdout
+    indexed = cli(server, "index", str(corpus), "--collection", "cli-notes")
+    assert indexed.returncode == 1  # one document was rejected, and the exit code says so
+    assert "indexed 3 documents (3 chunks) into cli-notes" in indexed.stdout
+    assert "  1 × documents[i].text: must not be empty" in indexed.stdout.splitlines()
+    assert "4/4" in indexed.stderr  # the progress bar's total: the file's lines
+    yield "cli-notes"
+    cli(server, "collections", "delete", "cli-notes", "--yes")
+
+
+def test_search_prints_a_table_and_json(server, notes):
+    table = cli(server, "search", notes, "capital city", "-k", "2", "--explain")
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "│" in line and ("seoul" in line or "paris" in line)]
+    assert len(rows) == 2 and all("#" in r for r in rows)  # per-leg ranks with --explain
+    assert "2 hits in" in table.stdout
+    raw = cli(server, "search", notes, "felines", "--mode", "keyword", "--filter", "kind=animal", "--json")
+    response = json.loads(raw.stdout)
+    assert [h["documentId"] for h in response["hits"]] == ["cats"] and response["hits"][0]["metadata"]["kind"] == "animal"
+    where = cli(server, "search", notes, "capital felines", "--where", '{"must":[{"key":"legs","range":{"gte":{"intValue":3}}}]}', "--json")
+    assert [h["documentId"] for h in json.loads(where.stdout)["hits"]] == ["cats"]
+
+
+def test_bad_requests_and_a_missing_collection_exit_non_zero_without_a_traceback(server, notes):
+    bad = cli(server, "search", notes, "capital", "-k", "5000")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("error: INVALID_ARGUMENT: top_k:") and "  field top_k: must be between" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    where = cli(server, "search", notes, "capital", "--where", '{"must":[{"key":"bad key!","exists":true}]}')
+    assert where.returncode == 1 and "field where.must[0].key" in where.stderr
+    missing = cli(server, "documents", "count", "no-such-collection")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND:") and "Traceback" not in missing.stderr
+    unreachable = subprocess.run([sys.executable, "-m", "searchsvc", "collections", "list", "--target", "127.0.0.1:1", "--timeout", "3"],
+                                 capture_output=True, text=True, timeout=60, env=ENV)
+    assert unreachable.returncode == 1 and unreachable.stderr.startswith("error: UNAVAILABLE:")
+
+
+def test_collections_and_documents(server, stub, notes):
+    listed = cli(server, "collections", "list")
+    assert any(notes in line and "READY" in line for line in listed.stdout.splitlines())
+    got = json.loads(cli(server, "collections", "get", notes, "--json").stdout)
+    assert got["name"] == notes and got["documentCount"] == "3" and got["config"]["chunkSize"] == 128
+    doc = cli(server, "documents", "get", notes, "cats", "nope")
+    assert doc.returncode == 1 and "Cats are small domesticated felines" in doc.stdout and "legs=4" in doc.stdout
+    assert "not found: nope" in doc.stdout
+    assert cli(server, "documents", "count", notes, "--filter", "kind=city").stdout.strip() == "2"
+    page = json.loads(cli(server, "documents", "list", notes, "--page-size", "2", "--json").stdout)
+    assert [d["id"] for d in page["documents"]] == ["cats", "paris"] and page["nextPageToken"]
+    rest = cli(server, "documents", "list", notes, "--page-size", "2", "--page-token", page["nextPageToken"])
+    assert "seoul" in rest.stdout and "more:" not in rest.stdout
+    # Deleting a collection asks first; without a terminal it needs --yes.
+    refused = subprocess.run([sys.executable, "-m", "searchsvc", "collections", "delete", notes, "--target", server.target],
+                             capture_output=True, text=True, timeout=60, env=ENV, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert stub.GetCollection(pb.GetCollectionRequest(name=notes)).document_count == 3
+
+
+def test_answer_streams_then_cites(server, notes):
+    done = cli(server, "answer", notes, "What is the capital of South Korea?", "--extractive")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "Seoul" in lines[0]
+    assert any(line.startswith("[1] seoul (seoul#0): \u201c") for line in lines), done.stdout
+    assert "EXTRACTIVE answer, guardrails ALLOWED" in done.stdout
+    as_json = json.loads(cli(server, "answer", notes, "What is the capital of South Korea?", "--extractive", "--json").stdout)
+    assert as_json["kind"] == "ANSWER_KIND_EXTRACTIVE" and as_json["citations"][0]["documentId"] == "seoul"
+
+
+def test_ctrl_c_during_answer_stops_generation_on_the_server(server, notes):
+    engine = server.components["service"].answers
+    engine.stats.last_cancel_stop_ms = None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "searchsvc", "answer", notes, "Describe everything the sources say about cats and cities, in detail.",
+         "--max-tokens", "1000", "--no-cache", "--target", server.target],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.monotonic() + 240
+    streamed = b""
+    while not streamed.strip() and time.monotonic() < deadline:  # the first generated text reached the terminal
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            streamed += os.read(proc.stdout.fileno(), 4096)
+    assert streamed.strip(), "no answer text arrived"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"cancelled" in err and b"Traceback" not in err
+    deadline = time.monotonic() + 30
+    while engine.stats.last_cancel_stop_ms is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stats.last_cancel_stop_ms is not None and engine.stats.last_cancel_stop_ms < 5000
