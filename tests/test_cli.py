@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conftest import fresh_collection, index
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 ENV = {**os.environ, "COLUMNS": "220", "SEARCHSVC_LOG_LEVEL": "WARNING"}  # wide tables: nothing folded away
@@ -105,23 +106,45 @@ def test_answer_streams_then_cites(server, notes):
     assert as_json["kind"] == "ANSWER_KIND_EXTRACTIVE" and as_json["citations"][0]["documentId"] == "seoul"
 
 
-def test_ctrl_c_during_answer_stops_generation_on_the_server(server, notes):
-    engine = server.components["service"].answers
-    engine.stats.last_cancel_stop_ms = None
+FACTS = " ".join(f"Fact {i}: cats {fact}." for i, fact in enumerate([
+    "sleep twelve to sixteen hours a day", "have thirty-two muscles in each ear", "cannot taste sweetness",
+    "walk like camels and giraffes", "have a third eyelid", "see six times better than people in dim light",
+    "use their whiskers to measure openings", "purr at twenty-five to one hundred fifty hertz", "sweat through their paws",
+    "were domesticated about ten thousand years ago", "have eighteen toes", "can rotate their ears one hundred eighty degrees",
+    "spend a third of their waking time grooming", "can jump six times their length", "have a unique nose print",
+    "hear higher pitches than dogs", "drink by curling the tongue backwards", "have five toes on each front paw",
+], start=1))
+
+
+def _interrupted_answer(server, collection: str) -> tuple[int, bytes]:
+    """Start `searchsvc answer`, send SIGINT once its first generated text reaches the terminal: (exit code, stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "searchsvc", "answer", notes, "Describe everything the sources say about cats and cities, in detail.",
-         "--max-tokens", "1000", "--no-cache", "--target", server.target],
+        [sys.executable, "-m", "searchsvc", "answer", collection, "List every fact the sources give about cats, one per line.",
+         "--max-tokens", "1000", "--temperature", "0", "--no-cache", "--target", server.target],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     deadline = time.monotonic() + 240
     streamed = b""
-    while not streamed.strip() and time.monotonic() < deadline:  # the first generated text reached the terminal
+    while not streamed.strip() and time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 1.0)[0]:
             streamed += os.read(proc.stdout.fileno(), 4096)
     assert streamed.strip(), "no answer text arrived"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and b"cancelled" in err and b"Traceback" not in err
-    deadline = time.monotonic() + 30
-    while engine.stats.last_cancel_stop_ms is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert engine.stats.last_cancel_stop_ms is not None and engine.stats.last_cancel_stop_ms < 5000
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def test_ctrl_c_during_answer_stops_generation_on_the_server(server, stub):
+    """Eighteen facts to list: a generation of several hundred tokens, interrupted after its first sentence."""
+    engine = server.components["service"].answers
+    with fresh_collection(stub) as name:
+        index(stub, name, [pb.Document(id="cat-facts", title="Cat facts", text=FACTS)])
+        for _ in range(3):  # an answer that ended before the signal arrived (exit 0) is a race, not a failure: ask again
+            engine.stats.last_cancel_stop_ms = None
+            code, err = _interrupted_answer(server, name)
+            if code != 0:
+                break
+        assert code == 130 and b"cancelled" in err and b"Traceback" not in err, err
+        deadline = time.monotonic() + 30
+        while engine.stats.last_cancel_stop_ms is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.stats.last_cancel_stop_ms is not None and engine.stats.last_cancel_stop_ms < 5000
