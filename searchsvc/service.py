@@ -289,7 +289,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         ids = documents.check_ids(request.ids)
         view = data_pb.view_from_pb(request.view, documents.DocumentView.FULL)
         found = await self._run(collection.get_documents, ids, view)
-        return data_pb.get_documents_response(list(request.ids), found, view, self.settings.max_response_bytes)
+        return data_pb.get_documents_response(ids, found, view, self.settings.max_response_bytes)
 
     @_maps_errors
     async def ListDocuments(self, request: pb.ListDocumentsRequest, context) -> pb.ListDocumentsResponse:
