@@ -97,6 +97,12 @@ class AnswerStats:
         self.cache_hits = 0
         self.cache_misses = 0
         self.last_cancel_stop_ms: float | None = None  # cancel -> generation thread stopped
+        self.generating = 0  # generation threads running now
+        self._generating_lock = threading.Lock()
+
+    def count_generating(self, change: int) -> None:
+        with self._generating_lock:
+            self.generating += change
 
 
 class AnswerEngine:
@@ -312,8 +318,12 @@ class AnswerEngine:
         running: list = []
 
         def produce() -> None:
-            with span("llm.generate", max_tokens=gen.max_tokens) as llm_span:
-                generate(llm_span)
+            self.stats.count_generating(+1)
+            try:
+                with span("llm.generate", max_tokens=gen.max_tokens) as llm_span:
+                    generate(llm_span)
+            finally:
+                self.stats.count_generating(-1)
 
         def generate(llm_span) -> None:
             generation = None
