@@ -124,7 +124,10 @@ def test_ctrl_c_during_answer_stops_generation_on_the_server(server, stub):
         proc = subprocess.Popen(
             [sys.executable, "-m", "searchsvc", "answer", name, "List every fact the sources give about cats, one per line.",
              "--max-tokens", "1000", "--temperature", "0", "--no-cache", "--target", server.target],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+            # A shell starts background jobs (`nohup make test &`) with SIGINT ignored, and children inherit that:
+            # give the CLI the default a terminal gives it, so Python turns SIGINT into KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 240
         while not engine.stats.generating and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
