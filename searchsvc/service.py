@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextvars
 import functools
+import hashlib
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -381,12 +382,14 @@ class SearchService(pb_grpc.SearchServiceServicer):
         name = validate_snapshot_name(first.name)
         tmp = self.snapshots.upload_path(name)
         try:
+            digest = hashlib.sha256()  # the archive's checksum, taken as it arrives (no second pass over it)
             with open(tmp, "wb") as out:  # one message at a time: gRPC flow control holds a fast sender back
                 async for request in request_iterator:
                     if request.WhichOneof("part") != "data":
                         raise errors.InvalidArgument("data", "only the first message names the snapshot; the others carry data")
+                    digest.update(request.data)
                     await self._run(out.write, request.data)
-            info = await self._run(self.snapshots.accept, name, tmp, executor=self.admin_executor)
+            info = await self._run(self.snapshots.accept, name, tmp, digest.hexdigest(), executor=self.admin_executor)
         finally:
             tmp.unlink(missing_ok=True)
         return data_pb.snapshot_to_pb(info)

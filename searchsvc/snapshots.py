@@ -167,15 +167,14 @@ class SnapshotStore:
         self._check_space()
         return self.root / f".tmp-{uuid.uuid4().hex}{SUFFIX}"
 
-    def accept(self, name: str, tmp: Path) -> SnapshotInfo:
-        """Make the uploaded archive at `tmp` snapshot `name` once it is verified (its manifest must give that
-        name); the caller removes `tmp` if this fails."""
+    def accept(self, name: str, tmp: Path, sha256: str) -> SnapshotInfo:
+        """Make the uploaded archive at `tmp` (whose SHA-256 the caller took while receiving it) snapshot `name`
+        once it is verified (its manifest must give that name); the caller removes `tmp` if this fails."""
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         manifest = archive.verify(tmp)
         if manifest.name != name:
             raise InvalidArgument("name", f"the archive's manifest names snapshot {manifest.name!r}")
-        sha256 = archive.hash_file(tmp)
         final = self._path(name)
         with self._lock:
             if final.exists():

@@ -222,8 +222,5 @@ def extract(path: Path, manifest: Manifest, dest: Path) -> None:
 
 
 def hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
