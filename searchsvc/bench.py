@@ -157,7 +157,39 @@ def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int
                 if "query_vector" in extra:
                     rows[-1]["recall_at_10"] = dense_recall(responses, exact_hits(stub, requests))
                 print(_row(rows[-1]), flush=True)
+            hybrid = [pb.SearchRequest(collection="bench-search", query=q, mode=pb.SEARCH_MODE_HYBRID) for q in queries]
+            one, eight = (searches_per_second(stub, hybrid, clients) for clients in (1, 8))
+            rows[-len(modes)]["throughput"] = {1: one, 8: eight}
+            print(f"{info.chunk_count:>7} HYBRID throughput: 1 client {one:.0f} searches/s, 8 clients {eight:.0f} "
+                  f"({eight / one:.2f}x)", flush=True)
     return rows
+
+
+def searches_per_second(stub, requests: list[pb.SearchRequest], clients: int, seconds: float = 5.0) -> float:
+    """Closed loop: `clients` threads, each sending its next search as its last returns (distinct query texts,
+    so the query-vector cache does not answer them). The client threads share the cores with the server."""
+    import threading
+
+    stop = time.perf_counter() + seconds
+    counts = [0] * clients
+
+    def client(c: int) -> None:
+        i = c
+        while time.perf_counter() < stop:
+            request = pb.SearchRequest()
+            request.CopyFrom(requests[i % len(requests)])
+            request.query = f"{request.query} {c}-{i}"
+            stub.Search(request, timeout=30)
+            counts[c] += 1
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
 
 
 def exact_hits(stub, requests: list) -> list[set[str]]:

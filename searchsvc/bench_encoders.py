@@ -130,8 +130,11 @@ def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", 
     def minilm_tokens(texts):
         return [min(len(ids), reference.max_seq_length) for ids in reference.tokenizer(list(texts))["input_ids"]]
 
-    for engine in engines:
-        if engine not in ("torch", "onnx"):  # MiniLM runs on these two (OpenVINO serves e5 only)
+    minilm_variants = [("torch", "float32", "fp32"), ("onnx", "float32", "fp32"), ("openvino", "float32", "fp32")]
+    if hardware.has_native_bf16():
+        minilm_variants.append(("openvino", "bfloat16", "bf16"))
+    for engine, precision, label in minilm_variants:
+        if engine not in engines:
             continue
         if engine == "torch":
             row = bench_engine(
@@ -139,8 +142,11 @@ def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", 
                 lambda t: reference.encode(list(t), batch_size=32, normalize_embeddings=True), minilm_tokens, 6, passages, peak, runs,
             )
         else:
-            model = OnnxSentenceEmbedding(minilm_path, cache_dir, threads=0, model_id="all-MiniLM-L6-v2")
-            row = bench_engine("onnx fp32", model.get_query_embedding, model.embed_passages, minilm_tokens, 6, passages, peak, runs)
+            model = OnnxSentenceEmbedding(minilm_path, cache_dir, threads=0, model_id="all-MiniLM-L6-v2", engine=engine, precision=precision)
+            row = bench_engine(f"{engine} {label}", model.get_query_embedding, model.embed_passages, minilm_tokens, 6, passages, peak, runs)
+            vectors = model.embed_passages(passages[:64])
+            row["min_cosine"] = float(np.min(np.sum(vectors * reference.encode(passages[:64], normalize_embeddings=True), axis=1)))
+            print(f"  all-MiniLM-L6-v2 {engine} {label}: min cosine to torch fp32 over 64 passages {row['min_cosine']:.4f}", flush=True)
         rows.append({"model": "all-MiniLM-L6-v2", **row})
         print_row("all-MiniLM-L6-v2", row)
 

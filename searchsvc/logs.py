@@ -9,11 +9,11 @@ metadata, and worker threads inherit it with the call's context (service._run co
 from __future__ import annotations
 
 import contextvars
-import inspect
 import json
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -70,28 +70,18 @@ class RequestIds(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        from searchsvc.wire import handler_kind
+        from searchsvc.wire import within_each_call
 
         given = next((v for k, v in details.invocation_metadata or () if k == "x-request-id" and isinstance(v, str)), "")
-        kind = handler_kind(handler)
-        behaviour = getattr(handler, kind)
 
-        async def begin(context) -> None:
+        @asynccontextmanager
+        async def with_request_id(context):
             rid = given[:64] or uuid.uuid4().hex[:16]
             request_id.set(rid)
             await context.send_initial_metadata((("x-request-id", rid),))
+            yield
 
-        if inspect.isasyncgenfunction(behaviour):
-            async def streaming(request, context):
-                await begin(context)
-                async for response in behaviour(request, context):
-                    yield response
-            return handler._replace(**{kind: streaming})
-
-        async def unary(request, context):
-            await begin(context)
-            return await behaviour(request, context)
-        return handler._replace(**{kind: unary})
+        return within_each_call(handler, with_request_id)
 
 
 def log_slow_search(threshold_ms: float, with_text: bool, collection: str, params, timings_ms: dict[str, float], hits: int) -> None:

@@ -14,9 +14,9 @@ Names and units follow Prometheus conventions: snake_case, `_total` for counters
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -73,13 +73,12 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        from searchsvc.wire import handler_kind
+        from searchsvc.wire import within_each_call
 
         method = details.method.rsplit("/", 1)[-1]
-        kind = handler_kind(handler)
-        behaviour = getattr(handler, kind)
 
-        def start(context) -> None:
+        @asynccontextmanager
+        async def counted(context):
             started = time.perf_counter()
 
             def done(ctx) -> None:
@@ -90,18 +89,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
                 RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 
             context.add_done_callback(done)
+            yield
 
-        if inspect.isasyncgenfunction(behaviour):  # (a streaming behaviour may also write with context.write)
-            async def streaming(request, context):
-                start(context)
-                async for response in behaviour(request, context):
-                    yield response
-            return handler._replace(**{kind: streaming})
-
-        async def unary(request, context):
-            start(context)
-            return await behaviour(request, context)
-        return handler._replace(**{kind: unary})
+        return within_each_call(handler, counted)
 
 
 class ServerCollector:

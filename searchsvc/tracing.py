@@ -9,7 +9,7 @@ OpenTelemetry's process-wide one, which can be set once) so tests can give a ser
 
 from __future__ import annotations
 
-import inspect
+from contextlib import asynccontextmanager
 
 import grpc
 from opentelemetry import context as otel_context
@@ -60,12 +60,10 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or _provider is None:
             return handler
-        from searchsvc.wire import handler_kind
+        from searchsvc.wire import within_each_call
 
         service, _, method = details.method.lstrip("/").partition("/")
         carrier = {k: v for k, v in details.invocation_metadata or () if isinstance(v, str)}
-        kind = handler_kind(handler)
-        behaviour = getattr(handler, kind)
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
 
         def span(context):
@@ -84,23 +82,15 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
             context.add_done_callback(done)
             return started
 
-        if inspect.isasyncgenfunction(behaviour):
-            async def streaming(request, context):
-                token = otel_context.attach(trace.set_span_in_context(span(context)))
-                try:
-                    async for response in behaviour(request, context):
-                        yield response
-                finally:
-                    otel_context.detach(token)
-            return handler._replace(**{kind: streaming})
-
-        async def unary(request, context):
+        @asynccontextmanager
+        async def in_span(context):
             token = otel_context.attach(trace.set_span_in_context(span(context)))
             try:
-                return await behaviour(request, context)
+                yield
             finally:
                 otel_context.detach(token)
-        return handler._replace(**{kind: unary})
+
+        return within_each_call(handler, in_span)
 
 
 def set_attributes(**attributes) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Callable
 
 import grpc
@@ -79,6 +80,26 @@ def _tolerant(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHand
 def handler_kind(handler: grpc.RpcMethodHandler) -> str:
     """The RpcMethodHandler field that holds its behaviour: unary_unary, unary_stream, stream_unary or stream_stream."""
     return ("stream" if handler.request_streaming else "unary") + "_" + ("stream" if handler.response_streaming else "unary")
+
+
+def within_each_call(
+    handler: grpc.RpcMethodHandler, scope: Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager]
+) -> grpc.RpcMethodHandler:
+    """The handler, with its behaviour run inside `scope(context)` (entered before the first request is read, left
+    when the last response is sent): what the request-id, metrics and tracing interceptors add to every call."""
+    kind = handler_kind(handler)
+    behaviour = getattr(handler, kind)
+    if inspect.isasyncgenfunction(behaviour):  # (a streaming behaviour may also write with context.write)
+        async def streaming(request, context):
+            async with scope(context):
+                async for response in behaviour(request, context):
+                    yield response
+        return handler._replace(**{kind: streaming})
+
+    async def unary(request, context):
+        async with scope(context):
+            return await behaviour(request, context)
+    return handler._replace(**{kind: unary})
 
 
 def _unary_request(behaviour):

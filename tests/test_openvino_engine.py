@@ -40,6 +40,22 @@ def test_e5_on_openvino_bf16_stays_within_cosine_0_995(cache_dir, reference):
         assert cosine.min() >= 0.995, cosine
 
 
+def test_minilm_on_openvino_matches_sentence_transformers(cache_dir):
+    """The bench's MiniLM-on-OpenVINO row (issue 14) measures the same vectors as the service's engines."""
+    from sentence_transformers import SentenceTransformer
+
+    from searchsvc.models import packaged_minilm_path
+    from searchsvc.retrieve.sentence_onnx import OnnxSentenceEmbedding
+
+    path = packaged_minilm_path()
+    ov = OnnxSentenceEmbedding(path, cache_dir, threads=1, model_id="all-MiniLM-L6-v2", engine="openvino", embed_batch_size=2)
+    assert type(ov._encoder).__name__ == "OvTransformer"
+    reference = SentenceTransformer(path, device="cpu").encode(TEXTS, normalize_embeddings=True)
+    cosine = (ov.embed_passages(TEXTS) * reference).sum(1)
+    assert cosine.min() >= 0.9999, cosine
+    assert np.allclose(ov.get_query_embedding(TEXTS[0]), reference[0], atol=1e-4)
+
+
 def tiny_bert(seed: int):
     import torch
     from transformers import BertConfig, BertModel

@@ -75,9 +75,33 @@ class OvEncoder:
         self.compiled = ov.Core().compile_model(str(ir_dir / "model.xml"), "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.precision = precision
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: callers may hold it around run(), as they do OrtEncoder's
 
     def run(self, *inputs: np.ndarray) -> np.ndarray:
         """The model's one output (a copy: the request reuses its buffers)."""
         with self.lock:
             return np.array(self.request.infer(list(inputs))[0])
+
+
+class OvTransformer(OvEncoder):
+    """A Hugging Face encoder on OpenVINO, called as OrtEncoder is: run(**tokenizer_outputs)."""
+
+    def __init__(self, ir_dir: Path, input_names: list[str], threads: int, precision: str) -> None:
+        super().__init__(ir_dir, threads, precision)
+        self.input_names = input_names
+
+    def run(self, *inputs: np.ndarray, **named: np.ndarray) -> np.ndarray:
+        return super().run(*inputs, *(named[name] for name in self.input_names))
+
+
+def convert_transformer(model: Any, tokenizer: Any, model_id: str, cache_dir: Path, threads: int, precision: str) -> OvTransformer:
+    """onnx_runtime.export_transformer's counterpart: the encoder converted (cached) and compiled for this CPU."""
+    import torch
+
+    from searchsvc.retrieve.onnx_runtime import HiddenStates
+
+    model.set_attn_implementation("eager")  # as for ONNX and e5's IR: one attention pattern across engines
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+    ir = cached_ir(HiddenStates(model, names), model_id, tuple(torch.ones(2, 8, dtype=torch.int64) for _ in names),
+                   [[-1, -1] for _ in names], cache_dir)
+    return OvTransformer(ir, names, threads or torch.get_num_threads(), precision)

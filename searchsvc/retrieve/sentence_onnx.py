@@ -49,7 +49,11 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     _batcher: Any = PrivateAttr()
     _dimension: int = PrivateAttr()
 
-    def __init__(self, model_path: str, cache_dir: Path, threads: int, model_id: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, model_path: str, cache_dir: Path, threads: int, model_id: str = "", engine: str = "onnx",
+        precision: str = "float32", **kwargs: Any,
+    ) -> None:
+        """`engine`: "onnx" (the service's), or "openvino" in `precision` (measured by `searchsvc bench`)."""
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(model_path, device="cpu")
@@ -58,7 +62,13 @@ class OnnxSentenceEmbedding(BaseEmbedding):
             raise ValueError(f"{model_path}: not a Transformer -> Pooling(mean|cls) [-> Normalize] model")
         super().__init__(model_path=model_path, normalize=normalize, max_length=st.max_seq_length, **kwargs)
         self._tokenizer = st.tokenizer
-        self._encoder = onnx_runtime.export_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads)
+        if engine == "openvino":
+            from searchsvc.retrieve import openvino_runtime
+
+            self._encoder = openvino_runtime.convert_transformer(
+                st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads, precision)
+        else:
+            self._encoder = onnx_runtime.export_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads)
         self._pool = pool
         self._batcher = QueryBatcher(self._encode, name="sentence-query-batcher")  # concurrent queries share passes
         self._dimension = int(st.get_embedding_dimension())
