@@ -90,6 +90,9 @@ class AnswerSettings(BaseModel):
     context_tokens: int = Field(
         768, ge=64, description="Token budget for packed context; small local models slow sharply past ~1000."
     )
+    # "passages": the top passages whole, in rank order, the last one cut to fit; "sentences": the best sentences
+    # of the top passages (prompt.pack_sentences), so the same budget carries more of what bears on the question.
+    context_selection: Literal["passages", "sentences"] = "passages"
     max_context_hits: int = Field(5, ge=1, le=20)
     default_max_tokens: int = Field(256, ge=1)
     max_tokens_limit: int = Field(1024, ge=1)

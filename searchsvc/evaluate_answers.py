@@ -105,6 +105,9 @@ def _ask(stub, collection: str, q: dict, max_tokens: int) -> dict:
         "prompt_tokens": r.usage.prompt_tokens,
         "completion_tokens": r.usage.completion_tokens,
         "first_token_ms": t.first_token_ms,
+        # what the caller waits for the first token: input rails, retrieval, packing the context, prompt reading
+        "until_first_token_ms": t.guard_input_ms + t.retrieve_ms + t.context_ms + t.first_token_ms,
+        "context_ms": t.context_ms,
         "decode_tok_s": (r.usage.completion_tokens - 1) / decode_s if r.usage.completion_tokens > 1 else 0.0,
         "guard_input_ms": r.guardrails.input_ms,
         "guard_output_ms": r.guardrails.output_ms,
@@ -132,6 +135,8 @@ def summarize(rows: list[dict], off_domain: list[dict]) -> dict:
         "refusal_rate_unanswerable": mean("refused", off_domain) if off_domain else None,
         "prompt_tokens_mean": mean("prompt_tokens"),
         "first_token_ms_p50": pct([r["first_token_ms"] for r in rows], 50),
+        "until_first_token_ms_p50": pct([r["until_first_token_ms"] for r in rows], 50),
+        "context_ms_p50": pct([r["context_ms"] for r in rows], 50),
         "decode_tokens_per_s_p50": pct([r["decode_tok_s"] for r in answered], 50),
         "guard_input_ms_p50": pct([r["guard_input_ms"] for r in rows], 50),
         "guard_output_ms_p50": pct([r["guard_output_ms"] for r in rows], 50),

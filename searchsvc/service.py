@@ -686,6 +686,7 @@ def answer_result_to_pb(r: AnswerResult, explain: bool) -> pb.AnswerResponse:
             generate_ms=t.get("generate", 0.0),
             guard_output_ms=t.get("guard_output", 0.0),
             total_ms=t.get("total", 0.0),
+            context_ms=t.get("context", 0.0),
         ),
         generator=pb.Generator(backend=r.generator.backend, model=r.generator.model, fallback_reason=r.generator.fallback_reason),
     )

@@ -74,3 +74,33 @@ def test_the_model_saying_the_context_lacks_the_answer_is_unanswered(stub, llm_s
     r = answer(stub, llm_server, "I don't know: the provided documents do not contain the answer.")
     assert r.kind == pb.ANSWER_KIND_UNANSWERED and not r.citations
     assert r.guardrails.status == pb.GUARDRAIL_STATUS_ALLOWED
+
+
+@pytest.mark.parametrize("selection", ["passages", "sentences"])
+def test_sentence_selection_sends_the_model_what_bears_on_the_question(tmp_path_factory, llm_server, selection):
+    """With a small context budget, `passages` sends the head of the passage; `sentences` its best sentences,
+    the one that answers the question included, in the passage's own order."""
+    import grpc
+
+    filler = [f"The museum's wing number {i} holds pottery, tapestries and coins from many periods." for i in range(24)]
+    guide = " ".join(filler[:12] + ["Seoul is the capital of South Korea."] + filler[12:])
+    settings = server_settings(
+        tmp_path_factory.mktemp("indexes"),
+        llm={"backend": "openai_like", "model": "served-model", "base_url": llm_server.url + "/v1", "api_key": "sk-test"},
+        answer={"context_selection": selection, "context_tokens": 80},
+    )
+    with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="guide", config=pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH)))
+        index(stub, "guide", [pb.Document(id="guide", title="Guide", text=guide)])
+        llm_server.pieces = ("Seoul is the capital of South Korea [1].",)
+        search = pb.SearchRequest(collection="guide", query="What is the capital of South Korea?", top_k=1)
+        r = stub.Answer(pb.AnswerRequest(search=search, bypass_cache=True), timeout=60)
+    prompt = llm_server.requests[-1].body["messages"][-1]["content"]
+    assert r.timings.context_ms > 0 and r.context[0].document_id == "guide"
+    if selection == "sentences":
+        assert "[1] Guide: " in prompt and " … Seoul is the capital of South Korea." in prompt
+        assert r.kind == pb.ANSWER_KIND_GENERATED and [c.document_id for c in r.citations] == ["guide"]
+    else:
+        assert "[1] Guide: The museum's wing number 0 holds" in prompt and "Seoul" not in prompt.split("Question:")[0]
+    assert prompt.count("The museum's wing") < 8  # within the budget either way

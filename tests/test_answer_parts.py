@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from searchsvc.answer.cache import AnswerCache, cache_key
 from searchsvc.answer.citations import attribute_uncited, extract_citations, source_token_sets, strip_invalid_markers
-from searchsvc.answer.prompt import build_messages, pack_context
+from searchsvc.answer.prompt import build_messages, pack_context, pack_sentences
 from searchsvc.answer.types import AnswerKind, AnswerResult, Citation, GeneratorInfo, GuardOutcome, RailHitInfo, TokenUsage
 from searchsvc.text import complete_prefix, content_tokens, split_sentences
 from searchsvc.types import Hit, ScoredId
@@ -80,6 +80,31 @@ def test_pack_context_respects_the_token_budget():
     assert len(packed.hits) == 3  # two whole passages (~204 tokens each) and a truncated third
     assert packed.passages[2].count("word") < 200 and packed.passages[2].startswith("[3] T2: word")
     assert pack_context(hits, count, budget_tokens=5000, max_hits=2).hits == hits[:2]
+
+
+def test_pack_sentences_keeps_the_best_sentences_of_each_passage_in_their_order():
+    filler = " ".join(f"Filler sentence number {i} says nothing useful." for i in range(30))
+    hits = [
+        hit("a#0", f"Intro of a. {filler} Paris is the capital of France. {filler} Outro of a.", "A"),
+        hit("b#0", f"{filler} France lies in western Europe. It borders Spain.", "B"),
+        hit("c#0", filler, "C"),
+    ]
+
+    def count(s: str) -> int:
+        return len(s.split())
+
+    def score(sentences):  # what extractive.score_sentences gives a question about France: its sentences best
+        return [1.0 if "France" in s else 0.5 if "Spain" in s else 0.0 for s in sentences]
+
+    packed = pack_sentences(hits, count, budget_tokens=22, max_hits=3, score=score)
+    assert packed.tokens <= 22 and [h.chunk_id for h in packed.hits] == ["a#0", "b#0"]
+    assert packed.passages == ["[1] A: … Paris is the capital of France.", "[2] B: … France lies in western Europe. It borders Spain."]
+    # Best first while they fit, then the rest of the budget in document order of score ties; sources keep rank order.
+    packed = pack_sentences(hits, count, budget_tokens=40, max_hits=3, score=score)
+    assert packed.tokens <= 40 and packed.passages[0].startswith("[1] A: Intro of a.")
+    assert " … Paris is the capital of France." in packed.passages[0] and packed.passages[1].startswith("[2] B: ")
+    # Room for everything: the passages whole, as pack_context gives them.
+    assert pack_sentences(hits, count, 10_000, 3, score) == pack_context(hits, count, 10_000, 3)
 
 
 def test_prompt_numbers_sources_and_follows_korean():

@@ -22,8 +22,8 @@ from dataclasses import asdict
 
 from searchsvc.answer.cache import AnswerCache, cache_key
 from searchsvc.answer.citations import attribute_uncited, extract_citations, source_token_sets, strip_invalid_markers
-from searchsvc.answer.extractive import extractive_answer
-from searchsvc.answer.prompt import PROMPT_VERSION, build_messages, pack_context, refusal_for
+from searchsvc.answer.extractive import extractive_answer, score_sentences
+from searchsvc.answer.prompt import PROMPT_VERSION, build_messages, pack_context, pack_sentences, refusal_for
 from searchsvc.answer.types import (
     AnswerEvent,
     AnswerKind,
@@ -40,6 +40,7 @@ from searchsvc.answer.types import (
 from searchsvc.storage import CollectionStorage
 from searchsvc.config import Settings
 from searchsvc.pipeline import SearchPipeline
+from searchsvc.retrieve.external import EXTERNAL_MODEL
 from searchsvc.text import citations as markers_in
 from searchsvc.text import complete_prefix, has_words, is_refusal
 from searchsvc.tracing import span
@@ -183,7 +184,15 @@ class AnswerEngine:
         count_tokens = llm.count_tokens if llm else _estimate_tokens
         budget = self.settings.answer.context_tokens
         max_hits = min(params.top_k, self.settings.answer.max_context_hits)
-        packed = await self._run(pack_context, hits, count_tokens, budget, max_hits)
+        t = time.perf_counter()
+        # (a collection of callers' vectors has no embedder to score sentences with)
+        if self.settings.answer.context_selection == "sentences" and collection.config.embedding_model != EXTERNAL_MODEL:
+            def score(sentences):
+                return score_sentences(params.query, sentences, collection.embed_query, collection.embed_passages)
+            packed = await self._run(pack_sentences, hits, count_tokens, budget, max_hits, score)
+        else:
+            packed = await self._run(pack_context, hits, count_tokens, budget, max_hits)
+        timings["context"] = (time.perf_counter() - t) * 1000
         yield ContextEvent(packed.hits)
 
         if not packed.hits:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from searchsvc.text import is_korean
+from searchsvc.text import is_korean, split_sentences
 from searchsvc.types import Hit
 
 # Bump when the prompt changes: it is part of the answer-cache key.
@@ -76,6 +76,49 @@ def pack_context(
         passages.append(passage)
         used += cost
     return PackedContext(packed_hits, passages, used)
+
+
+def pack_sentences(
+    hits: Sequence[Hit], count_tokens: Callable[[str], int], budget_tokens: int, max_hits: int,
+    score: Callable[[Sequence[str]], Sequence[float]],
+) -> PackedContext:
+    """The best sentences of the top `max_hits` passages that fit the budget, instead of the first passages whole.
+
+    Prompt reading is most of an answer's wait on a CPU (~12 ms a token for the 1.5B here), and a retrieved
+    passage is mostly sentences that do not bear on the question. Sentences are taken best first by `score`
+    (extractive.score_sentences: query cosine + query-term share) while they fit; each source then shows its
+    chosen sentences in their own order, with " … " where some were left out. Sources keep their rank order and
+    are numbered after it. When every passage fits whole, this is pack_context's result."""
+    top = list(hits[:max_hits])
+    whole = pack_context(top, count_tokens, budget_tokens, max_hits)
+    if len(whole.hits) == len(top) and whole.passages == [_format(n, h.title, h.text) for n, h in enumerate(top, 1)]:
+        return whole
+    spans = [(i, start, end) for i, hit in enumerate(top) for start, end in split_sentences(hit.text)]
+    if not spans:
+        return whole
+    scores = score([top[i].text[a:b] for i, a, b in spans])
+    chosen: dict[int, list[tuple[int, int]]] = {}
+    used = 0
+    for k in sorted(range(len(spans)), key=lambda k: -scores[k]):
+        i, a, b = spans[k]
+        hit = top[i]
+        cost = count_tokens(" " + hit.text[a:b]) + (0 if i in chosen else count_tokens(_format(len(top), hit.title, "")) + 2)
+        if used + cost <= budget_tokens:
+            chosen.setdefault(i, []).append((a, b))
+            used += cost
+    packed_hits, passages = [], []
+    for i in sorted(chosen):
+        hit, parts, previous_end = top[i], [], None
+        for a, b in sorted(chosen[i]):
+            if previous_end is not None:
+                parts.append(" " if not hit.text[previous_end:a].strip() else " … ")
+            elif a > 0:
+                parts.append("… ")
+            parts.append(hit.text[a:b])
+            previous_end = b
+        packed_hits.append(hit)
+        passages.append(_format(len(packed_hits), hit.title, "".join(parts)))
+    return PackedContext(packed_hits, passages, sum(count_tokens(p) for p in passages))
 
 
 def _format(n: int, title: str, text: str) -> str:

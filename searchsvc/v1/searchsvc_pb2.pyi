@@ -618,7 +618,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached: _Optional[bool] = ..., prompt_tokens_reused: _Optional[int] = ...) -> None: ...
 
 class AnswerTimings(_message.Message):
-    __slots__ = ("retrieve_ms", "search", "guard_input_ms", "first_token_ms", "generate_ms", "guard_output_ms", "total_ms")
+    __slots__ = ("retrieve_ms", "search", "guard_input_ms", "first_token_ms", "generate_ms", "guard_output_ms", "total_ms", "context_ms")
     RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     GUARD_INPUT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -626,6 +626,7 @@ class AnswerTimings(_message.Message):
     GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
     GUARD_OUTPUT_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_MS_FIELD_NUMBER: _ClassVar[int]
     retrieve_ms: float
     search: Timings
     guard_input_ms: float
@@ -633,7 +634,8 @@ class AnswerTimings(_message.Message):
     generate_ms: float
     guard_output_ms: float
     total_ms: float
-    def __init__(self, retrieve_ms: _Optional[float] = ..., search: _Optional[_Union[Timings, _Mapping]] = ..., guard_input_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., guard_output_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    context_ms: float
+    def __init__(self, retrieve_ms: _Optional[float] = ..., search: _Optional[_Union[Timings, _Mapping]] = ..., guard_input_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., guard_output_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., context_ms: _Optional[float] = ...) -> None: ...
 
 class Generator(_message.Message):
     __slots__ = ("backend", "model", "fallback_reason")
