@@ -32,6 +32,9 @@ _SENTENCE_END = re.compile(
 )
 _ENUMERATOR = re.compile(r"(?:\d{1,3}|[A-Za-z]|[ivxIVX]{1,4})[.)]")
 _LETTER = re.compile(r"[^\W\d_]")
+# Korean writes dates as "2021. 8. 14." inside a sentence ("2021. 8. 14. 피고에게 통지하였다."): a period after a year,
+# or after a year and month with a number next, does not end one; nor does a whole date's last period.
+_DATE_SO_FAR = re.compile(r"(?:^|\D)(?:\d{4}\.\s?\d{1,2}\.\s?\d{1,2}|\d{4}(?:\.\s?\d{1,2})?)$")
 _ABBREVIATIONS = re.compile(r"(?:\b(?:e\.g|i\.e|etc|vs|mr|mrs|ms|dr|prof|fig|approx|inc|ltd|u\.s)\.)$", re.IGNORECASE)
 
 _STOPWORDS = frozenset(
@@ -78,6 +81,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         end = m.end() if m.group(0).strip() else m.start()
         if m.group(0).startswith(".") and _ABBREVIATIONS.search(text[start : m.start() + 1]):
             continue  # "e.g." / "Dr." is not the end of a sentence
+        if m.group(0).strip() == "." and _is_inside_a_date(text, start, m):
+            continue
         if _ENUMERATOR.fullmatch(text[start : m.end()].strip()):
             continue  # "1. " / "a) " opening a list item belongs to the item's sentence
         spans.append((start, end))
@@ -92,6 +97,14 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         if s < e:
             out.append((s, e))
     return out
+
+
+def _is_inside_a_date(text: str, start: int, m: re.Match) -> bool:
+    date = _DATE_SO_FAR.search(text[start : m.start()])
+    if not date:
+        return False
+    whole = date.group(0).count(".") == 2  # year. month. day.
+    return whole or text[m.end() : m.end() + 1].isdigit() or text[m.end() :].lstrip()[:1].isdigit()
 
 
 def citations(sentence: str) -> list[int]:

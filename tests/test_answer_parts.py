@@ -69,6 +69,13 @@ def test_uncited_sentences_get_the_marker_of_the_source_that_supports_them():
     assert attribute_uncited(answer, source_token_sets(sources), min_overlap=1.01)[1] == set()  # above 1: off
 
 
+def test_korean_dates_do_not_end_sentences():
+    text = "원고는 2021. 8. 14. 피고에게 통지하였다. 2017. 2. 25. 증상이 발생했다. It was founded in 1998. Later it grew."
+    assert [text[s:e] for s, e in split_sentences(text)] == [
+        "원고는 2021. 8. 14. 피고에게 통지하였다.", "2017. 2. 25. 증상이 발생했다.", "It was founded in 1998.", "Later it grew.",
+    ]
+
+
 def test_pack_context_respects_the_token_budget():
     hits = [hit(f"d{i}#0", "word " * 200, f"T{i}") for i in range(5)]
 
