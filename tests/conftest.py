@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +14,10 @@ from searchsvc.config import apply_process_env, load_settings
 from searchsvc.process import ServerProcess as _ServerProcess
 
 apply_process_env()
+# Test servers (in-process and subprocesses, which inherit this) embed MiniLM on ONNX Runtime alone. The default,
+# "auto", also compiles an OpenVINO passage engine on a CPU with AMX: ~4 s more for every one of the suite's
+# server starts. That engine and the choice are tested on their own (tests/test_openvino_engine.py).
+os.environ.setdefault("SEARCHSVC_SENTENCE_ENGINE", "onnx")
 
 from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc  # noqa: E402

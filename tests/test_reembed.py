@@ -44,7 +44,9 @@ def test_reembed_swaps_in_the_new_model_by_id(server, stub, collection):
 
     hit = search(stub, collection, query, mode=pb.SEARCH_MODE_DENSE, top_k=1, explain=True).hits[0]
     q, d = new_model.encode([query, f"{hit.title}\n{hit.text}"], normalize_embeddings=True)
-    assert hit.explanation.dense.score == pytest.approx(float(q @ d), abs=1e-4)  # the stored vectors are the new model's
+    # The stored vectors are the new model's (to ~2e-4 where passages are embedded in bf16: sentence_engine auto
+    # on a CPU with AMX; another model is off by far more).
+    assert hit.explanation.dense.score == pytest.approx(float(q @ d), abs=2e-3)
     if hit.chunk_id == old_top.chunk_id:
         assert hit.explanation.dense.score != pytest.approx(old_top.explanation.dense.score, abs=1e-3)
     # Keyword search and writes work on the new version.
