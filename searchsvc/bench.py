@@ -166,30 +166,17 @@ def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int
 
 
 def searches_per_second(stub, requests: list[pb.SearchRequest], clients: int, seconds: float = 5.0) -> float:
-    """Closed loop: `clients` threads, each sending its next search as its last returns (distinct query texts,
-    so the query-vector cache does not answer them). The client threads share the cores with the server."""
-    import threading
+    """Closed loop (bench_encoders.closed_loop_rate), distinct query texts so the query-vector cache does not
+    answer them. The client threads share the cores with the server."""
+    from searchsvc.bench_encoders import closed_loop_rate
 
-    stop = time.perf_counter() + seconds
-    counts = [0] * clients
+    def one(c: int, i: int) -> None:
+        request = pb.SearchRequest()
+        request.CopyFrom(requests[(c + i * clients) % len(requests)])
+        request.query = f"{request.query} {c}-{i}"
+        stub.Search(request, timeout=30)
 
-    def client(c: int) -> None:
-        i = c
-        while time.perf_counter() < stop:
-            request = pb.SearchRequest()
-            request.CopyFrom(requests[i % len(requests)])
-            request.query = f"{request.query} {c}-{i}"
-            stub.Search(request, timeout=30)
-            counts[c] += 1
-            i += clients
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return closed_loop_rate(one, clients, seconds)
 
 
 def exact_hits(stub, requests: list) -> list[set[str]]:

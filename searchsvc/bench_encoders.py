@@ -62,19 +62,18 @@ def _latency(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def queries_per_second(embed_query: Callable[[str], object], clients: int, seconds: float = 3.0) -> float:
-    """Distinct ~8-token queries from `clients` threads at once, each sending its next as soon as one returns."""
+def closed_loop_rate(call: Callable[[int, int], object], clients: int, seconds: float) -> float:
+    """Calls per second from `clients` threads at once, each making its next call as soon as its last returns
+    (client c's i-th call is `call(c, i)`)."""
     import threading
 
     stop = time.perf_counter() + seconds
     counts = [0] * clients
 
     def client(c: int) -> None:
-        i = 0
         while time.perf_counter() < stop:
-            embed_query(f"{QUERIES[8]} {c} {i}")  # distinct texts: no cache hits
-            i += 1
-        counts[c] = i
+            call(c, counts[c])
+            counts[c] += 1
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     started = time.perf_counter()
@@ -83,6 +82,11 @@ def queries_per_second(embed_query: Callable[[str], object], clients: int, secon
     for t in threads:
         t.join()
     return sum(counts) / (time.perf_counter() - started)
+
+
+def queries_per_second(embed_query: Callable[[str], object], clients: int, seconds: float = 3.0) -> float:
+    """Distinct ~8-token queries (no cache hits) from `clients` closed-loop threads."""
+    return closed_loop_rate(lambda c, i: embed_query(f"{QUERIES[8]} {c} {i}"), clients, seconds)
 
 
 def bench_engine(
