@@ -3,9 +3,12 @@ holds exactly the live chunks when it is written and read back."""
 
 from __future__ import annotations
 
-import numpy as np
+import threading
 
-from searchsvc.storage.embedded.dense import DeferredIndexStore, DenseIndex
+import numpy as np
+import pytest
+
+from searchsvc.storage.embedded.dense import DeferredIndexStore, DenseIndex, DenseIndexSpec
 from searchsvc.retrieve.external import ExternalEmbedding
 from searchsvc.types import Chunk
 
@@ -215,3 +218,36 @@ def test_the_index_structs_node_map_is_a_view_of_the_vector_store():
     retrieved = dense.index.as_retriever(similarity_top_k=1).retrieve(
         __import__("llama_index.core.schema", fromlist=["QueryBundle"]).QueryBundle("", embedding=vectors[2].tolist()))
     assert [r.node.node_id for r in retrieved] == ["c#0"] and retrieved[0].node.text == "text of c"
+
+
+def test_the_writers_other_work_runs_while_faiss_inserts_and_sees_the_new_ids():
+    """DenseIndex.add's `meanwhile` runs on the writer's thread while FAISS inserts on another, and can read the
+    new chunks' FAISS ids (the collection files its metadata postings under them)."""
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM, DenseIndexSpec(kind="hnsw"))
+    seen = {}
+
+    def meanwhile():
+        seen["thread"] = threading.current_thread()
+        seen["ids"] = dense.faiss_ids(["a#0", "b#0"])
+
+    dense.add(chunks("a", "b"), unit(2, seed=1), meanwhile=meanwhile)
+    assert seen["thread"] is threading.current_thread()
+    assert seen["ids"] == {"a#0": 0, "b#0": 1}
+    assert [s.chunk_id for s in dense.search(unit(2, seed=1)[1], 1)] == ["b#0"]
+
+
+def test_a_failed_batch_leaves_the_id_list_parallel_to_faiss_rows():
+    """If the other work fails, FAISS still holds the vectors and the ids stay booked (rows and ids parallel);
+    if FAISS refuses the vectors, nothing is booked. Either way later writes and searches line up."""
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
+    vectors = unit(4, seed=2)
+    with pytest.raises(OSError, match="disk full"):
+        dense.add(chunks("a"), vectors[:1], meanwhile=lambda: (_ for _ in ()).throw(OSError("disk full")))
+    assert dense.faiss_ids(["a#0"]) == {"a#0": 0} and dense.store._faiss_index.ntotal == 1
+    with pytest.raises(AssertionError):  # FAISS's wrapper refuses vectors of another dimension
+        dense.store.add_vectors(["b#0"], np.ones((1, DIM + 1), np.float32), meanwhile=lambda: None)
+    assert dense.faiss_ids(["b#0"]) == {} and dense.store._faiss_index.ntotal == 1 and dense.store._next_id == 1
+    dense.add(chunks("c"), vectors[2:3])
+    assert dense.faiss_ids(["c#0"]) == {"c#0": 1}
+    assert [s.chunk_id for s in dense.search(vectors[2], 1)] == ["c#0"]
+    assert [s.chunk_id for s in dense.search(vectors[0], 1)] == ["a#0"]

@@ -394,15 +394,16 @@ class Collection:
         documents whole (deleted, or exactly these chunks), whatever they were."""
         existed = 0
         chunks = _record_chunks(record)
-        if keyword:
+        if keyword and not (dense and chunks):  # else it runs while FAISS inserts the chunks' vectors (below)
             self._apply_keyword(record, chunks)
         if not dense:
             return existed
         kvstore = self.dense.kvstore
         removed: list[str] = []
         replaced: list[str] = []
+        stored = self.dense.chunk_ids_of_many(record["documents"])
         for doc_id in record["documents"]:
-            old = self.dense.chunk_ids_of(doc_id)
+            old = stored.get(doc_id, [])
             existed += bool(old)
             # Every upserted document has at least one chunk (its text is non-empty).
             self._document_count += (record["op"] == "upsert") - bool(old)
@@ -423,11 +424,16 @@ class Collection:
             kvstore.delete_chunk_metadata(removed)
             self.dense.remove(removed, rebuild=False)
             if chunks:
-                self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1), rebuild=False)
-                kvstore.put_chunk_metadata([(c.id, filters.to_json(c.metadata)) for c in chunks if c.metadata])
-                faiss_ids = self.dense.faiss_ids([c.id for c in chunks])
-                for c in chunks:
-                    self.metadata.add(faiss_ids[c.id], c.metadata)
+                def meanwhile() -> None:  # on this thread while FAISS inserts on another (DenseIndex.add)
+                    kvstore.put_chunk_metadata([(c.id, filters.to_json(c.metadata)) for c in chunks if c.metadata])
+                    added = self.dense.faiss_ids([c.id for c in chunks])
+                    for c in chunks:
+                        self.metadata.add(added[c.id], c.metadata)
+                    if keyword:
+                        self._apply_keyword(record, chunks)
+
+                self.dense.add(chunks, np.frombuffer(vectors, dtype=np.float32).reshape(len(chunks), -1), rebuild=False,
+                               meanwhile=meanwhile)
         self.dense.maybe_rebuild()
         # What this record did to the vectors, committed with the docstore at the next checkpoint: until a FAISS
         # snapshot holds it, start-up replays it from there (see _checkpoint_locked).
