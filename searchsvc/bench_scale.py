@@ -3,7 +3,7 @@
 The collection has embedding_model "external" (384-d, no model runs at ingest): each document is one chunk of
 10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
 BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
-there), server RSS after loading and after a restart, the time from process start to SERVING with the collection
+there) with the CPU the server and this client spent per document, server RSS after loading and after a restart, the time from process start to SERVING with the collection
 loaded, search p50/p99 for DENSE (by query vector), KEYWORD and HYBRID (text and vector), recall@10 of the
 dense index against an exact scan, and the time of a checkpoint after loading and after 1% of the documents
 changed (each read from the server's own log line).
@@ -11,7 +11,9 @@ changed (each read from the server's own log line).
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +40,17 @@ def _rss_mb(server: ServerProcess) -> float:
     return float("nan")
 
 
+def _cpu_s(server: ServerProcess) -> float:
+    """CPU seconds the server process has used (user + system, every thread)."""
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _checkpoints(server: ServerProcess) -> list[tuple[float, str]]:
     """(seconds, what it wrote) of every checkpoint in the server's log: "a FAISS snapshot" (every vector
     rewritten) or "a dense-log commit, …" (the docstore commit alone)."""
@@ -57,13 +70,18 @@ def _describe_checkpoints(server: ServerProcess) -> str:
             + (f" ({', '.join(f'{s:.1f}' for s in full)} s)" if full else ""))
 
 
-def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> float:
+def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> tuple[float, str]:
+    """(docs/s, CPU per document of the server and of this client while loading `count` documents). Both
+    share this machine's cores: at N cores, R docs/s leaves N / R seconds of CPU per document for the two."""
     docs = corpus.docs(count, start=start, min_words=10, max_words=30)
     for doc, vector in zip(docs, vectors.sample(count)):
         doc.vector = vector
-    started = time.perf_counter()
+    server_cpu, client_cpu, started = _cpu_s(server), _own_cpu_s(), time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(server.target), NAME, docs, batch_size=BATCH)
-    return count / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    cpu = (f"CPU per doc: server {(_cpu_s(server) - server_cpu) / count * 1e3:.2f} ms, client "
+           f"{(_own_cpu_s() - client_cpu) / count * 1e3:.2f} ms, of {(os.cpu_count() or 1) * wall / count * 1e3:.2f} ms on {os.cpu_count()} cores")
+    return count / wall, cpu
 
 
 def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) -> None:
@@ -113,11 +131,11 @@ def run_scale(settings: Settings, total: int, queries: int, quantization: str = 
             loaded = 0
             print(f"loading {total:,} chunks of {DIMENSION}-d external vectors, {BATCH} per request")
             for mark in marks:
-                rate = _load(server, corpus, vectors, loaded, mark - loaded)
+                rate, cpu = _load(server, corpus, vectors, loaded, mark - loaded)
                 loaded = mark
                 info = stub.GetCollection(pb.GetCollectionRequest(name=NAME))
                 print(f"  {loaded:>9,} chunks: {rate:7.0f} docs/s for the last {mark - (marks[marks.index(mark) - 1] if mark != first else 0):,}"
-                      f"  ({info.dense_index_in_use}; server RSS {_rss_mb(server):,.0f} MB)", flush=True)
+                      f"  ({info.dense_index_in_use}; server RSS {_rss_mb(server):,.0f} MB; {cpu})", flush=True)
             time.sleep(3)  # the keyword leg's last refresh
             print(f"after loading: server RSS {_rss_mb(server):,.0f} MB, peak {server.peak_rss_mb():,.0f} MB")
             _searches(stub, corpus, vectors, queries)
