@@ -3,17 +3,16 @@
 The collection has embedding_model "external" (384-d, no model runs at ingest): each document is one chunk of
 10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
 BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
-there) with the CPU the server and this client spent per document, server RSS after loading and after a restart, the time from process start to SERVING with the collection
-loaded, search p50/p99 for DENSE (by query vector), KEYWORD and HYBRID (text and vector), recall@10 of the
-dense index against an exact scan, and the time of a checkpoint after loading and after 1% of the documents
-changed (each read from the server's own log line).
+there) with the CPU the server and this client spent per document, server RSS after loading and after a
+restart, the time from process start to SERVING with the collection loaded, search p50/p99 for DENSE (by query
+vector), KEYWORD and HYBRID (text and vector), recall@10 of the dense index against an exact scan, and the time
+of a checkpoint after loading and after 1% of the documents changed (each read from the server's own log line).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -46,11 +45,6 @@ def _cpu_s(server: ServerProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _checkpoints(server: ServerProcess) -> list[tuple[float, str]]:
     """(seconds, what it wrote) of every checkpoint in the server's log: "a FAISS snapshot" (every vector
     rewritten) or "a dense-log commit, …" (the docstore commit alone)."""
@@ -76,11 +70,11 @@ def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVect
     docs = corpus.docs(count, start=start, min_words=10, max_words=30)
     for doc, vector in zip(docs, vectors.sample(count)):
         doc.vector = vector
-    server_cpu, client_cpu, started = _cpu_s(server), _own_cpu_s(), time.perf_counter()
+    server_cpu, client_cpu, started = _cpu_s(server), time.process_time(), time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(server.target), NAME, docs, batch_size=BATCH)
     wall = time.perf_counter() - started
     cpu = (f"CPU per doc: server {(_cpu_s(server) - server_cpu) / count * 1e3:.2f} ms, client "
-           f"{(_own_cpu_s() - client_cpu) / count * 1e3:.2f} ms, of {(os.cpu_count() or 1) * wall / count * 1e3:.2f} ms on {os.cpu_count()} cores")
+           f"{(time.process_time() - client_cpu) / count * 1e3:.2f} ms, of {(os.cpu_count() or 1) * wall / count * 1e3:.2f} ms on {os.cpu_count()} cores")
     return count / wall, cpu
 
 

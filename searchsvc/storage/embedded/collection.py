@@ -363,7 +363,8 @@ class Collection:
         self._heal_keyword()
         with self._write_lock:
             self.check_writable()
-            present = [i for i in ids if self.dense.chunk_ids_of(i)]
+            stored = self.dense.chunk_ids_of_many(ids)
+            present = [i for i in ids if i in stored]
             if present:
                 self._commit({"op": "delete", "documents": present})
         if self.config.refresh_interval_ms < 0:
@@ -700,7 +701,8 @@ class Collection:
     def get_documents(self, document_ids: Sequence[str], view: DocumentView) -> dict[str, StoredDocument]:
         full = view is not DocumentView.BASIC
         with self.dense.locked():  # each document as one write left it (see _apply)
-            chunk_ids = {d: self.dense.chunk_ids_of(d) for d in document_ids}
+            stored = self.dense.chunk_ids_of_many(document_ids)
+            chunk_ids = {d: stored[d] for d in document_ids if d in stored}  # in the order asked
             chunks = self.dense.get_chunks([c for ids in chunk_ids.values() for c in ids])
             texts = self.dense.kvstore.document_texts(list(chunk_ids)) if full else {}
             vectors = self.dense.stored_vectors(list(chunks)) if view is DocumentView.FULL_WITH_VECTORS else {}

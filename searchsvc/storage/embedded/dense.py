@@ -655,8 +655,7 @@ class DenseIndex:
         return self.index.docstore
 
     def chunk_ids_of(self, document_id: str) -> list[str]:
-        info = self.docstore.get_ref_doc_info(document_id)
-        return list(info.node_ids) if info else []
+        return self.chunk_ids_of_many([document_id]).get(document_id, [])
 
     def chunk_ids_of_many(self, document_ids: Sequence[str]) -> dict[str, list[str]]:
         """The chunk ids of each stored document among `document_ids` (absent ones are left out), read in one
