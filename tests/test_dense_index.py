@@ -128,18 +128,27 @@ def test_stored_metadata_reads_what_the_nodes_hold(tmp_path):
 def test_batched_add_stores_what_llamaindex_insert_nodes_stores():
     from searchsvc.storage.embedded.dense import _to_node
 
-    multi = [Chunk(f"m#{i}", "m", i, f"part {i} of m", "M", {"lang": "en"}, i * 10, i * 10 + 9) for i in range(3)]
-    batch = multi + chunks("a", "b")
-    vectors = unit(len(batch), seed=7)
+    from searchsvc.filters import Timestamp
+
+    typed = {"lang": "en", "year": 2024, "score": 0.5, "draft": False, "tags": ("x", "y"), "at": Timestamp(1_700_000_000_000_000)}
+    multi = [Chunk(f"m#{i}", "m", i, f"part {i} of m", "M", typed, i * 10, i * 10 + 9) for i in range(3)]
+    korean = Chunk("k#0", "k", 0, "한국어 본문입니다 \u2028 \"quoted\"", "제목", {"분류": "금융"}, 0, 20)
+    batch = multi + chunks("a", "b") + [korean]
+    vectors = unit(len(batch) + 1, seed=7)
+    # A document that already has chunks gets one more (ids and metadata merge into its RefDocInfo).
+    later = Chunk("m#3", "m", 3, "part 3 of m", "M", {"lang": "de"}, 30, 39)
     ours = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
-    ours.add(batch, vectors)
+    ours.add(batch, vectors[:-1])
+    ours.add([later], vectors[-1:])
     upstream = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM)
-    upstream.index.insert_nodes([_to_node(c, v) for c, v in zip(batch, vectors.tolist())])
+    upstream.index.insert_nodes([_to_node(c, v) for c, v in zip(batch, vectors[:-1].tolist())])
+    upstream.index.insert_nodes([_to_node(later, vectors[-1].tolist())])
 
     for collection in ("docstore/data", "docstore/metadata", "docstore/ref_doc_info"):
         assert ours.kvstore.get_all(collection) == upstream.kvstore.get_all(collection), collection
+    assert ours.chunk_ids_of("m") == ["m#0", "m#1", "m#2", "m#3"]
+    assert ours.get_nodes(["k#0"])[0].hash == _to_node(korean, None).hash
     assert ours.index.index_struct.nodes_dict == upstream.index.index_struct.nodes_dict
-    assert ours.chunk_ids_of("m") == ["m#0", "m#1", "m#2"]
     assert [s.chunk_id for s in ours.search(vectors[1], k=1)] == ["m#1"]
 
 
