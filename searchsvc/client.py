@@ -73,7 +73,11 @@ def batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 def to_pb(doc: Document) -> pb.Document:
     """String values go in `metadata` (what servers before typed metadata read), the others in typed_metadata."""
-    out = pb.Document(id=doc.id, text=doc.text, title=doc.title, vector=[] if doc.vector is None else doc.vector,
+    vector = [] if doc.vector is None else doc.vector
+    # From a numpy array, protobuf converts value by value through numpy scalars: 83 us for 384 floats, 15 us
+    # from a list (the bench's client spent 0.15 ms of CPU per document, half of it here).
+    vector = vector.tolist() if hasattr(vector, "tolist") else vector
+    out = pb.Document(id=doc.id, text=doc.text, title=doc.title, vector=vector,
                       metadata={k: v for k, v in doc.metadata.items() if isinstance(v, str)})
     for key, value in doc.metadata.items():
         if not isinstance(value, str):
