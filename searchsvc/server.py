@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,24 @@ from searchsvc.metrics import REGISTRY, RpcMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = searchsvc_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+# Allocations of container objects between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Run CPython's cycle collector less often, and never over what start-up loaded.
+
+    A bulk load allocates many short-lived dicts and lists per document (protobuf conversion, WAL and docstore
+    JSON), so at the default threshold the collector ran ~70 times a second, re-walking the ~570k objects that
+    models and collections hold: 3.3 s of a 14 s load of 50k documents (gc.callbacks), on the thread that
+    serializes every write. Collecting once, then freezing what is left (gc.freeze: moved out of every
+    generation), and a young-generation threshold of 50k allocations took it to 0.7 s, and the load from
+    3,688 to 4,288 documents/s. Cycles are still collected; the young generation holds at most 50k objects."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def thread_count(settings: Settings) -> int:
@@ -118,6 +137,7 @@ async def serve(
     if settings.metrics_port is not None:
         metrics_server = serve_metrics(service, settings.metrics_host, settings.metrics_port, settings.metrics_max_collection_labels)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_server[0].server_port)
+    tune_garbage_collector()  # after the collections and models are loaded: they are most of what the heap holds
     await server.start()
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)

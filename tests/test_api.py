@@ -272,3 +272,29 @@ def test_message_size_limit_is_enforced_without_touching_data(stub, collection):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     got = stub.GetCollection(pb.GetCollectionRequest(name=collection))
     assert (got.document_count, got.chunk_count) == (1, 1)
+
+
+def test_the_server_freezes_what_start_up_loaded_and_collects_young_objects_less_often():
+    import gc
+    import weakref
+
+    from searchsvc.server import GC_YOUNG_THRESHOLD, tune_garbage_collector
+
+    class Node:
+        pass
+
+    before = gc.get_threshold()
+    gc.disable()  # no automatic collection between here and the call: only tune_garbage_collector's own
+    garbage = Node()
+    garbage.self = garbage  # a cycle left by start-up: collected before the freeze, not kept forever
+    gone = weakref.ref(garbage)
+    del garbage
+    try:
+        tune_garbage_collector()
+        assert gone() is None
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        gc.enable()
