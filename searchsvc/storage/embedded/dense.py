@@ -509,8 +509,8 @@ class PlainRefDocStore(KVDocumentStore):
 
     def add_chunks(self, chunks: Sequence[Chunk]) -> None:
         """add_documents(the nodes of `chunks`, allow_update=True), writing the same rows (node, metadata and
-        RefDocInfo) without building a TextNode per chunk and dumping it through pydantic: that round trip was
-        ~45% of a bulk load's writer thread (py-spy, 50k one-chunk documents into a flat index).
+        RefDocInfo) without building a TextNode per chunk and dumping it through pydantic. Collection.index_documents
+        of 40k one-chunk documents into a flat index, in one process: 332 -> 183-245 us of CPU per document.
         test_batched_add_stores_what_llamaindex_insert_nodes_stores holds the rows equal to upstream's."""
         node_rows, metadata_rows = [], []
         node_ids_of: dict[str, list[str]] = {}
