@@ -4,10 +4,10 @@ The collection has embedding_model "external" (384-d, no model runs at ingest): 
 10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
 BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
 there) with the CPU the server (and its kernel share: file writes) and this client spent per document, server
-RSS after loading and after a
-restart, the time from process start to SERVING with the collection loaded, search p50/p99 for DENSE (by query
-vector), KEYWORD and HYBRID (text and vector), recall@10 of the dense index against an exact scan, and the time
-of a checkpoint after loading and after 1% of the documents changed (each read from the server's own log line).
+RSS after loading and after a restart, the time from process start to SERVING with the collection loaded, search
+p50/p99 for DENSE (by query vector), KEYWORD and HYBRID (text and vector), recall@10 of the dense index against
+an exact scan, and the time of a checkpoint after loading and after 1% of the documents changed (each read from
+the server's own log line).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _cpu_s(server: ServerProcess) -> tuple[float, float]:
     """(user, kernel) CPU seconds the server process has used, every thread. The kernel's share is mostly
     writing files: at 700k-800k chunks, 0.18 of 1.07 ms per document, the FAISS snapshots."""
     fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def _checkpoints(server: ServerProcess) -> list[tuple[float, str]]:
