@@ -28,6 +28,9 @@ DIM = 8
 # log and keeps the FAISS snapshot ("delta"); both end with the docstore commit (the switch) and the WAL reset.
 STEPS = ["before-docstore-commit", "after-docstore-commit", "after-keyword-commit", "after-wal-reset"]
 CASES = [("full", "after-persist")] + [(mode, step) for mode in ("full", "delta") for step in STEPS]
+# An HNSW graph's FAISS snapshot appends to the rows file it shares with the live snapshot (graph_files.py): a
+# crash after that append must leave the live snapshot loading only its own rows.
+CASES = [(mode, step, "flat") for mode, step in CASES] + [("full", step, "hnsw") for step in ["after-persist"] + STEPS]
 
 
 def vector(i: int) -> list[float]:
@@ -61,12 +64,12 @@ def expected() -> dict[str, str]:
     return docs
 
 
-def crash_during_checkpoint(index_dir: str, mode: str, step: str) -> None:
+def crash_during_checkpoint(index_dir: str, mode: str, step: str, dense_index: str) -> None:
     import searchsvc.storage.embedded.collection
 
     catalog = open_catalog(Path(index_dir))
     # The keyword index commits only at checkpoints here, so a crash inside one can leave it behind the docstore.
-    coll = catalog.create("c", CollectionConfig("external", "", 0, 0, refresh_interval_ms=600_000, dimension=DIM))
+    coll = catalog.create("c", CollectionConfig("external", "", 0, 0, refresh_interval_ms=600_000, dimension=DIM, dense_index=dense_index))
     coll.index_documents([document(i) for i in range(10)])
     coll.checkpoint()  # a previous FAISS snapshot, so the crash falls between two commits
     searchsvc.storage.embedded.collection.DENSE_SNAPSHOT_CHANGES = 0 if mode == "full" else 10**9
@@ -95,9 +98,9 @@ def crash_during_checkpoint(index_dir: str, mode: str, step: str) -> None:
     raise AssertionError("not killed")
 
 
-@pytest.mark.parametrize("mode,step", CASES)
-def test_kill9_at_each_checkpoint_step_loses_no_acked_write(tmp_path, caplog, mode, step):
-    child = multiprocessing.get_context("spawn").Process(target=crash_during_checkpoint, args=(str(tmp_path), mode, step))
+@pytest.mark.parametrize("mode,step,dense_index", CASES)
+def test_kill9_at_each_checkpoint_step_loses_no_acked_write(tmp_path, caplog, mode, step, dense_index):
+    child = multiprocessing.get_context("spawn").Process(target=crash_during_checkpoint, args=(str(tmp_path), mode, step, dense_index))
     child.start()
     child.join(120)
     assert child.exitcode == -signal.SIGKILL
@@ -106,6 +109,7 @@ def test_kill9_at_each_checkpoint_step_loses_no_acked_write(tmp_path, caplog, mo
     catalog = open_catalog(tmp_path)
     assert "keyword index built from" not in caplog.text, "the WAL still held what the keyword index missed"
     coll = catalog.get("c")
+    assert coll.dense_index_in_use == dense_index
     want = expected()
     stored = {c.document_id: c.text for c in coll.dense.stored_chunks()}
     assert stored == want

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from conftest import ServerProcess, fresh_collection, index
+from searchsvc.storage.embedded.snapshot import FORMAT_VERSION
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 BATCHES, PER_BATCH = 40, 10
@@ -60,7 +61,7 @@ def test_a_snapshot_during_bulk_index_holds_exactly_the_writes_before_its_sequen
         streaming.join()
         # Each batch is one write of a fresh collection: write k is batch k.
         assert 5 <= snap.sequence <= acked_when_done < BATCHES
-        assert (snap.collection, snap.document_count, snap.format_version) == (name, snap.sequence * PER_BATCH, 1)
+        assert (snap.collection, snap.document_count, snap.format_version) == (name, snap.sequence * PER_BATCH, FORMAT_VERSION)
         assert snap.name.startswith(f"{name}@") and snap.sha256 == hashlib.sha256(snapshot_path(server, snap.name).read_bytes()).hexdigest()
         assert snap.name in [s.name for s in stub.ListSnapshots(pb.ListSnapshotsRequest(collection=name)).snapshots]
 

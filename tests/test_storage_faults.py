@@ -109,7 +109,7 @@ def test_checkpoint_cut_short_by_a_full_disk_keeps_every_acked_write(tmp_path, m
 
     if failing_step == "persist":  # half a FAISS snapshot written, then no space
         monkeypatch.setattr("searchsvc.storage.embedded.collection.DENSE_SNAPSHOT_CHANGES", 0)  # a checkpoint that writes one
-        def persist(target):
+        def persist(target, previous=None):
             target.mkdir(parents=True)
             (target / "docstore.json").write_text('{"half": ')
             raise disk_full

@@ -17,7 +17,10 @@ On-disk layout under <index_dir>/<name>/:
     docstore.sqlite    chunk text and metadata (LlamaIndex's docstore); its committed meta names the live
                        snapshot and its seq (storage/embedded/sqlite_kv.py)
     CURRENT            a copy of that name (collections from before the docstore moved to SQLite: the pointer)
-    snap-<seq>/        FAISS index + id map, LlamaIndex index_store JSON; state.json {"seq": n}
+    snap-<seq>/        FAISS index + id map, LlamaIndex index_store JSON; state.json {"seq": n}. An HNSW graph is
+                       written as storage/embedded/graph_files.py lays it out: its vectors in an append-only
+                       file hard-linked from one snapshot to the next, so a snapshot writes the graph and the
+                       rows added since the last one, not every vector again
     keyword/, keyword.seq   the tantivy keyword index and the last seq it committed
     wal.log            records after the snapshot (see storage/embedded/wal.py)
 """
@@ -52,6 +55,7 @@ from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
+from searchsvc.storage.embedded import graph_files
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
 from searchsvc.storage.embedded.metadata_index import MetadataIndex
 from searchsvc.storage.embedded.snapshot import PinnedCheckpoint
@@ -308,6 +312,8 @@ class Collection:
                 (staging / name).mkdir()
                 for f in (self.path / name).iterdir():
                     os.link(f, staging / name / f.name)
+                # An HNSW snapshot's rows file is shared with later snapshots, which append to it: take its prefix.
+                sizes = {f"{name}/{file}": size for file, size in graph_files.committed_sizes(staging / name).items()}
                 self.keyword.link_committed(staging / KEYWORD_DIR)
                 docstore = sqlite3.connect(f"{(self.path / DOCSTORE_FILE).as_uri()}?mode=ro", uri=True, check_same_thread=False)
                 docstore.execute("BEGIN")
@@ -315,7 +321,7 @@ class Collection:
             except OSError as exc:
                 raise self._storage_error(exc, "pin a checkpoint for a snapshot") from None
             return PinnedCheckpoint(staging, docstore, self._seq, name, self.document_count, self.chunk_count,
-                                    dataclasses.asdict(self.config))
+                                    dataclasses.asdict(self.config), sizes)
 
     def retire(self, reason: str) -> None:
         """Close without a checkpoint (the caller holds the write lock): later writes get UNAVAILABLE."""
@@ -584,7 +590,7 @@ class Collection:
             tmp, final = self.path / f".tmp-{name}", self.path / name
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
-                self.dense.persist(tmp)
+                self.dense.persist(tmp, previous=self.path / previous if (previous := kvstore.committed.get("snapshot")) else None)
                 write_json_atomic(tmp / "state.json", {"seq": self._seq})
                 fsync_tree(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # a leftover of an attempt that failed before the switch

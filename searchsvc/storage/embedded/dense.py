@@ -40,6 +40,7 @@ from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStor
 
 from searchsvc import filters
 from searchsvc.retrieve.embedding import embed_passages, embed_query
+from searchsvc.storage.embedded import graph_files
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 
@@ -121,17 +122,35 @@ class FilterableFaissStore(FaissMapVectorStore):
         self._ef_search = ef_search
         self._tombstones: set[int] = set()
         self._skip_tombstones: tuple | None = None  # (IDSelectorNot, the batch it references), built lazily
+        self._rows_file: graph_files.RowsFile | None = None  # what the last graph snapshot read or written holds
+        self._previous_snapshot: Path | None = None  # see linking_rows_from
 
     @classmethod
     def new(cls, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "FilterableFaissStore":
         index = spec.new_hnsw(dimension) if spec.kind == "hnsw" else faiss.IndexIDMap(faiss.IndexFlatIP(dimension))
         return cls(index, spec.ef_search)
 
+    @contextmanager
+    def linking_rows_from(self, previous: Path | None) -> Iterator[None]:
+        """Within it, `persist` of an HNSW graph links its rows file from the snapshot directory `previous` (the
+        live one) and appends only the rows added since: upstream's persist(persist_path) has no room for it."""
+        self._previous_snapshot = previous
+        try:
+            yield
+        finally:
+            self._previous_snapshot = None
+
     def persist(self, persist_path: str = "", fs: Any = None) -> None:
-        """The FAISS index as upstream writes it, and beside it NODE_IDS_FILE: a JSON list of the node id of
-        every stored FAISS id, in FAISS's own id order (null for a tombstone). Upstream's id_map.json holds both
-        maps as JSON objects; loading it at 1M chunks parsed 2M keys and kept every node id string twice."""
-        FaissVectorStore.persist(self, persist_path, fs)
+        """An HNSW graph as graph_files writes it (the rows added since the previous snapshot appended to its
+        rows file), any other index as upstream writes it at `persist_path`; and beside it NODE_IDS_FILE: a JSON
+        list of the node id of every stored FAISS id, in FAISS's own id order (null for a tombstone). Upstream's
+        id_map.json holds both maps as JSON objects; loading it at 1M chunks parsed 2M keys and kept every node
+        id string twice."""
+        if graph_files.appendable(self._faiss_index):
+            directory = Path(persist_path).parent
+            self._rows_file = graph_files.write(self._faiss_index, directory, self._previous_snapshot, self._rows_file)
+        else:
+            FaissVectorStore.persist(self, persist_path, fs)
         names = self._node_at
         with open(os.path.join(os.path.dirname(persist_path), NODE_IDS_FILE), "w", encoding="utf-8") as f:
             json.dump(names, f, ensure_ascii=False)
@@ -139,7 +158,13 @@ class FilterableFaissStore(FaissMapVectorStore):
     @classmethod
     def from_persist_path(cls, persist_path: str, fs: Any = None) -> "FilterableFaissStore":
         node_ids_path = os.path.join(os.path.dirname(persist_path), NODE_IDS_FILE)
-        if not os.path.exists(node_ids_path):  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
+        rows_file = None
+        if graph_files.is_graph_snapshot(Path(persist_path).parent):
+            index, rows_file = graph_files.read(Path(persist_path).parent)
+            store = cls(index)
+            with open(node_ids_path, encoding="utf-8") as f:
+                names = json.load(f)
+        elif not os.path.exists(node_ids_path):  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
             upstream = super().from_persist_path(persist_path, fs)
             store = cls(upstream._faiss_index)
             node_of = upstream._faiss_id_to_node_id_map
@@ -149,6 +174,7 @@ class FilterableFaissStore(FaissMapVectorStore):
             with open(node_ids_path, encoding="utf-8") as f:
                 names = json.load(f)
         stored_ids = store._ids().tolist()
+        store._rows_file = rows_file
         store._node_at = names
         store._node_id_to_faiss_id_map = {n: i for n, i in zip(names, stored_ids) if n is not None}
         # Rows with no node are tombstones (only an HNSW index keeps deleted vectors).
@@ -248,6 +274,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         serializes writers, so nothing was added or deleted since)."""
         assert built_from == self._next_id, "the store changed while its replacement was built"
         self._faiss_index = index
+        self._rows_file = None  # a new graph: its snapshot starts a new rows file
         self._node_at = [n for n in self._node_at if n is not None]  # the live rows, as live_vectors gave them
         self._tombstones = set()
         self._skip_tombstones = None
@@ -584,14 +611,16 @@ class DenseIndex:
             return "flat"
         return "hnsw+sq8" if self.store.is_quantized else "hnsw"
 
-    def persist(self, persist_dir: Path) -> None:
-        """Raises OSError (with its errno) when the disk is full or failing, whichever writer hit it.
+    def persist(self, persist_dir: Path, previous: Path | None = None) -> None:
+        """Raises OSError (with its errno) when the disk is full or failing, whichever writer hit it. `previous`:
+        the live snapshot directory, whose rows an HNSW graph's snapshot links instead of writing them again.
 
         Takes no lock: it only reads, and so do searches; the writers it must not overlap are serialized with
         it by the caller. Holding the lock here stalled every search for the whole checkpoint (~400 ms at 100k
         chunks)."""
         try:
-            self.index.storage_context.persist(persist_dir=str(persist_dir))
+            with self.store.linking_rows_from(previous):
+                self.index.storage_context.persist(persist_dir=str(persist_dir))
         except RuntimeError as exc:
             if (error := _as_os_error(exc)) is None:
                 raise

@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -38,7 +38,7 @@ from searchsvc.errors import DataLoss, FailedPrecondition
 from searchsvc.files import fsync_dir, fsync_tree
 
 FORMAT = "searchsvc-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: HNSW graphs in graph_files' layout, which a version-1 reader cannot load
 MANIFEST = "manifest.json"
 DOCSTORE = "docstore.sqlite"
 _BLOCK = 1 << 20
@@ -56,6 +56,9 @@ class PinnedCheckpoint:
     document_count: int
     chunk_count: int
     config: dict
+    # Staged files that may have grown past the checkpoint (an HNSW snapshot's rows file, shared with later
+    # snapshots that append to it): archive path -> the bytes that belong to the checkpoint.
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def write_archive(pinned: PinnedCheckpoint, name: str, collection: str, out: Pat
             for path in sorted(p for p in staging.rglob("*") if p.is_file()):
                 arcname = path.relative_to(staging).as_posix()
                 info = tar.gettarinfo(str(path), arcname)
+                info.size = pinned.sizes.get(arcname, info.size)  # tarfile copies exactly info.size bytes
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 with open(path, "rb") as f:

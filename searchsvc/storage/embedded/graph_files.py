@@ -1,0 +1,165 @@
+"""An HNSW graph's snapshot whose cost follows what changed: the graph rewritten, its vectors appended.
+
+FAISS writes an index whole. At 1M chunks an IndexHNSWFlat snapshot is 1.8 GB, 1.5 GB of it vectors that did
+not change: HNSW never removes a row (a delete is a tombstone until compaction builds a new graph), so the rows
+only grow. A snapshot directory therefore holds, for an HNSW graph over flat or SQ8 storage:
+
+    graph.faiss    the graph without its storage (faiss.IO_FLAG_SKIP_STORAGE): ~270 B per vector at M=32
+    storage.faiss  the storage's header: an empty copy of it (for SQ8, the quantizer's trained ranges)
+    ids.i64        the IndexIDMap's ids, one int64 per row
+    rows.codes     the storage's codes row after row (float32 vectors or SQ8 codes): append-only
+    graph.json     {"rows": n, "code_size": bytes per row, "lineage": id of the rows file}
+
+rows.codes is hard-linked from the previous snapshot when that snapshot's file holds this graph's first rows,
+and only the rows added since are written after them. Linked files share one inode, so the previous snapshot's
+file grows too; it stays valid, because graph.json names how many leading rows belong to it and a reader (or a
+snapshot archive) reads only those. A "lineage" names one such chain of links: it is born with a fresh file
+(a new graph, a compaction) and the writer keeps it with the count of rows it knows the file holds (RowsFile).
+Where the previous snapshot is of another lineage, or hard links fail, the file is written whole.
+
+By hand on faiss's own reader and writer: FAISS has no incremental snapshot (its on-disk formats are whole
+indexes or mmap'ed whole indexes), and LlamaIndex's FaissVectorStore persists through write_index.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from searchsvc.errors import DataLoss
+
+GRAPH_FILE = "graph.faiss"
+STORAGE_FILE = "storage.faiss"
+IDS_FILE = "ids.i64"
+ROWS_FILE = "rows.codes"
+LAYOUT_FILE = "graph.json"
+# A failed hard link that only means "this filesystem can't": write the file whole instead.
+_NO_LINK = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+_READ_BLOCK = 1 << 30  # a single read(2) returns at most ~2 GiB on Linux
+
+
+@dataclass(frozen=True)
+class RowsFile:
+    """What a writer knows of its rows file: its lineage, and how many leading rows hold the graph's own."""
+
+    lineage: str
+    rows: int
+
+
+def appendable(index: Any) -> bool:
+    """True for an IndexIDMap over an HNSW graph whose storage this module can write row by row."""
+    inner = faiss.downcast_index(index.index)
+    return isinstance(inner, faiss.IndexHNSW) and _empty_like(faiss.downcast_index(inner.storage)) is not None
+
+
+def is_graph_snapshot(directory: Path) -> bool:
+    return (directory / LAYOUT_FILE).exists()
+
+
+def write(index: Any, directory: Path, previous: Path | None, known: RowsFile | None) -> RowsFile:
+    """Write `index` (appendable) into `directory`; `previous`: the snapshot directory to link the rows file from,
+    `known`: what the caller learnt of its rows file by the last read or write. Returns what it knows now. The
+    caller fsyncs the directory and makes it live (the collection's docstore commit)."""
+    inner = faiss.downcast_index(index.index)
+    storage = faiss.downcast_index(inner.storage)
+    n, size = index.ntotal, storage.code_size
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / ROWS_FILE
+    target.unlink(missing_ok=True)  # a leftover link: opening it "wb" would truncate the file it shares
+    lineage, start = _link_previous(previous, target, known, size)
+    codes = faiss.rev_swig_ptr(storage.codes.data(), n * size) if n else np.empty(0, dtype=np.uint8)
+    with open(target, "r+b" if start else "wb") as f:
+        f.seek(start * size)
+        f.write(memoryview(codes[start * size:]))
+        f.truncate(n * size)  # rows past n: a failed attempt's, which no graph.json names
+        f.flush()
+        os.fsync(f.fileno())
+    faiss.write_index(inner, str(directory / GRAPH_FILE), faiss.IO_FLAG_SKIP_STORAGE)
+    faiss.write_index(_empty_like(storage), str(directory / STORAGE_FILE))
+    ids = faiss.rev_swig_ptr(index.id_map.data(), n) if n else np.empty(0, dtype=np.int64)
+    ids.tofile(directory / IDS_FILE)
+    (directory / LAYOUT_FILE).write_text(json.dumps({"rows": n, "code_size": size, "lineage": lineage}), encoding="utf-8")
+    return RowsFile(lineage, n)
+
+
+def read(directory: Path) -> tuple[Any, RowsFile]:
+    """The IndexIDMap over the HNSW graph that `directory` holds, and what is known of its rows file. DataLoss
+    when a file holds less than graph.json names."""
+    layout = json.loads((directory / LAYOUT_FILE).read_text(encoding="utf-8"))
+    rows, size = int(layout["rows"]), int(layout["code_size"])
+    graph = faiss.read_index(str(directory / GRAPH_FILE), faiss.IO_FLAG_SKIP_STORAGE)
+    storage = faiss.read_index(str(directory / STORAGE_FILE))
+    if graph.ntotal != rows or storage.code_size != size:
+        raise DataLoss(f"{directory.name}: its graph holds {graph.ntotal} rows of {storage.code_size} bytes, "
+                       f"its {LAYOUT_FILE} names {rows} of {size}")
+    # Read straight into the storage's own buffer: reading into numpy first would hold the vectors twice.
+    storage.codes.resize(rows * size)
+    if rows:
+        view = faiss.rev_swig_ptr(storage.codes.data(), rows * size)
+        got = 0
+        with open(directory / ROWS_FILE, "rb", buffering=0) as f:
+            while got < len(view) and (n := f.readinto(memoryview(view[got:got + _READ_BLOCK]))):
+                got += n
+        if got < len(view):
+            raise DataLoss(f"{directory.name}/{ROWS_FILE} holds {got} bytes of the {len(view)} its {LAYOUT_FILE} names")
+    storage.ntotal = rows
+    graph.storage, graph.own_fields = storage, True
+    storage.this.disown()  # the graph deletes it now
+    ids = np.fromfile(directory / IDS_FILE, dtype=np.int64)
+    if len(ids) != rows:
+        raise DataLoss(f"{directory.name}/{IDS_FILE} holds {len(ids)} ids for {rows} rows")
+    # IndexIDMap's constructor takes only an empty index: wrap an empty stand-in, then point it at the graph.
+    index = faiss.IndexIDMap(faiss.IndexFlat(graph.d, graph.metric_type))
+    index.index, index.ntotal, index.is_trained, index.own_fields = graph, rows, graph.is_trained, True
+    graph.this.disown()  # the IDMap deletes it now
+    faiss.copy_array_to_vector(ids, index.id_map)
+    return index, RowsFile(str(layout["lineage"]), rows)
+
+
+def committed_sizes(directory: Path) -> dict[str, int]:
+    """{file name: bytes} for the files of `directory` that may be longer than what it names (the rows file,
+    shared with later snapshots): what a copy of this snapshot must take of them."""
+    if not is_graph_snapshot(directory):
+        return {}
+    layout = json.loads((directory / LAYOUT_FILE).read_text(encoding="utf-8"))
+    return {ROWS_FILE: int(layout["rows"]) * int(layout["code_size"])}
+
+
+def _link_previous(previous: Path | None, target: Path, known: RowsFile | None, size: int) -> tuple[str, int]:
+    """(lineage, rows already in `target`): the previous snapshot's rows file linked at `target` when it is the
+    file `known` describes; else a new lineage and nothing there."""
+    fresh = secrets.token_hex(8), 0
+    if known is None or previous is None or not is_graph_snapshot(previous):
+        return fresh
+    layout = json.loads((previous / LAYOUT_FILE).read_text(encoding="utf-8"))
+    source = previous / ROWS_FILE
+    if layout.get("lineage") != known.lineage or int(layout["code_size"]) != size or source.stat().st_size < known.rows * size:
+        return fresh
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return fresh
+        raise
+    return known.lineage, known.rows
+
+
+def _empty_like(storage: Any) -> Any | None:
+    """An empty index with `storage`'s parameters (an SQ8 quantizer's trained ranges), or None for a kind of
+    storage whose rows this module does not write."""
+    if isinstance(storage, faiss.IndexScalarQuantizer):
+        empty = faiss.IndexScalarQuantizer(storage.d, storage.sq.qtype, storage.metric_type)
+        faiss.copy_array_to_vector(faiss.vector_to_array(storage.sq.trained), empty.sq.trained)
+        empty.is_trained = storage.is_trained
+        return empty
+    if isinstance(storage, faiss.IndexFlat):
+        return faiss.IndexFlat(storage.d, storage.metric_type)
+    return None
