@@ -154,3 +154,19 @@ def test_an_archive_takes_the_pinned_rows_while_later_snapshots_append_to_them(t
     for i in range(30):
         assert restored.dense_search(vectors[i], 1)[0].chunk_id.startswith(f"d{i}#")
     catalog.close()
+
+
+def test_an_hnsw_snapshot_in_the_whole_index_layout_still_loads_and_its_next_snapshot_is_in_the_new_one(tmp_path, monkeypatch):
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM, HNSW)
+    add(dense, 0, 120)
+    dense.remove(["5#0"])
+    with monkeypatch.context() as patched:  # as servers before graph_files wrote it: one FAISS file, whole
+        patched.setattr(graph_files, "appendable", lambda index: False)
+        dense.persist(tmp_path / "old")
+    assert (tmp_path / "old" / "default__vector_store.json").exists() and not graph_files.is_graph_snapshot(tmp_path / "old")
+    loaded = load(tmp_path / "old", HNSW, dense.kvstore)
+    assert_same(snapshot_of(loaded), snapshot_of(dense))
+    add(loaded, 120, 30)
+    loaded.persist(tmp_path / "new", previous=tmp_path / "old")
+    assert graph_files.is_graph_snapshot(tmp_path / "new")
+    assert_same(snapshot_of(load(tmp_path / "new", HNSW, dense.kvstore)), snapshot_of(loaded))

@@ -74,7 +74,7 @@ DOCSTORE_FILE = "docstore.sqlite"
 # _rebuild_derived_indexes); absent in a docstore from before the table, which open() fills once.
 CHUNK_METADATA_COMPLETE = "chunk_metadata"
 CHECKPOINT_RETRY_S = 30.0  # after a failed checkpoint (full disk), the WAL keeps everything; retry this much later
-# A checkpoint rewrites the FAISS index only once this many vectors were added since the last FAISS snapshot
+# A checkpoint writes a FAISS snapshot only once this many vectors were added since the last FAISS snapshot
 # (or ten times as many removed); below it, it commits them to the docstore's dense log (~1.5 KB each), which
 # start-up replays. Replaying an add is an HNSW insert (~3k/s on 2 cores at 1M chunks): this bounds a replay
 # after kill -9 to ~7 s. A removal only marks a tombstone.
@@ -583,14 +583,14 @@ class Collection:
             kind = "committed before"  # a retry after emptying the WAL failed
         elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
             # A small change: commit the docstore with its dense log and keep the FAISS snapshot, so the cost
-            # follows what changed (a FAISS snapshot rewrites every vector).
+            # follows what changed (a FAISS snapshot rewrites a flat index whole, and an HNSW graph's links).
             kvstore.commit(snapshot=name, seq=self._seq, **{CHUNK_METADATA_COMPLETE: 1})
         else:
-            name = f"snap-{self._seq:012d}"
+            live, name = name, f"snap-{self._seq:012d}"
             tmp, final = self.path / f".tmp-{name}", self.path / name
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
-                self.dense.persist(tmp, previous=self.path / previous if (previous := kvstore.committed.get("snapshot")) else None)
+                self.dense.persist(tmp, previous=self.path / live if live else None)
                 write_json_atomic(tmp / "state.json", {"seq": self._seq})
                 fsync_tree(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # a leftover of an attempt that failed before the switch
