@@ -30,7 +30,8 @@ STEPS = ["before-docstore-commit", "after-docstore-commit", "after-keyword-commi
 CASES = [("full", "after-persist")] + [(mode, step) for mode in ("full", "delta") for step in STEPS]
 # An HNSW graph's FAISS snapshot appends to the rows file it shares with the live snapshot (graph_files.py): a
 # crash after that append must leave the live snapshot loading only its own rows.
-CASES = [(mode, step, "flat") for mode, step in CASES] + [("full", step, "hnsw") for step in ["after-persist"] + STEPS]
+# The steps after the docstore commit do nothing to the rows file that a flat index's steps don't already test.
+CASES = [(mode, step, "flat") for mode, step in CASES] + [("full", step, "hnsw") for step in ["after-persist"] + STEPS[:2]]
 
 
 def vector(i: int) -> list[float]:
