@@ -27,11 +27,13 @@ DIM = 8
 # A checkpoint either writes a FAISS snapshot ("full") or commits the vectors' changes to the docstore's dense
 # log and keeps the FAISS snapshot ("delta"); both end with the docstore commit (the switch) and the WAL reset.
 STEPS = ["before-docstore-commit", "after-docstore-commit", "after-keyword-commit", "after-wal-reset"]
-CASES = [("full", "after-persist")] + [(mode, step) for mode in ("full", "delta") for step in STEPS]
 # An HNSW graph's FAISS snapshot appends to the rows file it shares with the live snapshot (graph_files.py): a
-# crash after that append must leave the live snapshot loading only its own rows.
-# The steps after the docstore commit do nothing to the rows file that a flat index's steps don't already test.
-CASES = [(mode, step, "flat") for mode, step in CASES] + [("full", step, "hnsw") for step in ["after-persist"] + STEPS[:2]]
+# crash after that append must leave the live snapshot loading only its own rows. The steps after the docstore
+# commit do nothing to the rows file that a flat index's steps don't already test.
+CASES = (
+    [("full", "after-persist", "flat")] + [(mode, step, "flat") for mode in ("full", "delta") for step in STEPS]
+    + [("full", step, "hnsw") for step in ["after-persist"] + STEPS[:2]]
+)
 
 
 def vector(i: int) -> list[float]:

@@ -87,13 +87,8 @@ def _without_reverse_map(index: Any) -> Any:
     binary search of the sorted id list (FilterableFaissStore._positions)."""
     if not isinstance(index, faiss.IndexIDMap2):
         return index
-    inner = index.index
-    # IndexIDMap's constructor takes only an empty index: wrap an empty stand-in, then point it at the real one.
-    plain = faiss.IndexIDMap(faiss.IndexFlat(index.d, index.metric_type))
-    plain.index, plain.ntotal, plain.is_trained = inner, index.ntotal, index.is_trained
-    faiss.copy_array_to_vector(faiss.vector_to_array(index.id_map), plain.id_map)
+    plain = graph_files.id_map_over(index.index, faiss.vector_to_array(index.id_map))
     index.own_fields = False  # the inner index now belongs to `plain`
-    plain.own_fields = True
     return plain
 
 
@@ -157,20 +152,19 @@ class FilterableFaissStore(FaissMapVectorStore):
 
     @classmethod
     def from_persist_path(cls, persist_path: str, fs: Any = None) -> "FilterableFaissStore":
-        node_ids_path = os.path.join(os.path.dirname(persist_path), NODE_IDS_FILE)
-        rows_file = None
-        if graph_files.is_graph_snapshot(Path(persist_path).parent):
-            index, rows_file = graph_files.read(Path(persist_path).parent)
+        directory = Path(persist_path).parent
+        node_ids_path, rows_file, names = directory / NODE_IDS_FILE, None, None
+        if graph_files.is_graph_snapshot(directory):
+            index, rows_file = graph_files.read(directory)
             store = cls(index)
-            with open(node_ids_path, encoding="utf-8") as f:
-                names = json.load(f)
-        elif not os.path.exists(node_ids_path):  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
+        elif not node_ids_path.exists():  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
             upstream = super().from_persist_path(persist_path, fs)
             store = cls(upstream._faiss_index)
             node_of = upstream._faiss_id_to_node_id_map
             names = [node_of.get(i) for i in store._ids().tolist()]
         else:
             store = cls(faiss.read_index(persist_path))
+        if names is None:
             with open(node_ids_path, encoding="utf-8") as f:
                 names = json.load(f)
         stored_ids = store._ids().tolist()

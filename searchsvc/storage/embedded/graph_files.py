@@ -93,7 +93,7 @@ def write(index: Any, directory: Path, previous: Path | None, known: RowsFile | 
 def read(directory: Path) -> tuple[Any, RowsFile]:
     """The IndexIDMap over the HNSW graph that `directory` holds, and what is known of its rows file. DataLoss
     when a file holds less than graph.json names."""
-    layout = json.loads((directory / LAYOUT_FILE).read_text(encoding="utf-8"))
+    layout = _layout(directory)
     rows, size = int(layout["rows"]), int(layout["code_size"])
     graph = faiss.read_index(str(directory / GRAPH_FILE), faiss.IO_FLAG_SKIP_STORAGE)
     storage = faiss.read_index(str(directory / STORAGE_FILE))
@@ -116,12 +116,19 @@ def read(directory: Path) -> tuple[Any, RowsFile]:
     ids = np.fromfile(directory / IDS_FILE, dtype=np.int64)
     if len(ids) != rows:
         raise DataLoss(f"{directory.name}/{IDS_FILE} holds {len(ids)} ids for {rows} rows")
-    # IndexIDMap's constructor takes only an empty index: wrap an empty stand-in, then point it at the graph.
-    index = faiss.IndexIDMap(faiss.IndexFlat(graph.d, graph.metric_type))
-    index.index, index.ntotal, index.is_trained, index.own_fields = graph, rows, graph.is_trained, True
+    index = id_map_over(graph, ids)
     graph.this.disown()  # the IDMap deletes it now
-    faiss.copy_array_to_vector(ids, index.id_map)
     return index, RowsFile(str(layout["lineage"]), rows)
+
+
+def id_map_over(inner: Any, ids: np.ndarray) -> Any:
+    """An IndexIDMap over `inner` (which it deletes in the end: the caller gives up its own ownership) with these
+    ids, one per row. IndexIDMap's constructor takes only an empty index: wrap an empty stand-in, then point it at
+    the real one."""
+    index = faiss.IndexIDMap(faiss.IndexFlat(inner.d, inner.metric_type))
+    index.index, index.ntotal, index.is_trained, index.own_fields = inner, inner.ntotal, inner.is_trained, True
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), index.id_map)
+    return index
 
 
 def committed_sizes(directory: Path) -> dict[str, int]:
@@ -129,7 +136,7 @@ def committed_sizes(directory: Path) -> dict[str, int]:
     shared with later snapshots): what a copy of this snapshot must take of them."""
     if not is_graph_snapshot(directory):
         return {}
-    layout = json.loads((directory / LAYOUT_FILE).read_text(encoding="utf-8"))
+    layout = _layout(directory)
     return {ROWS_FILE: int(layout["rows"]) * int(layout["code_size"])}
 
 
@@ -139,7 +146,7 @@ def _link_previous(previous: Path | None, target: Path, known: RowsFile | None, 
     fresh = secrets.token_hex(8), 0
     if known is None or previous is None or not is_graph_snapshot(previous):
         return fresh
-    layout = json.loads((previous / LAYOUT_FILE).read_text(encoding="utf-8"))
+    layout = _layout(previous)
     source = previous / ROWS_FILE
     if layout.get("lineage") != known.lineage or int(layout["code_size"]) != size or source.stat().st_size < known.rows * size:
         return fresh
@@ -150,6 +157,10 @@ def _link_previous(previous: Path | None, target: Path, known: RowsFile | None, 
             return fresh
         raise
     return known.lineage, known.rows
+
+
+def _layout(directory: Path) -> dict:
+    return json.loads((directory / LAYOUT_FILE).read_text(encoding="utf-8"))
 
 
 def _empty_like(storage: Any) -> Any | None:
