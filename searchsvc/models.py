@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -104,10 +105,13 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._torch_ready = False
 
-    def _prepare_torch(self) -> None:
-        """Import torch and give it our thread count before the first model loads (every engine either runs on
-        torch or was exported from it). Deferred to here so that a server with only external-vector collections
-        never imports it (~200 MB)."""
+    def _prepare_torch(self, only_if_imported: bool = False) -> None:
+        """Import torch and give it our thread count. Before a model that runs on torch loads; after an embedder
+        loads (`only_if_imported`), if loading it imported torch: an embedder whose ONNX export and pipeline are
+        cached loads without torch, and a server that runs only such models, or only external vectors, never pays
+        its import (~2 s, ~200 MB)."""
+        if only_if_imported and "torch" not in sys.modules:
+            return
         if not self._torch_ready:
             import torch
 
@@ -132,12 +136,12 @@ class ModelRegistry:
         self.check_allowed(name)
         with self._lock:
             if name not in self._embedders:
-                self._prepare_torch()
                 started = time.perf_counter()
                 if name in E5_MODELS:
                     self._embedders[name] = self._e5_embedder()
                 else:
                     self._embedders[name] = self._sentence_embedder(name)
+                self._prepare_torch(only_if_imported=True)
                 log.info("loaded embedder %s (%s) in %.1f s", name, type(self._embedders[name]).__name__, time.perf_counter() - started)
             return self._embedders[name]
 

@@ -23,7 +23,8 @@ class OnnxCrossEncoder:
         self.tokenizer = reference.tokenizer
         self.max_length = reference.max_seq_length
         self.encoder = onnx_runtime.export_transformer(
-            reference.model, self.tokenizer, f"cross-encoder:{model_id or model_path}", cache_dir, threads, output="logits"
+            onnx_runtime.TransformerSource.of(reference.model, self.tokenizer), f"cross-encoder:{model_id or model_path}",
+            cache_dir, threads, output="logits",
         )
 
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, activation_fn: Callable | None = None,

@@ -142,16 +142,16 @@ def test_external_vectors_survive_a_restart(tmp_path):
         for name, vector in VECTORS.items():
             hit = search(stub, "ext", "", mode=pb.SEARCH_MODE_DENSE, query_vector=vector.tolist(), top_k=1)
             assert ids(hit) == [name] and hit.hits[0].score == pytest.approx(1.0, abs=1e-5)
-        # Its only collection runs no model, so the server loaded none: it never imported torch (~200 MB).
-        def torch_mapped() -> bool:
-            return "libtorch" in open(f"/proc/{server.proc.pid}/maps").read()
+        # Its only collection runs no model, so the server loaded none: no torch (~200 MB), no inference runtime.
+        def mapped(library: str) -> bool:
+            return library in open(f"/proc/{server.proc.pid}/maps").read()
 
-        assert not torch_mapped()
+        assert not mapped("libtorch") and not mapped("onnxruntime")
         # A collection that needs a model loads it when it is created.
         stub.CreateCollection(pb.CreateCollectionRequest(name="text"))
         index(stub, "text", [pb.Document(id=n, text=t) for n, t in TEXTS.items()], batch_size=4)
         assert ids(search(stub, "text", "ripe tomatoes", mode=pb.SEARCH_MODE_DENSE, top_k=1)) == ["red"]
-        assert torch_mapped()
+        assert mapped("onnxruntime")
 
 
 def test_reembed_into_external_is_refused_and_out_of_it_works(stub, external, collection):

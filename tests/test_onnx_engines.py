@@ -49,6 +49,42 @@ def test_minilm_on_onnx_runtime_matches_sentence_transformers(cache_dir):
     assert np.allclose(onnx.get_query_embedding(TEXTS[0]), reference[0], atol=1e-4)
 
 
+def test_a_cached_minilm_loads_from_its_files_alone_and_a_changed_model_is_read_again(tmp_path, monkeypatch):
+    """The second load of a model reads its cached pipeline, tokenizer and export: no SentenceTransformer, no
+    export. Editing one of the model's files (its max_seq_length) makes the next load read the model again."""
+    import json
+    import shutil
+
+    import sentence_transformers
+
+    from searchsvc.models import packaged_minilm_path
+    from searchsvc.retrieve.sentence_onnx import OnnxSentenceEmbedding
+
+    model = tmp_path / "minilm"
+    shutil.copytree(packaged_minilm_path(), model)
+    cache = tmp_path / "cache"
+    first = OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm").embed_passages(TEXTS)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("loaded the SentenceTransformer or exported again although nothing changed")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", refused)
+    monkeypatch.setattr(onnx_runtime, "_export", refused)
+    cached = OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm")
+    assert np.array_equal(cached.embed_passages(TEXTS), first)
+    assert cached.max_length == 256 and len(cached._tokenize([TEXTS[3]])["input_ids"][0]) == 256
+
+    config = model / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 16}))
+    with pytest.raises(AssertionError, match="loaded the SentenceTransformer"):
+        OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm")
+    monkeypatch.undo()
+    shorter = OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm")
+    assert shorter.max_length == 16 and len(shorter._tokenize([TEXTS[3]])["input_ids"][0]) == 16
+    assert len(list(cache.glob("*.onnx"))) == 1, "same weights: the export is shared"
+    assert len(list(cache.glob("*.sentence"))) == 2
+
+
 def tiny_bert(seed: int):
     import torch
     from transformers import BertConfig, BertModel

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import logging
 import os
 import re
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,18 +60,22 @@ def weights_digest(module: Any) -> str:
     return digest.hexdigest()
 
 
+def torch_version() -> str:
+    """torch.__version__ (e.g. "2.13.0+cpu") without importing torch: a cached export loads without it."""
+    return importlib.metadata.version("torch")
+
+
 def export_key(model_id: str, digest: str) -> str:
     import onnxruntime
-    import torch
 
-    raw = f"{model_id}|{digest}|torch {torch.__version__}|onnxruntime {onnxruntime.__version__}|{EXPORT_VERSION}"
+    raw = f"{model_id}|{digest}|torch {torch_version()}|onnxruntime {onnxruntime.__version__}|{EXPORT_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:20]
 
 
 def cached_export(
     module: Any,
     model_id: str,
-    example_inputs: tuple,
+    example_inputs: tuple | Callable[[], tuple],
     input_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
     cache_dir: Path,
@@ -81,7 +87,8 @@ def cached_export(
 ) -> Path:
     """The optimized ONNX file of `module` (its one output named `output`), exported on first use. With `digest`
     (of the weights' source, e.g. a model file), `module` is a function that builds the module, called only when
-    the export must be made: a cached model then loads without building its torch twin."""
+    the export must be made: a cached model then loads without building its torch twin. `example_inputs` may
+    be a function too (so that a cache hit need not import torch)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
     target = cache_dir / f"{slug}-{export_key(model_id, digest or weights_digest(module))}.onnx"
@@ -89,7 +96,8 @@ def cached_export(
     def build(out: Path) -> None:
         started = time.perf_counter()
         raw = out.with_name("raw.onnx")
-        _export(module() if digest else module, example_inputs, input_names, dynamic_axes, raw, output)
+        example = example_inputs() if callable(example_inputs) else example_inputs
+        _export(module() if digest else module, example, input_names, dynamic_axes, raw, output)
         _optimize(raw, out, num_heads, hidden_size)
         log.info("exported %s to ONNX in %.1f s: %s", model_id, time.perf_counter() - started, target)
 
@@ -114,23 +122,59 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class TransformerSource:
+    """A Hugging Face transformer (encoder or sequence classifier) to export, described without building it:
+    `build()` makes the torch model and is called only when the export is not cached, so a cached model loads
+    without importing transformers or sentence-transformers (most of a server's start-up otherwise)."""
+
+    build: Callable[[], Any]
+    digest: str  # weights_digest of HiddenStates(model, input_names): the cache key
+    input_names: list[str]
+    num_heads: int
+    hidden_size: int
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any) -> "TransformerSource":
+        """A model already built, with the inputs its tokenizer produces."""
+        names = input_names(tokenizer.model_input_names)
+        return cls(lambda: model, weights_digest(HiddenStates(model, names)), names,
+                   model.config.num_attention_heads, model.config.hidden_size)
+
+    def module(self, output: str = "last_hidden_state") -> Any:
+        model = self.build()
+        # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op per
+        # layer; SDPA's export (NaN guards on the mask) is left unfused: the same arithmetic, several times more kernels.
+        model.set_attn_implementation("eager")
+        return HiddenStates(model, self.input_names, output)
+
+    def example_inputs(self) -> tuple:
+        import torch
+
+        return tuple(torch.ones(2, 8, dtype=torch.int64) for _ in self.input_names)
+
+
+def input_names(model_input_names: list[str]) -> list[str]:
+    """The encoder inputs a tokenizer produces, in the order the export takes them."""
+    return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in model_input_names]
+
+
 def export_transformer(
-    model: Any, tokenizer: Any, model_id: str, cache_dir: Path, threads: int, output: str = "last_hidden_state"
+    source: TransformerSource, model_id: str, cache_dir: Path, threads: int, output: str = "last_hidden_state"
 ) -> OrtEncoder:
-    """A Hugging Face transformer (encoder or sequence classifier) with the inputs its tokenizer produces, exported
-    (cached) and loaded in a session with `threads` (0: torch's setting)."""
+    """`source` exported (cached) and loaded in a session with `threads` (0: torch's setting)."""
+    names = source.input_names
+    path = cached_export(
+        lambda: source.module(output), model_id, source.example_inputs, names, {n: {0: "batch", 1: "sequence"} for n in names},
+        cache_dir, num_heads=source.num_heads, hidden_size=source.hidden_size, output=output, digest=source.digest,
+    )
+    return OrtEncoder(path, threads or torch_threads())
+
+
+def torch_threads() -> int:
     import torch
 
-    # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op per layer;
-    # SDPA's export (NaN guards on the mask) is left unfused: the same arithmetic, several times more kernels.
-    model.set_attn_implementation("eager")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-    path = cached_export(
-        HiddenStates(model, names, output), model_id, tuple(torch.ones(2, 8, dtype=torch.int64) for _ in names), names,
-        {n: {0: "batch", 1: "sequence"} for n in names}, cache_dir,
-        num_heads=model.config.num_attention_heads, hidden_size=model.config.hidden_size, output=output,
-    )
-    return OrtEncoder(path, threads or torch.get_num_threads())
+    return torch.get_num_threads()
 
 
 def _export(module: Any, example_inputs: tuple, input_names: list[str], dynamic_axes: dict, path: Path, output: str) -> None:

@@ -19,38 +19,40 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from searchsvc.retrieve.onnx_runtime import build_once, weights_digest
+from searchsvc.retrieve.onnx_runtime import TransformerSource, build_once, torch_threads, torch_version, weights_digest
 
 log = logging.getLogger(__name__)
 IR_VERSION = 1  # bump when the conversion recipe changes
 
 
 def cached_ir(
-    module: Any, model_id: str, example_inputs: tuple, input_shapes: list[list[int]], cache_dir: Path, digest: str | None = None
+    module: Any, model_id: str, example_inputs: tuple | Callable[[], tuple], input_shapes: list[list[int]], cache_dir: Path, digest: str | None = None
 ) -> Path:
     """The OpenVINO IR (`model.xml` + `model.bin` in one directory) of `module`, converted on first use; -1 in
     `input_shapes` marks a dynamic dimension. `digest`: as for onnx_runtime.cached_export (`module` is then a
     function that builds it, called only on a cache miss)."""
     import openvino as ov
-    import torch
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    raw = f"{model_id}|{digest or weights_digest(module)}|torch {torch.__version__}|openvino {ov.__version__}|{IR_VERSION}"
+    raw = f"{model_id}|{digest or weights_digest(module)}|torch {torch_version()}|openvino {ov.__version__}|{IR_VERSION}"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
     target = cache_dir / f"{slug}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.openvino"
 
     def build(out: Path) -> None:
         import warnings
 
+        import torch
+
         started = time.perf_counter()
         out.mkdir()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notices about Python control flow on shapes: shapes stay dynamic
-            model = ov.convert_model((module() if digest else module).eval(), example_input=example_inputs,
+            example = example_inputs() if callable(example_inputs) else example_inputs
+            model = ov.convert_model((module() if digest else module).eval(), example_input=example,
                                      input=[ov.PartialShape(shape) for shape in input_shapes])
         ov.save_model(model, out / "model.xml", compress_to_fp16=False)  # fp32 weights; precision is chosen at compile
         log.info("converted %s to OpenVINO IR in %.1f s: %s", model_id, time.perf_counter() - started, target)
@@ -94,14 +96,8 @@ class OvTransformer(OvEncoder):
         return super().run(*inputs, *(named[name] for name in self.input_names))
 
 
-def convert_transformer(model: Any, tokenizer: Any, model_id: str, cache_dir: Path, threads: int, precision: str) -> OvTransformer:
+def convert_transformer(source: TransformerSource, model_id: str, cache_dir: Path, threads: int, precision: str) -> OvTransformer:
     """onnx_runtime.export_transformer's counterpart: the encoder converted (cached) and compiled for this CPU."""
-    import torch
-
-    from searchsvc.retrieve.onnx_runtime import HiddenStates
-
-    model.set_attn_implementation("eager")  # as for ONNX and e5's IR: one attention pattern across engines
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-    ir = cached_ir(HiddenStates(model, names), model_id, tuple(torch.ones(2, 8, dtype=torch.int64) for _ in names),
-                   [[-1, -1] for _ in names], cache_dir)
-    return OvTransformer(ir, names, threads or torch.get_num_threads(), precision)
+    ir = cached_ir(lambda: source.module(), model_id, source.example_inputs, [[-1, -1] for _ in source.input_names],
+                   cache_dir, digest=source.digest)
+    return OvTransformer(ir, source.input_names, threads or torch_threads(), precision)

@@ -1,16 +1,24 @@
 """A sentence-transformers bi-encoder (all-MiniLM-L6-v2, or one `searchsvc train-embedder` wrote) on ONNX Runtime,
-as a LlamaIndex embedding. The SentenceTransformer is loaded from the same folder for its tokenizer, pooling and
-the module to export; then only its tokenizer is kept. Supported: Transformer -> Pooling (mean or CLS) ->
-optional Normalize, which covers the models we ship and train; anything else raises ValueError and stays on
-torch (ModelRegistry).
+as a LlamaIndex embedding. Supported: Transformer -> Pooling (mean or CLS) -> optional Normalize, which covers the
+models we ship and train; anything else raises ValueError and stays on torch (ModelRegistry).
+
+The first load reads the SentenceTransformer for its tokenizer, pooling and the module to export, and caches what
+serving needs beside the export (SentencePipeline). Every later load reads only those files and the export: no
+sentence-transformers, transformers or torch import, which took ~10 s of each server start on 2 cores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import importlib.metadata
+import json
 import logging
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -20,6 +28,7 @@ from searchsvc.retrieve import onnx_runtime
 from searchsvc.retrieve.batching import QueryBatcher
 
 log = logging.getLogger(__name__)
+PIPELINE_VERSION = 1  # bump when what SentencePipeline records, or how, changes
 
 
 def _pooling(model: Any) -> tuple[str, bool] | None:
@@ -35,6 +44,86 @@ def _pooling(model: Any) -> tuple[str, bool] | None:
     return (mode, len(modules) == 3) if mode in ("mean", "cls") else None
 
 
+@dataclass(frozen=True)
+class SentencePipeline:
+    """What serving a SentenceTransformer needs besides its exported encoder: pooling, the tokenizer as the
+    SentenceTransformer configured it (tokenizer.json for the `tokenizers` library: normalizer, truncation
+    length, special tokens), and the facts the export is keyed and shaped by."""
+
+    pool: str  # "mean" | "cls"
+    normalize: bool
+    max_length: int
+    dimension: int
+    input_names: list[str]
+    pad_id: int
+    pad_token: str
+    pad_type_id: int
+    weights_digest: str  # onnx_runtime.TransformerSource.digest of its Transformer module
+    num_heads: int
+    hidden_size: int
+
+    @classmethod
+    def of(cls, st: Any) -> tuple["SentencePipeline", str]:
+        """The pipeline of a loaded SentenceTransformer, and its tokenizer as JSON; ValueError if unsupported."""
+        pool, normalize = _pooling(st) or ("", False)
+        if not pool:
+            raise ValueError("not a Transformer -> Pooling(mean|cls) [-> Normalize] model")
+        tokenizer, model = st.tokenizer, st[0].auto_model
+        source = onnx_runtime.TransformerSource.of(model, tokenizer)
+        pipeline = cls(pool, normalize, st.max_seq_length, int(st.get_embedding_dimension()), source.input_names,
+                       tokenizer.pad_token_id, tokenizer.pad_token, tokenizer.pad_token_type_id, source.digest,
+                       source.num_heads, source.hidden_size)
+        return pipeline, tokenizer.backend_tokenizer.to_str()
+
+    def tokenizer(self, tokenizer_json: str) -> Any:
+        """A `tokenizers.Tokenizer` that does what the transformers tokenizer does when called with padding=True,
+        truncation=True, max_length=max_length: truncate to max_length tokens (special tokens included), pad
+        right to the batch's longest."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token, pad_type_id=self.pad_type_id)
+        return tokenizer
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file under `folder` (relative path and bytes, in path order): any change to a model's
+    weights, config or tokenizer files changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}".encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_pipeline(model_path: str, model_id: str, cache_dir: Path, reference: Callable[[], Any]) -> tuple[SentencePipeline, Any]:
+    """The model's pipeline and tokenizer, from `<cache_dir>/<model>-<key>.sentence/` when a previous load wrote
+    it, else from `reference()` (the loaded SentenceTransformer), then written there. The key covers the model
+    folder's files and the sentence-transformers / transformers versions (they decide how the tokenizer is set
+    up). A model that is not a local folder (a hub id) is read from `reference()` every time."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        pipeline, tokenizer_json = SentencePipeline.of(reference())
+        return pipeline, pipeline.tokenizer(tokenizer_json)
+    versions = "|".join(f"{d} {importlib.metadata.version(d)}" for d in ("sentence-transformers", "transformers"))
+    key = hashlib.sha256(f"{model_id}|{folder_digest(folder)}|{versions}|{PIPELINE_VERSION}".encode()).hexdigest()[:20]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
+
+    def build(out: Path) -> None:
+        pipeline, tokenizer_json = SentencePipeline.of(reference())
+        out.mkdir()
+        (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (out / "pipeline.json").write_text(json.dumps(asdict(pipeline), indent=1))
+
+    directory = onnx_runtime.build_once(cache_dir / f"{slug}-{key}.sentence", build)
+    pipeline = SentencePipeline(**json.loads((directory / "pipeline.json").read_text()))
+    return pipeline, pipeline.tokenizer((directory / "tokenizer.json").read_text(encoding="utf-8"))
+
+
 class OnnxSentenceEmbedding(BaseEmbedding):
     """Vectors equal to SentenceTransformer.encode's (cosine >= 0.9999 in tests/test_onnx_engines.py). Texts are
     length-sorted and batched, so a batch pads to its longest member only."""
@@ -44,6 +133,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     max_length: int = Field(default=256, description="Tokens per text (the model's max_seq_length).")
 
     _tokenizer: Any = PrivateAttr()
+    _input_names: list[str] = PrivateAttr()
     _encoder: Any = PrivateAttr()
     _passage_encoder: Any = PrivateAttr()
     _pool: str = PrivateAttr()
@@ -56,27 +146,36 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     ) -> None:
         """`engine`: "onnx" or "openvino" (in `precision`) for queries, and for passages unless `passage_engine`
         names the other one (models.ModelRegistry: passages on OpenVINO bf16 where AMX is usable)."""
-        from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(model_path, device="cpu")
-        pool, normalize = _pooling(st) or ("", False)
-        if not pool:
-            raise ValueError(f"{model_path}: not a Transformer -> Pooling(mean|cls) [-> Normalize] model")
-        super().__init__(model_path=model_path, normalize=normalize, max_length=st.max_seq_length, **kwargs)
-        self._tokenizer = st.tokenizer
+        @functools.cache
+        def reference() -> Any:  # the SentenceTransformer: loaded only if something is not cached yet
+            from sentence_transformers import SentenceTransformer
+
+            return SentenceTransformer(model_path, device="cpu")
+
+        model_id = model_id or model_path
+        try:
+            pipeline, tokenizer = cached_pipeline(model_path, model_id, cache_dir, reference)
+        except ValueError as exc:
+            raise ValueError(f"{model_path}: {exc}") from exc
+        super().__init__(model_path=model_path, normalize=pipeline.normalize, max_length=pipeline.max_length, **kwargs)
+        self._tokenizer = tokenizer
+        self._input_names = pipeline.input_names
+        source = onnx_runtime.TransformerSource(lambda: reference()[0].auto_model, pipeline.weights_digest,
+                                                pipeline.input_names, pipeline.num_heads, pipeline.hidden_size)
 
         def encoder(name: str):
             if name == "openvino":
                 from searchsvc.retrieve import openvino_runtime
 
-                return openvino_runtime.convert_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads, precision)
-            return onnx_runtime.export_transformer(st[0].auto_model, st.tokenizer, model_id or model_path, cache_dir, threads)
+                return openvino_runtime.convert_transformer(source, model_id, cache_dir, threads, precision)
+            return onnx_runtime.export_transformer(source, model_id, cache_dir, threads)
 
         self._encoder = encoder(engine)
         self._passage_encoder = encoder(passage_engine) if passage_engine and passage_engine != engine else self._encoder
-        self._pool = pool
+        self._pool = pipeline.pool
         self._batcher = QueryBatcher(self._encode, name="sentence-query-batcher")  # concurrent queries share passes
-        self._dimension = int(st.get_embedding_dimension())
+        self._dimension = pipeline.dimension
 
     @classmethod
     def class_name(cls) -> str:
@@ -95,8 +194,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         for a in range(0, len(order), self.embed_batch_size):
             idx = order[a : a + self.embed_batch_size]
-            enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-            inputs = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+            inputs = self._tokenize([texts[i] for i in idx])
             with encoder.lock:
                 hidden = encoder.run(**inputs)
             pooled = hidden[:, 0] if self._pool == "cls" else onnx_runtime.mean_pool(hidden, inputs["attention_mask"])
@@ -104,6 +202,11 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def _tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encodings = self._tokenizer.encode_batch(texts)
+        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+        return {name: np.array([getattr(e, fields[name]) for e in encodings], dtype=np.int64) for name in self._input_names}
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts), passages=True)
