@@ -156,7 +156,7 @@ class ModelRegistry:
         from searchsvc.retrieve.e5 import E5Embedding, resolve_engines
 
         options = dict(precision=self.encoder_precision, embed_batch_size=self.embed_batch_size,
-                       onnx_cache_dir=str(self.onnx_cache_dir))
+                       onnx_cache_dir=str(self.onnx_cache_dir), threads=self.threads)
         engine, query_engine = resolve_engines(self.e5_engine)
         while True:
             try:

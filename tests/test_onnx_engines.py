@@ -255,3 +255,28 @@ def test_the_torch_sentence_engine_draws_no_progress_bar_in_an_info_log(capsys):
         assert "Batches" not in capsys.readouterr().err
     finally:
         logging.getLogger("sentence_transformers").setLevel(logging.NOTSET)
+
+
+def test_a_server_whose_exports_are_cached_loads_its_encoders_without_torch():
+    """Both encoders with their exports cached (in the test servers' shared model cache; made here if missing):
+    a fresh process loads and runs them without importing torch, transformers or sentence-transformers, which
+    cost every server start ~10 s on 2 cores."""
+    import subprocess
+    import sys
+
+    from conftest import MODELS_DIR
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from searchsvc.models import DEFAULT_EMBEDDING_MODEL, E5_MODEL, ModelRegistry\n"
+        "registry = ModelRegistry(cache_dir=Path(sys.argv[1]), threads=1)\n"
+        "for name in (E5_MODEL, DEFAULT_EMBEDDING_MODEL):\n"
+        "    assert len(registry.embedder(name).get_query_embedding('vitamin D')) == 384\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    first = subprocess.run([sys.executable, "-c", script, str(MODELS_DIR)], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run([sys.executable, "-c", script, str(MODELS_DIR)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == "[]", again.stdout

