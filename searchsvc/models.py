@@ -218,9 +218,6 @@ class ModelRegistry:
                 while len(self._cross_encoders) >= self.max_cross_encoders:
                     dropped, _ = self._cross_encoders.popitem(last=False)
                     log.info("dropped cross-encoder %s (max %d loaded)", dropped, self.max_cross_encoders)
-                self._prepare_torch()
-                from sentence_transformers import CrossEncoder
-
                 started = time.perf_counter()
                 path = resolve_model_path(name, self.models_dir)
                 if self.rerank_engine == "onnx" and not self.rerank_int8:
@@ -228,10 +225,14 @@ class ModelRegistry:
 
                     try:
                         self._cross_encoders[name] = OnnxCrossEncoder(path, self.onnx_cache_dir, self.threads, self.rerank_max_length, model_id=name)
+                        self._prepare_torch(only_if_imported=True)
                         log.info("loaded cross-encoder %s on ONNX Runtime in %.1f s", name, time.perf_counter() - started)
                         return self._cross_encoders[name]
                     except OSError as exc:  # the export cannot be written (a full disk): the reference serves
                         log.warning("cross-encoder %s on ONNX Runtime unavailable, using torch: %s", name, exc)
+                self._prepare_torch()
+                from sentence_transformers import CrossEncoder
+
                 model = CrossEncoder(path, device="cpu", max_length=self.rerank_max_length)
                 if model.num_labels != 1:
                     raise ValueError(f"{name} has {model.num_labels} outputs; a reranker needs a single relevance logit")

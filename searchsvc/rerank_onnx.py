@@ -1,9 +1,13 @@
 """The rerank stage's cross-encoder on ONNX Runtime: the same single-logit sentence-transformers CrossEncoder,
 exported once (onnx_runtime.py) and run with the two members CrossEncoderReranker uses, `tokenizer` and
-`predict`. Scores agree with torch's (tests/test_onnx_engines.py: logits within 1e-3, Spearman >= 0.99)."""
+`predict`. Scores agree with torch's (tests/test_onnx_engines.py: logits within 1e-3, Spearman >= 0.99).
+
+As for the bi-encoders, the first load caches the tokenizer and what the export is keyed by
+(onnx_runtime.cached_model_facts); later loads import neither sentence-transformers nor torch."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,18 +18,31 @@ from searchsvc.retrieve import onnx_runtime
 
 class OnnxCrossEncoder:
     def __init__(self, model_path: str, cache_dir: Path, threads: int, max_length: int, model_id: str = "") -> None:
-        from sentence_transformers import CrossEncoder
+        @functools.cache
+        def reference() -> Any:  # the CrossEncoder: loaded only if something is not cached yet
+            from sentence_transformers import CrossEncoder
 
-        reference = CrossEncoder(model_path, device="cpu", max_length=max_length)
-        self.num_labels = reference.num_labels
+            return CrossEncoder(model_path, device="cpu", max_length=max_length)
+
+        def read() -> tuple[dict[str, Any], str]:
+            model = reference()
+            source = onnx_runtime.TransformerSource.of(model.model, model.tokenizer)
+            facts = dict(num_labels=model.num_labels, input_names=source.input_names, pad_id=model.tokenizer.pad_token_id,
+                         pad_token=model.tokenizer.pad_token, pad_type_id=model.tokenizer.pad_token_type_id,
+                         digest=source.digest, num_heads=source.num_heads, hidden_size=source.hidden_size)
+            return facts, model.tokenizer.backend_tokenizer.to_str()
+
+        model_id = f"cross-encoder:{model_id or model_path}"
+        facts, tokenizer_json = onnx_runtime.cached_model_facts(model_path, model_id, cache_dir, "cross-encoder", read)
+        self.num_labels = facts["num_labels"]
         if self.num_labels != 1:
             raise ValueError(f"{model_path} has {self.num_labels} outputs; a reranker needs a single relevance logit")
-        self.tokenizer = reference.tokenizer
-        self.max_length = reference.max_seq_length
-        self.encoder = onnx_runtime.export_transformer(
-            onnx_runtime.TransformerSource.of(reference.model, self.tokenizer), f"cross-encoder:{model_id or model_path}",
-            cache_dir, threads, output="logits",
-        )
+        self.max_length = max_length
+        self.tokenizer = _pair_tokenizer(tokenizer_json, max_length, facts)
+        self.input_names = facts["input_names"]
+        source = onnx_runtime.TransformerSource(lambda: reference().model, facts["digest"], facts["input_names"],
+                                                facts["num_heads"], facts["hidden_size"])
+        self.encoder = onnx_runtime.export_transformer(source, model_id, cache_dir, threads, output="logits")
 
     def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, activation_fn: Callable | None = None,
                 show_progress_bar: bool = False, **_: Any) -> np.ndarray:
@@ -34,13 +51,26 @@ class OnnxCrossEncoder:
         logits = []
         for a in range(0, len(pairs), batch_size):
             batch = pairs[a : a + batch_size]
-            enc = self.tokenizer([q for q, _ in batch], [p for _, p in batch], padding=True, truncation="longest_first",
-                                 max_length=self.max_length, return_tensors="np")
+            encodings = self.tokenizer.encode_batch([(q, p) for q, p in batch])
+            fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+            inputs = {n: np.array([getattr(e, fields[n]) for e in encodings], dtype=np.int64) for n in self.input_names}
             with self.encoder.lock:
-                logits.append(self.encoder.run(**{k: np.asarray(v, dtype=np.int64) for k, v in enc.items()})[:, 0])
+                logits.append(self.encoder.run(**inputs)[:, 0])
         scores = np.concatenate(logits) if logits else np.zeros(0, np.float32)
         if activation_fn is not None:
             import torch
 
             scores = activation_fn(torch.from_numpy(scores)).numpy()
         return scores
+
+
+def _pair_tokenizer(tokenizer_json: str, max_length: int, facts: dict[str, Any]) -> Any:
+    """A `tokenizers.Tokenizer` doing what the transformers tokenizer does for CrossEncoder.predict (padding=True,
+    truncation="longest_first", max_length): pairs cut longest side first to max_length tokens, special tokens
+    included, padded right to the batch's longest."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.enable_truncation(max_length, strategy="longest_first")
+    tokenizer.enable_padding(pad_id=facts["pad_id"], pad_token=facts["pad_token"], pad_type_id=facts["pad_type_id"])
+    return tokenizer

@@ -218,7 +218,8 @@ def test_an_encoder_error_reaches_every_caller_and_the_batcher_lives_on():
     assert batcher("good").tolist() == [1.0, 1.0, 1.0]
 
 
-def test_cross_encoder_on_onnx_runtime_scores_as_torch(tmp_path, cache_dir):
+def test_cross_encoder_on_onnx_runtime_scores_as_torch(tmp_path, cache_dir, monkeypatch):
+    import sentence_transformers
     import torch
     from scipy.stats import spearmanr
     from sentence_transformers import CrossEncoder
@@ -238,6 +239,17 @@ def test_cross_encoder_on_onnx_runtime_scores_as_torch(tmp_path, cache_dir):
     assert spearmanr(got, reference).statistic >= 0.99
     sigmoid = onnx.predict(pairs[:3], activation_fn=torch.nn.Sigmoid())
     assert np.allclose(sigmoid, 1 / (1 + np.exp(-reference[:3])), atol=1e-4)
+
+    # Loaded again: from the cached tokenizer and export alone, with the same scores.
+    from searchsvc.rerank import reads_korean
+
+    def refused(*args, **kwargs):
+        raise AssertionError("loaded the CrossEncoder although its tokenizer and export are cached")
+
+    monkeypatch.setattr(sentence_transformers, "CrossEncoder", refused)
+    cached = OnnxCrossEncoder(str(path), cache_dir, threads=1, max_length=128)
+    assert np.array_equal(cached.predict(pairs, batch_size=5), got)
+    assert not reads_korean(cached.tokenizer), "MiniLM's English WordPiece vocabulary"
 
 
 def test_the_torch_sentence_engine_draws_no_progress_bar_in_an_info_log(capsys):

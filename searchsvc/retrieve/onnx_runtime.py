@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
@@ -157,6 +158,48 @@ class TransformerSource:
 def input_names(model_input_names: list[str]) -> list[str]:
     """The encoder inputs a tokenizer produces, in the order the export takes them."""
     return [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in model_input_names]
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file under `folder` (relative path and bytes, in path order): any change to a model's
+    weights, config or tokenizer files changes it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}".encode())
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+FACTS_VERSION = 1  # bump when what cached_model_facts stores, or how, changes
+
+
+def cached_model_facts(
+    model_path: str, model_id: str, cache_dir: Path, kind: str, read: Callable[[], tuple[dict[str, Any], str]]
+) -> tuple[dict[str, Any], str]:
+    """What loading a sentence-transformers model tells its ONNX engine (`read()`: JSON-able facts, and the
+    tokenizer as the library set it up, as tokenizer.json for the `tokenizers` library), cached in
+    `<cache_dir>/<model>-<key>.<kind>/` so that later loads skip importing sentence-transformers, transformers
+    and torch and building the model (~10 s of a start on 2 cores). The key covers the model folder's files
+    and the sentence-transformers / transformers versions (they decide how the tokenizer is set up). A model
+    that is not a local folder (a hub id) is read every time."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return read()
+    versions = "|".join(f"{d} {importlib.metadata.version(d)}" for d in ("sentence-transformers", "transformers"))
+    raw = f"{kind}|{model_id}|{folder_digest(folder)}|{versions}|{FACTS_VERSION}"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
+
+    def build(out: Path) -> None:
+        facts, tokenizer_json = read()
+        out.mkdir()
+        (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (out / "facts.json").write_text(json.dumps(facts, indent=1))
+
+    directory = build_once(cache_dir / f"{slug}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.{kind}", build)
+    return json.loads((directory / "facts.json").read_text()), (directory / "tokenizer.json").read_text(encoding="utf-8")
 
 
 def export_transformer(

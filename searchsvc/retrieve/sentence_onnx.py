@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import importlib.metadata
-import json
 import logging
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,7 +24,6 @@ from searchsvc.retrieve import onnx_runtime
 from searchsvc.retrieve.batching import QueryBatcher
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 1  # bump when what SentencePipeline records, or how, changes
 
 
 def _pooling(model: Any) -> tuple[str, bool] | None:
@@ -87,41 +82,17 @@ class SentencePipeline:
         return tokenizer
 
 
-def folder_digest(folder: Path) -> str:
-    """sha256 over every file under `folder` (relative path and bytes, in path order): any change to a model's
-    weights, config or tokenizer files changes it."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size}".encode())
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_pipeline(model_path: str, model_id: str, cache_dir: Path, reference: Callable[[], Any]) -> tuple[SentencePipeline, Any]:
-    """The model's pipeline and tokenizer, from `<cache_dir>/<model>-<key>.sentence/` when a previous load wrote
-    it, else from `reference()` (the loaded SentenceTransformer), then written there. The key covers the model
-    folder's files and the sentence-transformers / transformers versions (they decide how the tokenizer is set
-    up). A model that is not a local folder (a hub id) is read from `reference()` every time."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        pipeline, tokenizer_json = SentencePipeline.of(reference())
-        return pipeline, pipeline.tokenizer(tokenizer_json)
-    versions = "|".join(f"{d} {importlib.metadata.version(d)}" for d in ("sentence-transformers", "transformers"))
-    key = hashlib.sha256(f"{model_id}|{folder_digest(folder)}|{versions}|{PIPELINE_VERSION}".encode()).hexdigest()[:20]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
+    """The model's pipeline and tokenizer: cached (onnx_runtime.cached_model_facts), else read from
+    `reference()`, the loaded SentenceTransformer."""
 
-    def build(out: Path) -> None:
+    def read() -> tuple[dict[str, Any], str]:
         pipeline, tokenizer_json = SentencePipeline.of(reference())
-        out.mkdir()
-        (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        (out / "pipeline.json").write_text(json.dumps(asdict(pipeline), indent=1))
+        return asdict(pipeline), tokenizer_json
 
-    directory = onnx_runtime.build_once(cache_dir / f"{slug}-{key}.sentence", build)
-    pipeline = SentencePipeline(**json.loads((directory / "pipeline.json").read_text()))
-    return pipeline, pipeline.tokenizer((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    facts, tokenizer_json = onnx_runtime.cached_model_facts(model_path, model_id, cache_dir, "sentence", read)
+    pipeline = SentencePipeline(**facts)
+    return pipeline, pipeline.tokenizer(tokenizer_json)
 
 
 class OnnxSentenceEmbedding(BaseEmbedding):
