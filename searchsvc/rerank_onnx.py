@@ -38,8 +38,8 @@ class OnnxCrossEncoder:
         if self.num_labels != 1:
             raise ValueError(f"{model_path} has {self.num_labels} outputs; a reranker needs a single relevance logit")
         self.max_length = max_length
-        self.tokenizer = _pair_tokenizer(tokenizer_json, max_length, facts)
-        self.input_names = facts["input_names"]
+        self.tokenizer = onnx_runtime.BatchTokenizer(tokenizer_json, max_length, facts["input_names"], facts["pad_id"],
+                                                     facts["pad_token"], facts["pad_type_id"])
         source = onnx_runtime.TransformerSource(lambda: reference().model, facts["digest"], facts["input_names"],
                                                 facts["num_heads"], facts["hidden_size"])
         self.encoder = onnx_runtime.export_transformer(source, model_id, cache_dir, threads, output="logits")
@@ -51,9 +51,7 @@ class OnnxCrossEncoder:
         logits = []
         for a in range(0, len(pairs), batch_size):
             batch = pairs[a : a + batch_size]
-            encodings = self.tokenizer.encode_batch([(q, p) for q, p in batch])
-            fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-            inputs = {n: np.array([getattr(e, fields[n]) for e in encodings], dtype=np.int64) for n in self.input_names}
+            inputs = self.tokenizer([(q, p) for q, p in batch])
             with self.encoder.lock:
                 logits.append(self.encoder.run(**inputs)[:, 0])
         scores = np.concatenate(logits) if logits else np.zeros(0, np.float32)
@@ -63,14 +61,3 @@ class OnnxCrossEncoder:
             scores = activation_fn(torch.from_numpy(scores)).numpy()
         return scores
 
-
-def _pair_tokenizer(tokenizer_json: str, max_length: int, facts: dict[str, Any]) -> Any:
-    """A `tokenizers.Tokenizer` doing what the transformers tokenizer does for CrossEncoder.predict (padding=True,
-    truncation="longest_first", max_length): pairs cut longest side first to max_length tokens, special tokens
-    included, padded right to the batch's longest."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.enable_truncation(max_length, strategy="longest_first")
-    tokenizer.enable_padding(pad_id=facts["pad_id"], pad_token=facts["pad_token"], pad_type_id=facts["pad_type_id"])
-    return tokenizer

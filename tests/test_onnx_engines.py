@@ -72,7 +72,7 @@ def test_a_cached_minilm_loads_from_its_files_alone_and_a_changed_model_is_read_
     monkeypatch.setattr(onnx_runtime, "_export", refused)
     cached = OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm")
     assert np.array_equal(cached.embed_passages(TEXTS), first)
-    assert cached.max_length == 256 and len(cached._tokenize([TEXTS[3]])["input_ids"][0]) == 256
+    assert cached.max_length == 256 and len(cached._tokenizer([TEXTS[3]])["input_ids"][0]) == 256
 
     config = model / "sentence_bert_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 16}))
@@ -80,7 +80,7 @@ def test_a_cached_minilm_loads_from_its_files_alone_and_a_changed_model_is_read_
         OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm")
     monkeypatch.undo()
     shorter = OnnxSentenceEmbedding(str(model), cache, threads=1, model_id="minilm")
-    assert shorter.max_length == 16 and len(shorter._tokenize([TEXTS[3]])["input_ids"][0]) == 16
+    assert shorter.max_length == 16 and len(shorter._tokenizer([TEXTS[3]])["input_ids"][0]) == 16
     assert len(list(cache.glob("*.onnx"))) == 1, "same weights: the export is shared"
     assert len(list(cache.glob("*.sentence"))) == 2
 

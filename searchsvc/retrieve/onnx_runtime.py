@@ -66,6 +66,11 @@ def torch_version() -> str:
     return importlib.metadata.version("torch")
 
 
+def slug(model_id: str) -> str:
+    """A model id as the start of a cache file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
+
+
 def export_key(model_id: str, digest: str) -> str:
     import onnxruntime
 
@@ -91,8 +96,7 @@ def cached_export(
     the export must be made: a cached model then loads without building its torch twin. `example_inputs` may
     be a function too (so that a cache hit need not import torch)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
-    target = cache_dir / f"{slug}-{export_key(model_id, digest or weights_digest(module))}.onnx"
+    target = cache_dir / f"{slug(model_id)}-{export_key(model_id, digest or weights_digest(module))}.onnx"
 
     def build(out: Path) -> None:
         started = time.perf_counter()
@@ -190,7 +194,6 @@ def cached_model_facts(
     versions = "|".join(f"{d} {importlib.metadata.version(d)}" for d in ("sentence-transformers", "transformers"))
     raw = f"{kind}|{model_id}|{folder_digest(folder)}|{versions}|{FACTS_VERSION}"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
 
     def build(out: Path) -> None:
         facts, tokenizer_json = read()
@@ -198,8 +201,33 @@ def cached_model_facts(
         (out / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         (out / "facts.json").write_text(json.dumps(facts, indent=1))
 
-    directory = build_once(cache_dir / f"{slug}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.{kind}", build)
+    directory = build_once(cache_dir / f"{slug(model_id)}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.{kind}", build)
     return json.loads((directory / "facts.json").read_text()), (directory / "tokenizer.json").read_text(encoding="utf-8")
+
+
+class BatchTokenizer:
+    """A `tokenizers.Tokenizer` (from the tokenizer.json cached_model_facts keeps) called as the transformers
+    tokenizer is with padding=True, truncation=True (longest_first for pairs) and max_length: texts, or (a, b)
+    pairs, cut to max_length tokens (special tokens included) and padded right to the batch's longest. Returns
+    the encoder's inputs by name, int64."""
+
+    FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+    def __init__(self, tokenizer_json: str, max_length: int, input_names: list[str], pad_id: int, pad_token: str,
+                 pad_type_id: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        self.tokenizer.enable_truncation(max_length, strategy="longest_first")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_type_id=pad_type_id)
+        self.input_names = input_names
+
+    def __call__(self, inputs: list[str] | list[tuple[str, str]]) -> dict[str, np.ndarray]:
+        encodings = self.tokenizer.encode_batch(inputs)
+        return {n: np.array([getattr(e, self.FIELDS[n]) for e in encodings], dtype=np.int64) for n in self.input_names}
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
 
 
 def export_transformer(

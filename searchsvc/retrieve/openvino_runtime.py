@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from searchsvc.retrieve.onnx_runtime import TransformerSource, build_once, torch_threads, torch_version, weights_digest
+from searchsvc.retrieve.onnx_runtime import TransformerSource, build_once, slug, torch_threads, torch_version, weights_digest
 
 log = logging.getLogger(__name__)
 IR_VERSION = 1  # bump when the conversion recipe changes
@@ -39,8 +38,7 @@ def cached_ir(
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     raw = f"{model_id}|{digest or weights_digest(module)}|torch {torch_version()}|openvino {ov.__version__}|{IR_VERSION}"
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_id)[-60:]
-    target = cache_dir / f"{slug}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.openvino"
+    target = cache_dir / f"{slug(model_id)}-{hashlib.sha256(raw.encode()).hexdigest()[:20]}.openvino"
 
     def build(out: Path) -> None:
         import warnings

@@ -70,16 +70,9 @@ class SentencePipeline:
                        source.num_heads, source.hidden_size)
         return pipeline, tokenizer.backend_tokenizer.to_str()
 
-    def tokenizer(self, tokenizer_json: str) -> Any:
-        """A `tokenizers.Tokenizer` that does what the transformers tokenizer does when called with padding=True,
-        truncation=True, max_length=max_length: truncate to max_length tokens (special tokens included), pad
-        right to the batch's longest."""
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_str(tokenizer_json)
-        tokenizer.enable_truncation(self.max_length)
-        tokenizer.enable_padding(pad_id=self.pad_id, pad_token=self.pad_token, pad_type_id=self.pad_type_id)
-        return tokenizer
+    def tokenizer(self, tokenizer_json: str) -> onnx_runtime.BatchTokenizer:
+        return onnx_runtime.BatchTokenizer(tokenizer_json, self.max_length, self.input_names, self.pad_id, self.pad_token,
+                                           self.pad_type_id)
 
 
 def cached_pipeline(model_path: str, model_id: str, cache_dir: Path, reference: Callable[[], Any]) -> tuple[SentencePipeline, Any]:
@@ -104,7 +97,6 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     max_length: int = Field(default=256, description="Tokens per text (the model's max_seq_length).")
 
     _tokenizer: Any = PrivateAttr()
-    _input_names: list[str] = PrivateAttr()
     _encoder: Any = PrivateAttr()
     _passage_encoder: Any = PrivateAttr()
     _pool: str = PrivateAttr()
@@ -131,7 +123,6 @@ class OnnxSentenceEmbedding(BaseEmbedding):
             raise ValueError(f"{model_path}: {exc}") from exc
         super().__init__(model_path=model_path, normalize=pipeline.normalize, max_length=pipeline.max_length, **kwargs)
         self._tokenizer = tokenizer
-        self._input_names = pipeline.input_names
         source = onnx_runtime.TransformerSource(lambda: reference()[0].auto_model, pipeline.weights_digest,
                                                 pipeline.input_names, pipeline.num_heads, pipeline.hidden_size)
 
@@ -165,7 +156,7 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         for a in range(0, len(order), self.embed_batch_size):
             idx = order[a : a + self.embed_batch_size]
-            inputs = self._tokenize([texts[i] for i in idx])
+            inputs = self._tokenizer([texts[i] for i in idx])
             with encoder.lock:
                 hidden = encoder.run(**inputs)
             pooled = hidden[:, 0] if self._pool == "cls" else onnx_runtime.mean_pool(hidden, inputs["attention_mask"])
@@ -173,11 +164,6 @@ class OnnxSentenceEmbedding(BaseEmbedding):
         if self.normalize:
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
-
-    def _tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encodings = self._tokenizer.encode_batch(texts)
-        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-        return {name: np.array([getattr(e, fields[name]) for e in encodings], dtype=np.int64) for name in self._input_names}
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(list(texts), passages=True)
