@@ -1,9 +1,12 @@
 """Query micro-batching: concurrent searches share one encoder forward pass.
 
-A short query's forward pass is bound by reading the weights (85 MB fp32 for e5), not by arithmetic, so a
-batch of 8 queries costs little more than one. Callers hand their text to one worker thread; while it runs a
-batch, new queries queue, and the next batch takes all of them (up to `max_batch`). Nobody waits for a timer:
-an idle service answers a lone query at once, a loaded one batches as deep as its load.
+Where a short query's forward pass is bound by reading the weights (e5 on torch fp32: 85 MB), a batch of 8
+queries costs little more than one. Where it is bound by arithmetic it saves less: e5 on ONNX Runtime int8 on
+an AVX2-only EPYC (2 threads) took 10.7 ms of CPU for one 15-token query and 9.7 ms per query in a batch of 8
+on one thread, 16.1 and 12.7 on two (wall time for one query: 10.7 ms on either). Callers hand their text to
+one worker thread; while it runs a batch, new queries queue, and the next batch takes all of them (up to
+`max_batch`). Nobody waits for a timer: an idle service answers a lone query at once, a loaded one batches as
+deep as its load.
 """
 
 from __future__ import annotations
