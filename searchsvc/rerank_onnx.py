@@ -60,4 +60,3 @@ class OnnxCrossEncoder:
 
             scores = activation_fn(torch.from_numpy(scores)).numpy()
         return scores
-

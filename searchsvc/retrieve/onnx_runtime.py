@@ -209,7 +209,7 @@ class BatchTokenizer:
     """A `tokenizers.Tokenizer` (from the tokenizer.json cached_model_facts keeps) called as the transformers
     tokenizer is with padding=True, truncation=True (longest_first for pairs) and max_length: texts, or (a, b)
     pairs, cut to max_length tokens (special tokens included) and padded right to the batch's longest. Returns
-    the encoder's inputs by name, int64."""
+    the encoder's inputs by name, int64, and always the attention mask (pooling needs it)."""
 
     FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
@@ -220,7 +220,7 @@ class BatchTokenizer:
         self.tokenizer = Tokenizer.from_str(tokenizer_json)
         self.tokenizer.enable_truncation(max_length, strategy="longest_first")
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_type_id=pad_type_id)
-        self.input_names = input_names
+        self.input_names = list(dict.fromkeys([*input_names, "attention_mask"]))
 
     def __call__(self, inputs: list[str] | list[tuple[str, str]]) -> dict[str, np.ndarray]:
         encodings = self.tokenizer.encode_batch(inputs)
