@@ -34,10 +34,8 @@ class OnnxCrossEncoder:
 
         model_id = f"cross-encoder:{model_id or model_path}"
         facts, tokenizer_json = onnx_runtime.cached_model_facts(model_path, model_id, cache_dir, "cross-encoder", read)
-        self.num_labels = facts["num_labels"]
-        if self.num_labels != 1:
-            raise ValueError(f"{model_path} has {self.num_labels} outputs; a reranker needs a single relevance logit")
-        self.max_length = max_length
+        if facts["num_labels"] != 1:
+            raise ValueError(f"{model_path} has {facts['num_labels']} outputs; a reranker needs a single relevance logit")
         self.tokenizer = onnx_runtime.BatchTokenizer(tokenizer_json, max_length, facts["input_names"], facts["pad_id"],
                                                      facts["pad_token"], facts["pad_type_id"])
         source = onnx_runtime.TransformerSource(lambda: reference().model, facts["digest"], facts["input_names"],
