@@ -3,7 +3,8 @@
 The collection has embedding_model "external" (384-d, no model runs at ingest): each document is one chunk of
 10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
 BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
-there) with the CPU the server (and its kernel share: file writes) and this client spent per document, server
+there) with the CPU the server (and its kernel share: file writes) and this client spent per document, and the
+insert rate of a bare FAISS graph fed the same vectors in this process (_BareGraph: the service's ceiling), server
 RSS after loading and after a restart, the time from process start to SERVING with the collection loaded, search
 p50/p99 for DENSE (by query vector), KEYWORD and HYBRID (text and vector), recall@10 of the dense index against
 an exact scan, and the time of a checkpoint after loading and after 1% of the documents changed (each read from
@@ -67,11 +68,40 @@ def _describe_checkpoints(server: ServerProcess) -> str:
             + (f" ({', '.join(f'{s:.1f}' for s in full)} s)" if full else ""))
 
 
-def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> tuple[float, str]:
-    """(docs/s, CPU per document of the server and of this client while loading `count` documents). Both
-    share this machine's cores: at N cores, R docs/s leaves N / R seconds of CPU per document for the two."""
+class _BareGraph:
+    """The graph a collection builds (`DenseIndexSpec.new_hnsw`, default settings), fed the same vectors in this
+    process between the service's load steps. Its insert rate at the same size is the ceiling for BulkIndex into
+    an HNSW collection, so each step prints the service's rate as a share of it. (The service holds its first
+    20k chunks in a flat index; the bare graph is HNSW from the start.)"""
+
+    def __init__(self, quantization: str) -> None:
+        from searchsvc.storage.embedded.dense import DenseIndexSpec
+
+        self.spec = DenseIndexSpec(quantization=quantization)
+        self.index = None
+
+    def add(self, vectors: np.ndarray) -> tuple[float, float]:
+        """(inserts/s, CPU ms per vector) for `vectors`, in the service's request-sized batches."""
+        if self.index is None:  # SQ8 learns its ranges from the first vectors, as the service does at its switch
+            self.index = self.spec.new_hnsw(DIMENSION, training=vectors)
+        start = self.index.ntotal
+        wall = cpu = 0.0
+        for a in range(0, len(vectors), BATCH):
+            batch = vectors[a : a + BATCH]
+            started, cpu_started = time.perf_counter(), time.process_time()
+            self.index.add_with_ids(batch, np.arange(start + a, start + a + len(batch), dtype=np.int64))
+            wall += time.perf_counter() - started
+            cpu += time.process_time() - cpu_started
+        return len(vectors) / wall, cpu / len(vectors) * 1e3
+
+
+def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> tuple[float, str, np.ndarray]:
+    """(docs/s, CPU per document of the server and of this client while loading `count` documents, their
+    vectors). Both share this machine's cores: at N cores, R docs/s leaves N / R seconds of CPU per document for
+    the two."""
     docs = corpus.docs(count, start=start, min_words=10, max_words=30)
-    for doc, vector in zip(docs, vectors.sample(count)):
+    sampled = vectors.sample(count)
+    for doc, vector in zip(docs, sampled):
         doc.vector = vector
     server_cpu, client_cpu, started = _cpu_s(server), time.process_time(), time.perf_counter()
     bulk_index(lambda: grpc.insecure_channel(server.target), NAME, docs, batch_size=BATCH)
@@ -83,7 +113,7 @@ def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVect
 
     cpu = (f"CPU per doc: server {per_doc(user + kernel - user0 - kernel0)} ({per_doc(kernel - kernel0)} in the kernel), "
            f"client {per_doc(time.process_time() - client_cpu)}, of {per_doc((os.cpu_count() or 1) * wall)} on {os.cpu_count()} cores")
-    return count / wall, cpu
+    return count / wall, cpu, sampled
 
 
 def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) -> None:
@@ -131,13 +161,20 @@ def run_scale(settings: Settings, total: int, queries: int, quantization: str = 
             first = min(10_000, total)
             marks = [first] + [total * i // 10 for i in range(1, 11) if total * i // 10 > first]
             loaded = 0
-            print(f"loading {total:,} chunks of {DIMENSION}-d external vectors, {BATCH} per request")
+            bare = _BareGraph(quantization)
+            print(f"loading {total:,} chunks of {DIMENSION}-d external vectors, {BATCH} per request; after each step the "
+                  f"same vectors go into a bare FAISS graph in this process (M {bare.spec.m}, efConstruction "
+                  f"{bare.spec.ef_construction}), whose insert rate bounds the service's")
             for mark in marks:
-                rate, cpu = _load(server, corpus, vectors, loaded, mark - loaded)
-                loaded = mark
+                rate, cpu, sampled = _load(server, corpus, vectors, loaded, mark - loaded)
                 info = stub.GetCollection(pb.GetCollectionRequest(name=NAME))
-                print(f"  {loaded:>9,} chunks: {rate:7.0f} docs/s for the last {mark - (marks[marks.index(mark) - 1] if mark != first else 0):,}"
+                print(f"  {mark:>9,} chunks: {rate:7.0f} docs/s for the last {mark - loaded:,}"
                       f"  ({info.dense_index_in_use}; server RSS {_rss_mb(server):,.0f} MB; {cpu})", flush=True)
+                bare_rate, bare_cpu = bare.add(sampled)
+                print(f"             bare FAISS HNSW insert of the same vectors: {bare_rate:7.0f}/s, {bare_cpu:.2f} ms CPU "
+                      f"per vector; the service's rate is {rate / bare_rate:.2f} of it", flush=True)
+                loaded = mark
+            bare = None  # its memory back before the searches and the restart
             time.sleep(3)  # the keyword leg's last refresh
             print(f"after loading: server RSS {_rss_mb(server):,.0f} MB, peak {server.peak_rss_mb():,.0f} MB")
             _searches(stub, corpus, vectors, queries)
