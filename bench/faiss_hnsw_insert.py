@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,9 +27,10 @@ import numpy as np  # noqa: E402
 
 from searchsvc import hardware  # noqa: E402
 from searchsvc.bench import ClusteredVectors  # noqa: E402
+from searchsvc.bench_scale import BareGraph  # noqa: E402
 from searchsvc.storage.embedded.dense import DenseIndexSpec  # noqa: E402
 
-DIMENSION, BATCH, GOAL = 384, 1000, 5000
+DIMENSION, GOAL = 384, 5000
 
 
 def main() -> None:
@@ -39,37 +39,26 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=DenseIndexSpec.m)
     parser.add_argument("--ef-construction", type=int, default=DenseIndexSpec.ef_construction)
     args = parser.parse_args()
-    spec = DenseIndexSpec(m=args.m, ef_construction=args.ef_construction)
+    graph = BareGraph(DenseIndexSpec(m=args.m, ef_construction=args.ef_construction))
     cores = os.cpu_count() or 1
     print(f"CPU flags: {hardware.describe()}; FAISS {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
-          f"HNSW M {spec.m}, efConstruction {spec.ef_construction}; at {GOAL:,} docs/s {cores} cores allow "
-          f"{cores / GOAL * 1e3:.2f} ms of CPU per document", flush=True)
-    index = spec.new_hnsw(DIMENSION)
+          f"HNSW M {graph.spec.m}, efConstruction {graph.spec.ef_construction}; at {GOAL:,} docs/s {cores} cores "
+          f"allow {cores / GOAL * 1e3:.2f} ms of CPU per document", flush=True)
     vectors = ClusteredVectors(DIMENSION)
     kept = np.empty((args.total, DIMENSION), np.float32)  # for the exact scan at the end
-    tenth = max(args.total // 10, BATCH)
-    wall = cpu = 0.0
-    for start in range(0, args.total, BATCH):
-        batch = vectors.sample(min(BATCH, args.total - start))
-        kept[start : start + len(batch)] = batch
-        ids = np.arange(start, start + len(batch), dtype=np.int64)
-        started, cpu_started = time.perf_counter(), time.process_time()
-        index.add_with_ids(batch, ids)
-        wall += time.perf_counter() - started
-        cpu += time.process_time() - cpu_started
-        done = start + len(batch)
-        if done % tenth == 0 or done == args.total:
-            count = done - (done - 1) // tenth * tenth
-            print(f"  {done:>9,} vectors: {count / wall:6.0f} inserts/s, {cpu / count * 1e3:.3f} ms CPU per vector "
-                  f"({cpu / wall:.2f} cores busy)", flush=True)
-            wall = cpu = 0.0
+    tenth = max(args.total // 10, 1)
+    for start in range(0, args.total, tenth):
+        batch = kept[start : start + tenth] = vectors.sample(min(tenth, args.total - start))
+        rate, cpu_ms = graph.add(batch)
+        print(f"  {start + len(batch):>9,} vectors: {rate:6.0f} inserts/s, {cpu_ms:.3f} ms CPU per vector "
+              f"({rate * cpu_ms / 1e3:.2f} cores busy)", flush=True)
     queries = vectors.sample(200)
     exact = faiss.IndexFlatIP(DIMENSION)
     exact.add(kept)
     _, truth = exact.search(queries, 10)
-    _, found = index.search(queries, 10)
+    _, found = graph.index.search(queries, 10)
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
-    print(f"  recall@10 at efSearch {spec.ef_search} against an exact scan: {recall:.3f}", flush=True)
+    print(f"  recall@10 at efSearch {graph.spec.ef_search} against an exact scan: {recall:.3f}", flush=True)
 
 
 if __name__ == "__main__":

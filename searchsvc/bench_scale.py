@@ -4,7 +4,7 @@ The collection has embedding_model "external" (384-d, no model runs at ingest): 
 10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
 BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
 there) with the CPU the server (and its kernel share: file writes) and this client spent per document, and the
-insert rate of a bare FAISS graph fed the same vectors in this process (_BareGraph: the service's ceiling), server
+insert rate of a bare FAISS graph fed the same vectors in this process (BareGraph: the service's ceiling), server
 RSS after loading and after a restart, the time from process start to SERVING with the collection loaded, search
 p50/p99 for DENSE (by query vector), KEYWORD and HYBRID (text and vector), recall@10 of the dense index against
 an exact scan, and the time of a checkpoint after loading and after 1% of the documents changed (each read from
@@ -26,6 +26,7 @@ from searchsvc.bench import ClusteredVectors, SyntheticCorpus, _timed_searches, 
 from searchsvc.client import bulk_index
 from searchsvc.config import Settings
 from searchsvc.process import ServerProcess
+from searchsvc.storage.embedded.dense import DenseIndexSpec
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -68,22 +69,21 @@ def _describe_checkpoints(server: ServerProcess) -> str:
             + (f" ({', '.join(f'{s:.1f}' for s in full)} s)" if full else ""))
 
 
-class _BareGraph:
-    """The graph a collection builds (`DenseIndexSpec.new_hnsw`, default settings), fed the same vectors in this
-    process between the service's load steps. Its insert rate at the same size is the ceiling for BulkIndex into
-    an HNSW collection, so each step prints the service's rate as a share of it. (The service holds its first
-    20k chunks in a flat index; the bare graph is HNSW from the start.)"""
+class BareGraph:
+    """The graph a collection builds (`DenseIndexSpec.new_hnsw`; the collection defaults unless `spec` says
+    otherwise), fed vectors in this process, outside the service. Its insert rate at a size is the ceiling for
+    BulkIndex into an HNSW collection of that size, so `run_scale` feeds it each step's vectors after the service
+    has them and prints the service's rate as a share of it. (The service holds its first 20k chunks in a flat
+    index; the bare graph is HNSW from the start.)"""
 
-    def __init__(self, quantization: str) -> None:
-        from searchsvc.storage.embedded.dense import DenseIndexSpec
-
-        self.spec = DenseIndexSpec(quantization=quantization)
+    def __init__(self, spec: DenseIndexSpec | None = None) -> None:
+        self.spec = spec or DenseIndexSpec()
         self.index = None
 
     def add(self, vectors: np.ndarray) -> tuple[float, float]:
         """(inserts/s, CPU ms per vector) for `vectors`, in the service's request-sized batches."""
         if self.index is None:  # SQ8 learns its ranges from the first vectors, as the service does at its switch
-            self.index = self.spec.new_hnsw(DIMENSION, training=vectors)
+            self.index = self.spec.new_hnsw(vectors.shape[1], training=vectors)
         start = self.index.ntotal
         wall = cpu = 0.0
         for a in range(0, len(vectors), BATCH):
@@ -161,7 +161,7 @@ def run_scale(settings: Settings, total: int, queries: int, quantization: str = 
             first = min(10_000, total)
             marks = [first] + [total * i // 10 for i in range(1, 11) if total * i // 10 > first]
             loaded = 0
-            bare = _BareGraph(quantization)
+            bare = BareGraph(DenseIndexSpec(quantization=quantization))
             print(f"loading {total:,} chunks of {DIMENSION}-d external vectors, {BATCH} per request; after each step the "
                   f"same vectors go into a bare FAISS graph in this process (M {bare.spec.m}, efConstruction "
                   f"{bare.spec.ef_construction}), whose insert rate bounds the service's")
