@@ -58,7 +58,7 @@ clients:
 	clients/node/build.sh
 	clients/ruby/build.sh
 
-# Record the current proto as the released contract that `buf breaking` (tests/test_clients.py) compares against.
+# Record the current proto as the released contract that `buf breaking` (tests/client/test_clients.py) compares against.
 proto-release: clients
 	clients/node/node_modules/.bin/buf build --exclude-source-info -o proto/released/searchsvc-v1.binpb
 

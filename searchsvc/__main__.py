@@ -1,3 +1,3 @@
-from searchsvc.cli import main
+from searchsvc.cli.main import main
 
 raise SystemExit(main())

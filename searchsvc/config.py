@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-
 from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,

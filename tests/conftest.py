@@ -11,12 +11,12 @@ import grpc
 import pytest
 
 from searchsvc.config import apply_process_env, load_settings
-from searchsvc.process import ServerProcess as _ServerProcess
+from searchsvc.lab.process import ServerProcess as _ServerProcess
 
 apply_process_env()
 # Test servers (in-process and subprocesses, which inherit this) embed MiniLM on ONNX Runtime alone. The default,
 # "auto", also compiles an OpenVINO passage engine on a CPU with AMX: ~4 s more for every one of the suite's
-# server starts. That engine and the choice are tested on their own (tests/test_openvino_engine.py).
+# server starts. That engine and the choice are tested on their own (tests/retrieve/test_openvino_engine.py).
 os.environ.setdefault("SEARCHSVC_SENTENCE_ENGINE", "onnx")
 
 from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402
@@ -38,7 +38,7 @@ def server_settings(index_dir: Path, **overrides):
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    from searchsvc.server import BackgroundServer
+    from searchsvc.api.server import BackgroundServer
 
     settings = load_settings(
         index_dir=tmp_path_factory.mktemp("indexes"),

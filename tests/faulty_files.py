@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-from searchsvc.files import FileLayer
+from searchsvc.platform.files import FileLayer
 
 
 class FaultyFiles(FileLayer):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from searchsvc.answer.types import AnswerResult
-from searchsvc.log_throttle import LogThrottle
+from searchsvc.ops.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 

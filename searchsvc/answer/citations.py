@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from searchsvc.text import citations as markers_in
-from searchsvc.text import content_tokens, is_refusal, split_sentences
 from searchsvc.answer.types import Citation
-from searchsvc.types import Hit
+from searchsvc.domain.text import citations as markers_in
+from searchsvc.domain.text import content_tokens, is_refusal, split_sentences
+from searchsvc.domain.types import Hit
 
 _MARKER = re.compile(r"\[(\d+)\]")
 

@@ -37,14 +37,14 @@ from searchsvc.answer.types import (
     RailHitInfo,
     TokenUsage,
 )
-from searchsvc.storage import CollectionStorage
 from searchsvc.config import Settings
-from searchsvc.pipeline import SearchPipeline
+from searchsvc.domain.text import citations as markers_in
+from searchsvc.domain.text import complete_prefix, has_words, is_refusal
+from searchsvc.domain.types import Hit, SearchParams, indexed_text
+from searchsvc.ops.tracing import span
 from searchsvc.retrieve.external import EXTERNAL_MODEL
-from searchsvc.text import citations as markers_in
-from searchsvc.text import complete_prefix, has_words, is_refusal
-from searchsvc.tracing import span
-from searchsvc.types import Hit, SearchParams, indexed_text
+from searchsvc.search.pipeline import SearchPipeline
+from searchsvc.storage import CollectionStorage
 
 log = logging.getLogger(__name__)
 

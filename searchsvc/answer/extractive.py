@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from searchsvc.text import content_tokens, split_sentences
-from searchsvc.types import Hit
+from searchsvc.domain.text import content_tokens, split_sentences
+from searchsvc.domain.types import Hit
 
 MIN_CHARS, MAX_CHARS = 20, 500
 

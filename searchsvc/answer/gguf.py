@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from searchsvc.answer.llm import LLMUnavailable, ModelDiskFull
-from searchsvc.files import free_bytes, fsync_dir, is_disk_full
+from searchsvc.platform.files import free_bytes, fsync_dir, is_disk_full
 
 _CHUNK = 1 << 20
 

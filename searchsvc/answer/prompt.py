@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from searchsvc.text import is_korean, split_sentences
-from searchsvc.types import Hit
+from searchsvc.domain.text import is_korean, split_sentences
+from searchsvc.domain.types import Hit
 
 # Bump when the prompt changes: it is part of the answer-cache key.
 PROMPT_VERSION = "4"

@@ -6,7 +6,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from searchsvc.types import Hit, ScoredId
+from searchsvc.domain.types import Hit, ScoredId
 
 
 class AnswerKind(enum.Enum):

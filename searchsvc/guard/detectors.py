@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping
 
-from searchsvc.text import _REFUSAL, citations, content_tokens, has_words, is_korean, split_sentences  # noqa: F401
+from searchsvc.domain.text import _REFUSAL, citations, content_tokens, has_words, is_korean, split_sentences  # noqa: F401
 
 
 @dataclass(frozen=True)

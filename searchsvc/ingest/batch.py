@@ -8,12 +8,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from searchsvc.documents import texts_to_store
+from searchsvc.domain.documents import texts_to_store
+from searchsvc.domain.filters import Metadata, MetadataValue
+from searchsvc.domain.types import MAX_DOCUMENT_ID_BYTES, RESERVED_METADATA, Chunk, Document
 from searchsvc.errors import InvalidArgument
-from searchsvc.filters import Metadata, MetadataValue
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.external import unit_vector
-from searchsvc.types import MAX_DOCUMENT_ID_BYTES, RESERVED_METADATA, Chunk, Document
 
 
 @dataclass

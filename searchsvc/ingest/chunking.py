@@ -5,7 +5,7 @@ from __future__ import annotations
 from llama_index.core import Document as LIDocument
 from llama_index.core.node_parser import SentenceSplitter
 
-from searchsvc.types import Chunk, Document
+from searchsvc.domain.types import Chunk, Document
 
 
 class Chunker:

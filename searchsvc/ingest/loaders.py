@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from searchsvc import filters
-from searchsvc.types import Document
+from searchsvc.domain import filters
+from searchsvc.domain.types import Document
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 

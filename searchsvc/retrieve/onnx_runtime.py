@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from searchsvc.files import fsync_dir
+from searchsvc.platform.files import fsync_dir
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = 1  # bump when the export or optimization recipe changes

@@ -1,7 +1,7 @@
 """Encoders on OpenVINO: the torch module converted once (ov.convert_model, no ONNX step), cached as IR, compiled
 for this CPU.
 
-Measured against ONNX Runtime on the same e5 module (bench/openvino_e5.py, 2 threads, 256 SciFact abstracts):
+Measured against ONNX Runtime on the same e5 module (searchsvc/lab/bench/openvino_e5.py, 2 threads, 256 SciFact abstracts):
 with AMX, OpenVINO in bf16 ran 33.0 abstracts/s and 3.5 ms per 8-token query (min cosine to torch fp32 1.0000),
 against 15.7/s and 4.3 ms for ORT int8; with AMX refused, bf16 ran 7.8/s (AVX512-BF16 alone is slower than fp32)
 and fp32 13.2/s against ORT int8's 15.5/s. So e5's "auto" embeds passages on OpenVINO bf16 where AMX is usable
@@ -22,7 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from searchsvc.retrieve.onnx_runtime import TransformerSource, build_once, slug, torch_threads, torch_version, weights_digest
+from searchsvc.retrieve.onnx_runtime import (
+    TransformerSource,
+    build_once,
+    slug,
+    torch_threads,
+    torch_version,
+    weights_digest,
+)
 
 log = logging.getLogger(__name__)
 IR_VERSION = 1  # bump when the conversion recipe changes

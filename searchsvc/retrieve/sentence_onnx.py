@@ -89,7 +89,7 @@ def cached_pipeline(model_path: str, model_id: str, cache_dir: Path, reference: 
 
 
 class OnnxSentenceEmbedding(BaseEmbedding):
-    """Vectors equal to SentenceTransformer.encode's (cosine >= 0.9999 in tests/test_onnx_engines.py). Texts are
+    """Vectors equal to SentenceTransformer.encode's (cosine >= 0.9999 in tests/retrieve/test_onnx_engines.py). Texts are
     length-sorted and batched, so a batch pads to its longest member only."""
 
     model_path: str = Field(description="The sentence-transformers folder.")

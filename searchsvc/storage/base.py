@@ -7,7 +7,7 @@ english chain), fusion and what follows it. A backend answers the two legs and s
 
 - `dense_search`: top-k chunk ids by cosine to a unit vector;
 - `keyword_search`: top-k chunk ids by BM25 (collection-wide IDF) over already-analyzed terms;
-- both apply a metadata filter (searchsvc/filters.py: typed conditions with must / should / must_not) inside
+- both apply a metadata filter (searchsvc/domain/filters.py: typed conditions with must / should / must_not) inside
   the search, before top-k, so a selective filter costs no candidate slots; filters.matches defines what it
   selects, and every backend is tested against it;
 - `similarities`: the stored vectors' cosine to a query vector, for chunks a leg found (the cutoff and relative
@@ -32,11 +32,11 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from searchsvc.documents import DocumentView, StoredDocument
-from searchsvc.filters import Filter
-from searchsvc.types import Chunk, CollectionConfig, ScoredId
+from searchsvc.domain.documents import DocumentView, StoredDocument
+from searchsvc.domain.filters import Filter
+from searchsvc.domain.types import Chunk, CollectionConfig, ScoredId
 
-MetadataFilter = Filter  # searchsvc/filters.py
+MetadataFilter = Filter  # searchsvc/domain/filters.py
 
 
 @runtime_checkable

@@ -44,15 +44,32 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from searchsvc import filters
-from searchsvc.filters import Filter
-from searchsvc.documents import DocumentView, StoredDocument, document_from_chunks
-from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
-from searchsvc.files import (
-    FileLayer, free_bytes, fsync_dir, fsync_tree, is_disk_full, write_json_atomic, write_text_atomic,
+from searchsvc.domain import filters
+from searchsvc.domain.documents import DocumentView, StoredDocument, document_from_chunks
+from searchsvc.domain.filters import Filter
+from searchsvc.domain.types import (
+    BACKENDS,
+    DENSE_INDEX_KINDS,
+    DENSE_QUANTIZATIONS,
+    MAX_EF_SEARCH,
+    RESERVED_METADATA,
+    Chunk,
+    CollectionConfig,
+    Document,
+    ScoredId,
 )
+from searchsvc.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SearchsvcError, Unavailable
 from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
+from searchsvc.platform.files import (
+    FileLayer,
+    free_bytes,
+    fsync_dir,
+    fsync_tree,
+    is_disk_full,
+    write_json_atomic,
+    write_text_atomic,
+)
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, MAX_DIMENSION
 from searchsvc.storage.embedded import graph_files
@@ -62,10 +79,6 @@ from searchsvc.storage.embedded.snapshot import PinnedCheckpoint
 from searchsvc.storage.embedded.sqlite_kv import DocstoreFailed, SqliteKVStore, read_committed
 from searchsvc.storage.embedded.tantivy_keyword import KeywordChunk, KeywordIndexFailed, TantivyKeywordIndex
 from searchsvc.storage.embedded.wal import WalFailed, WriteAheadLog, iter_records
-from searchsvc.types import (
-    BACKENDS, DENSE_INDEX_KINDS, DENSE_QUANTIZATIONS, MAX_EF_SEARCH, RESERVED_METADATA, Chunk, CollectionConfig, Document,
-    ScoredId,
-)
 
 log = logging.getLogger(__name__)
 KEYWORD_DIR = "keyword"  # the tantivy index, committed independently of the snapshots (see open)

@@ -28,8 +28,8 @@ import faiss
 import numpy as np
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.data_structs.data_structs import IndexDict, IndexStruct
 from llama_index.core.constants import DATA_KEY, TYPE_KEY
+from llama_index.core.data_structs.data_structs import IndexDict, IndexStruct
 from llama_index.core.schema import BaseNode, NodeRelationship, RelatedNodeInfo, TextNode
 from llama_index.core.storage.docstore.keyval_docstore import KVDocumentStore
 from llama_index.core.storage.docstore.utils import doc_to_json, json_to_doc
@@ -38,11 +38,11 @@ from llama_index.core.storage.index_store.utils import json_to_index_struct
 from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryResult
 from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStore
 
-from searchsvc import filters
+from searchsvc.domain import filters
+from searchsvc.domain.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.storage.embedded import graph_files
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
-from searchsvc.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 
 log = logging.getLogger(__name__)
 NODE_IDS_FILE = "node_ids.json"  # FilterableFaissStore.persist

@@ -1,4 +1,4 @@
-"""The embedded backend's filter index: which chunks a filter (searchsvc/filters.py) allows, by their FAISS ids.
+"""The embedded backend's filter index: which chunks a filter (searchsvc/domain/filters.py) allows, by their FAISS ids.
 The dense leg hands the result to FAISS as its id selection (no id translation per search: at 50% of 100k
 chunks, mapping chunk-id strings to FAISS ids cost 14 ms, the graph walk 2 ms); the keyword leg translates the same filter for tantivy
 (tantivy_keyword.py). Both apply it before top-k, so filtered-out chunks never take a candidate slot.
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable
 
 import numpy as np
 
-from searchsvc import filters
-from searchsvc.filters import Condition, Filter, Metadata, Timestamp
+from searchsvc.domain import filters
+from searchsvc.domain.filters import Condition, Filter, Metadata, Timestamp
 
 # (ids, complemented): the chunks in `ids`, or when complemented every chunk but them.
 _Set = tuple[frozenset[int] | set[int], bool]

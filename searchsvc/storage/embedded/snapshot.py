@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from searchsvc.errors import DataLoss, FailedPrecondition
-from searchsvc.files import fsync_dir, fsync_tree
+from searchsvc.platform.files import fsync_dir, fsync_tree
 
 FORMAT = "searchsvc-snapshot"
 FORMAT_VERSION = 2  # 2: HNSW graphs in graph_files' layout, which a version-1 reader cannot load

@@ -7,7 +7,7 @@ written here, on the stdlib's sqlite3, behind LlamaIndex's own `BaseKVStore` so 
 `VectorStoreIndex` use it unchanged.
 
 Beside the key-value rows, `document_text` holds the texts of documents whose chunks do not reproduce them
-(searchsvc/documents.py); `chunk_metadata` holds each chunk's user metadata alone (small JSON, only for chunks
+(searchsvc/domain/documents.py); `chunk_metadata` holds each chunk's user metadata alone (small JSON, only for chunks
 that have any), which start-up reads to rebuild the filter postings without parsing whole nodes; and `dense_log` keeps what each write did to the dense index (chunk ids removed, chunk ids
 and float32 vectors added) since the last FAISS snapshot, so a checkpoint can commit it instead of rewriting the
 whole FAISS index; start-up replays it onto that snapshot.

@@ -32,16 +32,16 @@ from typing import Iterator, Sequence
 
 import tantivy
 
-from searchsvc import filters
-from searchsvc.filters import Filter, Metadata, Timestamp
+from searchsvc.domain import filters
+from searchsvc.domain.filters import Filter, Metadata, Timestamp
+from searchsvc.domain.types import ScoredId
+from searchsvc.platform.files import fsync_dir, write_text_atomic
 from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.refresher import DebouncedRefresher
-from searchsvc.files import fsync_dir, write_text_atomic
-from searchsvc.types import ScoredId
 
 log = logging.getLogger(__name__)
 
-# Filters (searchsvc/filters.py): eq, any_of, exists match raw terms in `meta` (filters.exact_terms); ranges
+# Filters (searchsvc/domain/filters.py): eq, any_of, exists match raw terms in `meta` (filters.exact_terms); ranges
 # match the JSON field `attrs`, numbers at attrs.n.<key> (f64) and timestamps at attrs.t.<key> (i64 microseconds).
 # Indexes from before the format below lack both and are rebuilt once from the docstore.
 FORMAT = "2"

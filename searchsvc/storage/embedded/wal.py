@@ -25,15 +25,15 @@ import errno
 import json
 import logging
 import os
-import time
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from searchsvc.files import FileLayer, fsync_dir
-from searchsvc.metrics import WAL_FSYNC_SECONDS
+from searchsvc.ops.metrics import WAL_FSYNC_SECONDS
+from searchsvc.platform.files import FileLayer, fsync_dir
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<II")

@@ -9,7 +9,7 @@ Points are chunks, id = uuid5 of the chunk id (Qdrant takes only integers and UU
   Σ idf · tf-part: BM25 with collection-wide IDF, as tantivy computes it;
 - the payload: chunk id, document id, title, text, chunk index and offsets (chunk 0 also the document's text,
   where its chunks do not reproduce it: documents.py), the user metadata (typed, as JSON:
-  filters.to_json), and for filters (searchsvc/filters.py): `meta_pairs`, the exact-match terms of
+  filters.to_json), and for filters (searchsvc/domain/filters.py): `meta_pairs`, the exact-match terms of
   filters.exact_terms ("key\\x1fvalue" for strings; user keys may hold dots, which Qdrant would read as nested
   paths); `times`, timestamps as microseconds by key (ranges); `text_terms`, "key\\x1bterm" for each analyzed
   term of each string value (text_match). Ranges on numbers and exists read `metadata.<key>` (filter keys are
@@ -46,17 +46,17 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient, models
 
-from searchsvc import filters
-from searchsvc.documents import DocumentView, StoredDocument, document_from_chunks
+from searchsvc.domain import filters
+from searchsvc.domain.documents import DocumentView, StoredDocument, document_from_chunks
+from searchsvc.domain.filters import Filter, Timestamp
+from searchsvc.domain.types import Chunk, CollectionConfig, Document, ScoredId
 from searchsvc.errors import FailedPrecondition
-from searchsvc.filters import Filter, Timestamp
 from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
 from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.retrieve.external import EXTERNAL_MODEL
 from searchsvc.storage.qdrant.errors import qdrant_errors
-from searchsvc.types import Chunk, CollectionConfig, Document, ScoredId
 
 DENSE = "dense"
 SPARSE = "bm25"

@@ -1,0 +1,1 @@
+"""The set of collections and what manages them: the catalog, aliases, snapshots."""

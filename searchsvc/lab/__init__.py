@@ -1,0 +1,1 @@
+"""Measurement and training: bench, eval and train. Serving code never imports this package."""

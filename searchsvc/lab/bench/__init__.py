@@ -1,0 +1,1 @@
+"""`searchsvc bench` and the standalone benchmarks (run as `python -m searchsvc.lab.bench.<name>`)."""

@@ -1,0 +1,1 @@
+"""What the machine offers: durable file operations and the CPU's capabilities."""

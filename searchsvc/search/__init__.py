@@ -1,0 +1,1 @@
+"""The search pipeline and its stages: legs, fusion, rerank, cutoff, MMR, highlights, several collections, deadlines."""
