@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from searchsvc.answer.llm import LLMUnavailable, ModelDiskFull
+from searchsvc.answer.errors import LLMUnavailable, ModelDiskFull
 from searchsvc.platform.files import free_bytes, fsync_dir, is_disk_full
 
 _CHUNK = 1 << 20

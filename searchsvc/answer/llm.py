@@ -24,27 +24,11 @@ from urllib.parse import urlparse
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.llms import LLM
 
+from searchsvc.answer.errors import LLMUnavailable, ModelDiskFull  # noqa: F401 (part of this module's API)
 from searchsvc.config import LLMSettings
-from searchsvc.errors import SearchsvcError
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
-
-
-class LLMUnavailable(SearchsvcError):
-    """The configured LLM cannot be used (not installed, cannot load, misconfigured, server failed)."""
-
-    retryable = False  # True: the cause may go away without a restart (space freed on a full disk)
-
-    @property
-    def reason(self) -> str:
-        return self.message
-
-
-class ModelDiskFull(LLMUnavailable):
-    """No room to assemble the model file: loading is tried again later."""
-
-    retryable = True
 
 
 @dataclass

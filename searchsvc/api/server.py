@@ -18,14 +18,14 @@ from searchsvc.answer.cache import AnswerCache
 from searchsvc.answer.engine import AnswerEngine, LLMProvider
 from searchsvc.api import tls, wire
 from searchsvc.api.auth import AuthInterceptor, KeyRing, Principal, Role
+from searchsvc.api.interceptors import RequestIds, RpcMetrics, TracingInterceptor
+from searchsvc.api.metrics_endpoint import serve_metrics
 from searchsvc.api.servicer import SearchService, collection_health_name
 from searchsvc.collections.catalog import Catalog
 from searchsvc.config import Settings, apply_process_env, otel_exporter_configured, otel_sampler_configured
 from searchsvc.domain.types import CollectionConfig, Fusion
 from searchsvc.ops import tracing
-from searchsvc.ops.logs import RequestIds
-from searchsvc.ops.metrics import REGISTRY, RpcMetrics, serve_metrics
-from searchsvc.ops.tracing import TracingInterceptor
+from searchsvc.ops.metrics import REGISTRY
 from searchsvc.retrieve.models import ModelRegistry
 from searchsvc.search.pipeline import SearchPipeline
 from searchsvc.v1 import searchsvc_pb2, searchsvc_pb2_grpc

@@ -21,7 +21,7 @@ from searchsvc import errors
 from searchsvc.answer.engine import AnswerEngine
 from searchsvc.answer.types import AnswerKind, AnswerResult, ContextEvent, DeltaEvent, GenerationParams
 from searchsvc.api import data_pb, metadata_pb
-from searchsvc.api.admission import Deadline, Gate
+from searchsvc.api.admission import Gate
 from searchsvc.collections.catalog import Catalog
 from searchsvc.collections.snapshots import SnapshotStore, validate_snapshot_name
 from searchsvc.config import Settings
@@ -32,8 +32,9 @@ from searchsvc.ops import logs, metrics, tracing
 from searchsvc.ops.log_throttle import LogThrottle
 from searchsvc.platform.files import is_disk_full
 from searchsvc.search import multi
+from searchsvc.search.deadline import AbandonedWork, Deadline
 from searchsvc.search.pipeline import SearchPipeline
-from searchsvc.storage.embedded.collection import Collection
+from searchsvc.storage import CollectionStorage
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -81,13 +82,10 @@ class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_me
     pass
 
 
-_environment_log = LogThrottle()
-
-
-def _log_environmental(method_name: str, exc: OSError) -> None:
+def _log_environmental(method_name: str, exc: OSError, logged: LogThrottle) -> None:
     """One line per (method, error) a minute: a full disk fails every request, and must not flood the log."""
-    if _environment_log.allow((method_name, exc.errno)):
-        log.warning("%s failed on a storage error (repeats within %.0f s not logged): %s", method_name, _environment_log.interval_s, exc)
+    if logged.allow((method_name, exc.errno)):
+        log.warning("%s failed on a storage error (repeats within %.0f s not logged): %s", method_name, logged.interval_s, exc)
 
 
 def _environmental_error(exc: OSError) -> errors.SearchsvcError:
@@ -96,9 +94,9 @@ def _environmental_error(exc: OSError) -> errors.SearchsvcError:
     return errors.Unavailable(f"storage error: {exc.strerror}; retry later")
 
 
-async def _abort_for(exc: Exception, context, method_name: str) -> None:
+async def _abort_for(exc: Exception, context, method_name: str, logged: LogThrottle) -> None:
     if isinstance(exc, OSError):  # the environment's fault (disk full, I/O error), not a bug: no traceback
-        _log_environmental(method_name, exc)
+        _log_environmental(method_name, exc, logged)
         exc = _environmental_error(exc)
     if isinstance(exc, errors.SearchsvcError):
         await context.abort_with_status(_status_for(exc))
@@ -119,7 +117,7 @@ def _maps_errors(method):
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                await _abort_for(exc, context, method.__name__)
+                await _abort_for(exc, context, method.__name__, self.storage_errors_logged)
 
         return stream_wrapper
 
@@ -130,7 +128,7 @@ def _maps_errors(method):
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await _abort_for(exc, context, method.__name__)
+            await _abort_for(exc, context, method.__name__, self.storage_errors_logged)
 
     return wrapper
 
@@ -159,6 +157,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
         self.snapshots.clean()  # what a crash left of a snapshot being written or uploaded
         self.health = health
         self.metered = settings.metrics_port is not None  # Prometheus metrics are served
+        self.abandoned = AbandonedWork()  # calls abandoned before each stage (their deadline passed, or cancelled)
+        self.storage_errors_logged = LogThrottle()  # one line per (method, errno) a minute
         s = settings
         self.search_gate = Gate("search", s.max_inflight_searches, retry_after_ms=100)
         self.answer_gate = Gate("answer", s.max_inflight_answers, retry_after_ms=5000)
@@ -237,7 +237,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         # One batch in flight per stream: the next request is read only after this ack, so HTTP/2 flow control
         # holds back a client that sends faster than we embed (server memory stays ~ one batch per stream).
         ordinal = 0
-        deadline = Deadline(context)
+        deadline = Deadline(context, self.abandoned)
         with self.ingest_gate.admit():  # a stream holds one batch (up to max_message_bytes) while it is embedded
             async for request in request_iterator:
                 ordinal += 1
@@ -264,7 +264,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         loaded = self.catalog.loaded(name)
         return loaded if loaded is not None else await self._run(self.catalog.get, name)
 
-    async def _write(self, collection: Collection, fn, *args):
+    async def _write(self, collection: CollectionStorage, fn, *args):
         """Run a write on the ingest thread; a storage fault that made the collection read-only turns its health
         NOT_SERVING at once."""
         try:
@@ -404,7 +404,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         with self.search_gate.admit():
             collection = await self._searched(request)
             params = search_params_from_pb(request, self.settings)
-            result = await self._run(self.pipeline.search, collection, params, Deadline(context))
+            result = await self._run(self.pipeline.search, collection, params, Deadline(context, self.abandoned))
             if self.metered:
                 metrics.observe_search(result.timings_ms)
             tracing.set_attributes(collection=collection.name, mode=params.mode.name, top_k=params.top_k,
@@ -466,7 +466,7 @@ def collection_health_name(name: str) -> str:
     return f"searchsvc.v1.Collection/{name}"
 
 
-def collection_to_pb(c: Collection) -> pb.Collection:
+def collection_to_pb(c: CollectionStorage) -> pb.Collection:
     return pb.Collection(
         name=c.name,
         config=data_pb.config_to_pb(c.config),
@@ -479,7 +479,7 @@ def collection_to_pb(c: Collection) -> pb.Collection:
     )
 
 
-def listed_collection_to_pb(c: Collection) -> pb.Collection | None:
+def listed_collection_to_pb(c: CollectionStorage) -> pb.Collection | None:
     """One collection of a listing: one whose storage does not answer is listed as UNAVAILABLE (the others are
     still listed), one deleted meanwhile (through another server on the cluster) is left out."""
     try:

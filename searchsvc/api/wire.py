@@ -20,26 +20,26 @@ import grpc
 from searchsvc.ops.log_throttle import LogThrottle
 
 log = logging.getLogger(__name__)
-_logged = LogThrottle()
 
 
 class Undecodable:
     """What a tolerant deserializer returns for bytes that are not the method's request message."""
 
-    def __init__(self, method: str, error: Exception) -> None:
-        self.method, self.error = method, error
+    def __init__(self, method: str, error: Exception, logged: LogThrottle) -> None:
+        self.method, self.error, self.logged = method, error, logged
 
     async def reject(self, context: grpc.aio.ServicerContext) -> None:
-        if _logged.allow(self.method):
+        if self.logged.allow(self.method):
             log.warning("undecodable request on %s from %s (repeats within %.0f s not logged): %s",
-                        self.method, context.peer(), _logged.interval_s, self.error)
+                        self.method, context.peer(), self.logged.interval_s, self.error)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                             f"request: not a valid {self.method.rsplit('/', 1)[-1]} request message ({self.error})")
 
 
 def register(add_servicer: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
-    """`add_servicer(servicer, server)` (a generated add_*Servicer_to_server), with undecodable requests answered."""
-    registrar = _Registrar(server)
+    """`add_servicer(servicer, server)` (a generated add_*Servicer_to_server), with undecodable requests answered.
+    Each registration logs through a throttle of its own, so one server's log state never silences another's."""
+    registrar = _Registrar(server, LogThrottle())
     add_servicer(servicer, registrar)
     if not registrar.registered:
         raise RuntimeError(f"{add_servicer.__name__} registered no method handlers through add_registered_method_handlers")
@@ -48,28 +48,29 @@ def register(add_servicer: Callable[[Any, Any], None], servicer: Any, server: gr
 class _Registrar:
     """The server, as a generated add_*Servicer_to_server sees it (it calls both methods with the same handlers)."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, logged: LogThrottle) -> None:
         self._server = server
+        self._logged = logged
         self.registered = False
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         pass  # the same handlers come to add_registered_method_handlers next; registered there, tolerant
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        tolerant = {name: _tolerant(f"/{service}/{name}", h) for name, h in handlers.items()}
+        tolerant = {name: _tolerant(f"/{service}/{name}", h, self._logged) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, tolerant),))
         self._server.add_registered_method_handlers(service, tolerant)
         self.registered = True
 
 
-def _tolerant(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _tolerant(method: str, handler: grpc.RpcMethodHandler, logged: LogThrottle) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
 
     def deserialize(data: bytes):
         try:
             return decode(data)
         except Exception as exc:  # protobuf's DecodeError (and anything else a parser raises on bad bytes)
-            return Undecodable(method, exc)
+            return Undecodable(method, exc, logged)
 
     kind = handler_kind(handler)
     behaviour = getattr(handler, kind)

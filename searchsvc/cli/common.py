@@ -110,3 +110,12 @@ def apply_filter_flags(args: argparse.Namespace, request) -> None:
             json_format.Parse(args.where, request.where)
         except (json_format.ParseError, json.JSONDecodeError) as exc:
             raise SystemExit(f"error: --where: {exc}") from None
+
+
+def settings_from(args: argparse.Namespace, **extra):
+    """The settings a local command runs with: `--config`, then SEARCHSVC_*, then its own flags (`--index-dir`
+    and the given overrides, where set)."""
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    if getattr(args, "index_dir", None) is not None:
+        overrides["index_dir"] = args.index_dir
+    return load_settings(getattr(args, "config", None), **overrides)

@@ -1,6 +1,6 @@
 """Command line for managing data on a running server (issue 19): `export`, `import`, `alias …`, `snapshot …`.
 
-Every command talks gRPC to `--target` (cli_common.py: a server-side error is its status and message, exit code
+Every command talks gRPC to `--target` (cli/common.py: a server-side error is its status and message, exit code
 1, never a traceback).
 """
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from searchsvc.domain.filters import Filter, Metadata
 from searchsvc.errors import InvalidArgument
-from searchsvc.search.highlight import Highlight
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_DOCUMENT_ID_BYTES = 512
@@ -58,7 +57,7 @@ class CollectionConfig:
     # default efSearch (a search may override it). Collections written before these existed read the defaults.
     dense_index: str = "auto"
     hnsw_m: int = 32
-    # 80, not FAISS's 40: on 300k clustered 384-d vectors (bench.ClusteredVectors) efConstruction 40 built a graph
+    # 80, not FAISS's 40: on 300k clustered 384-d vectors (lab/bench/workload.py: ClusteredVectors) efConstruction 40 built a graph
     # with recall@10 0.90 at efSearch 128 (0.95 at 512); 80 gave 1.000, inserting at 3.9k instead of 6.9k/s.
     hnsw_ef_construction: int = 80
     # 256, not 128: at 1M clustered 384-d chunks (bench --scale) efSearch 128 gave recall@10 0.936, 256 gave 0.972
@@ -149,6 +148,15 @@ class SearchParams:
     def validate(self, *, max_top_k: int, max_query_chars: int) -> None:
         """Raise InvalidArgument naming the first bad field."""
         validate_search_params(self, max_top_k=max_top_k, max_query_chars=max_query_chars)
+
+
+@dataclass(frozen=True)
+class Highlight:
+    """Why a hit matched (search/highlight.py computes it)."""
+
+    spans: list[tuple[int, int]]  # [start, end) character ranges in the text, merged when adjacent
+    snippet_start: int
+    snippet_end: int
 
 
 @dataclass

@@ -1,16 +1,12 @@
 """`searchsvc eval DATASET_DIR`: index a BEIR-layout dataset through the service, score every mode.
 
-Metrics follow pytrec_eval/BEIR: nDCG@10 with the qrels' graded relevance as linear gain and log2 discount,
-Recall@100 and MRR@10 over documents judged relevant (grade > 0). Hits are chunks; a document's rank is the
+Metrics: nDCG@10, Recall@100 and MRR@10 as pytrec_eval/BEIR compute them (relevance.py). Hits are chunks; a document's rank is the
 rank of its first chunk.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -22,54 +18,11 @@ from searchsvc.api.server import BackgroundServer, private_server
 from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
 from searchsvc.ingest.loaders import load_jsonl
+from searchsvc.lab.relevance import load_qrels, load_queries, mrr_at_k, ndcg_at_k, paired_bootstrap, recall_at_k
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
 MODES = {"KEYWORD": pb.SEARCH_MODE_KEYWORD, "DENSE": pb.SEARCH_MODE_DENSE, "HYBRID": pb.SEARCH_MODE_HYBRID}  # + HYBRID-RSF
-
-
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    return qrels
-
-
-def load_queries(path: Path) -> dict[str, str]:
-    with open(path, encoding="utf-8") as f:
-        return {str(q["_id"]): q["text"] for q in map(json.loads, f) if q}
-
-
-def ndcg_at_k(ranked: list[str], qrel: dict[str, int], k: int = 10) -> float:
-    dcg = sum(qrel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
-    ideal = sorted(qrel.values(), reverse=True)[:k]
-    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
-def recall_at_k(ranked: list[str], qrel: dict[str, int], k: int = 100) -> float:
-    relevant = {d for d, g in qrel.items() if g > 0}
-    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
-
-
-def mrr_at_k(ranked: list[str], qrel: dict[str, int], k: int = 10) -> float:
-    return next((1 / (i + 1) for i, d in enumerate(ranked[:k]) if qrel.get(d, 0) > 0), 0.0)
-
-
-def paired_bootstrap(before, after, n: int = 10_000, seed: int = 0) -> dict:
-    """Paired bootstrap over queries of mean(after - before): the mean difference, its 95% interval and the
-    share of resamples in which `after` does not beat `before` (a one-sided p-value)."""
-    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
-    if diff.size == 0:
-        return {"mean_diff": 0.0, "ci95": [0.0, 0.0], "p_not_better": 1.0}
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n, diff.size))].mean(axis=1)
-    return {
-        "mean_diff": float(diff.mean()),
-        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-        "p_not_better": float((means <= 0).mean()),
-    }
 
 
 def documents_in_order(response: pb.SearchResponse) -> list[str]:

@@ -21,7 +21,8 @@ import numpy as np
 from searchsvc.api.server import BackgroundServer, private_server
 from searchsvc.config import Settings
 from searchsvc.domain.text import content_tokens, is_refusal
-from searchsvc.lab.evaluate import ensure_indexed, load_qrels, pct
+from searchsvc.lab.evaluate import ensure_indexed, pct
+from searchsvc.lab.relevance import load_qrels
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 

@@ -3,7 +3,7 @@ or as one JSON object per line (`log_format`); searches slower than `slow_query_
 and stage timings (the query text only with `slow_query_log_text`; never document text).
 
 The request id is the caller's `x-request-id` metadata, or a new one; it is sent back in the call's initial
-metadata, and worker threads inherit it with the call's context (service._run copies it).
+metadata, and worker threads inherit it with the call's context (api/servicer.py: `SearchService._run` copies it).
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ import contextvars
 import json
 import logging
 import time
-import uuid
-from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
 from opentelemetry import trace
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -63,25 +60,6 @@ def configure(level: str, log_format: str) -> None:
         formatter = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-class RequestIds(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        from searchsvc.api.wire import within_each_call
-
-        given = next((v for k, v in details.invocation_metadata or () if k == "x-request-id" and isinstance(v, str)), "")
-
-        @asynccontextmanager
-        async def with_request_id(context):
-            rid = given[:64] or uuid.uuid4().hex[:16]
-            request_id.set(rid)
-            await context.send_initial_metadata((("x-request-id", rid),))
-            yield
-
-        return within_each_call(handler, with_request_id)
 
 
 def log_slow_search(threshold_ms: float, with_text: bool, collection: str, params, timings_ms: dict[str, float], hits: int) -> None:

@@ -9,12 +9,7 @@ OpenTelemetry's process-wide one, which can be set once) so tests can give a ser
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
-import grpc
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
 
 _provider: trace.TracerProvider | None = None
 _NOOP = trace.NoOpTracer()
@@ -52,45 +47,9 @@ def configure_otlp(sample_ratio: float, sampler_from_env: bool, service_name: st
     use_provider(provider)
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
-    """One SERVER span per RPC, named `package.Service/Method` with OpenTelemetry's RPC attributes, child of the
-    trace context the caller sent (if any); its status is the call's final gRPC code."""
-
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None or _provider is None:
-            return handler
-        from searchsvc.api.wire import within_each_call
-
-        service, _, method = details.method.lstrip("/").partition("/")
-        carrier = {k: v for k, v in details.invocation_metadata or () if isinstance(v, str)}
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-
-        def span(context):
-            started = tracer().start_span(f"{service}/{method}", context=propagate.extract(carrier),
-                                          kind=SpanKind.SERVER, attributes=attributes)
-            if not started.is_recording():  # not sampled: nothing to finish (its context still carries the trace id)
-                return started
-
-            def done(ctx) -> None:
-                code = ctx.code() or (grpc.StatusCode.CANCELLED if ctx.cancelled() else grpc.StatusCode.OK)
-                started.set_attribute("rpc.grpc.status_code", code.value[0])
-                if code != grpc.StatusCode.OK:
-                    started.set_status(Status(StatusCode.ERROR, code.name))
-                started.end()
-
-            context.add_done_callback(done)
-            return started
-
-        @asynccontextmanager
-        async def in_span(context):
-            token = otel_context.attach(trace.set_span_in_context(span(context)))
-            try:
-                yield
-            finally:
-                otel_context.detach(token)
-
-        return within_each_call(handler, in_span)
+def is_configured() -> bool:
+    """Whether spans are recorded at all (a provider was set: OTLP export or a test's in-memory one)."""
+    return _provider is not None
 
 
 def set_attributes(**attributes) -> None:

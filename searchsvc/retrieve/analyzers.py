@@ -116,7 +116,7 @@ class KoreanAnalyzer:
     """Kiwi morphemes: content POS (nouns, numerals, pronouns, verb/adjective stems, roots, foreign words) in
     their morpheme form, so 은행은/은행의/은행에서 all index as 은행 and 먹었던 as 먹. Latin and digit runs
     (B2B, ETF, 3.5) are lowercased as one term. `compound_joins` also indexes two adjacent nouns as one term
-    (지방 + 은행 -> 지방은행): measured on autorag-ko (see README), not on by default unless it helped."""
+    (지방 + 은행 -> 지방은행): measured on autorag-ko (docs/decisions/0010-korean-compound-joins.md), not on by default unless it helped."""
 
     name = "korean"
 

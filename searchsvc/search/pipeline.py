@@ -11,7 +11,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from searchsvc.api.admission import Deadline
 from searchsvc.domain.types import (
     Fusion,
     Hit,
@@ -28,6 +27,7 @@ from searchsvc.retrieve.external import unit_vector
 from searchsvc.retrieve.language import KOREAN_FUSION, FusionDefaults, query_language
 from searchsvc.retrieve.models import ModelRegistry
 from searchsvc.search.cutoff import apply_similarity_cutoff
+from searchsvc.search.deadline import Deadline
 from searchsvc.search.diversify import mmr
 from searchsvc.search.fuse import fuse_relative_score, fuse_rrf
 from searchsvc.search.highlight import highlight

@@ -48,6 +48,22 @@ class CollectionStorage(Protocol):
     def dimension(self) -> int: ...
 
     @property
+    def chunk_count(self) -> int: ...
+
+    @property
+    def document_count(self) -> int: ...
+
+    @property
+    def read_only_reason(self) -> str:
+        """Why writes are refused ("" when they are not): a storage fault until the collection is reopened."""
+        ...
+
+    @property
+    def dense_index_in_use(self) -> str:
+        """The dense index serving searches ("flat", "hnsw", "hnsw+sq8", or the backend's own)."""
+        ...
+
+    @property
     def version(self) -> int:
         """Changes with every committed write (answers are cached per collection version)."""
         ...

@@ -3,7 +3,7 @@
 import faiss
 
 from searchsvc.lab.bench.scale import BareGraph
-from searchsvc.lab.bench.service import ClusteredVectors
+from searchsvc.lab.bench.workload import ClusteredVectors
 from searchsvc.storage.embedded.dense import DenseIndexSpec
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from searchsvc.lab.evaluate import paired_bootstrap
+from searchsvc.lab.relevance import paired_bootstrap
 from searchsvc.lab.train.data import load_retrieval_data, split_queries
 from searchsvc.retrieve.models import DEFAULT_EMBEDDING_MODEL, resolve_model_path
 

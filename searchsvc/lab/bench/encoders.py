@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from searchsvc.lab.bench.workload import closed_loop_rate
 from searchsvc.platform import hardware
 from searchsvc.retrieve.e5 import e5_flops_per_token
 
@@ -32,7 +33,7 @@ def load_passages(dataset: Path | None, count: int) -> list[str]:
         from searchsvc.ingest.loaders import load_documents
 
         return [d.text for _, d in zip(range(count), load_documents(dataset))]
-    from searchsvc.lab.bench.service import SyntheticCorpus
+    from searchsvc.lab.bench.workload import SyntheticCorpus
 
     return [d.text for d in SyntheticCorpus().docs(count, min_words=60, max_words=200)]
 
@@ -60,28 +61,6 @@ def _latency(fn: Callable[[], object], runs: int) -> tuple[float, float]:
         fn()
         times.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
-
-
-def closed_loop_rate(call: Callable[[int, int], object], clients: int, seconds: float) -> float:
-    """Calls per second from `clients` threads at once, each making its next call as soon as its last returns
-    (client c's i-th call is `call(c, i)`)."""
-    import threading
-
-    stop = time.perf_counter() + seconds
-    counts = [0] * clients
-
-    def client(c: int) -> None:
-        while time.perf_counter() < stop:
-            call(c, counts[c])
-            counts[c] += 1
-
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
 
 
 def queries_per_second(embed_query: Callable[[str], object], clients: int, seconds: float = 3.0) -> float:

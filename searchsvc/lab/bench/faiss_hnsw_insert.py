@@ -1,10 +1,10 @@
 """Benchmark: the bare FAISS HNSW insert, outside the service, on the vectors and settings of `searchsvc bench
 --scale` (issue 15 asks for >= 5,000 docs/s through BulkIndex at 1M chunks).
 
-    .venv/bin/python searchsvc/lab/bench/faiss_hnsw_insert.py [--total 1000000] [--m 32] [--ef-construction 80]
+    .venv/bin/python -m searchsvc.lab.bench.faiss_hnsw_insert [--total 1000000] [--m 32] [--ef-construction 80]
 
 It builds the graph a collection builds (`DenseIndexSpec.new_hnsw`: IndexIDMap over IndexHNSWFlat, inner
-product, the collection defaults unless overridden), adds `bench.ClusteredVectors(384)` in batches of 1,000
+product, the collection defaults unless overridden), adds `workload.ClusteredVectors(384)` in batches of 1,000
 (the scale bench's BulkIndex request size) with FAISS's OpenMP threads (all cores), and prints for each tenth
 the insert rate and the CPU per vector beside what the cores allow at 5,000 docs/s. At the end: recall@10 at
 the collection's default efSearch against an exact scan, for 200 queries from the same distribution.
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import faiss
+import numpy as np
+from faiss.contrib.evaluation import knn_intersection_measure
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-from faiss.contrib.evaluation import knn_intersection_measure  # noqa: E402
-
-from searchsvc.lab.bench.scale import BareGraph  # noqa: E402
-from searchsvc.lab.bench.service import ClusteredVectors  # noqa: E402
-from searchsvc.platform import hardware  # noqa: E402
-from searchsvc.storage.embedded.dense import DenseIndexSpec  # noqa: E402
+from searchsvc.lab.bench.scale import BareGraph
+from searchsvc.lab.bench.workload import ClusteredVectors
+from searchsvc.platform import hardware
+from searchsvc.storage.embedded.dense import DenseIndexSpec
 
 DIMENSION, GOAL = 384, 5000
 

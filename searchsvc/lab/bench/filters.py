@@ -23,7 +23,8 @@ from searchsvc.api.metadata_pb import value_to_pb
 from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
 from searchsvc.domain.filters import Timestamp
-from searchsvc.lab.bench.service import ClusteredVectors, SyntheticCorpus, _timed_searches
+from searchsvc.lab.bench.service import _timed_searches
+from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus
 from searchsvc.lab.process import ServerProcess
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc

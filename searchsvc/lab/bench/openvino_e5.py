@@ -1,8 +1,8 @@
 """Benchmark: multilingual-e5-small on OpenVINO against ONNX Runtime (issue 14 asks to measure both and keep the
 faster). Same tokenizer, windows, batching and pooling (TorchE5Engine.embed); only the forward pass differs.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python searchsvc/lab/bench/openvino_e5.py [--passages 256] [--threads 2]
-    python searchsvc/lab/bench/without_amx.py .venv/bin/python searchsvc/lab/bench/openvino_e5.py     # stand-in for a CPU without AMX
+    HF_HUB_OFFLINE=1 .venv/bin/python -m searchsvc.lab.bench.openvino_e5 [--passages 256] [--threads 2]
+    .venv/bin/python -m searchsvc.lab.bench.without_amx .venv/bin/python -m searchsvc.lab.bench.openvino_e5     # stand-in for a CPU without AMX
 
 Needs `pip install openvino nncf` (not dependencies of searchsvc). Engines:
 - ort fp32 / ort int8: the service's engines (int8 = the default, FFN down-projections kept fp32);
@@ -20,16 +20,14 @@ import argparse
 import itertools
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[3]  # the checkout; ../shared lies beside it
 DATA = ROOT.parent / "shared" / "data"
 QUERY = "does vitamin d reduce the risk of hip fractures"
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from searchsvc.client.channel import bulk_index, to_pb
 from searchsvc.config import Settings
-from searchsvc.lab.bench.service import ClusteredVectors, SyntheticCorpus
+from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus
 from searchsvc.lab.process import ServerProcess
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc

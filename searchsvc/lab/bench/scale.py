@@ -1,7 +1,7 @@
 """`searchsvc bench --scale N`: one collection of N chunks through the API, as issue 15 measures it.
 
 The collection has embedding_model "external" (384-d, no model runs at ingest): each document is one chunk of
-10-30 Zipf-distributed pseudo-words (bench.SyntheticCorpus) with a vector from bench.ClusteredVectors. Reported:
+10-30 Zipf-distributed pseudo-words (workload.SyntheticCorpus) with a vector from workload.ClusteredVectors. Reported:
 BulkIndex docs/s for the first 10k chunks and for each later tenth (a slowdown as the collection grows shows
 there) with the CPU the server (and its kernel share: file writes) and this client spent per document, and the
 insert rate of a bare FAISS graph fed the same vectors in this process (BareGraph: the service's ceiling), server
@@ -24,7 +24,8 @@ import numpy as np
 
 from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
-from searchsvc.lab.bench.service import ClusteredVectors, SyntheticCorpus, _timed_searches, dense_recall, exact_hits
+from searchsvc.lab.bench.service import _timed_searches, dense_recall, exact_hits
+from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus
 from searchsvc.lab.process import ServerProcess
 from searchsvc.storage.embedded.dense import DenseIndexSpec
 from searchsvc.v1 import searchsvc_pb2 as pb

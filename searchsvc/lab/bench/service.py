@@ -19,31 +19,11 @@ from searchsvc.api.server import configure_threads
 from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
 from searchsvc.domain.types import Document
+from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus, closed_loop_rate
 from searchsvc.lab.process import ServerProcess
 from searchsvc.retrieve.models import DEFAULT_EMBEDDING_MODEL, ModelRegistry, resolve_model_path
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
-
-
-class SyntheticCorpus:
-    def __init__(self, seed: int = 13, vocab_size: int = 20000) -> None:
-        self.rng = random.Random(seed)
-        syllables = ["ka", "lo", "mi", "ra", "te", "su", "no", "vi", "de", "po", "an", "el", "or", "is", "un"]
-        self.vocab = list(dict.fromkeys(
-            "".join(self.rng.choices(syllables, k=self.rng.randint(2, 4))) for _ in range(vocab_size * 2)
-        ))[:vocab_size]
-        weights = 1 / np.arange(1, len(self.vocab) + 1) ** 1.07  # Zipf-like
-        self.cum = np.cumsum(weights / weights.sum())
-
-    def words(self, n: int) -> list[str]:
-        picks = np.searchsorted(self.cum, [self.rng.random() for _ in range(n)])
-        return [self.vocab[min(i, len(self.vocab) - 1)] for i in picks]
-
-    def docs(self, n: int, start: int = 0, min_words: int = 20, max_words: int = 60) -> list[Document]:
-        return [
-            Document(f"doc{i}", " ".join(self.words(self.rng.randint(min_words, max_words))) + ".", metadata={"shard": str(i % 8)})
-            for i in range(start, start + n)
-        ]
 
 
 def bench_ingest(server: ServerProcess, settings: Settings, docs: list[Document], batch_sizes=(64, 256)) -> dict:
@@ -76,24 +56,6 @@ def bench_ingest(server: ServerProcess, settings: Settings, docs: list[Document]
     mean_bare = sum(bare_runs) / len(bare_runs)
     return {"bare_docs_s": mean_bare, "bare_runs": bare_runs, "service_docs_s": service,
             "ratio": {size: v / mean_bare for size, v in service.items()}}
-
-
-class ClusteredVectors:
-    """Synthetic embeddings for loading with Document.vector: unit vectors scattered around 1,000 random centres
-    (noise per component 1.4x a centre's), so neighbourhoods exist as they do between topics of real text, but
-    are loose enough that a graph index can miss neighbours (at spread 0.9 HNSW found 100% at every setting).
-    Uniformly random vectors have no neighbourhoods at all: the worst case for any approximate index, and
-    nothing like an embedding model's output."""
-
-    def __init__(self, dimension: int, seed: int = 0, centres: int = 1000, spread: float = 1.4) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.centres = self.rng.standard_normal((centres, dimension)).astype(np.float32)
-        self.spread = spread
-
-    def sample(self, n: int) -> np.ndarray:
-        picked = self.centres[self.rng.integers(0, len(self.centres), n)]
-        v = picked + self.spread * self.rng.standard_normal(picked.shape).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def with_vectors(docs: list[Document], vectors: ClusteredVectors) -> list[Document]:
@@ -168,8 +130,6 @@ def bench_search(server: ServerProcess, corpus: SyntheticCorpus, sizes: list[int
 def searches_per_second(stub, requests: list[pb.SearchRequest], clients: int, seconds: float = 5.0) -> float:
     """Closed loop (bench_encoders.closed_loop_rate), distinct query texts so the query-vector cache does not
     answer them. The client threads share the cores with the server."""
-    from searchsvc.lab.bench.encoders import closed_loop_rate
-
     def one(c: int, i: int) -> None:
         request = pb.SearchRequest()
         request.CopyFrom(requests[(c + i * clients) % len(requests)])

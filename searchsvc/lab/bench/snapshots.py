@@ -24,7 +24,7 @@ from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
 from searchsvc.domain.types import Document
 from searchsvc.ingest.loaders import load_documents
-from searchsvc.lab.bench.service import ClusteredVectors, SyntheticCorpus
+from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus
 from searchsvc.lab.process import ServerProcess
 from searchsvc.platform.files import fsync_tree
 from searchsvc.v1 import searchsvc_pb2 as pb

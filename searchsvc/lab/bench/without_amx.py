@@ -5,7 +5,7 @@ oneDNN ask for it and use their AVX-512 kernels when refused. A seccomp filter (
 that request fail with EPERM for this process and everything it execs, so the same binaries run their non-AMX
 paths. avx512_bf16 is untouched: for torch, force fp32 (SEARCHSVC_ENCODER_PRECISION=float32) as well.
 
-    python searchsvc/lab/bench/without_amx.py .venv/bin/searchsvc bench --part encoders --passages ../shared/data/scifact
+    .venv/bin/python -m searchsvc.lab.bench.without_amx .venv/bin/searchsvc bench --part encoders --passages ../shared/data/scifact
 """
 
 from __future__ import annotations

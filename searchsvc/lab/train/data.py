@@ -11,7 +11,7 @@ from pathlib import Path
 from searchsvc.domain.text import split_sentences
 from searchsvc.domain.types import indexed_text
 from searchsvc.ingest.loaders import load_jsonl
-from searchsvc.lab.evaluate import load_qrels, load_queries
+from searchsvc.lab.relevance import load_qrels, load_queries
 
 
 @dataclass(frozen=True)

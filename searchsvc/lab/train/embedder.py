@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchsvc.lab.evaluate import ndcg_at_k, paired_bootstrap
+from searchsvc.lab.relevance import ndcg_at_k, paired_bootstrap
 from searchsvc.lab.train.data import RetrievalData
 from searchsvc.retrieve.models import TRAINED_MANIFEST, resolve_model_path
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from searchsvc.lab.evaluate import ndcg_at_k, paired_bootstrap
+from searchsvc.lab.relevance import ndcg_at_k, paired_bootstrap
 from searchsvc.lab.train.data import RetrievalData
 from searchsvc.lab.train.embedder import encode, write_manifest
 from searchsvc.retrieve.models import resolve_model_path
