@@ -106,6 +106,24 @@ class AnswerSettings(BaseModel):
     )
 
 
+class FileSettings(BaseModel):
+    """Files sent in Document.content (PDF, DOCX, PPTX, XLSX, HWP, HWPX, HTML, CSV, text), read in worker processes,
+    each within these bounds (ingest/extract/). Nested: SEARCHSVC_FILES__SECONDS=60, [files] in TOML."""
+
+    workers: int = Field(2, ge=1, description="Worker processes reading files at once.")
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="A file as sent (bounded by max_message_bytes as well).")
+    max_pages: int = Field(2000, ge=1, description="Pages or slides of one file.")
+    max_rows: int = Field(100_000, ge=1, description="Rows of one sheet or CSV file, empty ones included.")
+    max_uncompressed_bytes: int = Field(256 * 1024 * 1024, ge=1, description="A zip container's members together (DOCX, PPTX, XLSX, HWPX); more is a zip bomb.")
+    max_text_bytes: int = Field(16 * 1024 * 1024, ge=1, description="The text read from one file (max_document_bytes is for text sent as text).")
+    seconds: float = Field(30.0, gt=0, description="Reading one file; past it the worker is stopped and the file is an error.")
+    memory_mb: int = Field(1536, ge=256, description="A worker's address space; a file that needs more is an error.")
+    ocr: Literal["never", "auto", "always"] = Field(
+        "never", description="auto: Tesseract reads PDF pages without a text layer (needs the `ocr` extra and Debian's "
+        "tesseract-ocr, tesseract-ocr-kor); always: every page.")
+    ocr_languages: str = Field("kor+eng", description="Tesseract's languages.")
+
+
 class QdrantSettings(BaseModel):
     """Where collections with backend "qdrant" live: a cluster (`url`), or qdrant-client's local mode (`path`; one
     process at a time, a Python emulation for development and tests)."""
@@ -288,6 +306,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
     answer: AnswerSettings = Field(default_factory=AnswerSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
 
     log_level: str = "INFO"
     trace_sample_ratio: float = Field(

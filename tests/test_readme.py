@@ -55,12 +55,14 @@ def run(command: str, port: int) -> str:
 
 def test_the_quick_start_runs_as_written(quickstart_server):
     commands = quickstart_commands()
-    assert [c.split()[1] for c in commands] == ["index", "search", "search", "answer"]
+    assert [c.split()[1] for c in commands] == ["index", "search", "search", "search", "answer"]
     port = int(quickstart_server.target.rsplit(":", 1)[1])
-    indexed, english, korean, answer = (run(c, port) for c in commands)
-    assert re.search(r"indexed 10 documents \(\d+ chunks\) into quickstart", indexed), indexed
+    indexed, vaccines, tides, korean, answer = (run(c, port) for c in commands)
+    assert re.search(r"indexed 6 documents \(\d+ chunks\) into quickstart", indexed), indexed
     first_hit = lambda out: next(line for line in out.splitlines() if re.match(r"\W*1\W", line))  # the rank-1 row
-    assert "vaccines" in first_hit(english), english
-    assert "seoul" in first_hit(korean), korean
+    assert "vaccines.md" in first_hit(vaccines), vaccines
+    assert "science-notes.pdf p.2" in first_hit(tides), tides  # a PDF page, found by page
+    assert "서울.hwpx p.1" in first_hit(korean), korean
     assert re.search(r"dense.*keyword.*cosine", korean), korean  # --explain adds each leg's rank and score
-    assert "antibodies" in answer and "[1]" in answer, answer  # an answer that cites the antibodies passage
+    assert re.search(r"│ #1 [\d.]+ │ #1 [\d.]+ │", first_hit(korean)), korean  # both legs found it: searchable on return
+    assert re.search(r"\[\d\] antibodies.txt", answer), answer  # an answer that cites the antibodies file

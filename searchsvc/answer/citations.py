@@ -63,7 +63,11 @@ def extract_citations(answer: str, sources: Sequence[Hit], inferred: set[int] = 
     for n, sentences in citing.items():
         hit = sources[n - 1]
         start, end = best_supporting_span(hit.text, " ".join(sentences))
-        citations.append(Citation(n, hit.chunk_id, hit.document_id, hit.text[start:end], start, end, n in inferred))
+        where = hit.typed_metadata
+        page = where.get("page", where.get("slide", 0))
+        citations.append(Citation(n, hit.chunk_id, hit.document_id, hit.text[start:end], start, end, n in inferred,
+                                  page if isinstance(page, int) and not isinstance(page, bool) else 0,
+                                  str(where.get("source", ""))))
     return citations
 
 

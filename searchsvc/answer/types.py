@@ -34,6 +34,8 @@ class Citation:
     quote_start: int
     quote_end: int
     inferred: bool = False  # every marker for this source was added by the server, not written by the model
+    page: int = 0  # the source chunk's page or slide (a document read from a file); 0: none
+    filename: str = ""  # the file it was read from (its chunks' `source`)
 
     @property
     def marker(self) -> str:

@@ -24,6 +24,8 @@ from searchsvc.api.servicer import SearchService, collection_health_name
 from searchsvc.collections.catalog import Catalog
 from searchsvc.config import Settings, apply_process_env, otel_exporter_configured, otel_sampler_configured
 from searchsvc.domain.types import CollectionConfig, Fusion
+from searchsvc.ingest.extract.base import ExtractionLimits
+from searchsvc.ingest.file_reader import FileReader
 from searchsvc.ops import tracing
 from searchsvc.ops.metrics import REGISTRY
 from searchsvc.retrieve.models import ModelRegistry
@@ -123,7 +125,8 @@ async def serve(
     answers = await loop.run_in_executor(executor, build_answer_engine, settings, pipeline, executor)
     # Load (and on first start assemble) the LLM in the background: the first Answer waits for it, nothing else does.
     llm_ready = loop.run_in_executor(executor, answers.llms.get)
-    service = SearchService(settings, catalog, pipeline, executor, health, answers)
+    files = build_file_reader(settings)  # its worker processes start with the first file sent
+    service = SearchService(settings, catalog, pipeline, executor, health, answers, files)
     if components is not None:
         components["service"] = service
     wire.register(searchsvc_pb2_grpc.add_SearchServiceServicer_to_server, service, server)
@@ -168,7 +171,17 @@ async def serve(
     await loop.run_in_executor(executor, catalog.close)
     await llm_ready
     answers.close()
+    files.close()
     executor.shutdown()
+
+
+def build_file_reader(settings: Settings) -> FileReader:
+    f = settings.files
+    limits = ExtractionLimits(
+        max_bytes=f.max_bytes, max_pages=f.max_pages, max_rows=f.max_rows, max_uncompressed_bytes=f.max_uncompressed_bytes,
+        seconds=f.seconds, memory_bytes=f.memory_mb * 1024 * 1024, ocr=f.ocr, ocr_languages=f.ocr_languages,
+    )
+    return FileReader(f.workers, limits, f.max_text_bytes)
 
 
 def auth_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

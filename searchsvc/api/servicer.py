@@ -28,6 +28,7 @@ from searchsvc.config import Settings
 from searchsvc.domain import documents, filters
 from searchsvc.domain.types import CollectionConfig, Document, Fusion, SearchMode, SearchParams, SearchResult
 from searchsvc.ingest.batch import IndexReport
+from searchsvc.ingest.file_reader import FileReader
 from searchsvc.ops import logs, metrics, tracing
 from searchsvc.ops.log_throttle import LogThrottle
 from searchsvc.platform.files import is_disk_full
@@ -142,8 +143,11 @@ class SearchService(pb_grpc.SearchServiceServicer):
         executor: ThreadPoolExecutor,
         health=None,
         answers: AnswerEngine | None = None,
+        files: FileReader | None = None,
     ):
         self.settings = settings
+        self.files = files  # reads Document.content (None: files are refused, by their field)
+        self.files_executor = ThreadPoolExecutor(2, thread_name_prefix="searchsvc-files")  # waits on the reader's workers
         self.answers = answers
         self.catalog = catalog
         self.pipeline = pipeline
@@ -247,8 +251,12 @@ class SearchService(pb_grpc.SearchServiceServicer):
                         "documents", f"{len(request.documents)} documents; at most {self.settings.max_batch_documents} per request"
                     )
                 docs = [document_from_pb(d, f"documents[{i}]") for i, d in enumerate(request.documents)]
+                if self.files is not None and any(d.content is not None for d in docs):
+                    await self._run(self.files.read, docs, executor=self.files_executor)
                 deadline.check("ingest")  # a batch nobody waits for any more is not embedded
                 report = await self._write(collection, collection.index_documents, docs)
+                if request.refresh:
+                    await self._write(collection, collection.refresh)
                 if self.metered:
                     metrics.observe_ingest(report)
                 yield ack_to_pb(request.sequence or ordinal, report)
@@ -511,10 +519,11 @@ def ack_to_pb(sequence: int, report: IndexReport) -> pb.BulkIndexResponse:
 
 
 def document_from_pb(d: pb.Document, path: str) -> Document:
+    file = dict(content=d.content if d.content else None, content_type=d.content_type, filename=d.filename)
     try:
-        return Document(d.id, d.text, d.title, metadata_pb.document_metadata(d, path), d.vector or None)
+        return Document(d.id, d.text, d.title, metadata_pb.document_metadata(d, path), d.vector or None, **file)
     except errors.InvalidArgument as exc:  # that document is refused with its field path; the batch goes on
-        return Document(d.id, d.text, d.title, dict(d.metadata), invalid=(exc.field, exc.description))
+        return Document(d.id, d.text, d.title, dict(d.metadata), invalid=(exc.field, exc.description), **file)
 
 
 def request_filter(r: pb.SearchRequest) -> filters.Filter | None:
@@ -665,6 +674,7 @@ def answer_result_to_pb(r: AnswerResult, explain: bool) -> pb.AnswerResponse:
             pb.Citation(
                 marker=c.marker, source=c.source, chunk_id=c.chunk_id, document_id=c.document_id,
                 quote=c.quote, quote_start=c.quote_start, quote_end=c.quote_end, inferred=c.inferred,
+                page=c.page, filename=c.filename,
             )
             for c in r.citations
         ],

@@ -15,7 +15,9 @@ INDEX = re.compile(r"\[\d+\]")  # documents[3].text -> documents[i].text: one su
 @reports_rpc_errors
 def cmd_index(args: argparse.Namespace) -> int:
     """Stream documents into a collection (created with the server's defaults if missing), with a progress bar
-    (a total where the input tells it cheaply) and a summary: documents, chunks, rejected with reasons, docs/s."""
+    (a total where the input tells it cheaply) and a summary: documents, chunks, rejected with reasons, files
+    skipped by extension, docs/s. When it returns, what it indexed is searchable by both legs (the last batch asks
+    for a refresh). Exit 1 when any document was rejected, or nothing was indexed from a non-empty input."""
     import time
 
     import grpc
@@ -23,10 +25,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from searchsvc.cli.common import target
     from searchsvc.client.channel import bulk_index, open_channel
-    from searchsvc.ingest.loaders import count_documents, load_documents
+    from searchsvc.ingest.loaders import Columns, count_documents, load_documents, load_folder, scan_folder
     from searchsvc.v1 import searchsvc_pb2 as pb
 
     path = Path(args.path)
+    columns = Columns(args.id_column, tuple(args.text_columns.split(",")), args.title_column,
+                      tuple(args.metadata_columns.split(",")) if args.metadata_columns is not None else None)
+    scan = scan_folder(path) if path.is_dir() and not (path / "corpus.jsonl").exists() else None
+    docs = load_folder(path, scan) if scan is not None else load_documents(path, columns, args.encoding)
+    total = len(scan.files) if scan is not None else count_documents(path, args.encoding)
     channel, stub = connect(args)
     with channel:
         try:
@@ -34,7 +41,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-    progress = tqdm(total=count_documents(path), unit="doc", desc=f"indexing into {args.collection}")
+    progress = tqdm(total=total, unit="doc", desc=f"indexing into {args.collection}")
     chunks, rejected = 0, []
     started = time.perf_counter()
 
@@ -47,7 +54,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             tqdm.write(f"rejected {e.document_id!r}: {e.field}: {e.message}")
 
     acks = bulk_index(lambda: open_channel(target(args), **connection_options(args)), args.collection,
-                      load_documents(path), batch_size=args.batch_size, on_ack=on_ack)
+                      docs, batch_size=args.batch_size, on_ack=on_ack, refresh=True)
     progress.close()
     took = time.perf_counter() - started
     indexed = sum(a.indexed_count for a in acks)
@@ -56,18 +63,26 @@ def cmd_index(args: argparse.Namespace) -> int:
     reasons = collections.Counter(INDEX.sub("[i]", e.field) + f": {e.message}" for e in rejected)
     for reason, n in reasons.most_common():
         print(f"  {n} × {reason}")
+    if scan is not None and scan.skipped:
+        print("skipped (not a type searchsvc reads): " + ", ".join(f"{n} × {ext}" for ext, n in scan.skipped.most_common()))
+    if indexed == 0 and (total or scan is not None and scan.skipped):
+        print(f"nothing was indexed from {path}: " + ("every document was rejected" if rejected else
+              "no file of a type searchsvc reads" if scan is not None else "the input holds no documents"))
+        return 1
     return 1 if rejected else 0
 
 
 def add_index_commands(sub) -> None:
     """`index` and `import`."""
-    p = sub.add_parser("index", help="stream a folder, .jsonl (BEIR corpus too) or .csv into a collection",
+    p = sub.add_parser("index", help="stream a folder of files, .jsonl (BEIR corpus too), .csv/.tsv or a file into a collection",
                        description="Streams documents through BulkIndex; each batch is acked once durable. Creates the "
                        "collection with the server's defaults if it does not exist.")
-    p.add_argument("path", help="a BEIR folder (corpus.jsonl), a .jsonl ({id|_id, text, title, metadata, typed_metadata, "
-                   "vector}), a .csv (id, text, title; other columns are metadata), or a folder of .md/.txt/.rst files")
+    p.add_argument("path", help="a folder (read recursively: PDF, DOCX, PPTX, XLSX, HWP, HWPX, HTML, CSV, TSV, text and "
+                   "Markdown files, each file a document, read by the server), a BEIR folder (corpus.jsonl), a .jsonl ({id|_id, "
+                   "text, title, metadata, typed_metadata, vector}), a .csv/.tsv (a document per row: see --id-column), or one file")
     p.add_argument("--collection", required=True, help="the collection (or alias) to index into")
     p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request (default 256; at most 1,000)")
+    add_row_flags(p)
     add_connection_flags(p, timeout=300)
     p.set_defaults(func=cmd_index)
 
@@ -76,5 +91,16 @@ def add_index_commands(sub) -> None:
     p.add_argument("collection", help="the collection (or alias) to import into; created with the server's defaults if missing")
     p.add_argument("path", help="as for `index`")
     p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request (default 256)")
+    add_row_flags(p)
     add_connection_flags(p, timeout=300)
     p.set_defaults(func=cmd_index)
+
+
+def add_row_flags(p: argparse.ArgumentParser) -> None:
+    """How a CSV/TSV given alone maps to documents, one per row."""
+    p.add_argument("--encoding", default="", help="a CSV/TSV's encoding (e.g. cp949); default: detected")
+    p.add_argument("--id-column", default="id", help="the column holding each row's document id (default: id)")
+    p.add_argument("--text-columns", default="text", help="comma-separated columns joined into the text (default: text)")
+    p.add_argument("--title-column", default="title", help="the column holding the title, if any (default: title)")
+    p.add_argument("--metadata-columns", default=None,
+                   help="comma-separated columns kept as metadata (default: every column not used otherwise)")

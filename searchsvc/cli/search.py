@@ -52,6 +52,21 @@ def search_request(args: argparse.Namespace):
     return request
 
 
+def _place(typed_metadata) -> str:
+    """Where in its file a hit was read: " p.12", " slide 3", " Sales row 14" ("" for a document sent as text)."""
+    def value(key: str):
+        v = typed_metadata.get(key)
+        return None if v is None else getattr(v, v.WhichOneof("kind"))
+
+    if (page := value("page")) is not None:
+        return f" p.{page}"
+    if (slide := value("slide")) is not None:
+        return f" slide {slide}"
+    if (row := value("row")) is not None:
+        return f" {value('sheet') + ' ' if value('sheet') else ''}row {row}"
+    return ""
+
+
 def hits_table(hits, explain: bool, several: bool = False) -> Table:
     """`several`: hits of several collections, each named."""
     table = Table(show_lines=False, expand=False)
@@ -62,7 +77,8 @@ def hits_table(hits, explain: bool, several: bool = False) -> Table:
             table.add_column(column, justify="right", no_wrap=True)
     table.add_column("text", overflow="fold")
     for rank, h in enumerate(hits, start=1):
-        row = [str(rank), f"{h.score:.4f}", f"{h.document_id} ({h.collection})" if several else h.document_id, h.title]
+        document = h.document_id + _place(h.typed_metadata)
+        row = [str(rank), f"{h.score:.4f}", f"{document} ({h.collection})" if several else document, h.title]
         if explain:
             e = h.explanation
             row += [_leg(e.dense), _leg(e.keyword), f"{e.rerank_score:.3f}" if e.HasField("rerank_score") else "-",
@@ -148,7 +164,8 @@ def cmd_answer(args: argparse.Namespace) -> int:
         print()
     for c in done.citations:
         quote = " ".join(c.quote.split())
-        console.print(f"{c.marker} {c.document_id} ({c.chunk_id}){' inferred' if c.inferred else ''}: \u201c{quote}\u201d",
+        where = f" {c.filename or c.document_id}" + (f" p.{c.page}" if c.page else "")
+        console.print(f"{c.marker}{where} ({c.chunk_id}){' inferred' if c.inferred else ''}: \u201c{quote}\u201d",
                       highlight=False, markup=False)
     verdict = pb.GuardrailStatus.Name(done.guardrails.status).removeprefix("GUARDRAIL_STATUS_")
     rails = "; ".join(f"{h.rail} {h.action}: {h.reason}" for h in done.guardrails.hits)

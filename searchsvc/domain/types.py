@@ -91,6 +91,27 @@ class Document:
     metadata: Metadata = field(default_factory=dict)  # strings, numbers, booleans, timestamps, string lists
     vector: Sequence[float] | None = None  # the caller's embedding: one chunk, no model (retrieve/external.py)
     invalid: tuple[str, str] | None = None  # (field path, why): what the service could not map; refused in ingest
+    # A file instead of text: read on the server (ingest/file_reader.py) into `text` and `units`.
+    content: bytes | None = None
+    content_type: str = ""
+    filename: str = ""
+    units: list[Unit] | None = None  # the parts no chunk spans (pages, slides, rows); their texts make `text`
+
+
+@dataclass
+class Unit:
+    """A part of a document that no chunk spans: a page, a slide, a sheet's row. `location` becomes typed
+    metadata of its chunks: {"page": 3}, {"slide": 2}, {"sheet": "Sales", "row": 14}."""
+
+    text: str
+    location: dict[str, int | str] = field(default_factory=dict)
+
+
+UNIT_SEPARATOR = "\n\n"  # between the units of a document's text
+
+
+def text_of_units(units: Sequence[Unit]) -> str:
+    return UNIT_SEPARATOR.join(u.text for u in units)
 
 
 @dataclass

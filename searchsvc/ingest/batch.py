@@ -121,9 +121,11 @@ class BatchPreparer:
                 error = (f"documents[{i}].id", "must not be empty")
             elif len(doc.id.encode()) > MAX_DOCUMENT_ID_BYTES:
                 error = (f"documents[{i}].id", f"longer than {MAX_DOCUMENT_ID_BYTES} bytes")
+            elif doc.content is not None:  # a file no FileReader read (file_reader.py runs before ingest)
+                error = (f"documents[{i}].content", "files are not read on this path; send text")
             elif not doc.text.strip():
                 error = (f"documents[{i}].text", "must not be empty")
-            elif len(doc.text.encode()) + len(doc.title.encode()) > self.limits.document_bytes:
+            elif doc.units is None and len(doc.text.encode()) + len(doc.title.encode()) > self.limits.document_bytes:
                 error = (f"documents[{i}].text", f"document larger than {self.limits.document_bytes} bytes")
             elif reserved := sorted(set(doc.metadata) & set(RESERVED_METADATA)):
                 error = (f"documents[{i}].metadata", f"reserved keys {reserved}")

@@ -121,6 +121,11 @@ class CollectionStorage(Protocol):
         its text in `texts` when its chunks do not reproduce it. Returns how many of those documents existed."""
         ...
 
+    def refresh(self) -> None:
+        """Make every acked write searchable by both legs now (Elasticsearch's refresh; BulkIndexRequest.refresh).
+        A no-op where writes are searchable once acked."""
+        ...
+
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
         """Returns (deleted, not found)."""
         ...

@@ -187,7 +187,7 @@ class DeleteCollectionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("id", "text", "title", "metadata", "vector", "typed_metadata")
+    __slots__ = ("id", "text", "title", "metadata", "vector", "typed_metadata", "content", "content_type", "filename")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,13 +208,19 @@ class Document(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     title: str
     metadata: _containers.ScalarMap[str, str]
     vector: _containers.RepeatedScalarFieldContainer[float]
     typed_metadata: _containers.MessageMap[str, MetadataValue]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Iterable[float]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ...) -> None: ...
+    content: bytes
+    content_type: str
+    filename: str
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., vector: _Optional[_Iterable[float]] = ..., typed_metadata: _Optional[_Mapping[str, MetadataValue]] = ..., content: _Optional[bytes] = ..., content_type: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class MetadataValue(_message.Message):
     __slots__ = ("string_value", "int_value", "double_value", "bool_value", "timestamp_value", "string_list_value")
@@ -239,14 +245,16 @@ class StringList(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BulkIndexRequest(_message.Message):
-    __slots__ = ("collection", "documents", "sequence")
+    __slots__ = ("collection", "documents", "sequence", "refresh")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
     collection: str
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     sequence: int
-    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    refresh: bool
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., sequence: _Optional[int] = ..., refresh: _Optional[bool] = ...) -> None: ...
 
 class DocumentError(_message.Message):
     __slots__ = ("index", "document_id", "code", "field", "message")
@@ -562,7 +570,7 @@ class AnswerRequest(_message.Message):
     def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., extractive: _Optional[bool] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class Citation(_message.Message):
-    __slots__ = ("marker", "source", "chunk_id", "document_id", "quote", "quote_start", "quote_end", "inferred")
+    __slots__ = ("marker", "source", "chunk_id", "document_id", "quote", "quote_start", "quote_end", "inferred", "page", "filename")
     MARKER_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -571,6 +579,8 @@ class Citation(_message.Message):
     QUOTE_START_FIELD_NUMBER: _ClassVar[int]
     QUOTE_END_FIELD_NUMBER: _ClassVar[int]
     INFERRED_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
     marker: str
     source: int
     chunk_id: str
@@ -579,7 +589,9 @@ class Citation(_message.Message):
     quote_start: int
     quote_end: int
     inferred: bool
-    def __init__(self, marker: _Optional[str] = ..., source: _Optional[int] = ..., chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., quote: _Optional[str] = ..., quote_start: _Optional[int] = ..., quote_end: _Optional[int] = ..., inferred: _Optional[bool] = ...) -> None: ...
+    page: int
+    filename: str
+    def __init__(self, marker: _Optional[str] = ..., source: _Optional[int] = ..., chunk_id: _Optional[str] = ..., document_id: _Optional[str] = ..., quote: _Optional[str] = ..., quote_start: _Optional[int] = ..., quote_end: _Optional[int] = ..., inferred: _Optional[bool] = ..., page: _Optional[int] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class RailHit(_message.Message):
     __slots__ = ("rail", "action", "reason")

@@ -89,8 +89,11 @@ def test_a_search_response_stops_at_the_byte_budget(server, stub, collection):
     """The in-process test server's budget is small (conftest: max_response_bytes): hits are added best first
     until the next would pass it; the rest are counted, never built."""
     budget = server.settings.max_response_bytes
+    # Each document brings its vector: one chunk of ~14 KB text, no model run (the budget is about hits, not
+    # embedding: 280 MiniLM chunks cost this test 25 s of CPU).
     docs = [pb.Document(id=f"d{i:02}", text=f"shared words number {i} " + "filler text " * 1200,
-                        metadata={f"k{j}": "m" * 1000 for j in range(15)}) for i in range(40)]  # ~30 KB per hit
+                        metadata={f"k{j}": "m" * 1000 for j in range(15)}, vector=[1.0, float(i)] + [0.0] * 382)
+            for i in range(40)]  # ~30 KB per hit
     index(stub, collection, docs, batch_size=10)
     small = search(stub, collection, "shared words", mode=pb.SEARCH_MODE_KEYWORD, top_k=3)
     full = search(stub, collection, "shared words", mode=pb.SEARCH_MODE_KEYWORD, top_k=40, explain=True)

@@ -502,6 +502,11 @@ class Collection:
             if not self.keyword.failure:
                 log.warning("collection %s: keyword index writer replaced, %d WAL records replayed into it", self.name, replayed)
 
+    def refresh(self) -> None:
+        """The keyword index refreshed now, not at the end of its refresh interval (the dense index is current
+        once a write is acked)."""
+        self._refresh_keyword()
+
     def _refresh_keyword(self) -> None:
         try:
             self.keyword.refresh()

@@ -288,6 +288,9 @@ class QdrantCollection:
             return self.client.count(self.name, count_filter=models.Filter(must=[_match("chunk_index", 0)]), exact=True).count
 
     # ------------------------------------------------------------------ the seam: writes
+    def refresh(self) -> None:
+        """Nothing to do: writes are acked once Qdrant applied them (wait=True), searchable by both legs."""
+
     def index_documents(self, docs: Sequence[Document]) -> IndexReport:
         batch = self.ingest.prepare(docs)
         replaced = self.upsert(batch.document_ids, batch.chunks, batch.vectors, batch.texts)
