@@ -9,12 +9,10 @@ Needs the dev extras (fpdf2) and Debian's fonts-nanum. The files are ours (writt
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "ingest"))
-import document_files as make  # noqa: E402  (the builders the tests use)
+from searchsvc.lab import document_files as make  # noqa: E402  (the builders the tests use)
 
 
 def main() -> None:

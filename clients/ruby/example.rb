@@ -1,14 +1,16 @@
 # Calls searchsvc the way a backend service does: creates a collection, streams documents through BulkIndex
 # and checks every ack, searches with a deadline and prints each hit's explanation, searches with a range filter
-# on typed metadata, shows the status of a bad request, streams an extractive answer, and deletes the collection.
+# on typed metadata, shows the status of a bad request, streams an extractive answer, sends a PDF as it is and finds
+# it by page, and deletes the collection.
 #
-# Usage: ruby -I build example.rb [address=127.0.0.1:50051] [collection=ruby-example]
+# Usage: ruby -I build example.rb [address=127.0.0.1:50051] [collection=ruby-example] [pdf=examples/quickstart/science-notes.pdf]
 require "grpc"
 require "searchsvc/v1/searchsvc_services_pb"
 
 V1 = Searchsvc::V1
 address = ARGV[0] || "127.0.0.1:50051"
 collection = ARGV[1] || "ruby-example"
+pdf = ARGV[2] || "examples/quickstart/science-notes.pdf"
 stub = V1::SearchService::Stub.new(address, :this_channel_is_insecure)
 
 # Typed metadata: the year as an integer and New Year's Day as a timestamp.
@@ -101,6 +103,15 @@ stub.stream_answer(answer, deadline: Time.now + 60).each do |event|
     event.done.citations.each { |c| puts "cited #{c.marker} #{c.document_id}" }
   end
 end
+
+# A PDF as it is: the server reads it page by page, and acks once it is searchable (refresh).
+notes = V1::Document.new(id: "notes", content: File.binread(pdf), content_type: "application/pdf", filename: File.basename(pdf))
+ack = stub.bulk_index([V1::BulkIndexRequest.new(collection: collection, documents: [notes], refresh: true)].each,
+                      deadline: Time.now + 120).first
+puts "pdf: indexed #{ack.indexed_count}, failed #{ack.failed_count}"
+hit = stub.search(V1::SearchRequest.new(collection: collection, query: "what makes the tides rise and fall", top_k: 1,
+                                        filter: { "source" => notes.filename }), deadline: Time.now + 60).hits.first
+puts "pdf hit: #{hit.document_id} #{hit.typed_metadata['source'].string_value} p.#{hit.typed_metadata['page'].int_value}"
 
 stub.delete_collection(V1::DeleteCollectionRequest.new(name: collection), deadline: Time.now + 60)
 puts "deleted collection #{collection}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import sys
 from pathlib import Path
 
 from searchsvc.cli.common import add_connection_flags, connect, connection_options, reports_rpc_errors
@@ -25,7 +26,15 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from searchsvc.cli.common import target
     from searchsvc.client.channel import bulk_index, open_channel
-    from searchsvc.ingest.loaders import Columns, count_documents, load_documents, load_folder, scan_folder
+    from searchsvc.ingest.loaders import (
+        Columns,
+        count_documents,
+        file_hash,
+        load_documents,
+        load_file,
+        load_folder,
+        scan_folder,
+    )
     from searchsvc.v1 import searchsvc_pb2 as pb
 
     path = Path(args.path)
@@ -34,6 +43,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     scan = scan_folder(path) if path.is_dir() and not (path / "corpus.jsonl").exists() else None
     docs = load_folder(path, scan) if scan is not None else load_documents(path, columns, args.encoding)
     total = len(scan.files) if scan is not None else count_documents(path, args.encoding)
+    sync = getattr(args, "sync", False)  # `import` has no --sync
+    if sync and scan is None:
+        print("--sync takes a folder of files", file=sys.stderr)
+        return 2
+    unchanged = deleted = 0
     channel, stub = connect(args)
     with channel:
         try:
@@ -41,6 +55,16 @@ def cmd_index(args: argparse.Namespace) -> int:
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
+        if sync:  # LlamaIndex IngestionPipeline's "upserts and delete" docstore strategy, by content hash
+            stored = stored_hashes(stub, args.collection, args.timeout)
+            local = {p.relative_to(scan.root).as_posix(): p for p in scan.files}
+            changed = [p for rel, p in local.items() if stored.get(rel) != file_hash(p.read_bytes())]
+            unchanged, total = len(local) - len(changed), len(changed)
+            docs = (load_file(p, scan.root) for p in changed)
+            gone = sorted(set(stored) - set(local))
+            if gone:
+                request = pb.DeleteDocumentsRequest(collection=args.collection, ids=gone)
+                deleted = stub.DeleteDocuments(request, timeout=args.timeout).deleted_count
     progress = tqdm(total=total, unit="doc", desc=f"indexing into {args.collection}")
     chunks, rejected = 0, []
     started = time.perf_counter()
@@ -63,13 +87,31 @@ def cmd_index(args: argparse.Namespace) -> int:
     reasons = collections.Counter(INDEX.sub("[i]", e.field) + f": {e.message}" for e in rejected)
     for reason, n in reasons.most_common():
         print(f"  {n} × {reason}")
+    if sync:
+        print(f"sync: {unchanged} unchanged (skipped), {deleted} deleted (their file is gone)")
     if scan is not None and scan.skipped:
         print("skipped (not a type searchsvc reads): " + ", ".join(f"{n} × {ext}" for ext, n in scan.skipped.most_common()))
-    if indexed == 0 and (total or scan is not None and scan.skipped):
+    if indexed == 0 and not unchanged and (total or scan is not None and scan.skipped):
         print(f"nothing was indexed from {path}: " + ("every document was rejected" if rejected else
               "no file of a type searchsvc reads" if scan is not None else "the input holds no documents"))
         return 1
     return 1 if rejected else 0
+
+
+def stored_hashes(stub, collection: str, timeout: float) -> dict[str, str]:
+    """Document id -> content hash of every document in the collection that was indexed from a file (it carries
+    the hash), listed a page at a time."""
+    from searchsvc.ingest.loaders import HASH_KEY
+    from searchsvc.v1 import searchsvc_pb2 as pb
+
+    hashes, token = {}, ""
+    while True:
+        page = stub.ListDocuments(pb.ListDocumentsRequest(collection=collection, page_size=1000, page_token=token),
+                                  timeout=timeout)
+        hashes.update({d.id: d.metadata[HASH_KEY] for d in page.documents if HASH_KEY in d.metadata})
+        token = page.next_page_token
+        if not token:
+            return hashes
 
 
 def add_index_commands(sub) -> None:
@@ -82,6 +124,9 @@ def add_index_commands(sub) -> None:
                    "text, title, metadata, typed_metadata, vector}), a .csv/.tsv (a document per row: see --id-column), or one file")
     p.add_argument("--collection", required=True, help="the collection (or alias) to index into")
     p.add_argument("--batch-size", type=int, default=256, help="documents per BulkIndex request (default 256; at most 1,000)")
+    p.add_argument("--sync", action="store_true",
+                   help="a folder: skip files whose content is unchanged, replace changed ones, delete documents whose file is "
+                   "gone (documents indexed from files carry their content hash); a rerun after Ctrl-C continues")
     add_row_flags(p)
     add_connection_flags(p, timeout=300)
     p.set_defaults(func=cmd_index)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections import Counter
@@ -109,13 +110,20 @@ def load_folder(root: Path, scan: FolderScan | None = None) -> Iterator[Document
         yield load_file(path, root)
 
 
+HASH_KEY = "content_sha256"  # metadata of a document indexed from a file: what `index --sync` compares
+
+
+def file_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
 def load_file(path: Path, root: Path) -> Document:
     """A text or Markdown file read here (id = relative path, title = its first `# ` heading, else the file's
-    stem); any other file sent as it is, for the server to read."""
+    stem); any other file sent as it is, for the server to read. Both carry the file's content hash."""
     rel = path.relative_to(root).as_posix()
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        return Document(rel, "", "", {}, content=path.read_bytes(), filename=rel)
     raw = path.read_bytes()
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        return Document(rel, "", "", {HASH_KEY: file_hash(raw)}, content=raw, filename=rel)
     text = raw.decode(detect_encoding(raw), errors="replace")
     title = path.stem
     for line in text.splitlines():
@@ -124,7 +132,7 @@ def load_file(path: Path, root: Path) -> Document:
             break
         if line.strip():
             break
-    return Document(rel, text, title, {"path": rel, "source": rel})
+    return Document(rel, text, title, {"path": rel, "source": rel, HASH_KEY: file_hash(raw)})
 
 
 def load_text_file(path: Path, root: Path) -> Document:

@@ -4,9 +4,7 @@ naming their reason while the rest of the batch is indexed and the server keeps 
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import psutil
@@ -14,11 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import server_settings
+from searchsvc.lab import document_files as files
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
-import document_files as files  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not files.NANUM.exists(), reason="Debian's fonts-nanum is not installed (.ci/run installs it)")
 
@@ -62,10 +58,12 @@ def test_pdf_docx_and_hwpx_are_read_by_page_and_found_by_page(stub):
                     filename="memo.docx"),
         pb.Document(id="notice", content=files.hwpx([["대전은 과학 도시로 알려져 있다."], ["광주는 예술의 도시이다."]]),
                     content_type="application/hwp+zip", filename="공지.hwpx"),
+        pb.Document(id="circular", content=files.hwp([[["인천에는 국제공항이 있다."], ["수원 화성은 세계유산이다."]]]),
+                    filename="회람.hwp"),
     ])
-    assert (ack.indexed_count, list(ack.errors)) == (3, [])
+    assert (ack.indexed_count, list(ack.errors)) == (4, [])
     for query, document, page, source in [("해운대 해수욕장", "report", 2, "reports/report.pdf"), ("한라산", "memo", 2, "memo.docx"),
-                                          ("과학 도시", "notice", 1, "공지.hwpx")]:
+                                          ("과학 도시", "notice", 1, "공지.hwpx"), ("수원 화성", "circular", 2, "회람.hwp")]:
         hit = stub.Search(pb.SearchRequest(collection=name, query=query, mode=pb.SEARCH_MODE_KEYWORD, top_k=1)).hits[0]
         assert (hit.document_id, typed(hit, "page"), typed(hit, "source")) == (document, page, source), query
     stored = stub.GetDocuments(pb.GetDocumentsRequest(collection=name, ids=["report"], view=pb.DOCUMENT_VIEW_FULL)).documents[0]

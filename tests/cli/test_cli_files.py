@@ -7,14 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import server_settings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
-import document_files as files  # noqa: E402
+from searchsvc.lab import document_files as files
 
 pytestmark = pytest.mark.skipif(not files.NANUM.exists(), reason="Debian's fonts-nanum is not installed (.ci/run installs it)")
 ENV = {**os.environ, "COLUMNS": "220", "SEARCHSVC_LOG_LEVEL": "WARNING"}
@@ -75,3 +72,32 @@ def test_a_cp949_csv_with_its_own_columns_through_flags(target, tmp_path):
     found = cli(target, "search", "news", "기준금리", "-k", "1", "--json")
     assert '"documentId": "https://news.example/1"' in found.stdout and '"title": "금리 동결"' in found.stdout
     assert '"date": "2026-11-30"' in found.stdout, found.stdout  # the other columns are metadata
+
+
+def test_sync_skips_unchanged_files_replaces_changed_ones_and_deletes_what_is_gone(target, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "keep.md").write_text("# 유지\n\n바뀌지 않는 문서.\n")
+    (folder / "change.pdf").write_bytes(files.pdf(["처음 내용은 사과에 관한 것이다."]))
+    (folder / "drop.hwpx").write_bytes(files.hwpx([["곧 지워질 문서."]]))
+    first = cli(target, "index", str(folder), "--collection", "synced", "--sync")
+    assert first.returncode == 0 and "indexed 3 documents" in first.stdout, first.stdout + first.stderr
+    assert "sync: 0 unchanged (skipped), 0 deleted" in first.stdout
+
+    (folder / "change.pdf").write_bytes(files.pdf(["새 내용은 배에 관한 것이다."]))
+    (folder / "drop.hwpx").unlink()
+    (folder / "new.docx").write_bytes(files.docx([["새로 생긴 문서."]]))
+    again = cli(target, "index", str(folder), "--collection", "synced", "--sync")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "indexed 2 documents" in again.stdout and "sync: 1 unchanged (skipped), 1 deleted" in again.stdout
+
+    listed = cli(target, "documents", "list", "synced", "--json")
+    ids = sorted(line.split('"')[3] for line in listed.stdout.splitlines() if '"id":' in line and "#" not in line)  # not chunks
+    assert ids == ["change.pdf", "keep.md", "new.docx"], listed.stdout
+    found = cli(target, "search", "synced", "배", "-k", "1", "--mode", "keyword")
+    assert "change.pdf p.1" in found.stdout and "배에 관한" in found.stdout, found.stdout
+    assert "사과" not in cli(target, "search", "synced", "사과", "--mode", "keyword").stdout  # the old version is replaced
+
+    unchanged = cli(target, "index", str(folder), "--collection", "synced", "--sync")
+    assert unchanged.returncode == 0 and "indexed 0 documents" in unchanged.stdout
+    assert "sync: 3 unchanged (skipped), 0 deleted" in unchanged.stdout

@@ -21,6 +21,7 @@ from searchsvc.v1 import searchsvc_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
+PDF = ROOT / "examples" / "quickstart" / "science-notes.pdf"  # page 2 is about tides
 BUF = CLIENTS / "node" / "node_modules" / ".bin" / "buf"
 
 
@@ -66,6 +67,9 @@ def _check_example_output(out: str, name: str, stub, reads_back: bool = False) -
     assert "answer context: 3 hits" in lines
     assert any(line.startswith("answer (ANSWER_KIND_EXTRACTIVE, ") and "Antibodies bind antigens" in line for line in lines)
     assert "cited [1] antibody" in lines
+    # A PDF sent as it is (Document.content), read on the server, found on its page.
+    assert "pdf: indexed 1, failed 0" in lines
+    assert "pdf hit: notes science-notes.pdf p.2" in lines
     assert lines[-1] == f"deleted collection {name}"
     assert name not in [c.name for c in stub.ListCollections(pb.ListCollectionsRequest()).collections]
 
@@ -73,7 +77,7 @@ def _check_example_output(out: str, name: str, stub, reads_back: bool = False) -
 def test_go_client_generated_from_the_proto_runs_against_the_server(server, stub):
     _require("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc")
     _run([str(CLIENTS / "go" / "build.sh")])
-    out = _run([str(CLIENTS / "go" / "build" / "bin" / "example"), "-addr", server.target, "-collection", "go-example"], timeout=120)
+    out = _run([str(CLIENTS / "go" / "build" / "bin" / "example"), "-addr", server.target, "-collection", "go-example", "-pdf", str(PDF)], timeout=120)
     _check_example_output(out, "go-example", stub, reads_back=True)
 
 
@@ -81,12 +85,12 @@ def test_ruby_client_generated_from_the_proto_runs_against_the_server(server, st
     _require("ruby", "grpc_tools_ruby_protoc")
     _run([str(CLIENTS / "ruby" / "build.sh")])
     ruby = CLIENTS / "ruby"
-    out = _run(["ruby", "-I", str(ruby / "build"), str(ruby / "example.rb"), server.target, "ruby-example"], timeout=120)
+    out = _run(["ruby", "-I", str(ruby / "build"), str(ruby / "example.rb"), server.target, "ruby-example", str(PDF)], timeout=120)
     _check_example_output(out, "ruby-example", stub)
 
 
 def test_node_client_generated_from_the_proto_runs_against_the_server(server, stub, node_toolchain):
-    out = _run(["node", str(CLIENTS / "node" / "dist" / "example.js"), server.target, "node-example"], timeout=120)
+    out = _run(["node", str(CLIENTS / "node" / "dist" / "example.js"), server.target, "node-example", str(PDF)], timeout=120)
     _check_example_output(out, "node-example", stub)
 
 

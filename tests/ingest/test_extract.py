@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import document_files as files
 from searchsvc.ingest.extract import ExtractionError, ExtractionLimits, extract, kind_of
+from searchsvc.lab import document_files as files
 
 pytestmark = pytest.mark.skipif(not files.NANUM.exists(), reason="Debian's fonts-nanum is not installed (.ci/run installs it)")
 
@@ -48,6 +48,37 @@ def test_hwpx_page_breaks_and_title():
     got = extract(data, "공문.hwpx")
     assert got.kind == "hwpx" and got.title == "공문"
     assert units(got) == [({"page": 1}, "한글 문서의 첫 쪽."), ({"page": 2}, "둘째 쪽은 쪽 나누기로 시작한다.\n같은 쪽의 다음 문단.")]
+
+
+def test_hwp5_pages_from_page_break_flags_and_sections_compressed_or_not():
+    """HWP 5.0 as an OLE compound file (built by document_files.hwp: no library writes the format)."""
+    sections = [[["첫 구역 첫 쪽."], ["둘째 쪽 첫 문단.", "둘째 쪽 둘째 문단."]], [["둘째 구역은 새 쪽이다."]]]
+    for compressed in (True, False):
+        got = extract(files.hwp(sections, compressed=compressed), "공문.hwp")
+        assert got.kind == "hwp"
+        assert units(got) == [({"page": 1}, "첫 구역 첫 쪽."), ({"page": 2}, "둘째 쪽 첫 문단.\n둘째 쪽 둘째 문단."),
+                              ({"page": 3}, "둘째 구역은 새 쪽이다.")]
+
+
+def test_an_hwp5_section_that_inflates_past_the_limit_is_a_bomb():
+    data = files.hwp([[["가" * 3000] * 20]])
+    with pytest.raises(ExtractionError, match="zip bomb: an HWP section expands past the uncompressed limit"):
+        extract(data, "big.hwp", limits=ExtractionLimits(max_uncompressed_bytes=50_000))
+
+
+def test_ocr_auto_reads_only_the_pages_without_a_text_layer():
+    pytest.importorskip("pytesseract", reason="the `ocr` extra is not installed (make install and .ci/run install it)")
+    import shutil
+
+    if shutil.which("tesseract") is None:
+        pytest.skip("Debian's tesseract-ocr is not installed (.ci/run installs it and tesseract-ocr-kor)")
+    data = files.scanned_pdf(["타자로 친 첫 쪽이다.", "스캔한 둘째 쪽이다.\n대한민국의 수도는 서울이다.\n한강은 서울을 흐른다."],
+                             typed=frozenset({1}))
+    with pytest.raises(ExtractionError, match="OCR is off"):  # "never": the scanned page has no text to read
+        extract(files.scanned_pdf(["스캔한 쪽"]), "scan.pdf")
+    got = extract(data, "mixed.pdf", limits=ExtractionLimits(ocr="auto"))
+    assert got.ocr_pages == 1 and got.units[0].text.strip() == "타자로 친 첫 쪽이다."
+    assert got.units[1].location == {"page": 2} and "대한민국의 수도는 서울이다" in got.units[1].text
 
 
 def test_html_main_content_and_title_without_boilerplate():
@@ -90,6 +121,10 @@ def test_kind_comes_from_content_type_then_name_then_bytes():
     ("blank.pdf", lambda: files.empty_pages_pdf(3), r"no text in this pdf file \(a scan\? OCR is off\)"),
     ("tool.exe", lambda: b"MZ\x90\x00", r"unsupported file type: tool.exe"),
     ("old.hwp", lambda: b"HWP Document File V3.00 \x1a\x01\x02\x03\x04\x05", r"not an HWP 5.0 file"),
+    ("locked.hwp", lambda: files.hwp([[["비밀"]]], encrypted=True), r"encrypted HWP"),
+    ("viewer.hwp", lambda: files.hwp([[["배포용"]]], distribution=True), r"HWP distribution document"),
+    ("legacy.hwp", files.ole_without_hwp_header, r"not an HWP file \(an OLE file without an HWP header"),
+    ("cut.hwp", lambda: files.hwp([[["잘린 파일"] * 50]])[:3000], r"corrupt"),
 ])
 def test_hostile_and_broken_files_are_refused_with_their_reason(name, make, reason):
     data = make()

@@ -1,7 +1,7 @@
 // Command example calls searchsvc the way a backend service does: it creates a collection, streams documents
 // through BulkIndex and checks every ack, searches with a deadline and prints each hit's explanation, searches
 // with a range filter on typed metadata, reads a document back by id, shows the status of a bad request, streams an
-// extractive answer, and deletes the collection.
+// extractive answer, sends a PDF as it is and finds it by page, and deletes the collection.
 //
 // Usage: example -addr 127.0.0.1:50051 -collection go-example
 package main
@@ -11,7 +11,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/ioutil"
 	"log"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -51,6 +53,7 @@ const window = 2 // batches in flight before waiting for an ack
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "server address")
 	name := flag.String("collection", "go-example", "collection to create (deleted at the end)")
+	pdf := flag.String("pdf", "examples/quickstart/science-notes.pdf", "a PDF to send as it is and find by page")
 	flag.Parse()
 
 	dialCtx, cancelDial := context.WithTimeout(context.Background(), 10*time.Second)
@@ -80,11 +83,42 @@ func main() {
 	readBack(ctx, client, *name)
 	badRequest(ctx, client, *name)
 	streamAnswer(ctx, client, *name)
+	indexPDF(ctx, client, *name, *pdf)
 
 	if _, err := client.DeleteCollection(ctx, &pb.DeleteCollectionRequest{Name: *name}); err != nil {
 		log.Fatalf("DeleteCollection: %v", err)
 	}
 	fmt.Printf("deleted collection %s\n", *name)
+}
+
+// indexPDF sends a PDF as it is (the server reads it page by page; the ack comes once it is searchable) and finds
+// a passage by its page.
+func indexPDF(ctx context.Context, client pb.SearchServiceClient, name, path string) {
+	data, err := ioutil.ReadFile(path)
+	if err != nil {
+		log.Fatalf("read %s: %v", path, err)
+	}
+	doc := &pb.Document{Id: "notes", Content: data, ContentType: "application/pdf", Filename: filepath.Base(path)}
+	stream, err := client.BulkIndex(ctx)
+	if err != nil {
+		log.Fatalf("BulkIndex: %v", err)
+	}
+	if err := stream.Send(&pb.BulkIndexRequest{Collection: name, Documents: []*pb.Document{doc}, Refresh: true}); err != nil {
+		log.Fatalf("send: %v", err)
+	}
+	ack, err := stream.Recv()
+	if err != nil {
+		log.Fatalf("ack: %v", err)
+	}
+	stream.CloseSend()
+	fmt.Printf("pdf: indexed %d, failed %d\n", ack.IndexedCount, ack.FailedCount)
+	resp, err := client.Search(ctx, &pb.SearchRequest{Collection: name, Query: "what makes the tides rise and fall", TopK: 1,
+		Filter: map[string]string{"source": doc.Filename}})
+	if err != nil || len(resp.Hits) == 0 {
+		log.Fatalf("search the PDF: %v", err)
+	}
+	hit := resp.Hits[0]
+	fmt.Printf("pdf hit: %s %s p.%d\n", hit.DocumentId, hit.TypedMetadata["source"].GetStringValue(), hit.TypedMetadata["page"].GetIntValue())
 }
 
 // bulkIndex streams the documents in numbered batches, keeping at most `window` unacknowledged, and checks that

@@ -1,8 +1,12 @@
 // Calls searchsvc the way a backend service does: creates a collection, streams documents through BulkIndex
 // and checks every ack, searches with a deadline and prints each hit's explanation, searches with a range
-// filter on typed metadata, shows the status of a bad request, streams an extractive answer, and deletes the collection.
+// filter on typed metadata, shows the status of a bad request, streams an extractive answer, sends a PDF as it is
+// and finds it by page, and deletes the collection.
 //
-// Usage: node dist/example.js [address=127.0.0.1:50051] [collection=node-example]
+// Usage: node dist/example.js [address=127.0.0.1:50051] [collection=node-example] [pdf=examples/quickstart/science-notes.pdf]
+import { readFileSync } from "fs";
+import { basename } from "path";
+
 import { credentials, Metadata, ServiceError, status } from "@grpc/grpc-js";
 
 import {
@@ -18,7 +22,8 @@ import {
   SearchServiceClient,
 } from "./gen/searchsvc/v1/searchsvc";
 
-const [address = "127.0.0.1:50051", collection = "node-example"] = process.argv.slice(2);
+const [address = "127.0.0.1:50051", collection = "node-example", pdf = "examples/quickstart/science-notes.pdf"] =
+  process.argv.slice(2);
 const client = new SearchServiceClient(address, credentials.createInsecure());
 
 // fromPartial fills every field left out (metadata, vector, and any the proto adds later) with its default.
@@ -156,6 +161,23 @@ async function streamAnswer(): Promise<void> {
   }
 }
 
+// A PDF as it is: the server reads it page by page, and acks once it is searchable (refresh).
+async function indexPdf(): Promise<void> {
+  const notes = Document.fromPartial({ id: "notes", content: readFileSync(pdf), contentType: "application/pdf", filename: basename(pdf) });
+  const stream = client.bulkIndex({ deadline: deadline(120) });
+  const ack = await new Promise<BulkIndexResponse>((resolve, reject) => {
+    stream.on("data", resolve);
+    stream.on("error", reject);
+    stream.write(BulkIndexRequest.fromPartial({ collection, documents: [notes], refresh: true }));
+  });
+  stream.end();
+  console.log(`pdf: indexed ${ack.indexedCount}, failed ${ack.failedCount}`);
+  const request = SearchRequest.fromPartial({ collection, query: "what makes the tides rise and fall", topK: 1,
+    filter: { source: notes.filename } });
+  const hit = (await unary(client.search, request)).hits[0];
+  console.log(`pdf hit: ${hit.documentId} ${hit.typedMetadata.source?.stringValue} p.${hit.typedMetadata.page?.intValue}`);
+}
+
 async function main(): Promise<void> {
   const created = await unary(
     client.createCollection,
@@ -167,6 +189,7 @@ async function main(): Promise<void> {
   await filteredSearch();
   await badRequest();
   await streamAnswer();
+  await indexPdf();
   await unary(client.deleteCollection, DeleteCollectionRequest.fromPartial({ name: collection }));
   console.log(`deleted collection ${collection}`);
   client.close();

@@ -97,14 +97,17 @@ def read_hwp(data: bytes, limits: ExtractionLimits) -> Extracted:
 
     if not olefile.isOleFile(io.BytesIO(data)):
         raise ExtractionError("not an HWP 5.0 file (HWP 3.x and other formats are not read)")
-    try:
-        ole = olefile.OleFileIO(io.BytesIO(data))
+    try:  # DEFECT_INCORRECT: a truncated file or a FAT pointing past its end is refused, not read as zeros
+        ole = olefile.OleFileIO(io.BytesIO(data), raise_defects=olefile.DEFECT_INCORRECT)
     except Exception as exc:  # olefile raises OSError and its own errors on damaged files
-        raise ExtractionError(f"corrupt HWP ({exc})") from exc
+        raise ExtractionError(f"corrupt or truncated HWP ({exc})") from exc
     with ole:
         if not ole.exists("FileHeader"):
             raise ExtractionError("not an HWP file (an OLE file without an HWP header: a legacy .doc/.xls/.ppt?)")
-        header = ole.openstream("FileHeader").read()
+        try:
+            header = ole.openstream("FileHeader").read()
+        except OSError as exc:  # olefile.OleFileError is an OSError
+            raise ExtractionError(f"corrupt or truncated HWP ({exc})") from exc
         if not header.startswith(_SIGNATURE) or len(header) < 40:
             raise ExtractionError("not an HWP file (an OLE file without an HWP header: a legacy .doc/.xls/.ppt?)")
         (flags,) = struct.unpack_from("<I", header, 36)
@@ -120,7 +123,10 @@ def read_hwp(data: bytes, limits: ExtractionLimits) -> Extracted:
         pages = _Pages(limits, "HWP")
         budget = limits.max_uncompressed_bytes
         for _, path in sections:
-            raw = ole.openstream(path).read()
+            try:
+                raw = ole.openstream(path).read()
+            except OSError as exc:  # olefile.OleFileError is an OSError
+                raise ExtractionError(f"corrupt or truncated HWP ({exc})") from exc
             body = _inflate(raw, budget) if compressed else raw
             budget -= len(body)
             pages.new_page()
