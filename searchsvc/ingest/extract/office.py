@@ -56,8 +56,9 @@ def read_docx(data: bytes, limits: ExtractionLimits) -> Extracted:
             else:
                 line.append("\n")
         pages[-1].append("".join(line))
-        if not title and block.style is not None and block.style.name.startswith(("Heading", "Title")):
-            title = block.text.strip()
+        if not title and ppr is not None and (style := ppr.find(f"{_W}pStyle")) is not None \
+                and style.get(f"{_W}val", "").startswith(("Heading", "Title")):  # the style id: no styles-part lookup
+            title = "".join(line).strip()
         sect = ppr.find(f"{_W}sectPr") if ppr is not None else None
         if sect is not None:
             kind = sect.find(f"{_W}type")

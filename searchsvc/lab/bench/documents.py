@@ -93,7 +93,8 @@ def run_documents(settings: Settings, dataset: Path, split: str = "dev", queries
     queries = [(q, t) for q, t in load_queries(dataset / "queries.jsonl").items() if q in qrels][:queries_limit]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        server_settings = private_server(settings).model_copy(update={"index_dir": Path(scratch), "port": 0})
+        no_llm = settings.llm.model_copy(update={"backend": "none"})  # nothing here answers: no 1.1 GB model loaded
+        server_settings = private_server(settings).model_copy(update={"index_dir": Path(scratch), "port": 0, "llm": no_llm})
         with BackgroundServer(server_settings) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             loads = {"text": [Document(f"{f} - {n}", t) for f, pages in files.items() for n, t in enumerate(pages, 1) if t.strip()]}
