@@ -176,12 +176,7 @@ async def serve(
 
 
 def build_file_reader(settings: Settings) -> FileReader:
-    f = settings.files
-    limits = ExtractionLimits(
-        max_bytes=f.max_bytes, max_pages=f.max_pages, max_rows=f.max_rows, max_uncompressed_bytes=f.max_uncompressed_bytes,
-        seconds=f.seconds, memory_bytes=f.memory_mb * 1024 * 1024, ocr=f.ocr, ocr_languages=f.ocr_languages,
-    )
-    return FileReader(f.workers, limits, f.max_text_bytes)
+    return FileReader(settings.files.workers, ExtractionLimits.from_settings(settings.files), settings.files.max_text_bytes)
 
 
 def auth_interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:

@@ -60,7 +60,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             local = {p.relative_to(scan.root).as_posix(): p for p in scan.files}
             changed = [p for rel, p in local.items() if stored.get(rel) != file_hash(p.read_bytes())]
             unchanged, total = len(local) - len(changed), len(changed)
-            docs = (load_file(p, scan.root) for p in changed)
+            docs = (load_file(p, scan.root) for p in changed)  # read again as sent: a changed file is not held in memory
             gone = sorted(set(stored) - set(local))
             if gone:
                 request = pb.DeleteDocumentsRequest(collection=args.collection, ids=gone)

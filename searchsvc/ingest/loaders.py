@@ -21,7 +21,7 @@ from typing import Iterator
 from searchsvc.domain import filters
 from searchsvc.domain.types import Document
 from searchsvc.ingest.extract import SUFFIXES
-from searchsvc.ingest.extract.plain import detect_encoding
+from searchsvc.ingest.extract.plain import detect_encoding, heading_title
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 FILE_SUFFIXES = set(SUFFIXES) - TEXT_SUFFIXES  # sent as files, read by the server
@@ -125,18 +125,7 @@ def load_file(path: Path, root: Path) -> Document:
     if path.suffix.lower() not in TEXT_SUFFIXES:
         return Document(rel, "", "", {HASH_KEY: file_hash(raw)}, content=raw, filename=rel)
     text = raw.decode(detect_encoding(raw), errors="replace")
-    title = path.stem
-    for line in text.splitlines():
-        if line.startswith("# "):
-            title = line[2:].strip()
-            break
-        if line.strip():
-            break
-    return Document(rel, text, title, {"path": rel, "source": rel, HASH_KEY: file_hash(raw)})
-
-
-def load_text_file(path: Path, root: Path) -> Document:
-    return load_file(path, root)
+    return Document(rel, text, heading_title(text) or path.stem, {"path": rel, "source": rel, HASH_KEY: file_hash(raw)})
 
 
 def load_documents(path: Path, columns: Columns = Columns(), encoding: str = "") -> Iterator[Document]:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class AbandonedWork:
-    """Calls abandoned before each stage, counted by the server that owns it (read by tests and metrics)."""
+    """Calls abandoned before each stage, counted by the server that owns it (`SearchService.abandoned`)."""
 
     def __init__(self) -> None:
         self._by_stage: Counter[str] = Counter()

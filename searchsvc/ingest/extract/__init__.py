@@ -62,6 +62,7 @@ def extract(data: bytes, filename: str = "", content_type: str = "", limits: Ext
     if kind is None:
         raise ExtractionError(f"unsupported file type: {filename or content_type or 'unnamed'}"
                               f" (supported: {', '.join(sorted(set(SUFFIXES)))})")
+    # The readers' libraries (PDFium, lxml, trafilatura...) load on the first file, in a worker: not at server start.
     from searchsvc.ingest.extract import html, hwp, office, pdf, plain
 
     readers = {"pdf": pdf.read, "docx": office.read_docx, "pptx": office.read_pptx, "xlsx": office.read_xlsx,

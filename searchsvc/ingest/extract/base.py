@@ -7,6 +7,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 
+from searchsvc.config import FileSettings
 from searchsvc.domain.types import Unit, text_of_units
 
 
@@ -45,6 +46,33 @@ class ExtractionLimits:
     ocr: str = "never"  # "never" | "auto" (pages without a text layer) | "always"
     ocr_languages: str = "kor+eng"
     encoding: str = ""  # text and CSV: "" detects it (charset-normalizer)
+
+    @classmethod
+    def from_settings(cls, files: FileSettings) -> ExtractionLimits:
+        return cls(max_bytes=files.max_bytes, max_pages=files.max_pages, max_rows=files.max_rows,
+                   max_uncompressed_bytes=files.max_uncompressed_bytes, seconds=files.seconds,
+                   memory_bytes=files.memory_mb * 1024 * 1024, ocr=files.ocr, ocr_languages=files.ocr_languages)
+
+
+class PageBuilder:
+    """Pages of lines, as a reader meets page breaks, with the page limit checked as they grow. A break on an
+    empty page is ignored unless that page holds a line (even an empty one), so page numbers follow the author's."""
+
+    def __init__(self, limits: ExtractionLimits, what: str) -> None:
+        self.pages: list[list[str]] = [[]]
+        self.limits, self.what = limits, what
+
+    def new_page(self) -> None:
+        if self.pages[-1]:
+            self.pages.append([])
+        if len(self.pages) > self.limits.max_pages:
+            raise ExtractionError(f"{self.what} of more than {self.limits.max_pages:,} pages")
+
+    def add(self, line: str) -> None:
+        self.pages[-1].append(line)
+
+    def units(self) -> list[Unit]:
+        return [Unit("\n".join(lines).strip(), {"page": i}) for i, lines in enumerate(self.pages, start=1)]
 
 
 def open_zip(data: bytes, limits: ExtractionLimits, what: str) -> zipfile.ZipFile:

@@ -3,10 +3,13 @@ removed, as the readers of search engines do), else all of its visible text."""
 
 from __future__ import annotations
 
+import functools
+
 from searchsvc.ingest.extract.base import Extracted, ExtractionLimits, Unit
 from searchsvc.ingest.extract.plain import decode
 
 
+@functools.cache
 def _config():
     """trafilatura's settings, with its minimum article size lowered from 250 characters: below it, trafilatura
     falls back to a baseline that keeps menus and footers, and a short notice page is common."""

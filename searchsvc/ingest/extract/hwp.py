@@ -17,30 +17,10 @@ import zlib
 
 from defusedxml import ElementTree
 
-from searchsvc.ingest.extract.base import Extracted, ExtractionError, ExtractionLimits, Unit, open_zip
+from searchsvc.ingest.extract.base import Extracted, ExtractionError, ExtractionLimits, PageBuilder, open_zip
 
 _HP = "{http://www.hancom.co.kr/hwpml/2011/paragraph}"
 _SECTION = re.compile(r"^Contents/section(\d+)\.xml$")
-
-
-class _Pages:
-    """Pages of lines, with the page limit checked as they grow."""
-
-    def __init__(self, limits: ExtractionLimits, what: str) -> None:
-        self.pages: list[list[str]] = [[]]
-        self.limits, self.what = limits, what
-
-    def new_page(self) -> None:
-        if self.pages[-1]:
-            self.pages.append([])
-        if len(self.pages) > self.limits.max_pages:
-            raise ExtractionError(f"{self.what} of more than {self.limits.max_pages:,} pages")
-
-    def add(self, line: str) -> None:
-        self.pages[-1].append(line)
-
-    def units(self) -> list[Unit]:
-        return [Unit("\n".join(lines).strip(), {"page": i}) for i, lines in enumerate(self.pages, start=1)]
 
 
 def read_hwpx(data: bytes, limits: ExtractionLimits) -> Extracted:
@@ -48,7 +28,7 @@ def read_hwpx(data: bytes, limits: ExtractionLimits) -> Extracted:
     names = sorted((int(m.group(1)), m.group(0)) for name in archive.namelist() if (m := _SECTION.match(name)))
     if not names:
         raise ExtractionError("not an HWPX document (no Contents/section*.xml)")
-    pages = _Pages(limits, "HWPX")
+    pages = PageBuilder(limits, "HWPX")
     for _, name in names:
         pages.new_page()  # a section starts a page
         try:
@@ -120,7 +100,7 @@ def read_hwp(data: bytes, limits: ExtractionLimits) -> Extracted:
                           if len(path) == 2 and path[0] == "BodyText" and path[1].startswith("Section") and path[1][7:].isdigit())
         if not sections:
             raise ExtractionError("corrupt HWP (no BodyText sections)")
-        pages = _Pages(limits, "HWP")
+        pages = PageBuilder(limits, "HWP")
         budget = limits.max_uncompressed_bytes
         for _, path in sections:
             try:
@@ -150,7 +130,7 @@ def _inflate(raw: bytes, budget: int) -> bytes:
     return body
 
 
-def _hwp_section(body: bytes, pages: _Pages) -> None:
+def _hwp_section(body: bytes, pages: PageBuilder) -> None:
     at, end = 0, len(body)
     while at + 4 <= end:
         (head,) = struct.unpack_from("<I", body, at)

@@ -12,7 +12,8 @@ import io
 import re
 import zipfile
 
-from searchsvc.ingest.extract.base import Extracted, ExtractionError, ExtractionLimits, Unit, open_zip
+from searchsvc.domain.types import Unit
+from searchsvc.ingest.extract.base import Extracted, ExtractionError, ExtractionLimits, PageBuilder, open_zip
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
@@ -26,23 +27,17 @@ def read_docx(data: bytes, limits: ExtractionLimits) -> Extracted:
         document = docx.Document(io.BytesIO(data))
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ExtractionError(f"corrupt DOCX ({exc})") from exc
-    pages: list[list[str]] = [[]]
-
-    def new_page() -> None:
-        if pages[-1]:
-            pages.append([])
-        if len(pages) > limits.max_pages:
-            raise ExtractionError(f"DOCX of more than {limits.max_pages:,} pages")
-
+    pages = PageBuilder(limits, "DOCX")
     title = document.core_properties.title or ""
     for block in document.iter_inner_content():
         if isinstance(block, Table):
-            pages[-1].extend(" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
+            for row in block.rows:
+                pages.add(" | ".join(cell.text.strip() for cell in row.cells))
             continue
         p = block._p
         ppr = p.pPr
         if ppr is not None and ppr.find(f"{_W}pageBreakBefore") is not None:
-            new_page()
+            pages.new_page()
         line: list[str] = []
         for node in p.iter(f"{_W}t", f"{_W}br", f"{_W}tab", f"{_W}cr"):
             if node.tag == f"{_W}t":
@@ -50,12 +45,12 @@ def read_docx(data: bytes, limits: ExtractionLimits) -> Extracted:
             elif node.tag == f"{_W}tab":
                 line.append("\t")
             elif node.get(f"{_W}type") == "page":
-                pages[-1].append("".join(line))
+                pages.add("".join(line))
                 line = []
-                new_page()
+                pages.new_page()
             else:
                 line.append("\n")
-        pages[-1].append("".join(line))
+        pages.add("".join(line))
         if not title and ppr is not None and (style := ppr.find(f"{_W}pStyle")) is not None \
                 and style.get(f"{_W}val", "").startswith(("Heading", "Title")):  # the style id: no styles-part lookup
             title = "".join(line).strip()
@@ -63,9 +58,8 @@ def read_docx(data: bytes, limits: ExtractionLimits) -> Extracted:
         if sect is not None:
             kind = sect.find(f"{_W}type")
             if kind is None or kind.get(f"{_W}val") in (None, "nextPage", "oddPage", "evenPage"):
-                new_page()
-    units = [Unit("\n".join(lines).strip(), {"page": i}) for i, lines in enumerate(pages, start=1)]
-    return Extracted("docx", units, title)
+                pages.new_page()
+    return Extracted("docx", pages.units(), title)
 
 
 def read_pptx(data: bytes, limits: ExtractionLimits) -> Extracted:

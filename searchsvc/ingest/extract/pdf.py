@@ -1,6 +1,6 @@
 """PDF: the text layer page by page (pypdfium2: PDFium, the engine Chrome uses), or OCR where a page has none.
 
-pypdfium2 over pypdf: both read AutoRAG-ko's Korean pages back exactly, and PDFium is 15 times faster per page
+pypdfium2 over pypdf: both read AutoRAG-ko's Korean pages back exactly, and PDFium is 8 times faster per page
 (docs/benchmarks.md, "Documents"). `ocr`: "never" keeps text layers only; "auto" runs Tesseract on pages without
 a text layer (scans); "always" on every page.
 """
@@ -12,8 +12,8 @@ import pypdfium2 as pdfium
 from searchsvc.domain.types import Unit
 from searchsvc.ingest.extract.base import Extracted, ExtractionError, ExtractionLimits
 
-# PDFium's FPDF_GetLastError codes (fpdfview.h) that mean the file is not readable as sent.
-_PASSWORD, _FORMAT, _FILE, _SECURITY = 4, 3, 2, 5
+# PDFium's FPDF_GetLastError codes (fpdfview.h) for a file that opens only with what we do not have.
+_PASSWORD, _SECURITY = 4, 5
 
 
 def read(data: bytes, limits: ExtractionLimits) -> Extracted:

@@ -40,10 +40,15 @@ def decode(data: bytes, limits: ExtractionLimits, what: str) -> str:
         raise ExtractionError(f"{what} is not {encoding} ({exc}); give its encoding") from exc
 
 
+def heading_title(text: str) -> str:
+    """A Markdown file's title: its first non-empty line when that is a `# ` heading, else ""."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return first[2:].strip() if first.startswith("# ") else ""
+
+
 def read_text(data: bytes, limits: ExtractionLimits) -> Extracted:
     text = decode(data, limits, "text")
-    title = next((line[2:].strip() for line in text.splitlines()[:50] if line.startswith("# ")), "")
-    return Extracted("text", [Unit(text, {"page": 1})], title)
+    return Extracted("text", [Unit(text, {"page": 1})], heading_title(text))
 
 
 def read_csv(data: bytes, limits: ExtractionLimits, delimiter: str = ",") -> Extracted:

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m searchsvc.lab.bench.pdf_readers [--pages 200] [--data ../shared/data/autorag-ko]
 
-Writes the first PAGES AutoRAG-ko pages into one PDF (fpdf2 with Debian's Nanum Gothic; a long page flows onto the
-next PDF page), reads it back page by page with each reader, and prints pages/s, CPU per page and the fidelity of
+Writes the first PAGES AutoRAG-ko pages into one PDF, a page each (lab/document_files.py: fpdf2 with Debian's Nanum
+Gothic), reads it back page by page with each reader, and prints pages/s, CPU per page and the fidelity of
 the text read to the source text (difflib's ratio over the first 20,000 characters, whitespace ignored).
 """
 
@@ -16,19 +16,9 @@ import json
 import time
 from pathlib import Path
 
+from searchsvc.lab import document_files
+
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _pdf(pages: list[str]) -> bytes:
-    from fpdf import FPDF
-
-    doc = FPDF()
-    doc.add_font("nanum", fname="/usr/share/fonts/truetype/nanum/NanumGothic.ttf")
-    doc.set_font("nanum", size=11)
-    for text in pages:
-        doc.add_page()
-        doc.multi_cell(0, 7, text)
-    return bytes(doc.output())
 
 
 def _pdfium(data: bytes) -> list[str]:
@@ -56,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.data / "corpus.jsonl", encoding="utf-8") as f:
         pages = [t for t in (json.loads(line)["text"] for _, line in zip(range(args.pages), f)) if t.strip()]
-    data = _pdf(pages)
+    data = document_files.pdf(pages, title="autorag-ko")
     source = "".join("".join(pages).split())[:20_000]
     for name, read in (("pypdfium2", _pdfium), ("pypdf", _pypdf)):
         read(data)  # warm-up: imports, caches
