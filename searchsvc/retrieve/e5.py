@@ -282,6 +282,12 @@ class TorchE5Engine:
         self.model = None
         self.precision = resolve_precision(precision)
         self.lock = threading.Lock()  # held per forward batch by E5Embedding
+        # True where every row of a forward pass shares one activation scale (ONNX Runtime's dynamic int8
+        # quantizes activations per tensor): a text's vector then depended on the texts batched with it (cosine
+        # 0.998-0.999 to itself embedded alone), so one page scored differently sent as a file and as text, and a
+        # query differently beside other queries. Such an engine runs each window in a pass of its own: the same
+        # text always gets the same vector (Korean pages: 32 % slower than batched, still 15 % faster than fp32).
+        self.one_window_per_pass = False
         if not build_model:
             return
         import torch
@@ -400,6 +406,8 @@ class TorchE5Engine:
         content = self.tokenizer.content_ids([prefix + t for t in texts])
         wins = self.windows(content, truncate)
         order = sorted(range(len(wins)), key=lambda j: len(wins[j][1]))
+        if self.one_window_per_pass:
+            batch_tokens = 0
         acc = np.zeros((len(texts), self.file.hidden), np.float64)
         wsum = np.zeros(len(texts), np.float64)
         a = 0
@@ -452,6 +460,7 @@ class OrtE5Engine(TorchE5Engine):
             onnx_path = onnx_runtime.cached_int8(onnx_path, keep_fp32=self.INT8_KEEP_FP32)
         self.encoder = onnx_runtime.OrtEncoder(onnx_path, threads or onnx_runtime.torch_threads())
         self.precision = "int8 (FFN down fp32)" if int8 else "float32"
+        self.one_window_per_pass = int8
 
     def forward_pooled(self, batch: list[list[int]]) -> np.ndarray:
         from searchsvc.retrieve.onnx_runtime import mean_pool
@@ -583,7 +592,8 @@ class E5Embedding(BaseEmbedding):
                  getattr(self._query_engine, "precision", "int8 x int4"), hardware.describe())
         # Services see the same queries again (retries, paging, popular questions): a repeat skips the ~10 ms
         # forward pass. functools.lru_cache is thread-safe; tuples keep cached vectors immutable.
-        # Concurrent queries share forward passes (batching.py).
+        # Concurrent queries queue in one batcher (batching.py): they share forward passes on fp32/bf16 engines, and
+        # run one pass each on int8 (one_window_per_pass), where sharing would change their vectors.
         self._batcher = QueryBatcher(lambda queries: self._embed(queries, True), name="e5-query-batcher")
         self._cached_query = functools.lru_cache(maxsize=self.query_cache_size)(
             lambda query: tuple(self._batcher(query).tolist())

@@ -40,3 +40,16 @@ def test_chunks_have_deterministic_ids_and_offsets():
     assert [c.id for c in chunker.chunk(Document("doc-1", text))] == [c.id for c in chunks]
     for c in chunks:
         assert text[c.start_char : c.end_char] == c.text
+
+
+def test_wrapped_lines_chunk_as_the_same_words_unwrapped():
+    """A PDF's text layer breaks lines where the page wrapped them; the chunks fall where they would in the
+    unwrapped text, and each keeps its own line breaks (offsets still slice the text it came from)."""
+    words = [f"단어{i}는 검색 품질을 {i % 9}번 바꾸고" for i in range(300)]  # one sentence, longer than a chunk
+    flat = " ".join(words)
+    wrapped = "".join(w + ("\n" if i % 3 == 2 else " ") for i, w in enumerate(words)).rstrip()
+    chunker = Chunker(chunk_size=64, chunk_overlap=8)
+    a, b = chunker.chunk(Document("d", flat)), chunker.chunk(Document("d", wrapped))
+    assert len(a) > 3 and [(c.start_char, c.end_char) for c in a] == [(c.start_char, c.end_char) for c in b]
+    assert [" ".join(c.text.split()) for c in a] == [" ".join(c.text.split()) for c in b]
+    assert any("\n" in c.text for c in b) and all(wrapped[c.start_char : c.end_char] == c.text for c in b)

@@ -178,6 +178,17 @@ def test_an_export_that_cannot_be_written_falls_back_to_torch(tmp_path, monkeypa
     assert sum("No space left on device" in r.getMessage() for r in caplog.records) == 2
 
 
+def test_an_int8_vector_does_not_depend_on_the_texts_embedded_beside_it(cache_dir):
+    """Dynamic int8 quantizes activations per tensor: rows of one forward pass would share a scale, and a page's
+    vector would change with its batch (cosine 0.998 to itself), so a PDF page and the same page sent as text
+    ranked differently. The int8 engine runs one window per pass: the same text, the same vector, exactly."""
+    int8 = get_engine("onnx", cache_dir=str(cache_dir), int8=True)
+    batch = int8.embed(TEXTS, False)
+    for i, text in enumerate(TEXTS):
+        assert np.array_equal(int8.embed([text], False)[0], batch[i]), text
+    assert np.array_equal(int8.embed(TEXTS[::-1], False)[::-1], batch)
+
+
 def test_concurrent_queries_share_forward_passes_and_get_their_own_vectors(cache_dir):
     import threading
 
