@@ -10,21 +10,30 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# llama-cpp-python compiles from source (~10 min on 2 cores, once per set of CMAKE_ARGS). The build carries one
-# copy of ggml's CPU backend per x86 level (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS: haswell, skylakex, icelake,
-# zen4, ...), and searchsvc/answer/ggml_cpu.py loads the best one for the CPU it runs on (never the AMX one, which
-# segfaults here, unless llm.cpu_variant names it). A portable build ran AVX2 kernels on AVX-512 CPUs: prompt
-# reading 62 vs 84 tok/s. GGML_OPENMP=OFF: with OpenMP, ggml shares torch's libgomp (same soname, loaded first),
-# which runs with OMP_WAIT_POLICY=PASSIVE for the encoders' sake, and sleeping threads between the small ops of
-# each decode step cost the 1.5B 40% of its speed. ggml's own thread pool is not affected by OpenMP settings.
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF -DCMAKE_INSTALL_BINDIR=llama_cpp/lib
-LLAMA_CPP := llama-cpp-python==0.3.36
-# pip's wheel cache is keyed by the sdist alone and would hand back a wheel built with other CMAKE_ARGS, so the
-# wheel is built here, into a directory named after the version and the flags, outside the checkout.
-LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/searchsvc/wheels/$(shell echo '$(LLAMA_CPP) $(CMAKE_ARGS)' | sha256sum | cut -c1-16)
+# llama-cpp-python compiles from source, once per version, CMAKE_ARGS and patch set. The build carries one copy of
+# ggml's CPU backend per x86 level (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS), and searchsvc/answer/ggml_cpu.py
+# loads the best one for the CPU it runs on. A portable build ran AVX2 kernels on AVX-512 CPUs: prompt reading 62
+# vs 84 tok/s. patches/llama-cpp-python/ is applied to the sdist first: the upstream AMX fix (llama.cpp PR
+# #26954) and 7 server x86 levels instead of 14. LLAVA_BUILD=OFF: no multimodal library (nothing here uses it).
+# GGML_OPENMP=OFF: with OpenMP, ggml shares torch's libgomp (same soname, loaded first), which runs with
+# OMP_WAIT_POLICY=PASSIVE for the encoders' sake, and sleeping threads between the small ops of each decode step
+# cost the 1.5B 40% of its speed. ggml's own thread pool is not affected by OpenMP settings.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF -DCMAKE_INSTALL_BINDIR=llama_cpp/lib
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_PATCHES := $(sort $(wildcard patches/llama-cpp-python/*.patch))
+# pip's wheel cache is keyed by the sdist alone and would hand back a wheel built with other CMAKE_ARGS or
+# patches, so the wheel is built here, into a directory named after the version, the flags and the patches.
+LLAMA_KEY := $(shell { echo '$(LLAMA_CPP_VERSION) $(CMAKE_ARGS)'; cat $(LLAMA_PATCHES); } | sha256sum | cut -c1-16)
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/searchsvc/wheels/$(LLAMA_KEY)
+LLAMA_SRC := $(LLAMA_WHEELS)/src/llama_cpp_python-$(LLAMA_CPP_VERSION)
 
 $(LLAMA_WHEELS)/.built: | $(BIN)/python
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python -w $(LLAMA_WHEELS) '$(LLAMA_CPP)'
+	rm -rf $(LLAMA_WHEELS)/src && mkdir -p $(LLAMA_WHEELS)/src
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(LLAMA_WHEELS)/src 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	tar xzf $(LLAMA_SRC).tar.gz -C $(LLAMA_WHEELS)/src
+	for p in $(abspath $(LLAMA_PATCHES)); do patch -s -p1 -d $(LLAMA_SRC) < $$p || exit 1; done
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) $(LLAMA_SRC)
+	rm -rf $(LLAMA_WHEELS)/src
 	touch $@
 
 # Re-install whenever pyproject.toml changes. torch==2.13.0 resolves to the CPU wheel on this machine's disk.

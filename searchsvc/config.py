@@ -68,6 +68,13 @@ class LLMSettings(BaseModel):
         description="llama.cpp CPU kernels (a GGML_CPU_ALL_VARIANTS build): auto = the best for this CPU without AMX; "
         "or a variant name (haswell, skylakex, icelake, zen4, sapphirerapids = AMX, ...).",
     )
+    prompt_lookup_tokens: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="llama_cpp: draft up to this many tokens per step from n-grams of the prompt (prompt-lookup "
+        "decoding: the model verifies them in one pass; its output is unchanged); 0: off.",
+    )
     request_timeout_s: float = Field(120.0, gt=0)
 
 
@@ -97,6 +104,14 @@ class AnswerSettings(BaseModel):
     max_tokens_limit: int = Field(1024, ge=1)
     default_temperature: float = Field(0.1, ge=0.0, le=2.0)
     cache_entries: int = Field(1024, ge=0, description="In-memory LRU entries in front of the SQLite cache; 0 disables.")
+    semantic_cache: bool = Field(
+        False,
+        description="Also reuse an answer for a similar question that retrieved the same context (the same chunks "
+        "in the same order from the same collection state); see answer/cache.py.",
+    )
+    semantic_cache_min_cosine: float = Field(
+        0.95, ge=0.0, le=1.0, description="Least cosine between question embeddings for a similar-question hit."
+    )
     attribution_min_overlap: float = Field(
         0.5,
         ge=0.0,

@@ -1,8 +1,15 @@
-"""Answer cache: an in-memory LRU in front of a SQLite file under the index dir.
+"""Answer cache: an in-memory LRU in front of a SQLite file under the index dir, with two kinds of entry.
 
-Keys include the collection's write sequence, so any write makes its old entries unreachable; they are also
-deleted on the next put for that collection and when the collection is deleted. Rows hold AnswerResult JSON
-(never pickle: the file is data, not code).
+- Exact: keyed by the normalized question and every setting that shapes the answer; looked up before retrieval.
+- Similar (`answer.semantic_cache`): keyed by what the model would read -- the collection's write sequence and the
+  ordered ids of the packed context chunks, plus the same settings -- and, within that key, reused only for a
+  question whose embedding is within `answer.semantic_cache_min_cosine` of the cached question's. Keying on
+  question similarity alone (GPTCache's way) hands one question's answer to another that merely sounds alike;
+  here two questions must also retrieve the very same context, in the same order, from the same collection state.
+
+Keys include the collection's write sequence, so any write (a reindex, a delete) makes its old entries
+unreachable; they are also deleted on the next put for that collection and when the collection is deleted. Rows
+hold AnswerResult JSON and float32 vectors (never pickle: the file is data, not code).
 
 The file is an optimisation, never a reason to fail an answer: a SQLite error (a full disk: "database or disk is
 full", an I/O error) is logged once a minute and the entry lives in memory only; a file that cannot be opened at
@@ -19,7 +26,9 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from searchsvc.answer.types import AnswerResult
 from searchsvc.ops.log_throttle import LogThrottle
@@ -39,11 +48,27 @@ def cache_key(collection: str, version: int, query: str, params: dict[str, Any])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def context_key(collection: str, version: int, chunk_ids: Sequence[str], params: dict[str, Any]) -> str:
+    """The key of a similar-question entry: the collection state, the packed context in order, the settings."""
+    payload = json.dumps({"c": collection, "v": version, "ctx": list(chunk_ids), "p": params}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def unit(vector: Any) -> np.ndarray:
+    v = np.asarray(vector, np.float32).ravel()
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+SIMILAR_PER_CONTEXT = 8  # questions kept per context key (the most recent)
+
+
 class AnswerCache:
     def __init__(self, path: Path, memory_entries: int = 1024) -> None:
         self.path = path
         self.memory_entries = memory_entries
         self._memory: OrderedDict[str, AnswerResult] = OrderedDict()
+        # context key -> [(unit question vector, result)], most recent last; entries missing here are read from SQLite
+        self._similar: OrderedDict[str, list[tuple[np.ndarray, AnswerResult]]] = OrderedDict()
         self._lock = threading.Lock()
         self._error_log = LogThrottle()
         self._db: sqlite3.Connection | None = None
@@ -57,6 +82,12 @@ class AnswerCache:
                 " version INTEGER NOT NULL, result TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS answers_collection ON answers (collection, version)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS similar (context TEXT NOT NULL, collection TEXT NOT NULL,"
+                " version INTEGER NOT NULL, vector BLOB NOT NULL, result TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS similar_context ON similar (context)")
+            db.execute("CREATE INDEX IF NOT EXISTS similar_collection ON similar (collection, version)")
             self._db = db
         except (sqlite3.Error, OSError) as exc:
             log.warning("answer cache %s unusable (%s): caching in memory only", path, exc)
@@ -93,12 +124,40 @@ class AnswerCache:
                 (key, collection, version, json.dumps(result.to_json(), ensure_ascii=False)),
             )
 
+    def get_similar(self, context: str, vector: np.ndarray, min_cosine: float) -> tuple[AnswerResult, float] | None:
+        """The answer cached under `context` for the question nearest to `vector` (unit length), with its cosine,
+        if that is at least `min_cosine`."""
+        with self._lock:
+            entries = self._similar.get(context)
+            if entries is None:
+                rows = self._sql("SELECT vector, result FROM similar WHERE context = ? ORDER BY rowid", (context,))
+                entries = [(np.frombuffer(v, np.float32), AnswerResult.from_json(json.loads(r))) for v, r in rows]
+                self._remember_similar(context, entries)
+            else:
+                self._similar.move_to_end(context)
+            best = max(((float(np.dot(v, vector)), r) for v, r in entries if v.shape == vector.shape),
+                       key=lambda e: e[0], default=None)
+            return (best[1], best[0]) if best is not None and best[0] >= min_cosine else None
+
+    def put_similar(self, context: str, collection: str, version: int, vector: np.ndarray, result: AnswerResult) -> None:
+        vector = np.ascontiguousarray(vector, np.float32)
+        with self._lock:
+            entries = [*self._similar.get(context, []), (vector, result)][-SIMILAR_PER_CONTEXT:]
+            self._remember_similar(context, entries)
+            self._sql("DELETE FROM similar WHERE collection = ? AND version < ?", (collection, version))
+            self._sql("INSERT INTO similar VALUES (?, ?, ?, ?, ?)",
+                      (context, collection, version, vector.tobytes(), json.dumps(result.to_json(), ensure_ascii=False)))
+            self._sql("DELETE FROM similar WHERE context = ? AND rowid NOT IN (SELECT rowid FROM similar WHERE"
+                      " context = ? ORDER BY rowid DESC LIMIT ?)", (context, context, SIMILAR_PER_CONTEXT))
+
     def drop_collection(self, collection: str) -> None:
         with self._lock:
             # Also the answers of searches over several collections ("a+b", multi.CollectionGroup) that named it.
-            self._sql("DELETE FROM answers WHERE instr('+' || collection || '+', '+' || ? || '+') > 0", (collection,))
+            for table in ("answers", "similar"):
+                self._sql(f"DELETE FROM {table} WHERE instr('+' || collection || '+', '+' || ? || '+') > 0", (collection,))
             # Memory entries are keyed by hash only; clearing all is simple and rare (collection deletes).
             self._memory.clear()
+            self._similar.clear()
 
     def _remember(self, key: str, result: AnswerResult) -> None:
         if self.memory_entries <= 0:
@@ -107,6 +166,14 @@ class AnswerCache:
         self._memory.move_to_end(key)
         while len(self._memory) > self.memory_entries:
             self._memory.popitem(last=False)
+
+    def _remember_similar(self, context: str, entries: list[tuple[np.ndarray, AnswerResult]]) -> None:
+        if self.memory_entries <= 0:
+            return
+        self._similar[context] = entries
+        self._similar.move_to_end(context)
+        while len(self._similar) > self.memory_entries:
+            self._similar.popitem(last=False)
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -20,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-from searchsvc.answer.cache import AnswerCache, cache_key
+from searchsvc.answer.cache import AnswerCache, cache_key, context_key, unit
 from searchsvc.answer.citations import attribute_uncited, extract_citations, source_token_sets, strip_invalid_markers
 from searchsvc.answer.extractive import extractive_answer, score_sentences
 from searchsvc.answer.prompt import PROMPT_VERSION, build_messages, pack_context, pack_sentences, refusal_for
@@ -97,6 +99,8 @@ class AnswerStats:
         self.completion_tokens = 0
         self.cache_hits = 0
         self.cache_misses = 0
+        self.semantic_cache_hits = 0
+        self.semantic_cache_misses = 0
         self.last_cancel_stop_ms: float | None = None  # cancel -> generation thread stopped
         self.generating = 0  # generation threads running now
         self._generating_lock = threading.Lock()
@@ -163,10 +167,12 @@ class AnswerEngine:
         llm, reason = (None, "extractive answer requested") if gen.extractive else await self._run(self.llms.get)
         generator = GeneratorInfo(llm.backend, llm.model) if llm else GeneratorInfo("extractive", "", reason)
 
-        key = cache_key(collection.name, collection.version, params.query, self._key_params(params, gen, generator))
+        key_params = self._key_params(params, gen, generator)
+        key = cache_key(collection.name, collection.version, params.query, key_params)
         if self.cache is not None and not gen.bypass_cache:
             cached = self.cache.get(key)
             if cached is not None:
+                cached = copy.deepcopy(cached)  # the cache's copy stays as it was stored
                 self.stats.cache_hits += 1
                 cached.usage.cached = True
                 cached.guard.input_ms = guard.input_ms
@@ -200,6 +206,25 @@ class AnswerEngine:
             result.search_timings_ms = search.timings_ms
             yield DoneEvent(self._finish(result, timings, started))
             return
+
+        similar_key, question_vector = None, None  # set where the similar-question cache applies
+        if self._semantic_cache_applies(collection):
+            # The key is what the model reads: each packed passage by chunk id and text (sentence packing picks
+            # per question), in order.
+            context = [f"{h.chunk_id}:{hashlib.sha256(h.text.encode()).hexdigest()}" for h in packed.hits]
+            similar_key = context_key(collection.name, collection.version, context, key_params)
+            question_vector = unit(await self._run(collection.embed_query, params.query))
+        if similar_key is not None and not gen.bypass_cache:
+            found = self.cache.get_similar(similar_key, question_vector, self.settings.answer.semantic_cache_min_cosine)
+            if found is not None:
+                self.stats.semantic_cache_hits += 1
+                cached, cosine = copy.deepcopy(found[0]), found[1]
+                cached.usage.cached, cached.usage.cached_similarity = True, cosine
+                cached.guard.input_ms = guard.input_ms
+                yield DeltaEvent(cached.answer)
+                yield DoneEvent(self._finish(cached, timings, started, count_tokens=False))
+                return
+            self.stats.semantic_cache_misses += 1
 
         # Grounding sees what the model saw, title included.
         sources = {n: indexed_text(h.title, h.text) for n, h in enumerate(packed.hits, start=1)}
@@ -279,6 +304,8 @@ class AnswerEngine:
         result = self._finish(result, timings, started)
         if self.cache is not None:
             self.cache.put(key, collection.name, collection.version, result)
+            if similar_key is not None:
+                self.cache.put_similar(similar_key, collection.name, collection.version, question_vector, result)
         yield DoneEvent(result)
 
     # ------------------------------------------------------------------ stages
@@ -387,6 +414,10 @@ class AnswerEngine:
         yield ""
 
     # ------------------------------------------------------------------ bookkeeping
+    def _semantic_cache_applies(self, collection: CollectionStorage) -> bool:
+        # (a collection of callers' vectors has no embedder for questions)
+        return self.cache is not None and self.settings.answer.semantic_cache and collection.config.embedding_model != EXTERNAL_MODEL
+
     def _key_params(self, params: SearchParams, gen: GenerationParams, generator: GeneratorInfo) -> dict:
         p = asdict(params)
         p.pop("query")

@@ -4,9 +4,15 @@ The Makefile builds llama-cpp-python with GGML_BACKEND_DL + GGML_CPU_ALL_VARIANT
 one shared library per x86 level (`libggml-cpu-haswell.so`, `-skylakex`, `-icelake`, `-zen4`,
 `-sapphirerapids`, ...), each reporting a score for this CPU (0 when it needs an instruction the CPU lacks).
 llama.cpp would load the highest-scoring one itself, but only from the executable's directory or the working
-directory (neither is the package's lib/ under Python), and it would take the AMX variant, whose kernels have
-crashed here. So we load it ourselves, before the first model: the best variant without AMX, unless
-`llm.cpu_variant` names one (AMX only that way) ("haswell" stands in for a portable AVX2 build on any newer CPU).
+directory (neither is the package's lib/ under Python). So we load it ourselves, before the first model: the
+best-scoring variant, unless `llm.cpu_variant` names one ("haswell" stands in for a portable AVX2 build on any
+newer CPU).
+
+The AMX variant (`sapphirerapids`) once died of SIGILL on its first tile instruction on a ggml worker thread; the
+Makefile now builds it with the upstream fix (patches/llama-cpp-python/0001-*). Before `auto` trusts it, a probe
+runs it in a child process: the model reads a 128-token prompt (the AMX tile kernels) and decodes a token (the
+VNNI path) on every worker thread. A probe that crashes, fails or hangs costs the child, not the server: `auto`
+then loads the best variant without AMX and logs why.
 
 A build without those libraries (a static or native build) is left alone: its kernels were fixed at compile time.
 """
@@ -15,9 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import signal
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +75,12 @@ def variants(directory: Path | None = None) -> list[CpuVariant]:
     return out
 
 
-def choose(found: list[CpuVariant], wanted: str = "auto") -> CpuVariant:
-    """The named variant, or the best-scoring one without AMX (name "sapphirerapids" to opt in to AMX)."""
+Probe = Callable[[CpuVariant], "str | None"]  # None: the variant ran cleanly; else why not
+
+
+def choose(found: list[CpuVariant], wanted: str = "auto", probe: Probe | None = None) -> CpuVariant:
+    """The named variant, or the best-scoring one; an AMX variant only if `probe` passes it, else the best
+    without AMX."""
     if wanted != "auto":
         match = [v for v in found if v.name == wanted]
         if not match:
@@ -74,15 +88,68 @@ def choose(found: list[CpuVariant], wanted: str = "auto") -> CpuVariant:
         if match[0].score == 0:
             raise VariantUnavailable(f"llm.cpu_variant {wanted!r} needs instructions this CPU lacks")
         return match[0]
-    runnable = [v for v in found if v.score > 0 and not v.uses_amx]
+    runnable = [v for v in found if v.score > 0]
+    amx = [v for v in runnable if v.uses_amx]
+    if amx:
+        best_amx = max(amx, key=lambda v: v.score)
+        failure = probe(best_amx) if probe is not None else "not probed"
+        if failure is None:
+            log.info("llama.cpp AMX kernels (%s) passed their probe on every worker thread", best_amx.name)
+            return best_amx
+        log.warning("llama.cpp AMX kernels (%s) not used: %s; using the best variant without AMX", best_amx.name, failure)
+    elif any(v.uses_amx or v.name == "sapphirerapids" for v in found):
+        log.info("llama.cpp AMX kernels not used: this CPU has no AMX (no amx_int8 flag)")
+    runnable = [v for v in runnable if not v.uses_amx]
     if not runnable:
         raise VariantUnavailable(f"no llama.cpp CPU variant runs on this CPU (built: {', '.join(v.name for v in found)})")
     return max(runnable, key=lambda v: v.score)
 
 
-def load_cpu_backend(wanted: str = "auto") -> str | None:
+PROBE_PROMPT_TOKENS = 128  # a batch this long runs ggml's AMX tile kernels (decoding one token runs its VNNI path)
+
+
+def probe_variant(variant: CpuVariant, model_path: Path, threads: int, timeout_s: float = 120.0) -> str | None:
+    """Run `variant` on the model in a child process, with `threads` threads; None if it ran cleanly, else why not
+    (the signal that killed it, its error, or a timeout)."""
+    command = [sys.executable, "-m", "searchsvc.answer.ggml_cpu", str(variant.path), str(model_path), str(threads)]
+    return run_probe(command, timeout_s)
+
+
+def run_probe(command: list[str], timeout_s: float) -> str | None:
+    """Run a probe's child; None if it exited 0, else how it ended."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"probe timed out after {timeout_s:g} s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        return f"probe killed by {signal.Signals(-done.returncode).name}"
+    last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"probe exited with {done.returncode}: {last}"
+
+
+def _probe_main(variant_path: str, model_path: str, threads: int) -> None:
+    """The probe's child: load the variant (by path, whatever its score) and the model, read a prompt and decode
+    one token."""
+    from llama_cpp import Llama
+
+    _register(Path(variant_path))
+    llama = Llama(model_path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    words = llama.tokenize("The quick brown fox jumps over the lazy dog. ".encode() * 16, add_bos=True)
+    llama.eval(words[:PROBE_PROMPT_TOKENS])
+    llama.eval([words[PROBE_PROMPT_TOKENS]])
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
+    if not np.isfinite(logits).all():
+        raise SystemExit("the variant computed non-finite logits")
+
+
+def load_cpu_backend(wanted: str = "auto", probe: Probe | None = None) -> str | None:
     """Register the chosen CPU variant with ggml; its name, or None for a build without variants. Idempotent; the
-    first call wins (ggml cannot unload the backend a model was loaded on)."""
+    first call wins (ggml cannot unload the backend a model was loaded on). `probe` vets an AMX variant for
+    "auto" (probe_variant with the model about to load)."""
     global _loaded
     with _lock:
         if _loaded is not None:
@@ -92,21 +159,30 @@ def load_cpu_backend(wanted: str = "auto") -> str | None:
         found = variants()
         if not found:
             return None
-        chosen = choose(found, wanted)
-        # ggml as libllama links it: dlsym on libllama's handle searches its dependencies. (Opening lib/libggml.so
-        # by path would load a second copy -- the wheel ships libggml.so and libggml.so.0 as separate files --
-        # with a registry of its own that llama.cpp never reads.)
-        from llama_cpp import llama_cpp as bindings
-
-        ggml = bindings._lib
-        ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
-        if ggml.ggml_backend_reg_count():  # llama.cpp already loaded its own pick (a model opened elsewhere first)
-            raise VariantUnavailable("a ggml backend is already loaded in this process; restart to choose another")
-        ggml.ggml_backend_load.restype = ctypes.c_void_p
-        ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
-        if not ggml.ggml_backend_load(str(chosen.path).encode()):
-            raise VariantUnavailable(f"ggml could not load {chosen.path}")
+        chosen = choose(found, wanted, probe)
+        _register(chosen.path)
         _loaded = chosen.name
         log.info("llama.cpp CPU kernels: %s (score %d; runnable here: %s)", chosen.name, chosen.score,
-                 ", ".join(f"{v.name}{' (AMX: only when named)' if v.uses_amx else ''}" for v in found if v.score > 0))
+                 ", ".join(v.name for v in found if v.score > 0))
         return chosen.name
+
+
+def _register(path: Path) -> None:
+    """Hand one CPU backend library to ggml (whatever its score: the caller chose)."""
+    # ggml as libllama links it: dlsym on libllama's handle searches its dependencies. (Opening lib/libggml.so
+    # by path would load a second copy -- the wheel ships libggml.so and libggml.so.0 as separate files --
+    # with a registry of its own that llama.cpp never reads.)
+    from llama_cpp import llama_cpp as bindings
+
+    ggml = bindings._lib
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count():  # llama.cpp already loaded its own pick (a model opened elsewhere first)
+        raise VariantUnavailable("a ggml backend is already loaded in this process; restart to choose another")
+    ggml.ggml_backend_load.restype = ctypes.c_void_p
+    ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
+    if not ggml.ggml_backend_load(str(path).encode()):
+        raise VariantUnavailable(f"ggml could not load {path}")
+
+
+if __name__ == "__main__":  # the probe's child process (probe_variant)
+    _probe_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -205,6 +205,32 @@ def _llamacpp_class() -> type:
     return PerCallLlamaCPP
 
 
+def prompt_lookup(num_pred_tokens: int) -> Any:
+    """llama-cpp-python's prompt-lookup drafts (n-grams of the prompt continue as they did there: answers quote
+    their context), counting drafted and accepted tokens. Verification keeps only what the model itself would have
+    sampled, so greedy output is unchanged."""
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    class CountingPromptLookup(LlamaPromptLookupDecoding):
+        def __init__(self) -> None:
+            super().__init__(max_ngram_size=2, num_pred_tokens=num_pred_tokens)
+            self.drafted = self.accepted = 0
+            self._last = (0, 0)  # (ids at the last call, tokens drafted then)
+
+        def __call__(self, input_ids: Any, /, **kwargs: Any) -> Any:
+            # Llama.generate calls this after each verification with every id kept: the last call's drafts that
+            # were accepted, plus the one token sampled after them.
+            length, drafted = self._last
+            if drafted and len(input_ids) > length:
+                self.accepted += min(drafted, len(input_ids) - length - 1)
+            draft = super().__call__(input_ids, **kwargs)
+            self._last = (len(input_ids), len(draft))
+            self.drafted += len(draft)
+            return draft
+
+    return CountingPromptLookup()
+
+
 class _TokenCounter:
     """A llama.cpp stopping criterion: counts sampled tokens exactly and stops generation when cancelled.
 
@@ -264,11 +290,18 @@ class _LlamaCppLLM(AnswerLLM):
             diff = np.flatnonzero(cached != np.asarray(tokens[: len(cached)]))
             llama.n_tokens = int(diff[0]) if len(diff) else len(cached)  # eval() drops KV entries past n_tokens
             gen.usage.prompt_tokens_reused = llama.n_tokens
-            for i in range(llama.n_tokens, end, _PREFILL_CHUNK):
-                if gen.cancelled:
-                    gen.finish_reason = "cancelled"
-                    return
-                llama.eval(tokens[i : min(i + _PREFILL_CHUNK, end)])
+            # With a draft model llama-cpp-python keeps every position's logits; the prompt's are never read (only
+            # those of drafted tokens are verified), and computing them would cost the vocabulary's 151k-row
+            # projection per prompt token: off while reading the prompt.
+            keep_all_logits, llama._logits_all = llama._logits_all, False
+            try:
+                for i in range(llama.n_tokens, end, _PREFILL_CHUNK):
+                    if gen.cancelled:
+                        gen.finish_reason = "cancelled"
+                        return
+                    llama.eval(tokens[i : min(i + _PREFILL_CHUNK, end)])
+            finally:
+                llama._logits_all = keep_all_logits
 
             counter = _TokenCounter(gen)
             stream = self.llm.stream_chat(
@@ -501,21 +534,26 @@ def _build_llama_cpp(settings: LLMSettings, models_dir: Path) -> AnswerLLM:
             f"llama.cpp backend not installed ({exc}); install: pip install 'searchsvc[local-llm]' (llama-cpp-python "
             "built as the Makefile builds it: one CPU backend per x86 level)"
         ) from exc
-    from searchsvc.answer.ggml_cpu import VariantUnavailable, load_cpu_backend
+    from searchsvc.answer.ggml_cpu import VariantUnavailable, load_cpu_backend, probe_variant
     from searchsvc.answer.gguf import ensure_model
 
     path = ensure_model(settings.model, models_dir)
+    threads = settings.threads or os.cpu_count() or 1
     try:
-        load_cpu_backend(settings.cpu_variant)
+        load_cpu_backend(settings.cpu_variant, probe=lambda variant: probe_variant(variant, path, threads))
     except (VariantUnavailable, OSError) as exc:
         raise LLMUnavailable(f"llama.cpp CPU kernels: {exc}") from exc
-    threads = settings.threads or os.cpu_count() or 1
+    draft = {}
+    if settings.prompt_lookup_tokens:
+        # logits_all too: llama-cpp-python 0.3.36 turns it on for a draft model but sizes its logits array by the
+        # argument (n_batch rows), and the first verification past row 512 fails to broadcast.
+        draft = {"draft_model": prompt_lookup(settings.prompt_lookup_tokens), "logits_all": True}
     try:
         llm = cls(
             model_path=str(path),
             context_window=settings.context_window,
             generate_kwargs={"stop": CHATML_STOP},  # Qwen ends turns with <|im_end|>
-            model_kwargs={"n_threads": threads, "n_threads_batch": threads},
+            model_kwargs={"n_threads": threads, "n_threads_batch": threads, **draft},
             verbose=False,
             messages_to_prompt=chatml_messages_to_prompt,
             completion_to_prompt=chatml_completion_to_prompt,

@@ -70,6 +70,7 @@ class TokenUsage:
     completion_tokens: int = 0
     cached: bool = False
     prompt_tokens_reused: int = 0
+    cached_similarity: float = 0.0  # a similar-question cache hit: cosine to the cached question
 
     @property
     def total_tokens(self) -> int:

@@ -38,9 +38,12 @@ class ServerCollector:
             tokens.add_metric(["prompt"], s.prompt_tokens)
             tokens.add_metric(["completion"], s.completion_tokens)
             yield tokens
-            cache = CounterMetricFamily("searchsvc_answer_cache_lookups", "Answer-cache lookups, by result.", labels=["result"])
-            cache.add_metric(["hit"], s.cache_hits)
-            cache.add_metric(["miss"], s.cache_misses)
+            cache = CounterMetricFamily("searchsvc_answer_cache_lookups", "Answer-cache lookups, by kind and result.",
+                                        labels=["kind", "result"])
+            cache.add_metric(["exact", "hit"], s.cache_hits)
+            cache.add_metric(["exact", "miss"], s.cache_misses)
+            cache.add_metric(["similar", "hit"], s.semantic_cache_hits)
+            cache.add_metric(["similar", "miss"], s.semantic_cache_misses)
             yield cache
         chunks = GaugeMetricFamily("searchsvc_collection_chunks", "Chunks per collection (embedded collections).", labels=["collection"])
         documents = GaugeMetricFamily("searchsvc_collection_documents", "Documents per collection (embedded collections).", labels=["collection"])

@@ -465,6 +465,8 @@ class SearchService(pb_grpc.SearchServiceServicer):
             completion_tokens=s.completion_tokens,
             cache_hits=s.cache_hits,
             cache_misses=s.cache_misses,
+            semantic_cache_hits=s.semantic_cache_hits,
+            semantic_cache_misses=s.semantic_cache_misses,
         )
 
 
@@ -691,6 +693,7 @@ def answer_result_to_pb(r: AnswerResult, explain: bool) -> pb.AnswerResponse:
             total_tokens=r.usage.total_tokens,
             cached=r.usage.cached,
             prompt_tokens_reused=r.usage.prompt_tokens_reused,
+            cached_similarity=r.usage.cached_similarity,
         ),
         timings=pb.AnswerTimings(
             retrieve_ms=t.get("retrieve", 0.0),

