@@ -14,7 +14,8 @@ $(BIN)/python:
 # ggml's CPU backend per x86 level (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS), and searchsvc/answer/ggml_cpu.py
 # loads the best one for the CPU it runs on. A portable build ran AVX2 kernels on AVX-512 CPUs: prompt reading 62
 # vs 84 tok/s. patches/llama-cpp-python/ is applied to the sdist first: the upstream AMX fix (llama.cpp PR
-# #26954) and 7 server x86 levels instead of 14. LLAVA_BUILD=OFF: no multimodal library (nothing here uses it).
+# #26954), 7 server x86 levels instead of 14, and no llama.cpp common library. LLAVA_BUILD=OFF: no multimodal
+# library (nothing here uses it; it is common's one user).
 # GGML_OPENMP=OFF: with OpenMP, ggml shares torch's libgomp (same soname, loaded first), which runs with
 # OMP_WAIT_POLICY=PASSIVE for the encoders' sake, and sleeping threads between the small ops of each decode step
 # cost the 1.5B 40% of its speed. ggml's own thread pool is not affected by OpenMP settings.
