@@ -73,7 +73,7 @@ class LLMSettings(BaseModel):
         ge=0,
         le=64,
         description="llama_cpp: draft up to this many tokens per step from n-grams of the prompt (prompt-lookup "
-        "decoding: the model verifies them in one pass; its output is unchanged); 0: off.",
+        "decoding, verified by the model in one batch); 0: off. Slower on AVX-512 CPUs (docs/decisions/0023).",
     )
     request_timeout_s: float = Field(120.0, gt=0)
 

@@ -160,20 +160,18 @@ class AnswerCache:
             self._similar.clear()
 
     def _remember(self, key: str, result: AnswerResult) -> None:
-        if self.memory_entries <= 0:
-            return
-        self._memory[key] = result
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.memory_entries:
-            self._memory.popitem(last=False)
+        self._lru_put(self._memory, key, result)
 
     def _remember_similar(self, context: str, entries: list[tuple[np.ndarray, AnswerResult]]) -> None:
+        self._lru_put(self._similar, context, entries)
+
+    def _lru_put(self, store: OrderedDict, key: str, value: Any) -> None:
         if self.memory_entries <= 0:
             return
-        self._similar[context] = entries
-        self._similar.move_to_end(context)
-        while len(self._similar) > self.memory_entries:
-            self._similar.popitem(last=False)
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > self.memory_entries:
+            store.popitem(last=False)
 
     def close(self) -> None:
         with self._lock:

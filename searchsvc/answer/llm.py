@@ -207,8 +207,8 @@ def _llamacpp_class() -> type:
 
 def prompt_lookup(num_pred_tokens: int) -> Any:
     """llama-cpp-python's prompt-lookup drafts (n-grams of the prompt continue as they did there: answers quote
-    their context), counting drafted and accepted tokens. Verification keeps only what the model itself would have
-    sampled, so greedy output is unchanged."""
+    their context), counting drafted and accepted tokens. Verification keeps only what the model samples itself;
+    its batched kernels round differently from one-token decoding, so a near-tie can go the other way."""
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
     class CountingPromptLookup(LlamaPromptLookupDecoding):

@@ -38,18 +38,31 @@ def load_passages(dataset: Path | None, count: int) -> list[str]:
     return [d.text for d in SyntheticCorpus().docs(count, min_words=60, max_words=200)]
 
 
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
     """Best fp32 GEMM rate torch reaches here with its current threads (the practical peak)."""
     import torch
 
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / _best_seconds(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def int8_peak_gops(size: int = 2048, repeats: int = 10) -> float:
+    """Best int8 x int8 -> int32 GEMM rate torch reaches here (torch._int_mm: oneDNN's VNNI or AMX kernels)."""
+    import torch
+
+    a = torch.randint(-128, 127, (size, size), dtype=torch.int8)
+    b = torch.randint(-128, 127, (size, size), dtype=torch.int8)
+    return 2 * size**3 / _best_seconds(lambda: torch._int_mm(a, b), repeats) / 1e9
 
 
 def _latency(fn: Callable[[], object], runs: int) -> tuple[float, float]:

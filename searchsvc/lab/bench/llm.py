@@ -39,21 +39,6 @@ def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
     return a.numel() * 4 / best / 1e9
 
 
-def int8_peak_gops(size: int = 2048, repeats: int = 10) -> float:
-    """Best int8 x int8 -> int32 GEMM rate torch reaches here (its current threads): the practical int8 peak."""
-    import torch
-
-    a = torch.randint(-128, 127, (size, size), dtype=torch.int8)
-    b = torch.randint(-128, 127, (size, size), dtype=torch.int8)
-    torch._int_mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        torch._int_mm(a, b)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
-
-
 def _prompt(llama, count: int, text: str) -> list[int]:
     ids = llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
     while len(ids) < count:
@@ -66,7 +51,7 @@ def run(settings: LLMSettings, models_dir: Path, text: str) -> dict:
 
     from searchsvc.answer.ggml_cpu import load_cpu_backend
     from searchsvc.answer.gguf import ensure_model
-    from searchsvc.lab.bench.encoders import matmul_peak_gflops
+    from searchsvc.lab.bench.encoders import int8_peak_gops, matmul_peak_gflops
 
     variant = load_cpu_backend(settings.cpu_variant) or "static build"
     path = ensure_model(settings.model, models_dir)
