@@ -435,3 +435,24 @@ def test_llama_cpp_close_during_prompt_prefill(qwen):
     # count, not a time (a wall-clock bound failed on a busy CI machine).
     assert qwen._llama.n_tokens < gen.usage.prompt_tokens - 1, (qwen._llama.n_tokens, gen.usage.prompt_tokens)
     assert gen.finish_reason == "cancelled" and gen.usage.completion_tokens == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="the local-llm extra is not installed")
+def test_prompt_lookup_drafts_from_the_prompt_and_counts_what_the_model_accepts():
+    """llm.prompt_lookup_tokens: a prompt past 512 tokens (llama-cpp-python's own logits array for a draft model
+    was n_batch rows long), an answer that quotes it, drafts counted and some accepted."""
+    from conftest import MODELS_DIR
+    from searchsvc.answer.llm import build_llm
+
+    llm = build_llm(LLMSettings(model="qwen2.5-coder-0.5b-instruct", prompt_lookup_tokens=4, context_window=2048), MODELS_DIR)
+    try:
+        facts = " ".join(f"The warehouse in district {i} stores {i * 7} crates of pears." for i in range(45))
+        question = "How many crates of pears does the warehouse in district 42 store? Answer with its sentence."
+        messages = [ChatMessage(role=MessageRole.USER, content=f"{facts}\n\n{question}")]
+        assert llm.count_tokens(facts) > 512
+        text, usage = llm.complete_chat(messages, max_tokens=20, temperature=0.0)
+        lookup = llm.llm.llama.draft_model
+        assert "294" in text and usage.completion_tokens > 0, text
+        assert lookup.drafted > 0 and 0 < lookup.accepted <= lookup.drafted
+    finally:
+        llm.close()
