@@ -146,6 +146,37 @@ def _probe_main(variant_path: str, model_path: str, threads: int) -> None:
         raise SystemExit("the variant computed non-finite logits")
 
 
+# llama.cpp's log levels (ggml_log_level) -> logging's. Its INFO is the model loader's hundreds of lines: DEBUG here.
+_LLAMA_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+_LLAMA_LOG_CONT = 5  # continues the previous message
+llama_log = logging.getLogger("searchsvc.llama_cpp")
+_log_state = threading.local()  # per thread: ggml logs from its workers too
+_log_callback = None  # the ctypes callback, kept alive while llama.cpp holds it
+
+
+def route_llama_logs() -> None:
+    """Send llama.cpp's and ggml's log lines to `logging` (logger searchsvc.llama_cpp), one record per line, instead
+    of llama-cpp-python's print to stderr: they then carry the server's format (json included) and levels.
+    Idempotent."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level != _LLAMA_LOG_CONT:
+            _log_state.level = _LLAMA_LOG_LEVELS.get(level, logging.DEBUG)
+        pending = getattr(_log_state, "pending", "") + text.decode("utf-8", "replace")
+        *lines, _log_state.pending = pending.split("\n")
+        for line in lines:
+            if line.strip():
+                llama_log.log(getattr(_log_state, "level", logging.DEBUG), "%s", line)
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 def load_cpu_backend(wanted: str = "auto", probe: Probe | None = None) -> str | None:
     """Register the chosen CPU variant with ggml; its name, or None for a build without variants. Idempotent; the
     first call wins (ggml cannot unload the backend a model was loaded on). `probe` vets an AMX variant for
@@ -159,6 +190,7 @@ def load_cpu_backend(wanted: str = "auto", probe: Probe | None = None) -> str | 
         found = variants()
         if not found:
             return None
+        route_llama_logs()
         chosen = choose(found, wanted, probe)
         _register(chosen.path)
         _loaded = chosen.name

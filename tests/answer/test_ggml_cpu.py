@@ -116,3 +116,21 @@ def test_the_probe_runs_a_variant_in_a_child():
     if "amx_int8" not in hardware.cpu_flags():
         failure = probe_variant(amx, model, threads=2)
         assert failure is not None and "could not load" in failure, failure
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="the local-llm extra is not installed")
+def test_llama_cpp_logs_go_to_logging_not_stderr(caplog, capfd):
+    from llama_cpp import Llama
+
+    from conftest import MODELS_DIR
+    from searchsvc.answer.ggml_cpu import route_llama_logs
+    from searchsvc.answer.gguf import ensure_model
+
+    route_llama_logs()
+    model = ensure_model("qwen2.5-coder-0.5b-instruct", MODELS_DIR)
+    with caplog.at_level("DEBUG", logger="searchsvc.llama_cpp"):
+        Llama(str(model), vocab_only=True, verbose=False).close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "searchsvc.llama_cpp"]
+    assert any("llama_model_loader" in line for line in lines), lines[:5]
+    assert all("\n" not in line and line.strip() for line in lines)
+    assert "llama_model_loader" not in capfd.readouterr().err
