@@ -97,7 +97,7 @@ def choose(found: list[CpuVariant], wanted: str = "auto", probe: Probe | None = 
             log.info("llama.cpp AMX kernels (%s) passed their probe on every worker thread", best_amx.name)
             return best_amx
         log.warning("llama.cpp AMX kernels (%s) not used: %s; using the best variant without AMX", best_amx.name, failure)
-    elif any(v.uses_amx or v.name == "sapphirerapids" for v in found):
+    elif any(v.name == "sapphirerapids" for v in found):  # built, scored 0 here
         log.info("llama.cpp AMX kernels not used: this CPU has no AMX (no amx_int8 flag)")
     runnable = [v for v in runnable if not v.uses_amx]
     if not runnable:
@@ -132,6 +132,7 @@ def run_probe(command: list[str], timeout_s: float) -> str | None:
 def _probe_main(variant_path: str, model_path: str, threads: int) -> None:
     """The probe's child: load the variant (by path, whatever its score) and the model, read a prompt and decode
     one token."""
+    import numpy as np
     from llama_cpp import Llama
 
     _register(Path(variant_path))
@@ -139,8 +140,6 @@ def _probe_main(variant_path: str, model_path: str, threads: int) -> None:
     words = llama.tokenize("The quick brown fox jumps over the lazy dog. ".encode() * 16, add_bos=True)
     llama.eval(words[:PROBE_PROMPT_TOKENS])
     llama.eval([words[PROBE_PROMPT_TOKENS]])
-    import numpy as np
-
     logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
     if not np.isfinite(logits).all():
         raise SystemExit("the variant computed non-finite logits")
