@@ -145,8 +145,9 @@ def _probe_main(variant_path: str, model_path: str, threads: int) -> None:
         raise SystemExit("the variant computed non-finite logits")
 
 
-# llama.cpp's log levels (ggml_log_level) -> logging's. Its INFO is the model loader's hundreds of lines: DEBUG here.
-_LLAMA_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.WARNING, 3: logging.ERROR, 4: logging.DEBUG}
+# ggml_log_level (ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5) -> logging's. Its INFO is the model
+# loader's hundreds of lines: DEBUG here. NONE is an unconditional print: INFO.
+_LLAMA_LOG_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 _LLAMA_LOG_CONT = 5  # continues the previous message
 llama_log = logging.getLogger("searchsvc.llama_cpp")
 _log_state = threading.local()  # per thread: ggml logs from its workers too

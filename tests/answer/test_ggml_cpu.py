@@ -5,6 +5,7 @@ GGML_CPU_ALL_VARIANTS build, as the Makefile makes it)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -130,7 +131,10 @@ def test_llama_cpp_logs_go_to_logging_not_stderr(caplog, capfd):
     model = ensure_model("qwen2.5-coder-0.5b-instruct", MODELS_DIR)
     with caplog.at_level("DEBUG", logger="searchsvc.llama_cpp"):
         Llama(str(model), vocab_only=True, verbose=False).close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "searchsvc.llama_cpp"]
+    records = [r for r in caplog.records if r.name == "searchsvc.llama_cpp"]
+    lines = [r.getMessage() for r in records]
     assert any("llama_model_loader" in line for line in lines), lines[:5]
+    # the loader's lines are llama.cpp INFO: DEBUG here, never a warning in an operator's log
+    assert all(r.levelno == logging.DEBUG for r in records if "llama_model_loader" in r.getMessage())
     assert all("\n" not in line and line.strip() for line in lines)
     assert "llama_model_loader" not in capfd.readouterr().err
