@@ -1,4 +1,4 @@
-"""The lab's commands: `eval`, `eval-answers`, `train-embedder`, `train-reranker`, `bench`, `bench-rerank`. Each
+"""The lab's commands: `eval`, `eval-data`, `eval-answers`, `train-embedder`, `train-reranker`, `bench`, `bench-rerank`. Each
 imports its part of searchsvc.lab only when it runs."""
 
 from __future__ import annotations
@@ -144,8 +144,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_data(args: argparse.Namespace) -> int:
+    from searchsvc.lab.data import msmarco_kor
+
+    out = msmarco_kor.prepare(args.source or msmarco_kor.SOURCE_URL, Path(args.out) if args.out else msmarco_kor.DEFAULT_DIR)
+    print(out)
+    return 0
+
+
 def add_lab_commands(sub) -> None:
     """The eval, train and bench commands."""
+    p = sub.add_parser("eval-data", help="write a dataset that cannot be committed (msmarco-kor: research use) in BEIR layout")
+    p.add_argument("dataset", choices=["msmarco-kor"])
+    p.add_argument("--source", help="a local copy of the source file (default: fetch it from GitHub, pinned by commit)")
+    p.add_argument("--out", help="default: ~/.cache/searchsvc/datasets/<dataset>")
+    p.set_defaults(func=cmd_eval_data)
+
     p = sub.add_parser("eval", help="nDCG@10 / Recall@100 / MRR@10 per mode on a BEIR-layout dataset")
     p.add_argument("dataset")
     p.add_argument("--index-dir", type=Path, help="default: a temporary directory")

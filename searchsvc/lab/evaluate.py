@@ -121,6 +121,7 @@ def run_eval(
                 rerank = options if isinstance(options, pb.RerankOptions) else None
                 diversify = options if isinstance(options, pb.MmrOptions) else None
                 rows = {"ndcg@10": [], "recall@100": [], "mrr@10": [], "near-dup@10": []}
+                languages = []
                 latency: dict[str, list[float]] = {s: [] for s in ("client", "embed", "dense", "keyword", "fuse", "rerank", "total")}
                 for qid in qids:
                     started = time.perf_counter()
@@ -138,12 +139,14 @@ def run_eval(
                     t = response.timings
                     for stage in ("embed", "dense", "keyword", "fuse", "rerank", "total"):
                         latency[stage].append(getattr(t, f"{stage}_ms"))
+                    languages.append(response.query_language)
                     ranked = documents_in_order(response)
                     rows["ndcg@10"].append(ndcg_at_k(ranked, qrels[qid]))
                     rows["recall@100"].append(recall_at_k(ranked, qrels[qid]))
                     rows["mrr@10"].append(mrr_at_k(ranked, qrels[qid]))
                     rows["near-dup@10"].append(near_duplicate_share(storage, [h.chunk_id for h in response.hits[:10]]))
-                results[label] = {"metrics": {m: float(np.mean(v)) for m, v in rows.items()}, "qids": qids, "per_query": rows["ndcg@10"], "latency": latency}
+                results[label] = {"metrics": {m: float(np.mean(v)) for m, v in rows.items()}, "qids": qids, "per_query": rows["ndcg@10"],
+                                  "latency": latency, "languages": languages}
     print_report(dataset.name, len(qids), results)
     return results
 
@@ -174,3 +177,24 @@ def print_report(dataset: str, n_queries: int, results: dict) -> None:
             boot = paired_bootstrap(y, x)
             print(f"{a} vs {b}: wins {int((x > y).sum())}, losses {int((x < y).sum())}, ties {int((x == y).sum())}; "
                   f"mean diff {boot['mean_diff']:+.4f}, 95% CI [{boot['ci95'][0]:+.4f}, {boot['ci95'][1]:+.4f}]")
+    for line in hybrid_against_best_leg(results):
+        print(line)
+
+
+def hybrid_against_best_leg(results: dict, hybrid: str = "HYBRID-DEFAULT") -> list[str]:
+    """Per query language: the service's default hybrid against the better single leg on those queries, with the
+    paired-bootstrap CI, so that "hybrid beats both legs" is one line to read."""
+    if not {hybrid, "KEYWORD", "DENSE"} <= results.keys():
+        return []
+    languages = np.array(results[hybrid]["languages"])
+    lines = []
+    for language in sorted(set(languages)):
+        mask = languages == language
+        legs = {leg: np.array(results[leg]["per_query"])[mask] for leg in ("KEYWORD", "DENSE")}
+        best = max(legs, key=lambda leg: legs[leg].mean())
+        x = np.array(results[hybrid]["per_query"])[mask]
+        boot = paired_bootstrap(legs[best], x)
+        verdict = "beats both legs" if boot["ci95"][0] > 0 else "does not beat both legs"
+        lines.append(f"{hybrid} [{language}, {int(mask.sum())} queries] {x.mean():.4f} vs best leg {best} {legs[best].mean():.4f}: "
+                     f"{boot['mean_diff']:+.4f}, 95% CI [{boot['ci95'][0]:+.4f}, {boot['ci95'][1]:+.4f}]: {verdict}")
+    return lines

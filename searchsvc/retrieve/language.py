@@ -26,6 +26,7 @@ class FusionDefaults:
     fusion: Fusion
     dense_weight: float = 1.0
     keyword_weight: float = 1.0
+    adaptive: bool = False  # RRF weights per query (search/fuse.py, adaptive_weights) instead of the two above
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,12 @@ COLLECTION_DEFAULTS = {
     "auto": LanguageDefaults(analyzer="multilingual", embedding_model=E5_MODEL),
 }
 
-# Korean queries: BM25 on kiwi morphemes is the strong leg (autorag-ko dev through the service: keyword
-# nDCG@10 0.988, multilingual-e5 dense 0.923), and plain RRF lets the weaker leg's ranks pull keyword hits down
-# (0.970, below keyword alone). Keyword weight 2 (1.0 for dense): 1.000, and every keyword weight 2-2.5 at
-# k = 10-100 gave the same; relative-score fusion at dense weight 0.1-0.3 only equalled keyword. Chosen on the
-# autorag-ko dev queries only (docs/korean.md, "How the defaults were chosen").
-KOREAN_FUSION = FusionDefaults(Fusion.RRF, dense_weight=1.0, keyword_weight=2.0)
+# Korean queries: RRF with weights that follow the query (search/fuse.py, adaptive_weights). No fixed weight
+# serves both Korean sets: keyword weight 2 won on autorag-ko (long questions about report pages, where BM25 on
+# kiwi morphemes leads) and lost 0.024 to the dense leg alone on msmarco-kor (short translated web queries, where
+# e5 leads). The adaptive weights equal weight 2 on autorag-ko and beat the dense leg on msmarco-kor: figures in
+# docs/korean.md and docs/decisions/0024-adaptive-rrf-weights.md.
+KOREAN_FUSION = FusionDefaults(Fusion.RRF, adaptive=True)
 
 
 def validate_language(language: str, field_name: str = "config.language") -> str:

@@ -6,6 +6,7 @@ ignores per-retriever weights and merges candidates by their text rather than by
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 from searchsvc.domain.types import ScoredId
@@ -56,3 +57,37 @@ def fuse_relative_score(
         for chunk_id, score in by_id.items():
             fused[chunk_id] += weight * ((score - lo) / (hi - lo) if hi > lo else 1.0)
     return sorted(fused.items(), key=lambda cs: (-cs[1], cs[0]))
+
+
+def top_gap(scores: Sequence[float], depth: int = 10, floor: float | None = None) -> float:
+    """How far a leg's first hit stands out, in [0, 1]: (s1 - s2) / (s1 - reference), where the reference is
+    `floor` when the scores have a natural zero (BM25: 0 means no match) and otherwise the leg's `depth`-th score
+    (cosine has none). A leg with one hit stands out fully; a leg with none, or a flat top, not at all."""
+    if len(scores) < 2:
+        return float(len(scores))
+    reference = floor if floor is not None else scores[min(depth, len(scores)) - 1]
+    spread = scores[0] - reference
+    return max(0.0, min(1.0, (scores[0] - scores[1]) / spread)) if spread > 0 else 0.0
+
+
+# The query-adaptive keyword share (docs/decisions/0024-adaptive-rrf-weights.md): fitted on the msmarco-kor dev
+# queries, checked on its test half and on autorag-ko. Every nearby setting scores within 0.001, so the rule is a
+# plateau, not a peak.
+KEYWORD_SHARE_BIAS = -4.0
+KEYWORD_SHARE_PER_GAP = 6.0  # per unit of (keyword top gap - dense top gap)
+KEYWORD_SHARE_PER_LOG_TERM = 1.5  # per unit of ln(1 + query terms)
+
+
+def adaptive_weights(dense: Sequence[ScoredId], keyword: Sequence[ScoredId], query_terms: int) -> dict[str, float]:
+    """RRF weights that follow the query: the keyword leg's share grows with the query's length in analyzed terms
+    and with how much more decisively BM25's first hit leads than the dense leg's does.
+
+    Why these two: a long question ("지방은행이 시중은행으로 전환하려면 어떤 요건을 갖춰야 하나요?") carries enough
+    words for BM25 to pin its page, while a two-word lookup ("변동성 정의") is better served by meaning; and a leg
+    whose first hit stands far above its second is usually right about it (on msmarco-kor dev, when exactly one
+    leg ranks the answer first, that leg's top gap is the larger one in 421 of 498 queries). The weights sum to 2,
+    so an even share scores as plain RRF does."""
+    gap = top_gap([s.score for s in keyword], floor=0.0) - top_gap([s.score for s in dense])
+    logit = KEYWORD_SHARE_BIAS + KEYWORD_SHARE_PER_GAP * gap + KEYWORD_SHARE_PER_LOG_TERM * math.log1p(query_terms)
+    share = 1.0 / (1.0 + math.exp(-logit))
+    return {"dense": 2.0 * (1.0 - share), "keyword": 2.0 * share}

@@ -29,7 +29,7 @@ from searchsvc.retrieve.models import ModelRegistry
 from searchsvc.search.cutoff import apply_similarity_cutoff
 from searchsvc.search.deadline import Deadline
 from searchsvc.search.diversify import mmr
-from searchsvc.search.fuse import fuse_relative_score, fuse_rrf
+from searchsvc.search.fuse import adaptive_weights, fuse_relative_score, fuse_rrf
 from searchsvc.search.highlight import highlight
 from searchsvc.search.multi import CollectionGroup, merge
 from searchsvc.search.rerank import CrossEncoderReranker
@@ -120,7 +120,7 @@ class SearchPipeline:
                     keyword = coll.keyword_search(query_terms, p.keyword_candidates, filter)
 
         with clock.stage("fuse"):
-            fusion, weights = self._fusion(p, language)
+            fusion, weights = self._fusion(p, language, dense, keyword, len(query_terms or ()))
             if p.mode is SearchMode.HYBRID and fusion is Fusion.RELATIVE_SCORE:
                 dense_scores = {s.chunk_id: s.score for s in dense}
                 if query_vector is not None:  # keyword-only hits: their exact cosine, not the dense leg's worst
@@ -176,12 +176,17 @@ class SearchPipeline:
         applied = fusion if p.mode is SearchMode.HYBRID else None
         return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied, query_language=language)
 
-    def _fusion(self, p: SearchParams, language: str) -> tuple[Fusion, dict[str, float]]:
-        """The request's fusion and weights, each unset one from the query language's defaults. Default weights
-        belong to the default fusion: a request that picks another fusion gets weights 1."""
+    def _fusion(self, p: SearchParams, language: str, dense: list[ScoredId], keyword: list[ScoredId],
+                query_terms: int) -> tuple[Fusion, dict[str, float]]:
+        """The request's fusion and weights, each unset one from the query language's defaults (adaptive ones
+        follow this query's legs). Default weights belong to the default fusion: a request that picks another
+        fusion gets weights 1."""
         defaults = KOREAN_FUSION if language == "ko" else self.english_fusion
         fusion = p.fusion or defaults.fusion
         dense_w, keyword_w = (defaults.dense_weight, defaults.keyword_weight) if fusion is defaults.fusion else (1.0, 1.0)
+        if fusion is defaults.fusion and defaults.adaptive and p.mode is SearchMode.HYBRID:
+            adaptive = adaptive_weights(dense, keyword, query_terms)
+            dense_w, keyword_w = adaptive["dense"], adaptive["keyword"]
         return fusion, {
             "dense": dense_w if p.dense_weight is None else p.dense_weight,
             "keyword": keyword_w if p.keyword_weight is None else p.keyword_weight,

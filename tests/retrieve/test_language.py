@@ -69,12 +69,12 @@ def test_korean_collection_gets_korean_analysis_embedder_and_fusion(stub):
     for mode in (pb.SEARCH_MODE_KEYWORD, pb.SEARCH_MODE_DENSE, pb.SEARCH_MODE_HYBRID):
         response = search(stub, "ko-bank", "은행의 대출 서류", mode=mode)
         assert ids(response)[0] == "loan", mode
-    # Korean defaults: RRF with the keyword leg weighted 2. Both legs rank "loan" first: 1/61 + 2/61.
+    # Korean defaults: RRF with weights that follow the query and sum to 2. Both legs rank "loan" first: 2/61.
     response = search(stub, "ko-bank", "은행의 대출 서류")
     assert response.query_language == "ko" and response.fusion == pb.FUSION_RRF
-    assert response.hits[0].score == pytest.approx(3 / 61)
+    assert response.hits[0].score == pytest.approx(2 / 61)
     # A request's own weights win; so does its own fusion, which then gets weights 1 (fused score 1.0 in [0, 1]).
-    assert search(stub, "ko-bank", "은행의 대출 서류", keyword_weight=1).hits[0].score == pytest.approx(2 / 61)
+    assert search(stub, "ko-bank", "은행의 대출 서류", keyword_weight=2, dense_weight=1).hits[0].score == pytest.approx(3 / 61)
     rsf = search(stub, "ko-bank", "은행의 대출 서류", fusion=pb.FUSION_RELATIVE_SCORE)
     assert rsf.fusion == pb.FUSION_RELATIVE_SCORE and rsf.hits[0].score == pytest.approx(1.0)
 
@@ -88,7 +88,7 @@ def test_mixed_language_auto_collection(stub):
     assert english.query_language == "en" and english.hits[0].score <= 2 / 61  # weights 1
     korean = search(stub, "mixed", "내일 날씨 기온")
     assert ids(korean)[0] == "weather"
-    assert korean.query_language == "ko" and korean.hits[0].score == pytest.approx(3 / 61)  # keyword weight 2
+    assert korean.query_language == "ko" and korean.hits[0].score == pytest.approx(2 / 61)  # adaptive weights, sum 2
     # A Korean query with an English term reaches documents in both scripts through the keyword leg.
     keyword = search(stub, "mixed", "ETF 수익률", mode=pb.SEARCH_MODE_KEYWORD)
     assert set(ids(keyword)[:2]) == {"etf-ko", "etf-en"}
