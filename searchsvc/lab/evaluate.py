@@ -7,6 +7,7 @@ rank of its first chunk.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,16 @@ MODES = {"KEYWORD": pb.SEARCH_MODE_KEYWORD, "DENSE": pb.SEARCH_MODE_DENSE, "HYBR
 
 def documents_in_order(response: pb.SearchResponse) -> list[str]:
     return list(dict.fromkeys(h.document_id for h in response.hits))
+
+
+def scratch_settings(settings: Settings, tmp: str) -> Settings:
+    """An eval's server: collections in `tmp` when no index dir was given, and derived models (ONNX exports, int8
+    copies, assembled GGUF files) in the user's cache when no model cache was given, so that each run does not
+    export and quantize the encoders again (they would otherwise go under the scratch index dir)."""
+    if settings.index_dir != Path("indexes"):
+        return settings
+    cache = settings.model_cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc"
+    return settings.model_copy(update={"index_dir": Path(tmp), "model_cache_dir": cache})
 
 
 def ensure_indexed(stub, target: str, dataset: Path, embedding_model: str = "", analyzer: str = "", language: str = "",
@@ -95,8 +106,7 @@ def run_eval(
         queries = {q: t for q, t in queries.items() if q in keep}
     qids = sorted(queries)[:limit_queries] if limit_queries else sorted(queries)
     with tempfile.TemporaryDirectory() as tmp:
-        if settings.index_dir == Path("indexes"):  # the default: evaluate in a scratch dir
-            settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        settings = scratch_settings(settings, tmp)
         named = [m for m in (embedding_model, reranker_model) if m]  # named on the command line: the operator's
         settings = settings.model_copy(update={"model_allow_list": [*settings.model_allow_list, *named]})
         if language:  # the server preloads its default language's embedder: make that this collection's

@@ -21,7 +21,7 @@ import numpy as np
 from searchsvc.api.server import BackgroundServer, private_server
 from searchsvc.config import Settings
 from searchsvc.domain.text import content_tokens, is_refusal
-from searchsvc.lab.evaluate import ensure_indexed, pct
+from searchsvc.lab.evaluate import ensure_indexed, pct, scratch_settings
 from searchsvc.lab.relevance import load_qrels
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -66,8 +66,7 @@ def run_answer_eval(
     if limit and limit < len(questions):
         questions = rng.sample(questions, limit)
     with tempfile.TemporaryDirectory() as tmp:
-        if settings.index_dir == Path("indexes"):
-            settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        settings = scratch_settings(settings, tmp)
         with BackgroundServer(private_server(settings)) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             name = ensure_indexed(stub, server.target, dataset)

@@ -36,7 +36,7 @@ def collect(dataset: Path, split: str, language: str, backend: str = "") -> dict
         return json.loads(cached.read_text())
     from searchsvc.api.server import BackgroundServer, private_server
     from searchsvc.config import Settings
-    from searchsvc.lab.evaluate import ensure_indexed
+    from searchsvc.lab.evaluate import ensure_indexed, scratch_settings
     from searchsvc.v1 import searchsvc_pb2 as pb
     from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -45,7 +45,7 @@ def collect(dataset: Path, split: str, language: str, backend: str = "") -> dict
     settings = Settings()
     legs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = settings.model_copy(update={"index_dir": Path(tmp), "port": 0, **({"default_language": language} if language else {})})
+        settings = scratch_settings(settings, tmp).model_copy(update={"port": 0, **({"default_language": language} if language else {})})
         with BackgroundServer(private_server(settings)) as server, grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.SearchServiceStub(channel)
             name = ensure_indexed(stub, server.target, dataset, language=language, backend=backend)
