@@ -14,6 +14,13 @@ endpoints and request fields searchsvc sends are translated (anything else is a 
 call in searchsvc fails loudly here rather than passing by accident). Collection metadata, which EdgeShard does
 not hold, lives in `<path>/<name>/collection.json` beside the shard, written atomically.
 
+Served: collections (list, exists, create, get, update metadata, delete), payload indexes, points (upsert, retrieve,
+delete, scroll, count, query) and collection aliases (`POST /collections/aliases` with create/delete/rename
+actions, `GET /aliases`, `GET /collections/{name}/aliases`). An alias works wherever a collection name does, and
+deleting a collection drops its aliases, as in Qdrant. The alias map lives in `<path>/aliases.json`, written
+atomically. As in Qdrant, a batch of alias actions applies in order, under one lock (no reader sees half of it),
+and an action that fails keeps the ones before it: searchsvc checks a batch before it sends it.
+
     python tests/qdrant_standin.py --path DIR [--port 0] [--api-key K] [--tls-cert C --tls-key K]
     # prints "listening on PORT" once serving
 """
@@ -193,13 +200,27 @@ class Store:
         self.root = root
         self.lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
-        self.collections = {p.name: Collection.load(p) for p in sorted(root.iterdir()) if (p / "collection.json").exists()}
+        self.collections = {p.name: Collection.load(p) for p in sorted(root.iterdir())
+                            if p.is_dir() and (p / "collection.json").exists()}  # not aliases.json(.tmp)
+        self.aliases_path = root / "aliases.json"
+        self.aliases: dict[str, str] = json.loads(self.aliases_path.read_text()) if self.aliases_path.exists() else {}
 
     def get(self, name: str) -> Collection:
+        """A collection by its name or one of its aliases (Qdrant resolves an alias wherever it takes a collection)."""
+        name = self.aliases.get(name, name)
         try:
             return self.collections[name]
         except KeyError:
             raise NotFound(f"Not found: Collection `{name}` doesn't exist!") from None
+
+    def save_aliases(self, aliases: dict[str, str]) -> None:
+        tmp = self.root / "aliases.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(aliases, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.aliases_path)
+        self.aliases = aliases
 
     def close(self) -> None:
         with self.lock:
@@ -212,11 +233,13 @@ class Store:
         return {"collections": [{"name": n} for n in self.collections]}
 
     def exists(self, name, _body):
-        return {"exists": name in self.collections}
+        return {"exists": self.aliases.get(name, name) in self.collections}
 
     def create_collection(self, name, body):
         if name in self.collections:
             raise Conflict(f"Wrong input: Collection `{name}` already exists!")
+        if name in self.aliases:  # Qdrant answers this one with 400, not 409
+            raise BadRequest(f"Wrong input: Can't create collection with name {name}. Alias with the same name already exists")
         path = self.root / name
         shutil.rmtree(path, ignore_errors=True)  # a half-made one from an earlier crash
         path.mkdir()
@@ -236,6 +259,9 @@ class Store:
         return True
 
     def delete_collection(self, name, _body):
+        # Qdrant drops the collection's aliases first, and does not resolve an alias here (deleting one: false)
+        if name in self.aliases.values():
+            self.save_aliases({a: c for a, c in self.aliases.items() if c != name})
         collection = self.collections.pop(name, None)
         if collection is None:
             return False
@@ -293,12 +319,55 @@ class Store:
             score_threshold=body.get("score_threshold"))
         return {"points": [_scored(p) for p in self.get(name).shard.query(request)]}
 
+    def update_aliases(self, _name, body):
+        """Qdrant's checks and messages (storage/content_manager/toc/collection_meta_ops.rs: update_aliases): the
+        actions in order; one that fails keeps those before it, as Qdrant does."""
+        aliases = dict(self.aliases)
+        try:
+            self._apply_aliases(aliases, body["actions"])  # required, as in Qdrant (400 without)
+        finally:
+            if aliases != self.aliases:
+                self.save_aliases(aliases)
+        return True
+
+    def _apply_aliases(self, aliases: dict[str, str], actions: list) -> None:
+        for action in actions:
+            [(kind, args)] = action.items() if isinstance(action, dict) and len(action) == 1 else [(None, None)]
+            if kind == "create_alias":
+                collection, alias = args["collection_name"], args["alias_name"]
+                if collection not in self.collections:  # not resolved: an alias cannot name an alias
+                    raise NotFound(f"Not found: Collection `{collection}` doesn't exist!")
+                if alias in self.collections:
+                    raise Conflict(f"Wrong input: Collection `{alias}` already exists!")
+                aliases[alias] = collection  # an existing alias is re-pointed, as in Qdrant
+            elif kind == "delete_alias":
+                aliases.pop(args["alias_name"], None)  # a missing alias is no error in Qdrant
+            elif kind == "rename_alias":
+                old, new = args["old_alias_name"], args["new_alias_name"]
+                if old not in aliases:
+                    raise NotFound(f"Not found: Alias {old} does not exists!")
+                aliases[new] = aliases.pop(old)
+            else:
+                raise BadRequest(f"alias action not supported by the stand-in: {str(action)[:200]}")
+
+    def list_aliases(self, _name, _body):
+        # by collection, as Qdrant lists them; an alias of no (longer) existing collection is not listed
+        by_collection = sorted((c, a) for a, c in self.aliases.items() if c in self.collections)
+        return {"aliases": [{"alias_name": a, "collection_name": c} for c, a in by_collection]}
+
+    def collection_aliases(self, name, _body):
+        # Qdrant neither resolves the name nor checks that the collection exists: an unknown one has no aliases
+        return {"aliases": [{"alias_name": a, "collection_name": c} for a, c in sorted(self.aliases.items()) if c == name]}
+
 
 def _updated() -> dict:
     return {"operation_id": 0, "status": "completed"}
 
 
-_ROUTES = [
+_ROUTES = [  # first match wins: the alias routes before those that would read "aliases" as a collection name
+    ("POST", r"/collections/aliases", Store.update_aliases),
+    ("GET", r"/aliases", Store.list_aliases),
+    ("GET", r"/collections/(?P<name>[^/]+)/aliases", Store.collection_aliases),
     ("GET", r"/collections", Store.list_collections),
     ("GET", r"/collections/(?P<name>[^/]+)/exists", Store.exists),
     ("PUT", r"/collections/(?P<name>[^/]+)", Store.create_collection),

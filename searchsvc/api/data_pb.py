@@ -80,8 +80,9 @@ def alias_actions_from_pb(actions: Sequence[pb.AliasAction]) -> list[AliasAction
     return out
 
 
-def aliases_to_pb(aliases: dict[str, str]) -> list[pb.Alias]:
-    return [pb.Alias(alias=a, collection=c) for a, c in sorted(aliases.items())]
+def aliases_to_pb(aliases: dict[str, tuple[str, str]]) -> list[pb.Alias]:
+    """alias -> (collection, where the alias is kept)."""
+    return [pb.Alias(alias=a, collection=c, backend=b) for a, (c, b) in sorted(aliases.items())]
 
 
 def snapshot_to_pb(s: SnapshotInfo) -> pb.Snapshot:

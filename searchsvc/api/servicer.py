@@ -201,7 +201,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def ReopenCollection(self, request: pb.ReopenCollectionRequest, context) -> pb.Collection:
-        name = self.catalog.aliases.resolve(request.name)
+        name = await self._run(self.catalog.aliases.resolve, request.name)  # a Qdrant alias: a call to the cluster
         try:
             collection = await self._run(self.catalog.reopen, name, executor=self.admin_executor)
         finally:
@@ -342,9 +342,9 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def ListAliases(self, request: pb.ListAliasesRequest, context) -> pb.ListAliasesResponse:
-        aliases = self.catalog.aliases.all()
+        aliases = await self._run(self.catalog.aliases.listing)  # Qdrant's: a call to the cluster
         if request.collection:
-            aliases = {a: c for a, c in aliases.items() if c == request.collection}
+            aliases = {a: cb for a, cb in aliases.items() if cb[0] == request.collection}
         return pb.ListAliasesResponse(aliases=data_pb.aliases_to_pb(aliases))
 
     # ----------------------------------------------------------- snapshots
@@ -356,7 +356,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
 
     @_maps_errors
     async def ListSnapshots(self, request: pb.ListSnapshotsRequest, context) -> pb.ListSnapshotsResponse:
-        collection = self.catalog.aliases.resolve(request.collection) if request.collection else ""
+        collection = await self._run(self.catalog.aliases.resolve, request.collection) if request.collection else ""
         found = await self._run(self.snapshots.list, collection)
         return pb.ListSnapshotsResponse(snapshots=[data_pb.snapshot_to_pb(s) for s in found])
 

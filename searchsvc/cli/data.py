@@ -77,7 +77,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
                       "delete": lambda: pb.AliasAction(delete=args.alias)}[args.action]()
             aliases = stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[action]), timeout=args.timeout).aliases
     for a in aliases:
-        print(f"{a.alias} -> {a.collection}")
+        print(f"{a.alias} -> {a.collection} ({a.backend})")
     return 0
 
 

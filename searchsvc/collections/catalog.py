@@ -60,7 +60,6 @@ class Catalog:
         self._reembedding: set[str] = set()
         self._restoring: set[str] = set()
         self._lock = threading.Lock()
-        self.aliases = Aliases(self.root / ALIASES_FILE)
         s = settings
         self._limits = DocumentLimits(s.max_document_bytes, s.max_metadata_pairs, s.max_metadata_key_bytes,
                                       s.max_metadata_value_bytes, s.max_metadata_bytes)
@@ -68,6 +67,8 @@ class Catalog:
         self._qdrant_lock = threading.RLock()  # creating the client; and every call, for local mode's
         # Around each call on the client: local mode's is not thread-safe; a cluster's client is.
         self._qdrant_calls = nullcontext() if settings.qdrant.url else self._qdrant_lock
+        # Aliases of Qdrant-backed collections are Qdrant's own (shared by every server on the cluster).
+        self.aliases = Aliases(self.root / ALIASES_FILE, self._qdrant_aliases, self._is_collection_here)
 
     def with_defaults(self, config: CollectionConfig) -> CollectionConfig:
         """Fill what the request left empty: the server's explicit defaults first, then the language's."""
@@ -141,6 +142,17 @@ class Catalog:
         return make(self._qdrant(), name, config, embedder, dimension, get_analyzer(config.analyzer),
                     limits=self._limits, lock=self._qdrant_calls,
                     ordering=q.write_ordering, **({"layout": q.layout()} if create else {}))
+
+    def _is_collection_here(self, name: str) -> bool:
+        """A name this server knows as a collection (open, failed, or an embedded one on disk): not an alias."""
+        return name in self._collections or name in self._failed or (self.root / name / "collection.json").exists()
+
+    def _qdrant_aliases(self):
+        if not self._uses_qdrant:
+            return None
+        from searchsvc.storage.qdrant.aliases import QdrantAliases
+
+        return QdrantAliases(self._qdrant, self._qdrant_calls)
 
     @property
     def _uses_qdrant(self) -> bool:
@@ -222,7 +234,14 @@ class Catalog:
             path = self.root / name
             if name in self._collections or path.exists() or name in self._restoring:
                 raise AlreadyExists(f"collection {name!r} already exists")
-            if target := self.aliases.target(name):
+            try:
+                target = self.aliases.target(name)
+            except Unavailable as exc:  # an embedded collection does not wait for the cluster (Qdrant refuses its own)
+                if config.backend == "qdrant":
+                    raise
+                log.warning("collection %s created without checking Qdrant's aliases for the name: %s", name, exc)
+                target = self.aliases.target(name, local_only=True)
+            if target:
                 raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
             try:
                 self._embedder(config)
@@ -259,7 +278,7 @@ class Catalog:
     def loaded(self, name: str) -> Collection | None:
         """The open collection `name` (or that alias `name` names), or None (then `get` says why, or finds it in
         Qdrant). Never blocks."""
-        return self._collections.get(self.aliases.resolve(name))
+        return self._collections.get(self.aliases.resolve_local(name))
 
     def get(self, name: str) -> Collection:
         """The collection `name`, or the one alias `name` names."""
@@ -342,11 +361,13 @@ class Catalog:
     def delete(self, name: str) -> None:
         """FAILED_PRECONDITION for an alias's name, and for a collection an alias points to."""
         validate_collection_name(name)
-        if target := self.aliases.target(name):
+        # An embedded collection's name is no alias, and its aliases are all in the file: no call to Qdrant.
+        embedded = (name in self._collections and not _in_qdrant(self._collections[name])) or (self.root / name).exists()
+        if target := self.aliases.target(name, local_only=embedded):
             raise FailedPrecondition(f"{name!r} is an alias of collection {target!r}: delete the alias (UpdateAliases), "
                                      "or the collection by its own name")
         with self._lock:
-            if aliases := self.aliases.of(name):
+            if aliases := self.aliases.of(name, local_only=embedded):
                 raise FailedPrecondition(f"collection {name!r} is named by alias(es) {', '.join(aliases)}: delete or "
                                          "re-point them first (UpdateAliases)")
             collection = self._collections.pop(name, None)
@@ -373,7 +394,7 @@ class Catalog:
         return collection
 
     # ------------------------------------------------------------------ aliases (aliases.py)
-    def update_aliases(self, actions: list[AliasAction]) -> dict[str, str]:
+    def update_aliases(self, actions: list[AliasAction]) -> dict[str, tuple[str, str]]:
         """Apply alias actions atomically. Collections they name are looked up first (one only in Qdrant may
         need a call), then checked again under the lock that creates and deletes collections."""
         for action in actions:
@@ -383,7 +404,8 @@ class Catalog:
                 except (NotFound, FailedPrecondition, InvalidArgument):
                     pass  # reported by the update, with the action's field path
         with self._lock:
-            return self.aliases.update(actions, lambda n: n in self._collections or n in self._failed)
+            return self.aliases.update(actions, lambda n: n in self._collections or n in self._failed,
+                                       lambda n: _in_qdrant(self._collections.get(n)))
 
     # ------------------------------------------------------------------ snapshots (snapshots.py)
     def restore(self, path: Path, manifest: Manifest, name: str) -> Collection:
@@ -393,7 +415,12 @@ class Catalog:
         with self._lock:
             if name in self._collections or name in self._failed or (self.root / name).exists() or name in self._restoring:
                 raise AlreadyExists(f"collection {name!r} already exists")
-            if target := self.aliases.target(name):
+            try:
+                target = self.aliases.target(name)
+            except Unavailable as exc:  # a restored collection is embedded: it does not wait for the cluster
+                log.warning("collection %s restored without checking Qdrant's aliases for the name: %s", name, exc)
+                target = self.aliases.target(name, local_only=True)
+            if target:
                 raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
             self._restoring.add(name)
         staging = self.root / f".restore-{name}"

@@ -849,12 +849,14 @@ class CountDocumentsResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class Alias(_message.Message):
-    __slots__ = ("alias", "collection")
+    __slots__ = ("alias", "collection", "backend")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     alias: str
     collection: str
-    def __init__(self, alias: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
+    backend: str
+    def __init__(self, alias: _Optional[str] = ..., collection: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class AliasAction(_message.Message):
     __slots__ = ("create", "delete", "repoint")

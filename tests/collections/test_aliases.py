@@ -44,6 +44,8 @@ def test_an_alias_works_wherever_a_collection_name_does(stub, two):
     v1, v2 = two
     stub.UpdateAliases(pb.UpdateAliasesRequest(actions=[create("docs-alias", v1)]))
     assert aliases(stub)["docs-alias"] == v1
+    # kept in this server's aliases file (a Qdrant-backed collection's would be "qdrant": test_qdrant_cluster.py)
+    assert {a.alias: a.backend for a in stub.ListAliases(pb.ListAliasesRequest()).aliases}["docs-alias"] == "embedded"
     assert stub.GetCollection(pb.GetCollectionRequest(name="docs-alias")).name == v1
     hits = stub.Search(pb.SearchRequest(collection="docs-alias", query="corpus version")).hits
     assert [(h.document_id, h.collection) for h in hits] == [("one", v1)]

@@ -252,3 +252,75 @@ def test_the_engine_filters_as_defined(tmp_path, qdrant_env):
                     assert found(stub, name, where, mode) == expected(where, analyzer), (case, mode)
         finally:
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def aliases_of(stub) -> dict[str, tuple[str, str]]:
+    return {a.alias: (a.collection, a.backend) for a in stub.ListAliases(pb.ListAliasesRequest()).aliases}
+
+
+def alias_action(kind: str, alias: str, collection: str = "") -> pb.AliasAction:
+    if kind == "delete":
+        return pb.AliasAction(delete=alias)
+    return pb.AliasAction(**{kind: pb.Alias(alias=alias, collection=collection)})
+
+
+def test_aliases_of_qdrant_collections_are_the_clusters(tmp_path, qdrant_env):
+    """An alias made through one server resolves through another at once, and a re-point under a stream of
+    searches through the other server never leaves a search without a collection."""
+    import threading
+
+    v1, v2, alias = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("v1", "v2", "docs"))
+    with ServerProcess(tmp_path / "a", env=qdrant_env) as a, ServerProcess(tmp_path / "b", env=qdrant_env) as b:
+        sa, sb = a.stub(), b.stub()
+        for name, docs in ((v1, documents("tomato")), (v2, documents("grass", "fern"))):
+            create(sa, name)
+            index(sa, name, docs)
+        try:
+            sa.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("create", alias, v1)]))
+            assert aliases_of(sb)[alias] == (v1, "qdrant")
+            assert ids(search(sb, alias, "tomatoes", mode=pb.SEARCH_MODE_KEYWORD)) == ["tomato"]
+            # an embedded collection's alias stays in its server's file
+            create(sa, "local-" + v1, backend="embedded")
+            sa.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("create", "local-" + alias, "local-" + v1)]))
+            assert aliases_of(sa)["local-" + alias] == ("local-" + v1, "embedded")
+            assert "local-" + alias not in aliases_of(sb)
+            with pytest.raises(grpc.RpcError) as err:  # one request, one side
+                sa.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("delete", "local-" + alias),
+                                                                  alias_action("repoint", alias, v2)]))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "actions[1]" in err.value.details()
+            assert aliases_of(sa)[alias] == (v1, "qdrant")  # nothing applied
+            with pytest.raises(grpc.RpcError) as err:  # the alias's name is taken on the cluster
+                sb.CreateCollection(pb.CreateCollectionRequest(name=alias, config=pb.CollectionConfig(
+                    backend="qdrant", embedding_model="external", dimension=4)))
+            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            with pytest.raises(grpc.RpcError) as err:  # and its collection cannot go while it is named
+                sb.DeleteCollection(pb.DeleteCollectionRequest(name=v1))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+            failures, seen, stop = [], set(), threading.Event()
+
+            def searches() -> None:
+                while not stop.is_set():
+                    try:
+                        seen.update(ids(search(sb, alias, "green tomatoes", mode=pb.SEARCH_MODE_KEYWORD)))
+                    except grpc.RpcError as exc:
+                        failures.append(exc.code())
+
+            reader = threading.Thread(target=searches)
+            reader.start()
+            try:
+                for target in (v2, v1, v2):
+                    sa.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("repoint", alias, target)]))
+            finally:
+                stop.set()
+                reader.join()
+            assert failures == [] and seen  # every search found a collection, before, during and after
+            assert set(ids(search(sb, alias, "green", mode=pb.SEARCH_MODE_KEYWORD))) == {"grass", "fern"}
+            sb.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("delete", alias)]))
+            with pytest.raises(grpc.RpcError) as err:
+                search(sa, alias, "green")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            sa.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("delete", "local-" + alias)]))
+            for name in (v1, v2, "local-" + v1):
+                sa.DeleteCollection(pb.DeleteCollectionRequest(name=name))
