@@ -111,4 +111,5 @@ def config_to_pb(cfg: CollectionConfig) -> pb.CollectionConfig:
             quantization=cfg.dense_quantization,
         ),
         backend=cfg.backend,
+        keyword_avg_terms=cfg.keyword_avg_terms,
     )

@@ -180,7 +180,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         config = CollectionConfig(
             c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language,
             c.dimension, c.dense_index.kind, c.dense_index.m, c.dense_index.ef_construction, c.dense_index.ef_search,
-            c.dense_index.quantization, c.backend,
+            c.dense_index.quantization, c.backend, c.keyword_avg_terms,
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:

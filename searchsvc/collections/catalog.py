@@ -15,6 +15,7 @@ import shutil
 import ssl
 import threading
 import time
+import uuid
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from searchsvc.config import Settings
 from searchsvc.domain.types import CollectionConfig, validate_collection_name
 from searchsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from searchsvc.ingest.batch import DocumentLimits
-from searchsvc.platform.files import fsync_dir, remove_tree_atomic
+from searchsvc.platform.files import fsync_dir, remove_tree_atomic, write_text_atomic
 from searchsvc.retrieve.analyzers import get_analyzer
 from searchsvc.retrieve.external import EXTERNAL_MODEL, ExternalEmbedding
 from searchsvc.retrieve.language import COLLECTION_DEFAULTS, validate_language
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ALIASES_FILE = "aliases.json"
+WRITER_ID_FILE = "server.id"
 
 
 def _in_qdrant(collection) -> bool:
@@ -92,6 +94,9 @@ class Catalog:
             hnsw_ef_search=config.hnsw_ef_search or CollectionConfig.hnsw_ef_search,
             dense_quantization=config.dense_quantization or CollectionConfig.dense_quantization,
             backend=config.backend or s.default_backend,
+            # Half the chunk size: chunks come near it, and about half of a chunk's tokens become index terms.
+            # Too high costs less than too low (docs/decisions/0027-bm25-from-write-time-statistics.md).
+            keyword_avg_terms=config.keyword_avg_terms or (max(1, size // 2) if (config.backend or s.default_backend) == "qdrant" else 0.0),
         )
 
     def _embedder(self, config: CollectionConfig) -> tuple[BaseEmbedding, int]:
@@ -140,8 +145,18 @@ class Catalog:
         make = QdrantCollection.create if create else QdrantCollection
         q = self.settings.qdrant
         return make(self._qdrant(), name, config, embedder, dimension, get_analyzer(config.analyzer),
-                    limits=self._limits, lock=self._qdrant_calls,
-                    ordering=q.write_ordering, **({"layout": q.layout()} if create else {}))
+                    limits=self._limits, lock=self._qdrant_calls, ordering=q.write_ordering, writer=self._writer_id(),
+                    **({"layout": q.layout()} if create else {}))
+
+    def _writer_id(self) -> str:
+        """This server's id among the writers of Qdrant collections (the keys of its statistics there), kept in
+        <index_dir>/server.id so that a restart writes to the same keys."""
+        path = self.root / WRITER_ID_FILE
+        with self._qdrant_lock:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, uuid.uuid4().hex[:12])
+            return path.read_text().strip()
 
     def _is_collection_here(self, name: str) -> bool:
         """A name this server knows as a collection (open, failed, or an embedded one on disk): not an alias."""

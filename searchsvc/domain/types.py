@@ -68,9 +68,13 @@ class CollectionConfig:
     dense_quantization: str = "none"
     # Where the collection is stored: "embedded" (FAISS + tantivy + SQLite under the index dir) or "qdrant".
     backend: str = "embedded"
+    # Qdrant backend: BM25's average terms per chunk, fixed at creation (storage/qdrant/collection.py). 0 on the
+    # embedded backend (tantivy uses the exact average), and on Qdrant collections made before it existed.
+    keyword_avg_terms: float = 0.0
 
 
 BACKENDS = ("embedded", "qdrant")
+MAX_KEYWORD_AVG_TERMS = 1_000_000
 DENSE_INDEX_KINDS = ("auto", "flat", "hnsw")
 DENSE_QUANTIZATIONS = ("none", "sq8")
 # Below this many chunks "auto" keeps the exact scan: it costs ~3 ms at 20k 384-d chunks on 2 cores (14-16 ms at

@@ -81,7 +81,7 @@ DOCUMENT_VIEW_FULL: DocumentView
 DOCUMENT_VIEW_FULL_WITH_VECTORS: DocumentView
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension", "dense_index", "backend")
+    __slots__ = ("embedding_model", "analyzer", "chunk_size", "chunk_overlap", "reranker_model", "refresh_interval_ms", "language", "dimension", "dense_index", "backend", "keyword_avg_terms")
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     ANALYZER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class CollectionConfig(_message.Message):
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     DENSE_INDEX_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_AVG_TERMS_FIELD_NUMBER: _ClassVar[int]
     embedding_model: str
     analyzer: str
     chunk_size: int
@@ -102,7 +103,8 @@ class CollectionConfig(_message.Message):
     dimension: int
     dense_index: DenseIndexConfig
     backend: str
-    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
+    keyword_avg_terms: float
+    def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ..., backend: _Optional[str] = ..., keyword_avg_terms: _Optional[float] = ...) -> None: ...
 
 class DenseIndexConfig(_message.Message):
     __slots__ = ("kind", "m", "ef_construction", "ef_search", "quantization")

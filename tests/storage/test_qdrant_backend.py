@@ -29,6 +29,7 @@ def test_a_qdrant_collection_indexes_searches_and_survives_a_restart(tmp_path):
         stub = server.stub()
         created = stub.CreateCollection(pb.CreateCollectionRequest(name="q", config=pb.CollectionConfig(backend="qdrant")))
         assert created.config.backend == "qdrant" and created.dense_index_in_use == "qdrant"
+        assert created.config.keyword_avg_terms == created.config.chunk_size // 2  # BM25's fixed average length
         acks = index(stub, "q", docs(), batch_size=2)
         assert [a.indexed_count for a in acks] == [2, 2] and all(a.failed_count == 0 for a in acks)
         assert ids(search(stub, "q", "red tomatoes", mode=pb.SEARCH_MODE_KEYWORD))[0] == "tomato"
@@ -68,6 +69,8 @@ def test_a_qdrant_collection_indexes_searches_and_survives_a_restart(tmp_path):
 @pytest.mark.parametrize("config, field", [
     (pb.CollectionConfig(backend="cassandra"), "config.backend"),
     (pb.CollectionConfig(backend="qdrant", dense_index=pb.DenseIndexConfig(kind="hnsw")), "config.dense_index"),
+    (pb.CollectionConfig(backend="embedded", keyword_avg_terms=100), "config.keyword_avg_terms"),  # tantivy's is exact
+    (pb.CollectionConfig(backend="qdrant", keyword_avg_terms=-1), "config.keyword_avg_terms"),
 ])
 def test_bad_backend_configs_are_rejected_by_field(stub, config, field):
     with pytest.raises(grpc.RpcError) as err:

@@ -61,8 +61,9 @@ def qdrant_env(request, standin) -> dict[str, str]:
     return {"SEARCHSVC_QDRANT__URL": URL, "SEARCHSVC_QDRANT__API_KEY": os.environ.get("QDRANT_API_KEY", "")}
 
 
-def create(stub, name: str, backend: str = "qdrant") -> None:
-    config = pb.CollectionConfig(backend=backend, embedding_model="external", dimension=4, refresh_interval_ms=-1)
+def create(stub, name: str, backend: str = "qdrant", keyword_avg_terms: float = 0) -> None:
+    config = pb.CollectionConfig(backend=backend, embedding_model="external", dimension=4, refresh_interval_ms=-1,
+                                 keyword_avg_terms=keyword_avg_terms)
     stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=config))
 
 
@@ -117,16 +118,20 @@ def test_two_servers_on_one_qdrant_serve_the_same_collections(tmp_path, qdrant_e
 
 
 def test_the_engine_scores_as_the_embedded_backend_through_filters_and_deletes(tmp_path, qdrant_env):
-    """Qdrant's IDF over our BM25 term-frequency values gives tantivy's BM25 scores; dense cosines and filtered
-    results agree; a deleted document is gone from every leg at once."""
+    """Qdrant's IDF over our BM25 term-frequency values gives tantivy's BM25 scores (when the Qdrant collection's
+    fixed average length is the documents' true one); dense cosines and filtered results agree; a deleted document
+    is gone from every leg at once."""
+    from searchsvc.retrieve.analyzers import get_analyzer
+
     name = f"engine-{uuid.uuid4().hex[:8]}"
+    terms = [len(get_analyzer("multilingual").analyze(d.text)) for d in documents()]
     with ServerProcess(tmp_path, env=qdrant_env) as server:
         stub = server.stub()
-        create(stub, name)
+        create(stub, name, keyword_avg_terms=sum(terms) / len(terms))
         create(stub, "embedded", backend="embedded")
         try:
             for collection in (name, "embedded"):
-                index(stub, collection, documents(), batch_size=10)  # one batch: every chunk written with the final avgdl
+                index(stub, collection, documents(), batch_size=10)
             for query in QUERIES:
                 assert keyword_scores(stub, name, query) == keyword_scores(stub, "embedded", query), query
                 assert keyword_scores(stub, name, query, filter={"kind": "plant"}) == keyword_scores(stub, "embedded", query, filter={"kind": "plant"})
@@ -324,3 +329,75 @@ def test_aliases_of_qdrant_collections_are_the_clusters(tmp_path, qdrant_env):
             sa.UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("delete", "local-" + alias)]))
             for name in (v1, v2, "local-" + v1):
                 sa.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
+    """Three servers load one collection at once (a third each, interleaved batches, with replacements and deletes);
+    one server loads the same documents alone into another. Every statistic equals a recount of the points, and
+    KEYWORD and HYBRID give the same ids and scores on both collections."""
+    import random
+    import threading
+
+    from qdrant_client import QdrantClient
+
+    from searchsvc.storage.qdrant.collection import Statistics
+
+    rng = random.Random(40)
+    words = [f"w{i}" for i in range(60)]
+
+    def doc(i: int, version: int = 0) -> pb.Document:  # 3-40 words from a Zipf-like draw: lengths and df vary
+        text = " ".join(rng.choices(words, weights=[1 / (k + 1) for k in range(len(words))], k=rng.randint(3, 40)))
+        return pb.Document(id=f"d{i}", text=f"{text} v{version}", vector=[rng.random() + 0.01 for _ in range(4)])
+
+    loads = [[doc(i) for i in range(w, 240, 3)] for w in range(3)]  # what each of the three writers sends
+    replaced = [doc(i, version=1) for i in range(0, 240, 7)]  # re-sent by the writer that loaded them, after its load
+    deleted = [f"d{i}" for i in range(1, 240, 11)]
+    single, shared = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("single", "shared"))
+    servers = [ServerProcess(tmp_path / n, env=qdrant_env) for n in "abc"]
+    for s in servers:
+        s.__enter__()
+    try:
+        stubs = [s.stub() for s in servers]
+        create(stubs[0], single)
+        create(stubs[0], shared)
+        index(stubs[0], single, [d for load in loads for d in load], batch_size=7)
+        index(stubs[0], single, replaced, batch_size=7)
+        stubs[0].DeleteDocuments(pb.DeleteDocumentsRequest(collection=single, ids=deleted))
+
+        def writer(w: int) -> None:
+            index(stubs[w], shared, loads[w], batch_size=3)
+            index(stubs[w], shared, [d for d in replaced if int(d.id[1:]) % 3 == w], batch_size=2)
+            stubs[w].DeleteDocuments(pb.DeleteDocumentsRequest(collection=shared, ids=[d for d in deleted if int(d[1:]) % 3 == w]))
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        client = QdrantClient(url=qdrant_env["SEARCHSVC_QDRANT__URL"], api_key=qdrant_env.get("SEARCHSVC_QDRANT__API_KEY") or None,
+                              check_compatibility=False)
+        for name in (single, shared):
+            stats = Statistics.of(client.get_collection(name).config.metadata)
+            points, _ = client.scroll(name, limit=10_000, with_payload=["n_terms"], with_vectors=False)
+            assert (stats.terms, stats.chunks) == (sum(p.payload["n_terms"] for p in points), len(points)), name
+        assert client.count(shared).count == client.count(single).count == 240 - len(deleted)
+        writers = {key.partition("@")[2] for key in client.get_collection(shared).config.metadata if "@" in key}
+        assert len(writers) == 3  # each server kept its own keys
+
+        queries = [" ".join(rng.sample(words[:30], rng.randint(1, 4))) for _ in range(24)]
+        for query in queries:
+            assert keyword_scores(stubs[1], shared, query) == keyword_scores(stubs[2], single, query), query
+            # every candidate of both legs: which of several equal scores make a cut is Qdrant's choice
+            hybrid = [[(h.document_id, round(h.score, 9)) for h in search(stubs[0], c, query, query_vector=[0.3, 0.5, 0.1, 0.7],
+                                                                          top_k=10, keyword_candidates=1000, dense_candidates=1000).hits]
+                      for c in (shared, single)]
+            assert hybrid[0] == hybrid[1] and hybrid[0], query
+    finally:
+        for name in (single, shared):
+            try:
+                servers[0].stub().DeleteCollection(pb.DeleteCollectionRequest(name=name))
+            except grpc.RpcError:
+                pass
+        for s in servers:
+            s.__exit__(None, None, None)

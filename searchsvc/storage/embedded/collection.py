@@ -52,6 +52,7 @@ from searchsvc.domain.types import (
     DENSE_INDEX_KINDS,
     DENSE_QUANTIZATIONS,
     MAX_EF_SEARCH,
+    MAX_KEYWORD_AVG_TERMS,
     RESERVED_METADATA,
     Chunk,
     CollectionConfig,
@@ -837,6 +838,11 @@ def validate_config_values(config: CollectionConfig) -> None:
     if config.backend == "qdrant" and any(getattr(config, f) != getattr(defaults, f) for f in dense_settings):
         raise InvalidArgument("config.dense_index", "configures the embedded backend's FAISS index; Qdrant indexes with "
                               "its own HNSW (set on the cluster; a search may still pass dense.ef_search)")
+    if config.keyword_avg_terms and config.backend != "qdrant":
+        raise InvalidArgument("config.keyword_avg_terms", "Qdrant backend only: the embedded backend's BM25 uses the exact "
+                              "average length at query time")
+    if not 0 <= config.keyword_avg_terms <= MAX_KEYWORD_AVG_TERMS:
+        raise InvalidArgument("config.keyword_avg_terms", f"must be between 0 (the default) and {MAX_KEYWORD_AVG_TERMS}")
     if config.embedding_model == EXTERNAL_MODEL and not 1 <= config.dimension <= MAX_DIMENSION:
         raise InvalidArgument("config.dimension", f"must be between 1 and {MAX_DIMENSION} with embedding_model 'external'")
     if config.embedding_model != EXTERNAL_MODEL and config.dimension:

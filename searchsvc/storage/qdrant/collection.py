@@ -24,10 +24,18 @@ fusion), point ids derived from chunk ids so a re-sent chunk overwrites its poin
 BM25 term-frequency parts, and a payload it can filter and read back without parsing LlamaIndex's serialized
 node.
 
-`avgdl` is the collection's mean terms per chunk when a chunk is written, kept in the collection's metadata
-(terms and chunks written). A chunk keeps the value it was written with, so early chunks carry the mean of what
-existed then; tantivy uses the current mean at query time. Both converge once a collection holds more than a
-few hundred chunks.
+`avgdl`, the average terms per chunk in the length normalization, is baked into each chunk's weights when it is
+written. It is the collection's `keyword_avg_terms`, fixed at creation, as Qdrant's own BM25 fixes `avg_len`:
+a weight that depended on what had been written before would depend on the order of the writes, and on how many
+servers made them, and no two loads of the same documents would score alike. tantivy (the embedded backend) uses
+the exact current mean at query time; a reference within 2x of it moved nDCG@10 by at most 0.008 on SciFact,
+autorag-ko and msmarco-kor (docs/decisions/0027-bm25-from-write-time-statistics.md). Collections made before
+`keyword_avg_terms` (0) still take the running mean of what was written.
+
+The statistics themselves are exact whatever the number of writers (`Statistics`): each server adds what it
+writes and subtracts what it deletes or replaces, in metadata keys that only it writes, and a reader sums them.
+Invariant, with no write in flight: the sums equal a recount of the points (`recount`), provided no two servers
+write the same document at the same moment (each would subtract the chunks they both replaced).
 """
 
 from __future__ import annotations
@@ -63,6 +71,27 @@ SPARSE = "bm25"
 K1, B = 1.2, 0.75  # tantivy's (and Lucene's) BM25 parameters
 _POINT_NAMESPACE = uuid.UUID("2f1d3c4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5")
 _CONFIG_KEY = "searchsvc_config"
+# Per-writer statistics in the collection's metadata: "<stat>@<writer id>", written by that writer only (Qdrant
+# merges metadata keys on update, so writers never overwrite each other's). The bare keys are the totals of
+# collections written before per-writer keys existed.
+_STATS = ("terms", "chunks", "version")
+
+
+@dataclasses.dataclass(frozen=True)
+class Statistics:
+    terms: int  # index terms in the collection's chunks
+    chunks: int
+    version: int  # writes so far, by every server: the answer cache's key
+
+    @staticmethod
+    def of(metadata: Mapping[str, Any], writer: str = "") -> "Statistics":
+        """The sums over every writer's keys (`writer` given: that writer's own keys only, with no legacy totals)."""
+        totals = dict.fromkeys(_STATS, 0)
+        for key, value in metadata.items():
+            stat, _, who = key.partition("@")
+            if stat in totals and (who == writer if writer else True) and (who or not writer):
+                totals[stat] += int(value)
+        return Statistics(**totals)
 
 
 def point_id(chunk_id: str) -> str:
@@ -83,7 +112,7 @@ class QdrantCollection:
 
     def __init__(self, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
                  dimension: int, analyzer: Analyzer, *, limits: DocumentLimits, lock: Any = None,
-                 ordering: str = "weak") -> None:
+                 ordering: str = "weak", writer: str = "") -> None:
         self.client = client
         self.name = name
         self.config = config
@@ -95,6 +124,8 @@ class QdrantCollection:
         self._lock = lock or threading.RLock()
         self._write_lock = threading.Lock()
         self._ordering = models.WriteOrdering(ordering)  # which replica takes a write first (see config.py)
+        # This server's id among the collection's writers (its statistics keys); the same across its restarts.
+        self._writer = writer or uuid.uuid4().hex[:12]
         embed = None if config.embedding_model == EXTERNAL_MODEL else self.embed_passages
         self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, limits)
         # text_match terms of metadata strings: a document's chunks repeat its metadata, sources their values.
@@ -104,10 +135,10 @@ class QdrantCollection:
     @classmethod
     def create(cls, client: QdrantClient, name: str, config: CollectionConfig, embed_model: BaseEmbedding | None,
                dimension: int, analyzer: Analyzer, *, limits: DocumentLimits, lock: Any = None, ordering: str = "weak",
-               layout: Mapping[str, int] | None = None) -> "QdrantCollection":
+               layout: Mapping[str, int] | None = None, writer: str = "") -> "QdrantCollection":
         """`layout`: shard_number, replication_factor, write_consistency_factor of the new Qdrant collection."""
         coll = cls(client, name, config, embed_model, dimension, analyzer, limits=limits, lock=lock,
-                   ordering=ordering)
+                   ordering=ordering, writer=writer)
         with coll._lock, qdrant_errors(f"creating collection {name!r}"):
             try:
                 coll._create(layout or {})
@@ -124,7 +155,7 @@ class QdrantCollection:
             name,
             vectors_config={DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-            metadata={_CONFIG_KEY: dataclasses.asdict(config), "terms": 0, "chunks": 0, "version": 0},
+            metadata={_CONFIG_KEY: dataclasses.asdict(config)},
             **layout,
         )
         self._made = True
@@ -157,15 +188,41 @@ class QdrantCollection:
         with self._lock, qdrant_errors(f"reading or writing collection {self.name!r}"):
             yield
 
-    def _stats(self) -> tuple[int, int, int]:
-        """(terms, chunks) written so far, for avgdl, and the write counter."""
-        metadata = self.client.get_collection(self.name).config.metadata or {}
-        return int(metadata.get("terms", 0)), int(metadata.get("chunks", 0)), int(metadata.get("version", 0))
+    def _metadata(self) -> Mapping[str, Any]:
+        return self.client.get_collection(self.name).config.metadata or {}
 
-    def _written(self, stats: tuple[int, int, int]) -> None:
-        """Record a write (after its points are in): the new length totals, the write counter bumped."""
-        terms, chunks, version = stats
-        self.client.update_collection(self.name, metadata={"terms": terms, "chunks": chunks, "version": version + 1})
+    def statistics(self) -> Statistics:
+        """Every writer's statistics summed: the collection's terms, chunks and writes."""
+        with self._calls():
+            return Statistics.of(self._metadata())
+
+    def _written(self, terms: int, chunks: int) -> None:
+        """Record a write (after its points are in) in this writer's keys: the terms and chunks it added (negative:
+        removed), its write counter bumped. The caller holds the write lock: this server's keys have one writer."""
+        own = Statistics.of(self._metadata(), self._writer)
+        self.client.update_collection(self.name, metadata={
+            f"terms@{self._writer}": own.terms + terms, f"chunks@{self._writer}": own.chunks + chunks,
+            f"version@{self._writer}": own.version + 1})
+
+    def recount(self) -> Statistics:
+        """The terms and chunks counted point by point (a full scroll: for checks, not for serving)."""
+        terms = chunks = 0
+        offset = None
+        with self._calls():
+            while True:
+                found, offset = self.client.scroll(self.name, limit=1000, offset=offset, with_payload=True, with_vectors=False)
+                terms += sum(self._length(p.payload) for p in found)
+                chunks += len(found)
+                if offset is None:
+                    break
+            version = Statistics.of(self._metadata()).version
+        return Statistics(terms, chunks, version)
+
+    def _length(self, payload: Mapping[str, Any]) -> int:
+        """A stored chunk's index terms: recorded since issue 40 (`n_terms`), analyzed again for older points."""
+        if "n_terms" in payload:
+            return int(payload["n_terms"])
+        return len(self.analyzer.analyze(Chunk(payload["chunk_id"], "", 0, payload["text"], payload["title"], {}).indexed_text))
 
     # ------------------------------------------------------------------ the seam: reads
     @property
@@ -177,7 +234,7 @@ class QdrantCollection:
         """The collection's write counter, kept in its Qdrant metadata: the same for every server on the cluster
         and across restarts (answers are cached per version)."""
         with self._calls():
-            return self._stats()[2]
+            return Statistics.of(self._metadata()).version
 
     def embed_query(self, query: str) -> np.ndarray:
         return embed_query(self.embed_model, query)
@@ -303,11 +360,13 @@ class QdrantCollection:
         chunks do not reproduce goes in the payload of the document's chunk 0 (`document_text`)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            points, stats = self._points(chunks, vectors, analyzed, texts or {})
+            points = self._points(chunks, vectors, analyzed, texts or {})
             existed = self._existing_documents(document_ids)
+            # what the documents held before: their chunks are overwritten or deleted below
+            old_terms, old_chunks = self._stored(models.Filter(must=[_match_any("document_id", sorted(existed))])) if existed else (0, 0)
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
-            self._written(stats)
+            self._written(sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
             if existed:
                 stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
                                       must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
@@ -320,31 +379,33 @@ class QdrantCollection:
         whole documents (a document's chunks may arrive in different calls)."""
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
-            points, stats = self._points(chunks, vectors, analyzed, texts or {})
+            points = self._points(chunks, vectors, analyzed, texts or {})
+            old_terms, old_chunks = self._stored(models.Filter(must=[models.HasIdCondition(has_id=[p.id for p in points])])) \
+                if points else (0, 0)
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
-            self._written(stats)
+            self._written(sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
 
     def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]],
-                texts: Mapping[str, str]) -> tuple[list, tuple[int, int, int]]:
-        """The chunks as points, their BM25 values taken with avgdl including them, and the statistics to record
-        once they are written. Replaced and deleted chunks are not subtracted: avgdl is the mean of what was
-        written, which a collection of stable sizes keeps close to its current mean."""
-        terms, count, version = self._stats()
-        terms += sum(len(t) for t in analyzed)
-        count += len(chunks)
-        avgdl = terms / count if terms else 1.0  # chunks of stopwords only have no terms
+                texts: Mapping[str, str]) -> list:
+        """The chunks as points, their BM25 weights taken with the collection's fixed average length (module
+        docstring). A collection made before that was fixed takes the running mean, these chunks included."""
+        avgdl = float(self.config.keyword_avg_terms)
+        if not avgdl:
+            stats = Statistics.of(self._metadata())
+            terms, count = stats.terms + sum(len(t) for t in analyzed), stats.chunks + len(chunks)
+            avgdl = terms / count if terms else 1.0  # chunks of stopwords only have no terms
         return [
             models.PointStruct(
                 id=point_id(c.id),
                 vector={DENSE: v.tolist(), SPARSE: _bm25_vector(t, avgdl)},
                 payload={"chunk_id": c.id, "document_id": c.document_id, "chunk_index": c.index, "title": c.title,
-                         "text": c.text, "start_char": c.start_char, "end_char": c.end_char,
+                         "text": c.text, "start_char": c.start_char, "end_char": c.end_char, "n_terms": len(t),
                          **self._filter_payload(c.metadata),
                          **({"document_text": texts[c.document_id]} if c.index == 0 and c.document_id in texts else {})},
             )
             for c, v, t in zip(chunks, np.asarray(vectors, dtype=np.float32), analyzed)
-        ], (terms, count, version)
+        ]
 
     def _filter(self, f: Filter | None) -> models.Filter | None:
         """The filter in Qdrant's language (the same boolean shape)."""
@@ -387,10 +448,26 @@ class QdrantCollection:
             existed = self._existing_documents(ids)
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
+                terms, chunks = self._stored(gone)
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True,
                                    ordering=self._ordering)
-                self._written(self._stats())
+                self._written(-terms, -chunks)
         return len(existed), len(ids) - len(existed)
+
+    def _stored(self, which: models.Filter) -> tuple[int, int]:
+        """The index terms and chunks of the stored points `which` selects."""
+        terms = chunks = 0
+        offset = None
+        while True:
+            found, offset = self.client.scroll(self.name, scroll_filter=which, limit=1000, offset=offset,
+                                               with_payload=["n_terms"], with_vectors=False)
+            older = [p.id for p in found if "n_terms" not in (p.payload or {})]
+            terms += sum(int(p.payload["n_terms"]) for p in found if "n_terms" in (p.payload or {}))
+            if older:  # written before n_terms was recorded: analyzed again
+                terms += sum(self._length(p.payload) for p in self.client.retrieve(self.name, older, with_payload=True))
+            chunks += len(found)
+            if offset is None:
+                return terms, chunks
 
     def _existing_documents(self, document_ids: Sequence[str]) -> set[str]:
         if not document_ids:
@@ -437,7 +514,10 @@ def _bm25_vector(terms: Sequence[str], avgdl: float) -> models.SparseVector:
 
 
 def _ranked(points) -> list[ScoredId]:
-    return [ScoredId(p.payload["chunk_id"], rank, float(p.score)) for rank, p in enumerate(points, start=1)]
+    """Equal scores by chunk id: Qdrant returns ties in its internal order, which depends on the order of the
+    writes, so two servers' copies of the same documents would otherwise rank ties differently."""
+    ordered = sorted(points, key=lambda p: (-p.score, p.payload["chunk_id"]))
+    return [ScoredId(p.payload["chunk_id"], rank, float(p.score)) for rank, p in enumerate(ordered, start=1)]
 
 
 def _match(key: str, value) -> models.FieldCondition:
