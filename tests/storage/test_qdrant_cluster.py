@@ -331,27 +331,65 @@ def test_aliases_of_qdrant_collections_are_the_clusters(tmp_path, qdrant_env):
                 sa.DeleteCollection(pb.DeleteCollectionRequest(name=name))
 
 
+@dataclasses.dataclass
+class Load:
+    """Documents for three writers: each loads its third, then re-sends some of its own and deletes others."""
+
+    loads: list[list[pb.Document]]
+    replaced: list[pb.Document]
+    deleted: list[str]
+    queries: list[str]
+
+    @classmethod
+    def make(cls, seed: int = 40, n: int = 240) -> "Load":
+        import random
+
+        rng = random.Random(seed)
+        words = [f"w{i}" for i in range(60)]
+
+        def doc(i: int, version: int = 0) -> pb.Document:  # 3-40 words, Zipf-like: lengths and df vary
+            text = " ".join(rng.choices(words, weights=[1 / (k + 1) for k in range(len(words))], k=rng.randint(3, 40)))
+            return pb.Document(id=f"d{i}", text=f"{text} v{version}", vector=[rng.random() + 0.01 for _ in range(4)])
+
+        return cls([[doc(i) for i in range(w, n, 3)] for w in range(3)], [doc(i, version=1) for i in range(0, n, 7)],
+                   [f"d{i}" for i in range(1, n, 11)], [" ".join(rng.sample(words[:30], rng.randint(1, 4))) for _ in range(24)])
+
+    def everything(self, stub, name: str) -> None:
+        """One writer, in order."""
+        index(stub, name, [d for load in self.loads for d in load], batch_size=7)
+        index(stub, name, self.replaced, batch_size=7)
+        stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=name, ids=self.deleted))
+
+    def writer(self, stub, name: str, w: int, batch_size: int = 3) -> None:
+        """Writer `w`'s part; the replacements and deletes of its own documents only."""
+        index(stub, name, self.loads[w], batch_size=batch_size)
+        index(stub, name, [d for d in self.replaced if int(d.id[1:]) % 3 == w], batch_size=2)
+        stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=name, ids=[d for d in self.deleted if int(d[1:]) % 3 == w]))
+
+
+def same_results(stub, a: str, b: str, queries: list[str]) -> None:
+    """KEYWORD and HYBRID ids and scores equal on `a` and `b`, for every query."""
+    for query in queries:
+        assert keyword_scores(stub, a, query) == keyword_scores(stub, b, query), query
+        # every candidate of both legs: which of several equal scores make a cut is Qdrant's choice
+        hybrid = [[(h.document_id, round(h.score, 9)) for h in search(stub, c, query, query_vector=[0.3, 0.5, 0.1, 0.7],
+                                                                      top_k=10, keyword_candidates=1000, dense_candidates=1000).hits]
+                  for c in (a, b)]
+        assert hybrid[0] == hybrid[1] and hybrid[0], query
+
+
 def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
     """Three servers load one collection at once (a third each, interleaved batches, with replacements and deletes);
     one server loads the same documents alone into another. Every statistic equals a recount of the points, and
     KEYWORD and HYBRID give the same ids and scores on both collections."""
-    import random
     import threading
 
     from qdrant_client import QdrantClient
 
     from searchsvc.storage.qdrant.collection import Statistics
 
-    rng = random.Random(40)
-    words = [f"w{i}" for i in range(60)]
-
-    def doc(i: int, version: int = 0) -> pb.Document:  # 3-40 words from a Zipf-like draw: lengths and df vary
-        text = " ".join(rng.choices(words, weights=[1 / (k + 1) for k in range(len(words))], k=rng.randint(3, 40)))
-        return pb.Document(id=f"d{i}", text=f"{text} v{version}", vector=[rng.random() + 0.01 for _ in range(4)])
-
-    loads = [[doc(i) for i in range(w, 240, 3)] for w in range(3)]  # what each of the three writers sends
-    replaced = [doc(i, version=1) for i in range(0, 240, 7)]  # re-sent by the writer that loaded them, after its load
-    deleted = [f"d{i}" for i in range(1, 240, 11)]
+    load = Load.make()
+    deleted = load.deleted
     single, shared = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("single", "shared"))
     servers = [ServerProcess(tmp_path / n, env=qdrant_env) for n in "abc"]
     for s in servers:
@@ -360,16 +398,8 @@ def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
         stubs = [s.stub() for s in servers]
         create(stubs[0], single)
         create(stubs[0], shared)
-        index(stubs[0], single, [d for load in loads for d in load], batch_size=7)
-        index(stubs[0], single, replaced, batch_size=7)
-        stubs[0].DeleteDocuments(pb.DeleteDocumentsRequest(collection=single, ids=deleted))
-
-        def writer(w: int) -> None:
-            index(stubs[w], shared, loads[w], batch_size=3)
-            index(stubs[w], shared, [d for d in replaced if int(d.id[1:]) % 3 == w], batch_size=2)
-            stubs[w].DeleteDocuments(pb.DeleteDocumentsRequest(collection=shared, ids=[d for d in deleted if int(d[1:]) % 3 == w]))
-
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+        load.everything(stubs[0], single)
+        threads = [threading.Thread(target=load.writer, args=(stubs[w], shared, w)) for w in range(3)]
         for t in threads:
             t.start()
         for t in threads:
@@ -385,14 +415,7 @@ def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
         writers = {key.partition("@")[2] for key in client.get_collection(shared).config.metadata if "@" in key}
         assert len(writers) == 3  # each server kept its own keys
 
-        queries = [" ".join(rng.sample(words[:30], rng.randint(1, 4))) for _ in range(24)]
-        for query in queries:
-            assert keyword_scores(stubs[1], shared, query) == keyword_scores(stubs[2], single, query), query
-            # every candidate of both legs: which of several equal scores make a cut is Qdrant's choice
-            hybrid = [[(h.document_id, round(h.score, 9)) for h in search(stubs[0], c, query, query_vector=[0.3, 0.5, 0.1, 0.7],
-                                                                          top_k=10, keyword_candidates=1000, dense_candidates=1000).hits]
-                      for c in (shared, single)]
-            assert hybrid[0] == hybrid[1] and hybrid[0], query
+        same_results(stubs[1], shared, single, load.queries)
     finally:
         for name in (single, shared):
             try:
@@ -401,3 +424,78 @@ def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
                 pass
         for s in servers:
             s.__exit__(None, None, None)
+
+
+def test_three_servers_with_searches_an_alias_swap_and_a_kill(tmp_path, qdrant_env):
+    """The stateless tier under load: three servers write one collection while all three search it through an
+    alias; the alias is swapped to a copy and back mid-load; one server is killed (-9) mid-load, restarted on
+    the same index dir, and sends its part again. No search fails, and in the end every server sees the same
+    documents, scored as one server loading them alone scores them."""
+    import threading
+
+    load = Load.make(seed=41)
+    single, shared, alias = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("single", "shared", "live"))
+    servers = [ServerProcess(tmp_path / n, env=qdrant_env) for n in "abc"]
+    for s in servers:
+        s.__enter__()
+    stop, failures, searched = threading.Event(), [], [0, 0, 0]
+    try:
+        stubs = [s.stub() for s in servers]
+        create(stubs[0], single)
+        create(stubs[0], shared)
+        load.everything(stubs[0], single)
+        stubs[0].UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("create", alias, shared)]))
+
+        def searcher(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    search(servers[i].stub(), alias, load.queries[searched[i] % len(load.queries)], mode=pb.SEARCH_MODE_KEYWORD)
+                    searched[i] += 1
+                except grpc.RpcError as exc:
+                    failures.append((i, exc.code(), exc.details()))
+
+        readers = [threading.Thread(target=searcher, args=(i,)) for i in (0, 1)]  # c is killed: a and b search
+        writers = [threading.Thread(target=load.writer, args=(stubs[w], shared, w)) for w in (0, 1)]
+        for t in readers + writers:
+            t.start()
+        # c sends a few batches and is killed -9 in the middle of its stream
+        c_stream = threading.Thread(target=lambda: _ignore_rpc_errors(index, stubs[2], shared, load.loads[2], batch_size=2))
+        c_stream.start()
+        for target in (single, shared):  # the alias swapped under load
+            stubs[1].UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("repoint", alias, target)]))
+        servers[2].kill9()
+        c_stream.join()
+        servers[2].start()
+        load.writer(servers[2].stub(), shared, 2)  # everything again: re-sent documents replace
+        for t in writers:
+            t.join()
+        stop.set()
+        for t in readers:
+            t.join()
+        assert failures == [] and min(searched[:2]) > 0
+
+        count = servers[2].stub().CountDocuments(pb.CountDocumentsRequest(collection=alias)).count
+        assert count == servers[0].stub().CountDocuments(pb.CountDocumentsRequest(collection=single)).count
+        for s in servers:  # every server, the same collection, the same scores
+            same_results(s.stub(), alias, single, load.queries[:8])
+        same_results(servers[2].stub(), shared, single, load.queries)
+    finally:
+        stop.set()
+        try:
+            servers[0].stub().UpdateAliases(pb.UpdateAliasesRequest(actions=[alias_action("delete", alias)]))
+        except grpc.RpcError:
+            pass
+        for name in (single, shared):
+            try:
+                servers[0].stub().DeleteCollection(pb.DeleteCollectionRequest(name=name))
+            except grpc.RpcError:
+                pass
+        for s in servers:
+            s.__exit__(None, None, None)
+
+
+def _ignore_rpc_errors(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except grpc.RpcError:
+        pass  # the server was killed under the stream

@@ -35,7 +35,9 @@ autorag-ko and msmarco-kor (docs/decisions/0027-bm25-from-write-time-statistics.
 The statistics themselves are exact whatever the number of writers (`Statistics`): each server adds what it
 writes and subtracts what it deletes or replaces, in metadata keys that only it writes, and a reader sums them.
 Invariant, with no write in flight: the sums equal a recount of the points (`recount`), provided no two servers
-write the same document at the same moment (each would subtract the chunks they both replaced).
+write the same document at the same moment (each would subtract the chunks they both replaced), and no server
+died between a batch's points and its statistics (that batch is then missing from the sums). Scoring reads
+none of them: N and df are Qdrant's own, and the average length is fixed, so results stay exact either way.
 """
 
 from __future__ import annotations
