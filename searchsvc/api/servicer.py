@@ -486,6 +486,8 @@ def collection_to_pb(c: CollectionStorage) -> pb.Collection:
         state=pb.COLLECTION_STATE_READ_ONLY if c.read_only_reason else pb.COLLECTION_STATE_READY,
         state_reason=c.read_only_reason,
         dense_index_in_use=c.dense_index_in_use,
+        version=c.version,
+        writes_in_progress=c.writes_in_progress,
     )
 
 

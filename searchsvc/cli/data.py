@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -39,27 +41,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     from searchsvc.v1 import searchsvc_pb2 as pb
 
     channel, stub = connect(args)
+    partial = args.file.with_name(args.file.name + ".partial")
     with channel:
-        collection = stub.GetCollection(pb.GetCollectionRequest(name=args.collection), timeout=args.timeout)
-        # A collection of external vectors cannot embed its texts again: its vectors always go with them.
-        vectors = args.vectors or collection.config.embedding_model == "external"
-        view = pb.DOCUMENT_VIEW_FULL_WITH_VECTORS if vectors else pb.DOCUMENT_VIEW_FULL
-        written = without_vector = 0
-        token = ""
-        with open(args.file, "w", encoding="utf-8") as out:
-            while True:
-                page = stub.ListDocuments(pb.ListDocumentsRequest(collection=args.collection, page_size=EXPORT_PAGE,
-                                                                  page_token=token, view=view), timeout=args.timeout)
-                for d in page.documents:
-                    row = document_to_json(d, vectors)
-                    without_vector += vectors and "vector" not in row
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                written += len(page.documents)
-                if not (token := page.next_page_token):
-                    break
+        # One state of the collection, on either backend: no write under way when the export begins, and the
+        # same write counter when it ends (Collection.version); else it is read again, up to --retries times.
+        for attempt in range(args.retries + 1):
+            if attempt:
+                time.sleep(1.0)
+            before = stub.GetCollection(pb.GetCollectionRequest(name=args.collection), timeout=args.timeout)
+            if before.writes_in_progress and attempt < args.retries:
+                continue
+            written, without_vector = _export_pages(stub, pb, args, before, partial)
+            after = stub.GetCollection(pb.GetCollectionRequest(name=args.collection), timeout=args.timeout)
+            if after.version == before.version and not before.writes_in_progress:
+                break
+        else:
+            if not args.allow_changing:
+                partial.unlink(missing_ok=True)
+                print(f"error: {args.collection} was written to during each of {args.retries + 1} attempts (version "
+                      f"{before.version} -> {after.version}, {before.writes_in_progress} write(s) under way): stop its "
+                      "writers and export again, or pass --allow-changing for a copy that may mix states", file=sys.stderr)
+                return 1
+    os.replace(partial, args.file)
     note = f"; {without_vector} of several chunks exported without a vector (re-embedded on import)" if without_vector else ""
-    print(f"exported {written} documents of {args.collection} to {args.file}{note}")
+    state = f"at version {after.version}" if after.version == before.version else "while it changed (--allow-changing)"
+    print(f"exported {written} documents of {args.collection} to {args.file} {state}{note}")
     return 0
+
+
+def _export_pages(stub, pb, args: argparse.Namespace, collection, path: Path) -> tuple[int, int]:
+    # A collection of external vectors cannot embed its texts again: its vectors always go with them.
+    vectors = args.vectors or collection.config.embedding_model == "external"
+    view = pb.DOCUMENT_VIEW_FULL_WITH_VECTORS if vectors else pb.DOCUMENT_VIEW_FULL
+    written = without_vector = 0
+    token = ""
+    with open(path, "w", encoding="utf-8") as out:
+        while True:
+            page = stub.ListDocuments(pb.ListDocumentsRequest(collection=args.collection, page_size=EXPORT_PAGE,
+                                                              page_token=token, view=view), timeout=args.timeout)
+            for d in page.documents:
+                row = document_to_json(d, vectors)
+                without_vector += vectors and "vector" not in row
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            written += len(page.documents)
+            if not (token := page.next_page_token):
+                return written, without_vector
 
 
 # ------------------------------------------------------------------ aliases
@@ -145,6 +171,9 @@ def add_data_commands(sub) -> None:
     p.add_argument("file", type=Path, help="the .jsonl to write; `searchsvc import` reads it back")
     p.add_argument("--vectors", action="store_true", help="also each one-chunk document's stored vector (always for an "
                    "'external' collection); a collection of another embedder then keeps these vectors instead of embedding")
+    p.add_argument("--retries", type=int, default=3, help="reads again when writes changed the collection during one (default 3)")
+    p.add_argument("--allow-changing", action="store_true", help="keep the last read even if writes changed the collection "
+                   "during it (a copy that may mix states)")
     p.set_defaults(func=cmd_export)
 
     aliases = sub.add_parser("alias", help="list, create, re-point or delete collection aliases").add_subparsers(

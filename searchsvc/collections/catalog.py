@@ -203,6 +203,9 @@ class Catalog:
                 raise FailedPrecondition(f"an embedded collection of the same name exists in {self.root}")
             collection = self._qdrant_collection(name, config)
             collection.check_dimension()
+            if collection.finish_interrupted_write():
+                log.warning("collection %s: this server's previous run died in the middle of a write; re-send what "
+                            "was not acknowledged (its statistics in Qdrant miss that write)", name)
             self._collections[name] = collection
             self._failed.pop(name, None)
             return collection

@@ -90,8 +90,12 @@ class SnapshotStore:
     def create(self, collection) -> SnapshotInfo:
         """A snapshot of the embedded collection `collection`."""
         if collection.config.backend != "embedded":
-            raise FailedPrecondition(f"collection {collection.name!r} is stored in Qdrant: take a snapshot with Qdrant's own "
-                                     "snapshot API, or copy it with `searchsvc export`")
+            n = collection.name
+            raise FailedPrecondition(
+                f"collection {n!r} is stored in Qdrant, which this server does not snapshot. Back it up with "
+                f"`searchsvc export {n} {n}.jsonl --vectors` (one state of the collection: it reads again if writes "
+                f"change it meanwhile) and restore with `searchsvc import <new name> {n}.jsonl` (into either backend; "
+                f"create the collection first with the same config), or use Qdrant's own snapshots of collection {n!r}")
         self._check_space()
         staging = self.staging_root / f".snapshot-staging-{uuid.uuid4().hex}"
         tmp = self.root / f".tmp-{uuid.uuid4().hex}{SUFFIX}"

@@ -68,6 +68,13 @@ class CollectionStorage(Protocol):
         """Changes with every committed write (answers are cached per collection version)."""
         ...
 
+    @property
+    def writes_in_progress(self) -> int:
+        """Writes begun and not finished, whose effects a reader may see in part (0 where a write becomes
+        visible whole, as on the embedded backend). With `version`, a reader of many pages can tell that it read
+        one state: no write in progress before, and the same version after."""
+        ...
+
     def embed_query(self, query: str) -> np.ndarray:
         """The collection's embedder on a query: a unit vector of `dimension` floats."""
         ...

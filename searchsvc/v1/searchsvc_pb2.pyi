@@ -129,7 +129,7 @@ class ReembedCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use")
+    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use", "version", "writes_in_progress")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,8 @@ class Collection(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     DENSE_INDEX_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRITES_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     document_count: int
@@ -146,7 +148,9 @@ class Collection(_message.Message):
     state: CollectionState
     state_reason: str
     dense_index_in_use: str
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ...) -> None: ...
+    version: int
+    writes_in_progress: int
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ..., version: _Optional[int] = ..., writes_in_progress: _Optional[int] = ...) -> None: ...
 
 class ReopenCollectionRequest(_message.Message):
     __slots__ = ("name",)

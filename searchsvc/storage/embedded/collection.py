@@ -521,6 +521,10 @@ class Collection:
             raise FailedPrecondition(f"collection {self.name!r} was deleted or the server is stopping")
 
     @property
+    def writes_in_progress(self) -> int:
+        return 0  # a write is visible whole, and `version` changes with it
+
+    @property
     def read_only_reason(self) -> str:
         """Why writes are refused after a storage fault (empty: writable). Cleared only by reopening."""
         return self.wal.failure or self.keyword.failure or self.dense.kvstore.failure

@@ -198,13 +198,38 @@ class QdrantCollection:
         with self._calls():
             return Statistics.of(self._metadata())
 
+    # A writer's counter works as a seqlock: odd while one of its writes is under way (points may be half in),
+    # even once it is done. A reader that saw no odd counter before and the same total after read one state.
+    def _begin_write(self) -> None:
+        """Mark a write under way (before any point changes). The caller holds the write lock."""
+        version = Statistics.of(self._metadata(), self._writer).version
+        if version % 2 == 0:  # (odd already: this server's previous run died in a write; it stays marked)
+            self.client.update_collection(self.name, metadata={f"version@{self._writer}": version + 1})
+
     def _written(self, terms: int, chunks: int) -> None:
-        """Record a write (after its points are in) in this writer's keys: the terms and chunks it added (negative:
-        removed), its write counter bumped. The caller holds the write lock: this server's keys have one writer."""
+        """Record a finished write in this writer's keys: the terms and chunks it added (negative: removed), its
+        counter even again. The caller holds the write lock: this server's keys have one writer."""
         own = Statistics.of(self._metadata(), self._writer)
         self.client.update_collection(self.name, metadata={
             f"terms@{self._writer}": own.terms + terms, f"chunks@{self._writer}": own.chunks + chunks,
-            f"version@{self._writer}": own.version + 1})
+            f"version@{self._writer}": own.version + (1 if own.version % 2 else 2)})
+
+    def finish_interrupted_write(self) -> bool:
+        """At open: a counter of this server's left odd means its previous run died in the middle of a write.
+        That write's points are whatever Qdrant had applied, and its statistics were not recorded; the counter
+        is made even so that readers stop waiting for it. True if there was one."""
+        with self._calls():
+            version = Statistics.of(self._metadata(), self._writer).version
+            if version % 2:
+                self.client.update_collection(self.name, metadata={f"version@{self._writer}": version + 1})
+        return bool(version % 2)
+
+    @property
+    def writes_in_progress(self) -> int:
+        """Writers whose counter is odd: a write under way, or a server that died in one and has not restarted."""
+        with self._calls():
+            metadata = self._metadata()
+        return sum(1 for key, value in metadata.items() if key.startswith("version@") and int(value) % 2)
 
     def recount(self) -> Statistics:
         """The terms and chunks counted point by point (a full scroll: for checks, not for serving)."""
@@ -366,6 +391,7 @@ class QdrantCollection:
             existed = self._existing_documents(document_ids)
             # what the documents held before: their chunks are overwritten or deleted below
             old_terms, old_chunks = self._stored(models.Filter(must=[_match_any("document_id", sorted(existed))])) if existed else (0, 0)
+            self._begin_write()
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
             self._written(sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
@@ -384,6 +410,7 @@ class QdrantCollection:
             points = self._points(chunks, vectors, analyzed, texts or {})
             old_terms, old_chunks = self._stored(models.Filter(must=[models.HasIdCondition(has_id=[p.id for p in points])])) \
                 if points else (0, 0)
+            self._begin_write()
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
             self._written(sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
@@ -451,6 +478,7 @@ class QdrantCollection:
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
                 terms, chunks = self._stored(gone)
+                self._begin_write()
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True,
                                    ordering=self._ordering)
                 self._written(-terms, -chunks)
