@@ -562,3 +562,24 @@ def test_a_server_that_died_in_a_write_clears_its_mark_when_it_restarts(tmp_path
             assert "died in the middle of a write" in "\n".join(server.output)
         finally:
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def test_a_write_through_one_server_expires_answers_cached_by_another(tmp_path, qdrant_env):
+    """The answer cache is per server, but its key holds the collection's write counter, which lives in Qdrant."""
+    name = f"answers-{uuid.uuid4().hex[:8]}"
+    with ServerProcess(tmp_path / "a", env=qdrant_env) as a, ServerProcess(tmp_path / "b", env=qdrant_env) as b:
+        sa, sb = a.stub(), b.stub()
+        sa.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(backend="qdrant")))
+        try:
+            index(sa, name, [pb.Document(id=i, text=t) for i, t, *_ in DOCS])
+
+            def ask() -> pb.AnswerResponse:
+                return sa.Answer(pb.AnswerRequest(search=pb.SearchRequest(collection=name, query="What colour is grass?"),
+                                                  extractive=True), timeout=120)
+
+            assert not ask().usage.cached and ask().usage.cached
+            index(sb, name, [pb.Document(id="moss", text="Moss is green and soft, and grows on stones.")])
+            fresh = ask()
+            assert not fresh.usage.cached  # b's write reached a's cache key at once
+        finally:
+            sa.DeleteCollection(pb.DeleteCollectionRequest(name=name))
