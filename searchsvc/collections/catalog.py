@@ -205,7 +205,7 @@ class Catalog:
             collection.check_dimension()
             if collection.finish_interrupted_write():
                 log.warning("collection %s: this server's previous run died in the middle of a write; re-send what "
-                            "was not acknowledged (its statistics in Qdrant miss that write)", name)
+                            "was not acknowledged", name)
             self._collections[name] = collection
             self._failed.pop(name, None)
             return collection

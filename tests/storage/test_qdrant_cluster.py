@@ -399,8 +399,6 @@ def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
 
     from qdrant_client import QdrantClient
 
-    from searchsvc.storage.qdrant.collection import Statistics
-
     load = Load.make()
     deleted = load.deleted
     single, shared = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("single", "shared"))
@@ -421,9 +419,7 @@ def test_concurrent_writers_score_exactly_as_one_writer(tmp_path, qdrant_env):
         client = QdrantClient(url=qdrant_env["SEARCHSVC_QDRANT__URL"], api_key=qdrant_env.get("SEARCHSVC_QDRANT__API_KEY") or None,
                               check_compatibility=False)
         for name in (single, shared):
-            stats = Statistics.of(client.get_collection(name).config.metadata)
-            points, _ = client.scroll(name, limit=10_000, with_payload=["n_terms"], with_vectors=False)
-            assert (stats.terms, stats.chunks) == (sum(p.payload["n_terms"] for p in points), len(points)), name
+            assert_statistics_recount(client, name)
         assert client.count(shared).count == client.count(single).count == 240 - len(deleted)
         writers = {key.partition("@")[2] for key in client.get_collection(shared).config.metadata if "@" in key}
         assert len(writers) == 3  # each server kept its own keys
@@ -437,8 +433,10 @@ def test_three_servers_with_searches_an_alias_swap_and_a_kill(tmp_path, qdrant_e
     """The stateless tier under load: three servers write one collection while all three search it through an
     alias; the alias is swapped to a copy and back mid-load; one server is killed (-9) mid-load, restarted on
     the same index dir, and sends its part again. No search fails, and in the end every server sees the same
-    documents, scored as one server loading them alone scores them."""
+    documents, scored as one server loading them alone scores them, with statistics equal to a recount."""
     import threading
+
+    from qdrant_client import QdrantClient
 
     load = Load.make(seed=41)
     single, shared, alias = (f"{p}-{uuid.uuid4().hex[:8]}" for p in ("single", "shared", "live"))
@@ -480,6 +478,12 @@ def test_three_servers_with_searches_an_alias_swap_and_a_kill(tmp_path, qdrant_e
         for t in readers:
             t.join()
         assert failures == [] and min(searched[:2]) > 0
+        # one more write from the restarted server, now that no other writes: a repair of its statistics that
+        # had to wait (the kill may have landed between a batch's points and its statistics) happens before it
+        index(servers[2].stub(), shared, [d for d in load.replaced if int(d.id[1:]) % 3 == 2][:1])
+        client = QdrantClient(url=qdrant_env["SEARCHSVC_QDRANT__URL"], api_key=qdrant_env.get("SEARCHSVC_QDRANT__API_KEY") or None,
+                              check_compatibility=False)
+        assert_statistics_recount(client, shared)
 
         count = servers[2].stub().CountDocuments(pb.CountDocumentsRequest(collection=alias)).count
         assert count == servers[0].stub().CountDocuments(pb.CountDocumentsRequest(collection=single)).count
@@ -552,16 +556,28 @@ def test_a_server_that_died_in_a_write_clears_its_mark_when_it_restarts(tmp_path
         create(server.stub(), name)
         index(server.stub(), name, documents())
         writer = (tmp_path / "server.id").read_text().strip()
-        version = client.get_collection(name).config.metadata[f"version@{writer}"]
+        metadata = client.get_collection(name).config.metadata
+        version, terms = metadata[f"version@{writer}"], metadata[f"terms@{writer}"]
         assert version % 2 == 0  # every finished write leaves it even
-    client.update_collection(name, metadata={f"version@{writer}": version + 1})  # as if killed between the two marks
+    # as if killed between a batch's points and its statistics: marked under way, its terms not counted
+    client.update_collection(name, metadata={f"version@{writer}": version + 1, f"terms@{writer}": terms - 9})
     with server:
         stub = server.stub()
         try:
             assert stub.GetCollection(pb.GetCollectionRequest(name=name)).writes_in_progress == 0
             assert "died in the middle of a write" in "\n".join(server.output)
+            assert_statistics_recount(client, name)
         finally:
             stub.DeleteCollection(pb.DeleteCollectionRequest(name=name))
+
+
+def assert_statistics_recount(client, name: str) -> None:
+    """The summed per-server statistics equal the points counted one by one."""
+    from searchsvc.storage.qdrant.collection import Statistics
+
+    stats = Statistics.of(client.get_collection(name).config.metadata)
+    points, _ = client.scroll(name, limit=10_000, with_payload=["n_terms"], with_vectors=False)
+    assert (stats.terms, stats.chunks) == (sum(p.payload["n_terms"] for p in points), len(points)), name
 
 
 def test_a_write_through_one_server_expires_answers_cached_by_another(tmp_path, qdrant_env):

@@ -35,9 +35,10 @@ autorag-ko and msmarco-kor (docs/decisions/0027-bm25-from-write-time-statistics.
 The statistics themselves are exact whatever the number of writers (`Statistics`): each server adds what it
 writes and subtracts what it deletes or replaces, in metadata keys that only it writes, and a reader sums them.
 Invariant, with no write in flight: the sums equal a recount of the points (`recount`), provided no two servers
-write the same document at the same moment (each would subtract the chunks they both replaced), and no server
-died between a batch's points and its statistics (that batch is then missing from the sums). Scoring reads
-none of them: N and df are Qdrant's own, and the average length is fixed, so results stay exact either way.
+write the same document at the same moment (each would subtract the chunks they both replaced). A server that
+died in the middle of a write left its counter odd: when it opens the collection again it repairs its share from
+a recount (`finish_interrupted_write`). Scoring reads none of them: N and df are Qdrant's own, and the average
+length is fixed, so results are exact in any case.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import threading
 import uuid
 import warnings
@@ -67,6 +69,8 @@ from searchsvc.retrieve.analyzers import Analyzer
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.retrieve.external import EXTERNAL_MODEL
 from searchsvc.storage.qdrant.errors import qdrant_errors
+
+log = logging.getLogger(__name__)
 
 DENSE = "dense"
 SPARSE = "bm25"
@@ -128,6 +132,7 @@ class QdrantCollection:
         self._ordering = models.WriteOrdering(ordering)  # which replica takes a write first (see config.py)
         # This server's id among the collection's writers (its statistics keys); the same across its restarts.
         self._writer = writer or uuid.uuid4().hex[:12]
+        self._repair_pending = False  # statistics still to repair after an interrupted write (finish_interrupted_write)
         embed = None if config.embedding_model == EXTERNAL_MODEL else self.embed_passages
         self.ingest = BatchPreparer(Chunker(config.chunk_size, config.chunk_overlap), embed, dimension, limits)
         # text_match terms of metadata strings: a document's chunks repeat its metadata, sources their values.
@@ -202,6 +207,8 @@ class QdrantCollection:
     # even once it is done. A reader that saw no odd counter before and the same total after read one state.
     def _begin_write(self) -> None:
         """Mark a write under way (before any point changes). The caller holds the write lock."""
+        if self._repair_pending and self._repair_statistics():
+            self._repair_pending = False
         version = Statistics.of(self._metadata(), self._writer).version
         if version % 2 == 0:  # (odd already: this server's previous run died in a write; it stays marked)
             self.client.update_collection(self.name, metadata={f"version@{self._writer}": version + 1})
@@ -214,15 +221,42 @@ class QdrantCollection:
             f"terms@{self._writer}": own.terms + terms, f"chunks@{self._writer}": own.chunks + chunks,
             f"version@{self._writer}": own.version + (1 if own.version % 2 else 2)})
 
-    def finish_interrupted_write(self) -> bool:
-        """At open: a counter of this server's left odd means its previous run died in the middle of a write.
-        That write's points are whatever Qdrant had applied, and its statistics were not recorded; the counter
-        is made even so that readers stop waiting for it. True if there was one."""
-        with self._calls():
-            version = Statistics.of(self._metadata(), self._writer).version
-            if version % 2:
-                self.client.update_collection(self.name, metadata={f"version@{self._writer}": version + 1})
-        return bool(version % 2)
+    def finish_interrupted_write(self, attempts: int = 3) -> bool:
+        """At open: a counter of this server's left odd means its previous run died in the middle of a write. That
+        write's points are whatever Qdrant had applied, and its statistics were not recorded. The counter is made
+        even (readers stop waiting for it) and this server's share of the statistics is repaired from a recount;
+        while other servers keep writing, the repair is tried again before each of this server's writes. True if
+        there was such a write."""
+        with self._write_lock, self._calls():
+            own = Statistics.of(self._metadata(), self._writer)
+            if own.version % 2 == 0:
+                return False
+            self.client.update_collection(self.name, metadata={f"version@{self._writer}": own.version + 1})
+            self._repair_pending = not any(self._repair_statistics() for _ in range(attempts))
+        if self._repair_pending:
+            log.warning("collection %s: statistics not repaired yet after an interrupted write (other servers are "
+                        "writing); tried again before this server's next write", self.name)
+        return True
+
+    def _repair_statistics(self) -> bool:
+        """One try: recount every point while no other server writes (their counters even, and unchanged across
+        the recount), and make this server's share whatever makes the sums equal the recount."""
+        def others(metadata) -> dict:
+            return {k: v for k, v in metadata.items() if k.startswith("version@") and k != f"version@{self._writer}"}
+
+        before = self._metadata()
+        if any(int(v) % 2 for v in others(before).values()):
+            return False  # a write under way: its points would count, its statistics not yet
+        terms, chunks = self._stored(models.Filter())
+        after = self._metadata()
+        if others(after) != others(before):
+            return False
+        own, total = Statistics.of(after, self._writer), Statistics.of(after)
+        self.client.update_collection(self.name, metadata={f"terms@{self._writer}": own.terms + terms - total.terms,
+                                                           f"chunks@{self._writer}": own.chunks + chunks - total.chunks})
+        log.info("collection %s: statistics repaired from a recount (%+d terms, %+d chunks)", self.name,
+                 terms - total.terms, chunks - total.chunks)
+        return True
 
     @property
     def writes_in_progress(self) -> int:
