@@ -505,7 +505,11 @@ def _ignore_rpc_errors(fn, *args, **kwargs) -> None:
 def test_a_qdrant_collection_backs_up_as_one_state_and_restores(tmp_path, qdrant_env, capsys):
     """CreateSnapshot names the backup for a Qdrant collection; `searchsvc export` refuses a copy that a write under
     way could tear (a server's odd write counter), waits it out, and its copy restores into a collection that scores
-    as the original."""
+    as the original.
+
+    Qdrant's own snapshot API is not the path: its archives restore only into Qdrant, and the stand-in's engine
+    (qdrant-edge's EdgeShard) cannot make one (it has `unpack_snapshot` and `update_from_snapshot`, for a
+    server's snapshots, and no way to create a snapshot), so the stand-in could not serve it faithfully."""
     from qdrant_client import QdrantClient
 
     from searchsvc.cli.main import main
