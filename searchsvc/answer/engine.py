@@ -186,6 +186,7 @@ class AnswerEngine:
         search = await self._run(self.pipeline.search, collection, params)
         timings["retrieve"] = (time.perf_counter() - t) * 1000
         hits = self._drop_untrusted(search.hits, guard)
+        embed_question = _question_embedder(collection.embed_query, params.query, search.query_vector)
 
         count_tokens = llm.count_tokens if llm else _estimate_tokens
         budget = self.settings.answer.context_tokens
@@ -194,7 +195,7 @@ class AnswerEngine:
         # (a collection of callers' vectors has no embedder to score sentences with)
         if self.settings.answer.context_selection == "sentences" and collection.config.embedding_model != EXTERNAL_MODEL:
             def score(sentences):
-                return score_sentences(params.query, sentences, collection.embed_query, collection.embed_passages)
+                return score_sentences(params.query, sentences, embed_question, collection.embed_passages)
             packed = await self._run(pack_sentences, hits, count_tokens, budget, max_hits, score)
         else:
             packed = await self._run(pack_context, hits, count_tokens, budget, max_hits)
@@ -213,7 +214,7 @@ class AnswerEngine:
             # per question), in order.
             context = [f"{h.chunk_id}:{hashlib.sha256(h.text.encode()).hexdigest()}" for h in packed.hits]
             similar_key = context_key(collection.name, collection.version, context, key_params)
-            question_vector = unit(await self._run(collection.embed_query, params.query))
+            question_vector = unit(await self._run(embed_question, params.query))
         if similar_key is not None and not gen.bypass_cache:
             found = self.cache.get_similar(similar_key, question_vector, self.settings.answer.semantic_cache_min_cosine)
             if found is not None:
@@ -233,7 +234,7 @@ class AnswerEngine:
         if llm is not None:
             pieces = self._generate(llm, build_messages(params.query, packed), gen, usage, timings)
         else:
-            pieces = self._extract(params.query, packed.hits, collection, timings)
+            pieces = self._extract(params.query, packed.hits, collection, timings, embed_question)
 
         released: list[str] = []
         source_tokens = source_token_sets(sources)
@@ -267,7 +268,7 @@ class AnswerEngine:
                 log.warning("generation failed, answering extractively: %s", failure)
                 generator = GeneratorInfo("extractive", "", f"generation failed: {failure}")
                 kind = AnswerKind.EXTRACTIVE
-                async for piece in self._extract(params.query, packed.hits, collection, timings):
+                async for piece in self._extract(params.query, packed.hits, collection, timings, embed_question):
                     if piece:
                         text, blocked_text, ms = await self._check_window(piece, sources, guard)
                         output_ms += ms
@@ -406,9 +407,10 @@ class AnswerEngine:
                 if running:  # thread-safe: also stops a prompt still being read, not only between tokens
                     running[0].close()
 
-    async def _extract(self, query: str, hits: list[Hit], collection: CollectionStorage, timings: dict[str, float]):
+    async def _extract(self, query: str, hits: list[Hit], collection: CollectionStorage, timings: dict[str, float],
+                       embed_question):
         started = time.perf_counter()
-        text = await self._run(extractive_answer, query, hits, collection.embed_query, collection.embed_passages)
+        text = await self._run(extractive_answer, query, hits, embed_question, collection.embed_passages)
         timings["generate"] = (time.perf_counter() - started) * 1000
         yield text
         yield ""
@@ -459,3 +461,18 @@ def _removed(hit, chunk_id: str):
 def _estimate_tokens(text: str) -> int:
     # Extractive answers never reach a tokenizer; ~3 chars per token is conservative for English and Korean.
     return len(text) // 3 + 1
+
+
+def _question_embedder(embed_query, question: str, searched_as=None):
+    """The collection's query embedder for one answer, which embeds each text once: the question as the search
+    already embedded it (`searched_as`, when a stage needed it), anything else at its first use. Sentence packing,
+    the extractive answer and the similar-question cache all score against the question."""
+    known = {question: searched_as} if searched_as is not None else {}
+
+    def embed(text: str):
+        if text not in known:
+            known[text] = embed_query(text)
+        return known[text]
+
+    return embed
+

@@ -217,6 +217,9 @@ class SearchResult:
     cutoff_dropped: int = 0
     fusion: Fusion | None = None  # as applied (hybrid mode only)
     query_language: str = ""
+    # The unit vector the search embedded the query as (or the caller's), None if no stage needed one: the answer
+    # engine's similar-question cache compares it instead of embedding the question a second time.
+    query_vector: Sequence[float] | None = None
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:

@@ -174,7 +174,8 @@ class SearchPipeline:
         clock.ms["total"] = (time.perf_counter() - started) * 1000
         record_stages("search", clock.intervals)
         applied = fusion if p.mode is SearchMode.HYBRID else None
-        return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied, query_language=language)
+        return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied,
+                            query_language=language, query_vector=query_vector)
 
     def _fusion(self, p: SearchParams, language: str, dense: list[ScoredId], keyword: list[ScoredId],
                 query_terms: int) -> tuple[Fusion, dict[str, float]]:

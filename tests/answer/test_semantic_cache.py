@@ -126,3 +126,21 @@ def test_the_nearest_of_several_questions_answers(tmp_path):
     found = cache.get_similar(key, unit([0.1, 0.99, 0.0]), 0.9)
     assert found is not None and found[0].answer == "answer 1"
     cache.close()
+
+
+def test_the_question_is_embedded_once_per_answer(tmp_path):
+    """The similar-question lookup reuses the vector the search embedded the question as."""
+    import grpc
+
+    settings = server_settings(tmp_path, answer={"semantic_cache": True, "semantic_cache_min_cosine": 0.95})
+    with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SearchServiceStub(channel)
+        stub.CreateCollection(pb.CreateCollectionRequest(name="once", config=pb.CollectionConfig(refresh_interval_ms=SYNC_REFRESH)))
+        index(stub, "once", [doc("cats", "Cats are small domesticated felines that purr and hunt mice.", "Cats")])
+        collection = server.components["service"].catalog.get("once")
+        embedded = []
+        real = collection.embed_query
+        collection.embed_query = lambda query: embedded.append(query) or real(query)
+        first, second = answer(stub, "once", QUESTION), answer(stub, "once", PARAPHRASE)
+        assert not first.usage.cached and second.usage.cached  # the lookup ran, on both
+        assert embedded == [QUESTION, PARAPHRASE]  # once each: by the search
