@@ -51,7 +51,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             before = stub.GetCollection(pb.GetCollectionRequest(name=args.collection), timeout=args.timeout)
             if before.writes_in_progress and attempt < args.retries:
                 continue
-            written, without_vector = _export_pages(stub, pb, args, before, partial)
+            written, without_vector = _export_pages(stub, args, before, partial)
             after = stub.GetCollection(pb.GetCollectionRequest(name=args.collection), timeout=args.timeout)
             if after.version == before.version and not before.writes_in_progress:
                 break
@@ -69,7 +69,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_pages(stub, pb, args: argparse.Namespace, collection, path: Path) -> tuple[int, int]:
+def _export_pages(stub, args: argparse.Namespace, collection, path: Path) -> tuple[int, int]:
+    from searchsvc.v1 import searchsvc_pb2 as pb
+
     # A collection of external vectors cannot embed its texts again: its vectors always go with them.
     vectors = args.vectors or collection.config.embedding_model == "external"
     view = pb.DOCUMENT_VIEW_FULL_WITH_VECTORS if vectors else pb.DOCUMENT_VIEW_FULL

@@ -65,6 +65,7 @@ class Catalog:
         s = settings
         self._limits = DocumentLimits(s.max_document_bytes, s.max_metadata_pairs, s.max_metadata_key_bytes,
                                       s.max_metadata_value_bytes, s.max_metadata_bytes)
+        self._writer: str | None = None  # _writer_id
         self._qdrant_client = None  # created at the first need (open_all with a cluster configured, or a create)
         self._qdrant_lock = threading.RLock()  # creating the client; and every call, for local mode's
         # Around each call on the client: local mode's is not thread-safe; a cluster's client is.
@@ -150,13 +151,28 @@ class Catalog:
 
     def _writer_id(self) -> str:
         """This server's id among the writers of Qdrant collections (the keys of its statistics there), kept in
-        <index_dir>/server.id so that a restart writes to the same keys."""
-        path = self.root / WRITER_ID_FILE
+        <index_dir>/server.id so that a restart writes to the same keys. Read once."""
         with self._qdrant_lock:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(path, uuid.uuid4().hex[:12])
-            return path.read_text().strip()
+            if self._writer is None:
+                path = self.root / WRITER_ID_FILE
+                if not path.exists():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_text_atomic(path, uuid.uuid4().hex[:12])
+                self._writer = path.read_text().strip()
+            return self._writer
+
+    def _check_not_an_alias(self, name: str, embedded: bool) -> None:
+        """ALREADY_EXISTS if `name` is an alias. A new embedded collection does not wait for an unreachable cluster:
+        it is then checked against the file's aliases only (Qdrant refuses a name taken there for its own)."""
+        try:
+            target = self.aliases.target(name)
+        except Unavailable as exc:
+            if not embedded:
+                raise
+            log.warning("collection %s made without checking Qdrant's aliases for the name: %s", name, exc)
+            target = self.aliases.target(name, local_only=True)
+        if target:
+            raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
 
     def _is_collection_here(self, name: str) -> bool:
         """A name this server knows as a collection (open, failed, or an embedded one on disk): not an alias."""
@@ -252,15 +268,7 @@ class Catalog:
             path = self.root / name
             if name in self._collections or path.exists() or name in self._restoring:
                 raise AlreadyExists(f"collection {name!r} already exists")
-            try:
-                target = self.aliases.target(name)
-            except Unavailable as exc:  # an embedded collection does not wait for the cluster (Qdrant refuses its own)
-                if config.backend == "qdrant":
-                    raise
-                log.warning("collection %s created without checking Qdrant's aliases for the name: %s", name, exc)
-                target = self.aliases.target(name, local_only=True)
-            if target:
-                raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
+            self._check_not_an_alias(name, embedded=config.backend != "qdrant")
             try:
                 self._embedder(config)
             except Exception as exc:
@@ -433,13 +441,7 @@ class Catalog:
         with self._lock:
             if name in self._collections or name in self._failed or (self.root / name).exists() or name in self._restoring:
                 raise AlreadyExists(f"collection {name!r} already exists")
-            try:
-                target = self.aliases.target(name)
-            except Unavailable as exc:  # a restored collection is embedded: it does not wait for the cluster
-                log.warning("collection %s restored without checking Qdrant's aliases for the name: %s", name, exc)
-                target = self.aliases.target(name, local_only=True)
-            if target:
-                raise AlreadyExists(f"{name!r} is an alias (of collection {target!r})")
+            self._check_not_an_alias(name, embedded=True)  # a restored collection is embedded
             self._restoring.add(name)
         staging = self.root / f".restore-{name}"
         try:

@@ -4,8 +4,9 @@ and against the shipped default.
 
     python -m searchsvc.lab.fusion_study DATASET [--split dev] [--language auto]
 
-Replaying is exact for rank fusion: `replay_matches_service` checks one rule against the service's own HYBRID
-before any figure is printed. The rules themselves live in search/fuse.py; this module only compares them.
+It prints each leg, the service's HYBRID, and two replays through search/fuse.py itself: the adaptive Korean
+weights (the default) and the fixed keyword weight 2 they replaced. Replaying rank fusion is exact: the adaptive
+replay equals the service's HYBRID on Korean queries.
 """
 
 from __future__ import annotations
@@ -64,8 +65,14 @@ def collect(dataset: Path, split: str, language: str, backend: str = "") -> dict
     return legs
 
 
-def documents(ranked_chunks: list[str], doc_of: dict[str, str]) -> list[str]:
-    return list(dict.fromkeys(doc_of[c] for c in ranked_chunks))
+def replay(row: dict, weights) -> list[str]:
+    """The documents of one query's RRF over its two collected legs (the service's 50 candidates per leg)."""
+    from searchsvc.domain.types import ScoredId
+    from searchsvc.search.fuse import fuse_rrf
+
+    legs = {leg: [ScoredId(c, rank, s) for rank, (c, _, s) in enumerate(row[leg][:50], start=1)] for leg in ("dense", "keyword")}
+    doc_of = {c: d for leg in ("dense", "keyword") for c, d, _ in row[leg]}
+    return list(dict.fromkeys(doc_of[c] for c, _ in fuse_rrf(legs, weights(legs))))
 
 
 def main() -> None:  # pragma: no cover - a lab command
@@ -80,6 +87,15 @@ def main() -> None:  # pragma: no cover - a lab command
     scores = {leg: np.array([ndcg_at_k(list(dict.fromkeys(d for _, d, _ in legs[q][leg])), qrels[q]) for q in sorted(legs)])
               for leg in ("dense", "keyword")}
     scores["hybrid (service)"] = np.array([ndcg_at_k(legs[q]["hybrid"], qrels[q]) for q in sorted(legs)])
+    from searchsvc.retrieve.analyzers import get_analyzer
+    from searchsvc.search.fuse import adaptive_weights
+
+    analyzer = get_analyzer("korean" if args.language == "ko" else "multilingual")
+    queries = load_queries(args.dataset / "queries.jsonl")
+    rules = {"adaptive (replay)": lambda q: lambda legs: adaptive_weights(legs["dense"], legs["keyword"], len(analyzer.analyze(queries[q]))),
+             "keyword weight 2": lambda q: lambda legs: {"dense": 1.0, "keyword": 2.0}}
+    for label, rule in rules.items():
+        scores[label] = np.array([ndcg_at_k(replay(legs[q], rule(q)), qrels[q]) for q in sorted(legs)])
     for name, s in scores.items():
         print(f"{name:<20} {s.mean():.4f}")
     best = max(("dense", "keyword"), key=lambda leg: scores[leg].mean())

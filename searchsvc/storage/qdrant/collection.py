@@ -34,7 +34,7 @@ autorag-ko and msmarco-kor (docs/decisions/0027-bm25-from-write-time-statistics.
 
 The statistics themselves are exact whatever the number of writers (`Statistics`): each server adds what it
 writes and subtracts what it deletes or replaces, in metadata keys that only it writes, and a reader sums them.
-Invariant, with no write in flight: the sums equal a recount of the points (`recount`), provided no two servers
+Invariant, with no write in flight: the sums equal a recount of the points (their `n_terms`), provided no two servers
 write the same document at the same moment (each would subtract the chunks they both replaced). A server that
 died in the middle of a write left its counter odd: when it opens the collection again it repairs its share from
 a recount (`finish_interrupted_write`). Scoring reads none of them: N and df are Qdrant's own, and the average
@@ -95,7 +95,7 @@ class Statistics:
         totals = dict.fromkeys(_STATS, 0)
         for key, value in metadata.items():
             stat, _, who = key.partition("@")
-            if stat in totals and (who == writer if writer else True) and (who or not writer):
+            if stat in totals and (who == writer if writer else True):
                 totals[stat] += int(value)
         return Statistics(**totals)
 
@@ -198,28 +198,25 @@ class QdrantCollection:
     def _metadata(self) -> Mapping[str, Any]:
         return self.client.get_collection(self.name).config.metadata or {}
 
-    def statistics(self) -> Statistics:
-        """Every writer's statistics summed: the collection's terms, chunks and writes."""
-        with self._calls():
-            return Statistics.of(self._metadata())
-
     # A writer's counter works as a seqlock: odd while one of its writes is under way (points may be half in),
     # even once it is done. A reader that saw no odd counter before and the same total after read one state.
-    def _begin_write(self) -> None:
-        """Mark a write under way (before any point changes). The caller holds the write lock."""
+    def _begin_write(self) -> Statistics:
+        """Mark a write under way (before any point changes); this writer's statistics as marked, for `_written`.
+        The caller holds the write lock: this server's keys have one writer, so they cannot change meanwhile."""
         if self._repair_pending and self._repair_statistics():
             self._repair_pending = False
-        version = Statistics.of(self._metadata(), self._writer).version
-        if version % 2 == 0:  # (odd already: this server's previous run died in a write; it stays marked)
-            self.client.update_collection(self.name, metadata={f"version@{self._writer}": version + 1})
-
-    def _written(self, terms: int, chunks: int) -> None:
-        """Record a finished write in this writer's keys: the terms and chunks it added (negative: removed), its
-        counter even again. The caller holds the write lock: this server's keys have one writer."""
         own = Statistics.of(self._metadata(), self._writer)
+        if own.version % 2 == 0:  # (odd already: this server's previous run died in a write; it stays marked)
+            own = dataclasses.replace(own, version=own.version + 1)
+            self.client.update_collection(self.name, metadata={f"version@{self._writer}": own.version})
+        return own
+
+    def _written(self, own: Statistics, terms: int, chunks: int) -> None:
+        """Record a finished write in this writer's keys (`own`: as `_begin_write` left them): the terms and chunks
+        it added (negative: removed), its counter even again."""
         self.client.update_collection(self.name, metadata={
             f"terms@{self._writer}": own.terms + terms, f"chunks@{self._writer}": own.chunks + chunks,
-            f"version@{self._writer}": own.version + (1 if own.version % 2 else 2)})
+            f"version@{self._writer}": own.version + 1})
 
     def finish_interrupted_write(self, attempts: int = 3) -> bool:
         """At open: a counter of this server's left odd means its previous run died in the middle of a write. That
@@ -264,20 +261,6 @@ class QdrantCollection:
         with self._calls():
             metadata = self._metadata()
         return sum(1 for key, value in metadata.items() if key.startswith("version@") and int(value) % 2)
-
-    def recount(self) -> Statistics:
-        """The terms and chunks counted point by point (a full scroll: for checks, not for serving)."""
-        terms = chunks = 0
-        offset = None
-        with self._calls():
-            while True:
-                found, offset = self.client.scroll(self.name, limit=1000, offset=offset, with_payload=True, with_vectors=False)
-                terms += sum(self._length(p.payload) for p in found)
-                chunks += len(found)
-                if offset is None:
-                    break
-            version = Statistics.of(self._metadata()).version
-        return Statistics(terms, chunks, version)
 
     def _length(self, payload: Mapping[str, Any]) -> int:
         """A stored chunk's index terms: recorded since issue 40 (`n_terms`), analyzed again for older points."""
@@ -425,10 +408,10 @@ class QdrantCollection:
             existed = self._existing_documents(document_ids)
             # what the documents held before: their chunks are overwritten or deleted below
             old_terms, old_chunks = self._stored(models.Filter(must=[_match_any("document_id", sorted(existed))])) if existed else (0, 0)
-            self._begin_write()
+            own = self._begin_write()
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
-            self._written(sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
+            self._written(own, sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
             if existed:
                 stale = models.Filter(must=[_match_any("document_id", sorted(existed))],
                                       must_not=[models.HasIdCondition(has_id=[p.id for p in points])])
@@ -444,10 +427,10 @@ class QdrantCollection:
             points = self._points(chunks, vectors, analyzed, texts or {})
             old_terms, old_chunks = self._stored(models.Filter(must=[models.HasIdCondition(has_id=[p.id for p in points])])) \
                 if points else (0, 0)
-            self._begin_write()
+            own = self._begin_write()
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
-            self._written(sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
+            self._written(own, sum(map(len, analyzed)) - old_terms, len(points) - old_chunks)
 
     def _points(self, chunks: Sequence[Chunk], vectors: np.ndarray, analyzed: list[list[str]],
                 texts: Mapping[str, str]) -> list:
@@ -512,10 +495,10 @@ class QdrantCollection:
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
                 terms, chunks = self._stored(gone)
-                self._begin_write()
+                own = self._begin_write()
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True,
                                    ordering=self._ordering)
-                self._written(-terms, -chunks)
+                self._written(own, -terms, -chunks)
         return len(existed), len(ids) - len(existed)
 
     def _stored(self, which: models.Filter) -> tuple[int, int]:
