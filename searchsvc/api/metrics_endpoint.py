@@ -1,6 +1,7 @@
 """The /metrics HTTP endpoint (`metrics_port`) and what it reads from the running server at scrape time: chunks,
 documents and bytes on disk per collection (the first `max_collection_labels` names, so thousands of collections
-cannot explode the series count), LLM tokens, answer-cache lookups, calls in flight and shed per kind of work."""
+cannot explode the series count), LLM tokens, answer-cache lookups, calls in flight and shed per kind of work, the process's resident memory and
+what each loaded model added to it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from searchsvc.ops import metrics
+from searchsvc.retrieve.models import resident_bytes
 
 if TYPE_CHECKING:
     from searchsvc.api.servicer import SearchService
@@ -57,6 +59,15 @@ class ServerCollector:
         yield chunks
         yield documents
         yield disk
+        models = GaugeMetricFamily(
+            "searchsvc_model_resident_bytes",
+            "Loaded embedders and rerankers: how much the server's resident memory grew while each loaded.", labels=["model"])
+        for name, size in sorted(service.catalog.models.resident_bytes.items()):
+            models.add_metric([name], size)
+        yield models
+        resident = GaugeMetricFamily("searchsvc_resident_bytes", "The server process's resident memory (RSS).")
+        resident.add_metric([], resident_bytes())
+        yield resident
 
 
 def _disk_bytes(path: Path) -> int:

@@ -404,11 +404,18 @@ class Catalog:
                 with self._qdrant_calls, qdrant_errors(f"deleting collection {name!r}"):
                     self._qdrant().delete_collection(name)
                 log.info("deleted collection %s from Qdrant", name)
-                return
-            if collection is not None:
-                collection.close(checkpoint=False)
-            remove_tree_atomic(self.root / name)
-            log.info("deleted collection %s", name)
+            else:
+                if collection is not None:
+                    collection.close(checkpoint=False)
+                remove_tree_atomic(self.root / name)
+                log.info("deleted collection %s", name)
+        self.release_unused_models()
+
+    def release_unused_models(self) -> None:
+        """Drop the models no open collection uses (a deleted or re-embedded collection's)."""
+        with self._lock:
+            configs = [c.config for c in self._collections.values()]
+        self.models.release_unused({m for c in configs for m in (c.embedding_model, c.reranker_model) if m})
 
     def open_embedded(self, name: str) -> Collection:
         """Open one embedded collection of the index dir (for offline tools; raises what opening it raises)."""
@@ -580,6 +587,7 @@ class Catalog:
             shutil.rmtree(staging, ignore_errors=True)
             with self._lock:
                 self._reembedding.discard(name)
+            self.release_unused_models()  # the old model, or on failure the new one
 
     def _recover_reembeds(self) -> None:
         """Finish a re-embed swap a crash interrupted (staging complete, live moved away) or discard it."""

@@ -5,16 +5,20 @@ Offline by default: the packaged all-MiniLM-L6-v2 is loaded from its package pat
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
+
+from searchsvc.retrieve.onnx_runtime import BuildElsewhere, builds_elsewhere
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +87,23 @@ class ModelRegistry:
         rerank_engine: str = "onnx",
         allowed: Sequence[str] | None = None,
         max_cross_encoders: int = 4,
+        build_in_child: bool = False,
     ) -> None:
         """`allowed`: what else than the packaged models and those under `models_dir` may be loaded (ids, paths,
         or directories whose contents may); None: anything (the CLI's own commands, where the operator names
-        the model). `cache_dir`: where ONNX/OpenVINO exports go; unset: `models_dir`. `max_cross_encoders`: loaded rerankers kept (least recently used dropped first)."""
+        the model). `cache_dir`: where ONNX/OpenVINO exports go; unset: `models_dir`. `max_cross_encoders`: loaded rerankers kept (least recently used dropped first).
+        `build_in_child` (a server): exports and conversions a model lacks are made by a child process
+        (`python -m searchsvc.retrieve.build_models`), so the server never imports torch to make them."""
+        # What a child process needs to load the same models the same way.
+        self._child_options = dict(
+            embed_batch_size=embed_batch_size, rerank_max_length=rerank_max_length, rerank_int8=rerank_int8,
+            models_dir=str(models_dir) if models_dir else None, cache_dir=str(cache_dir) if cache_dir else None,
+            e5_engine=e5_engine, encoder_precision=encoder_precision, sentence_engine=sentence_engine, threads=threads,
+            encoder_int8=encoder_int8, rerank_engine=rerank_engine,
+        )
+        self.build_in_child = build_in_child
+        self.resident_bytes: dict[str, int] = {}  # per loaded model: how much the process grew while it loaded
+        self._making: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)  # per model: one child at a time
         self.allowed = None if allowed is None else tuple(allowed)
         self.max_cross_encoders = max_cross_encoders
         self.models_dir = models_dir
@@ -136,14 +153,92 @@ class ModelRegistry:
         self.check_allowed(name)
         with self._lock:
             if name not in self._embedders:
-                started = time.perf_counter()
-                if name in E5_MODELS:
-                    self._embedders[name] = self._e5_embedder()
-                else:
-                    self._embedders[name] = self._sentence_embedder(name)
+                started, before = time.perf_counter(), resident_bytes()
+                load = self._e5_embedder if name in E5_MODELS else lambda: self._sentence_embedder(name)
+                self._embedders[name] = self._load("embedder", name, load)
                 self._prepare_torch(only_if_imported=True)
-                log.info("loaded embedder %s (%s) in %.1f s", name, type(self._embedders[name]).__name__, time.perf_counter() - started)
+                self.resident_bytes[name] = max(0, resident_bytes() - before)
+                log.info("loaded embedder %s (%s) in %.1f s, %d MB", name, type(self._embedders[name]).__name__,
+                         time.perf_counter() - started, self.resident_bytes[name] >> 20)
             return self._embedders[name]
+
+    def _load(self, kind: str, name: str, load: Callable[[], Any]) -> Any:
+        """`load()`; with `build_in_child`, first without building anything here: what it lacks is made by a child
+        process, then loaded. A child that fails leaves the build to this process, as without it."""
+        if not self.build_in_child:
+            return load()
+        with self._making[name]:  # a warm-up (prepare) of the same model finishes first
+            try:
+                with builds_elsewhere():
+                    return load()
+            except BuildElsewhere as missing:
+                log.info("%s %s: %s is not made yet; making it in a child process", kind, name, Path(str(missing)).name)
+            if failed := self._make_in_child(kind, name):
+                log.warning("%s %s: the child process making its files failed (%s); making them in this process",
+                            kind, name, failed)
+        return load()
+
+    def prepare(self, name: str) -> None:
+        """Make an embedder's files without loading it here, in a child process (with `build_in_child`; else
+        nothing): a server with no collection yet readies its default model, so that the first CreateCollection
+        loads it in a second instead of exporting it. A stamp under the cache directory, keyed by the model, the
+        options and the runtimes' versions, skips the child once it has run; a stale stamp costs nothing but
+        this warm-up (a load still makes what is missing)."""
+        if not self.build_in_child or name == "external":
+            return
+        self.check_allowed(name)
+        stamp = self._made_stamp("embedder", name)
+        with self._making[name]:
+            if stamp.exists() or name in self._embedders:
+                return
+            if failed := self._make_in_child("embedder", name):
+                log.warning("embedder %s: could not make its files ahead of use (%s)", name, failed)
+                return
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
+
+    def _make_in_child(self, kind: str, name: str) -> str | None:
+        """Run build_models for one model; None when it succeeded, else why not."""
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "searchsvc.retrieve.build_models", kind, name, json.dumps(self._child_options)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if done.returncode != 0:
+            return f"exit status {done.returncode}: {done.stderr.strip()[-2000:]}"
+        log.info("%s %s: files made in a child process in %.1f s", kind, name, time.perf_counter() - started)
+        return None
+
+    def _made_stamp(self, kind: str, name: str) -> Path:
+        import hashlib
+        import importlib.metadata
+
+        from searchsvc.retrieve.onnx_runtime import EXPORT_VERSION
+
+        versions = []
+        for package in ("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino", "searchsvc"):
+            try:
+                versions.append(f"{package} {importlib.metadata.version(package)}")
+            except importlib.metadata.PackageNotFoundError:
+                pass
+        options = {k: v for k, v in self._child_options.items() if k not in ("embed_batch_size", "threads")}
+        key = json.dumps([kind, name, options, versions, EXPORT_VERSION], sort_keys=True)
+        return self.onnx_cache_dir / ".made" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    def release_unused(self, in_use: set[str]) -> list[str]:
+        """Drop the loaded models that no name in `in_use` (the open collections' embedders and rerankers) needs;
+        their memory goes when the last search holding one ends. Returns the dropped names."""
+        with self._lock:
+            dropped = [n for n in self._embedders if n not in in_use]
+            dropped += [n for n in self._cross_encoders if n not in in_use]
+            for name in dropped:
+                self._embedders.pop(name, None)
+                self._cross_encoders.pop(name, None)
+                self.resident_bytes.pop(name, None)
+        if dropped:
+            log.info("dropped unused model(s) %s", ", ".join(dropped))
+        return dropped
 
     @property
     def onnx_cache_dir(self) -> Path:
@@ -162,6 +257,8 @@ class ModelRegistry:
             try:
                 return E5Embedding(engine=engine, query_engine="" if query_engine == engine else query_engine,
                                    int8=self.encoder_int8, **options)
+            except BuildElsewhere:
+                raise
             except Exception as exc:  # export or runtime unusable here (a full disk, say): the next engine serves
                 if engine not in _E5_FALLBACK:
                     raise
@@ -191,6 +288,8 @@ class ModelRegistry:
             for engines in attempts:
                 try:
                     return OnnxSentenceEmbedding(path, self.onnx_cache_dir, self.threads, **engines, **options)
+                except BuildElsewhere:
+                    raise
                 except ValueError as exc:  # an unsupported pipeline: torch serves it
                     log.info("embedder %s stays on torch: %s", name, exc)
                     break
@@ -218,14 +317,16 @@ class ModelRegistry:
                 while len(self._cross_encoders) >= self.max_cross_encoders:
                     dropped, _ = self._cross_encoders.popitem(last=False)
                     log.info("dropped cross-encoder %s (max %d loaded)", dropped, self.max_cross_encoders)
-                started = time.perf_counter()
+                started, before = time.perf_counter(), resident_bytes()
                 path = resolve_model_path(name, self.models_dir)
                 if self.rerank_engine == "onnx" and not self.rerank_int8:
                     from searchsvc.retrieve.rerank_onnx import OnnxCrossEncoder
 
                     try:
-                        self._cross_encoders[name] = OnnxCrossEncoder(path, self.onnx_cache_dir, self.threads, self.rerank_max_length, model_id=name)
+                        self._cross_encoders[name] = self._load("cross-encoder", name, lambda: OnnxCrossEncoder(
+                            path, self.onnx_cache_dir, self.threads, self.rerank_max_length, model_id=name))
                         self._prepare_torch(only_if_imported=True)
+                        self.resident_bytes[name] = max(0, resident_bytes() - before)
                         log.info("loaded cross-encoder %s on ONNX Runtime in %.1f s", name, time.perf_counter() - started)
                         return self._cross_encoders[name]
                     except OSError as exc:  # the export cannot be written (a full disk): the reference serves
@@ -239,8 +340,18 @@ class ModelRegistry:
                 if self.rerank_int8:
                     model = quantize_int8(model)
                 self._cross_encoders[name] = model
+                self.resident_bytes[name] = max(0, resident_bytes() - before)
                 log.info("loaded cross-encoder %s in %.1f s (int8: %s)", name, time.perf_counter() - started, self.rerank_int8)
             return self._cross_encoders[name]
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def quantize_int8(model):

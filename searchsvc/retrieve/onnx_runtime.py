@@ -19,6 +19,7 @@ import re
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -109,12 +110,34 @@ def cached_export(
     return build_once(target, build)
 
 
+class BuildElsewhere(Exception):
+    """A derived model file is missing and this thread makes none (inside `builds_elsewhere`)."""
+
+
+_builds = threading.local()
+
+
+@contextmanager
+def builds_elsewhere():
+    """Within it, build_once raises BuildElsewhere instead of building on this thread. A server's ModelRegistry
+    loads models so, and makes what is missing in a child process: an export imports torch and transformers
+    (~500 MB that never leaves the process), which a model whose files are made needs none of."""
+    previous = getattr(_builds, "elsewhere", False)
+    _builds.elsewhere = True
+    try:
+        yield
+    finally:
+        _builds.elsewhere = previous
+
+
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """`target` (a file or a directory), made by `build(path)` unless it exists. Concurrent callers (threads or
     processes) wait for one build; it appears by an atomic rename, whole or not at all, and a failed build leaves
     nothing."""
     if target.exists():
         return target
+    if getattr(_builds, "elsewhere", False):
+        raise BuildElsewhere(str(target))
     with open(target.parent / ".export.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():

@@ -73,3 +73,17 @@ def test_rpcs_stages_ingest_and_collections_are_counted(measured):
     assert after[("searchsvc_collection_disk_bytes", (("collection", "m"),))] > 0
     assert after[("searchsvc_in_flight_requests", (("kind", "search"),))] == 0
     assert ("searchsvc_shed_requests_total", (("kind", "search"),)) in after
+
+
+def test_models_are_reported_while_used_and_dropped_with_their_last_collection(measured):
+    stub, url = measured
+    minilm = (("model", "sentence-transformers/all-MiniLM-L6-v2"),)
+    stub.CreateCollection(pb.CreateCollectionRequest(name="held", config=pb.CollectionConfig(language="en")))
+    loaded = scrape(url)
+    assert loaded[("searchsvc_model_resident_bytes", minilm)] > 0
+    assert loaded[("searchsvc_resident_bytes", ())] > loaded[("searchsvc_model_resident_bytes", minilm)]
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name="held"))
+    still = scrape(url)  # collection "m" of the test above uses the same model
+    assert ("searchsvc_model_resident_bytes", minilm) in still
+    stub.DeleteCollection(pb.DeleteCollectionRequest(name="m"))
+    assert ("searchsvc_model_resident_bytes", minilm) not in scrape(url)
