@@ -117,6 +117,16 @@ def index(stub, collection: str, docs, batch_size: int = 2) -> list[pb.BulkIndex
     return list(stub.BulkIndex(iter(requests), timeout=120))
 
 
+def field_violation(err: grpc.RpcError) -> str:
+    """The field path of an INVALID_ARGUMENT's BadRequest detail."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    detail = error_details_pb2.BadRequest()
+    assert rpc_status.from_call(err).details[0].Unpack(detail)
+    return detail.field_violations[0].field
+
+
 def search(stub, collection: str, query: str, **kwargs) -> pb.SearchResponse:
     return stub.Search(pb.SearchRequest(collection=collection, query=query, **kwargs), timeout=60)
 

@@ -108,7 +108,7 @@ def config_to_pb(cfg: CollectionConfig) -> pb.CollectionConfig:
         dimension=cfg.dimension,
         dense_index=pb.DenseIndexConfig(
             kind=cfg.dense_index, m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, ef_search=cfg.hnsw_ef_search,
-            quantization=cfg.dense_quantization,
+            quantization=cfg.dense_quantization, target_recall=cfg.hnsw_target_recall,
         ),
         backend=cfg.backend,
         keyword_avg_terms=cfg.keyword_avg_terms,

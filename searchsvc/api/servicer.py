@@ -180,7 +180,7 @@ class SearchService(pb_grpc.SearchServiceServicer):
         config = CollectionConfig(
             c.embedding_model, c.analyzer, c.chunk_size, c.chunk_overlap, c.reranker_model, c.refresh_interval_ms, c.language,
             c.dimension, c.dense_index.kind, c.dense_index.m, c.dense_index.ef_construction, c.dense_index.ef_search,
-            c.dense_index.quantization, c.backend, c.keyword_avg_terms,
+            c.dense_index.quantization, c.backend, c.keyword_avg_terms, c.dense_index.target_recall,
         )
         collection = await self._run(self.catalog.create, request.name, config)
         if self.health:
@@ -488,6 +488,8 @@ def collection_to_pb(c: CollectionStorage) -> pb.Collection:
         dense_index_in_use=c.dense_index_in_use,
         version=c.version,
         writes_in_progress=c.writes_in_progress,
+        dense_ef_search=c.dense_ef_search,
+        dense_recall=c.dense_recall,
     )
 
 

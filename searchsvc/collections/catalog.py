@@ -94,6 +94,7 @@ class Catalog:
             hnsw_ef_construction=config.hnsw_ef_construction or CollectionConfig.hnsw_ef_construction,
             hnsw_ef_search=config.hnsw_ef_search or CollectionConfig.hnsw_ef_search,
             dense_quantization=config.dense_quantization or CollectionConfig.dense_quantization,
+            hnsw_target_recall=config.hnsw_target_recall,
             backend=config.backend or s.default_backend,
             # Half the chunk size: chunks come near it, and about half of a chunk's tokens become index terms.
             # Too high costs less than too low (docs/decisions/0027-bm25-from-write-time-statistics.md).
@@ -491,7 +492,7 @@ class Catalog:
         defaults = CollectionConfig("", "", 0, 0)
         config = dataclasses.replace(source.config, backend="qdrant", dense_index="auto", dense_quantization="none",
                                      hnsw_m=defaults.hnsw_m, hnsw_ef_construction=defaults.hnsw_ef_construction,
-                                     hnsw_ef_search=defaults.hnsw_ef_search)
+                                     hnsw_ef_search=defaults.hnsw_ef_search, hnsw_target_recall=0.0)
         moved = self._qdrant_collection(target, config, create=True)
         try:
             def copy(chunks: list) -> None:

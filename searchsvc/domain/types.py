@@ -71,6 +71,9 @@ class CollectionConfig:
     # Qdrant backend: BM25's average terms per chunk, fixed at creation (storage/qdrant/collection.py). 0 on the
     # embedded backend (tantivy uses the exact average), and on Qdrant collections made before it existed.
     keyword_avg_terms: float = 0.0
+    # HNSW: the recall@10 that efSearch is calibrated to reach on the collection's own vectors
+    # (storage/embedded/recall.py); 0: off, hnsw_ef_search as set.
+    hnsw_target_recall: float = 0.0
 
 
 BACKENDS = ("embedded", "qdrant")

@@ -64,6 +64,16 @@ class CollectionStorage(Protocol):
         ...
 
     @property
+    def dense_ef_search(self) -> int:
+        """The ANN beam width searches use by default (configured or calibrated); 0 where none is this server's."""
+        ...
+
+    @property
+    def dense_recall(self) -> float:
+        """Recall@10 measured at dense_ef_search by the last calibration; 0 when not calibrated."""
+        ...
+
+    @property
     def version(self) -> int:
         """Changes with every committed write (answers are cached per collection version)."""
         ...

@@ -107,18 +107,20 @@ class CollectionConfig(_message.Message):
     def __init__(self, embedding_model: _Optional[str] = ..., analyzer: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_overlap: _Optional[int] = ..., reranker_model: _Optional[str] = ..., refresh_interval_ms: _Optional[int] = ..., language: _Optional[str] = ..., dimension: _Optional[int] = ..., dense_index: _Optional[_Union[DenseIndexConfig, _Mapping]] = ..., backend: _Optional[str] = ..., keyword_avg_terms: _Optional[float] = ...) -> None: ...
 
 class DenseIndexConfig(_message.Message):
-    __slots__ = ("kind", "m", "ef_construction", "ef_search", "quantization")
+    __slots__ = ("kind", "m", "ef_construction", "ef_search", "quantization", "target_recall")
     KIND_FIELD_NUMBER: _ClassVar[int]
     M_FIELD_NUMBER: _ClassVar[int]
     EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
     kind: str
     m: int
     ef_construction: int
     ef_search: int
     quantization: str
-    def __init__(self, kind: _Optional[str] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., quantization: _Optional[str] = ...) -> None: ...
+    target_recall: float
+    def __init__(self, kind: _Optional[str] = ..., m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ..., quantization: _Optional[str] = ..., target_recall: _Optional[float] = ...) -> None: ...
 
 class ReembedCollectionRequest(_message.Message):
     __slots__ = ("name", "embedding_model")
@@ -129,7 +131,7 @@ class ReembedCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use", "version", "writes_in_progress")
+    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use", "version", "writes_in_progress", "dense_ef_search", "dense_recall")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +142,8 @@ class Collection(_message.Message):
     DENSE_INDEX_IN_USE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WRITES_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    DENSE_EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    DENSE_RECALL_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     document_count: int
@@ -150,7 +154,9 @@ class Collection(_message.Message):
     dense_index_in_use: str
     version: int
     writes_in_progress: int
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ..., version: _Optional[int] = ..., writes_in_progress: _Optional[int] = ...) -> None: ...
+    dense_ef_search: int
+    dense_recall: float
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ..., version: _Optional[int] = ..., writes_in_progress: _Optional[int] = ..., dense_ef_search: _Optional[int] = ..., dense_recall: _Optional[float] = ...) -> None: ...
 
 class ReopenCollectionRequest(_message.Message):
     __slots__ = ("name",)

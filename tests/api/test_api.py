@@ -2,10 +2,8 @@
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from conftest import CORPUS, doc, fresh_collection, ids, index, search
+from conftest import CORPUS, doc, field_violation, fresh_collection, ids, index, search
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 
@@ -15,13 +13,6 @@ def collection(stub, request):
     local mode under the server's index dir. Fusion, rerank, cutoff and answers are the service's, the same on both."""
     with fresh_collection(stub, request.param) as name:
         yield name
-
-
-def field_violation(err: grpc.RpcError) -> str:
-    status = rpc_status.from_call(err)
-    detail = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(detail)
-    return detail.field_violations[0].field
 
 
 def test_collection_lifecycle(stub):

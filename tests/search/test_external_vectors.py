@@ -9,10 +9,8 @@ import math
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from conftest import SYNC_REFRESH, ServerProcess, ids, index, search
+from conftest import SYNC_REFRESH, ServerProcess, field_violation, ids, index, search
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 DIM = 8
@@ -24,13 +22,6 @@ TEXTS = {
     "blue": "Blue is the colour of the clear sky.",
     "cyan": "Cyan mixes green and blue light.",
 }
-
-
-def field_violation(err: grpc.RpcError) -> str:
-    status = rpc_status.from_call(err)
-    detail = error_details_pb2.BadRequest()
-    status.details[0].Unpack(detail)
-    return detail.field_violations[0].field
 
 
 def external_docs(**extra) -> list[pb.Document]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from test_api import field_violation
+from conftest import field_violation
 
 from conftest import ids, index, search
 from searchsvc.domain.types import Hit

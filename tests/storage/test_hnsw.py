@@ -199,7 +199,7 @@ def test_sq8_makes_the_graph_smaller():
 
 # ---------------------------------------------------------------- through the API
 import grpc  # noqa: E402
-from test_external_vectors import field_violation  # noqa: E402
+from conftest import field_violation  # noqa: E402
 
 from conftest import ServerProcess, ids, index, search  # noqa: E402
 from searchsvc.v1 import searchsvc_pb2 as pb  # noqa: E402

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from test_external_vectors import field_violation
+from conftest import field_violation
 
 from conftest import ServerProcess, ids, index, search
 from searchsvc.v1 import searchsvc_pb2 as pb

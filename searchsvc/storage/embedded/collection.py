@@ -673,6 +673,15 @@ class Collection:
     def dense_index_in_use(self) -> str:
         return self.dense.kind
 
+    @property
+    def dense_ef_search(self) -> int:
+        return self.dense.store.ef_search if self.dense.store.is_hnsw else 0
+
+    @property
+    def dense_recall(self) -> float:
+        calibration = self.dense.store.calibration
+        return calibration.recall if calibration is not None and self.dense.store.is_hnsw else 0.0
+
     # ------------------------------------------------------------------ the storage seam (storage/base.py)
     def embed_query(self, query: str) -> np.ndarray:
         return self.dense.embed_query(query)
@@ -838,7 +847,7 @@ def validate_config_values(config: CollectionConfig) -> None:
     if config.backend not in BACKENDS:
         raise InvalidArgument("config.backend", f"must be one of {', '.join(BACKENDS)}")
     defaults = CollectionConfig("", "", 0, 0)
-    dense_settings = ("dense_index", "dense_quantization", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search")
+    dense_settings = ("dense_index", "dense_quantization", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "hnsw_target_recall")
     if config.backend == "qdrant" and any(getattr(config, f) != getattr(defaults, f) for f in dense_settings):
         raise InvalidArgument("config.dense_index", "configures the embedded backend's FAISS index; Qdrant indexes with "
                               "its own HNSW (set on the cluster; a search may still pass dense.ef_search)")
@@ -863,6 +872,10 @@ def validate_config_values(config: CollectionConfig) -> None:
         raise InvalidArgument("config.dense_index.ef_construction", "must be between 8 and 2048")
     if not 1 <= config.hnsw_ef_search <= MAX_EF_SEARCH:
         raise InvalidArgument("config.dense_index.ef_search", f"must be between 1 and {MAX_EF_SEARCH}")
+    if not 0 <= config.hnsw_target_recall < 1:  # NaN fails this too
+        raise InvalidArgument("config.dense_index.target_recall", "must be in (0, 1), or 0 for none")
+    if config.hnsw_target_recall and config.dense_index == "flat":
+        raise InvalidArgument("config.dense_index.target_recall", "calibrates an HNSW graph: not with kind 'flat' (exact)")
     if config.chunk_size < 32 or config.chunk_size > 8192:
         raise InvalidArgument("config.chunk_size", "must be between 32 and 8192")
     if not 0 <= config.chunk_overlap < config.chunk_size:

@@ -42,10 +42,12 @@ from searchsvc.domain import filters
 from searchsvc.domain.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.storage.embedded import graph_files
+from searchsvc.storage.embedded.recall import Calibration, calibrate
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 
 log = logging.getLogger(__name__)
 NODE_IDS_FILE = "node_ids.json"  # FilterableFaissStore.persist
+CALIBRATE_FROM = 1000  # vectors: a smaller graph keeps the configured efSearch (its beam covers most of it anyway)
 COMPACT_AT = 0.2  # tombstone share of an HNSW graph that triggers a rebuild (searches walk dead nodes too)
 # FAISS inserts run here while the writer goes on with the same batch's other writes (add_vectors' `meanwhile`).
 # Writers are serialized per collection; two workers let two collections' writers insert at once. FAISS keeps its
@@ -63,10 +65,12 @@ class DenseIndexSpec:
     ef_construction: int = CollectionConfig.hnsw_ef_construction
     ef_search: int = CollectionConfig.hnsw_ef_search
     quantization: str = CollectionConfig.dense_quantization
+    target_recall: float = CollectionConfig.hnsw_target_recall
 
     @classmethod
     def of(cls, config: CollectionConfig) -> "DenseIndexSpec":
-        return cls(config.dense_index, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search, config.dense_quantization)
+        return cls(config.dense_index, config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search, config.dense_quantization,
+                   config.hnsw_target_recall)
 
     def new_hnsw(self, dimension: int, training: np.ndarray | None = None) -> faiss.IndexIDMap:
         """An empty graph; with SQ8 quantization and `training` vectors, an 8-bit one whose per-dimension ranges
@@ -119,6 +123,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         self._skip_tombstones: tuple | None = None  # (IDSelectorNot, the batch it references), built lazily
         self._rows_file: graph_files.RowsFile | None = None  # what the last graph snapshot read or written holds
         self._previous_snapshot: Path | None = None  # see linking_rows_from
+        self._calibration: Calibration | None = None
 
     @classmethod
     def new(cls, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "FilterableFaissStore":
@@ -149,6 +154,8 @@ class FilterableFaissStore(FaissMapVectorStore):
         names = self._node_at
         with open(os.path.join(os.path.dirname(persist_path), NODE_IDS_FILE), "w", encoding="utf-8") as f:
             json.dump(names, f, ensure_ascii=False)
+        if self.calibration is not None:
+            self.calibration.write(Path(persist_path).parent)
 
     @classmethod
     def from_persist_path(cls, persist_path: str, fs: Any = None) -> "FilterableFaissStore":
@@ -174,6 +181,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         # Rows with no node are tombstones (only an HNSW index keeps deleted vectors).
         store._tombstones = {i for n, i in zip(names, stored_ids) if n is None}
         store._next_id = max(stored_ids) + 1 if stored_ids else 0
+        store.calibration = Calibration.read(directory)
         return store
 
     @property
@@ -188,6 +196,21 @@ class FilterableFaissStore(FaissMapVectorStore):
     @property
     def dimension(self) -> int:
         return self._faiss_index.d
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """efSearch calibrated to the collection's recall target (DenseIndex.maybe_calibrate); persisted beside
+        the graph."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: Calibration | None) -> None:
+        self._calibration = value
+
+    @property
+    def ef_search(self) -> int:
+        """The beam width a search uses unless it sets its own: the calibrated one, else the configured one."""
+        return self.calibration.ef_search if self.calibration is not None else self._ef_search
 
     @property
     def live_count(self) -> int:  # not __len__: LlamaIndex tests stores for truth ("store or a default one")
@@ -263,15 +286,24 @@ class FilterableFaissStore(FaissMapVectorStore):
         positions = np.flatnonzero(keep)
         return ids[keep].copy(), self._vectors_at(positions)
 
-    def replace_index(self, index: Any, built_from: int) -> None:
+    def replace_index(self, index: Any, built_from: int, calibration: Calibration | None = None) -> None:
         """Swap in `index`, built from the live vectors when the store's id counter was `built_from` (the caller
-        serializes writers, so nothing was added or deleted since)."""
+        serializes writers, so nothing was added or deleted since), with its efSearch calibration if any."""
         assert built_from == self._next_id, "the store changed while its replacement was built"
         self._faiss_index = index
         self._rows_file = None  # a new graph: its snapshot starts a new rows file
         self._node_at = [n for n in self._node_at if n is not None]  # the live rows, as live_vectors gave them
         self._tombstones = set()
         self._skip_tombstones = None
+        self.calibration = calibration
+
+    def calibrated(self, target: float) -> Calibration:
+        """Calibrate this store's graph to `target` (the caller keeps writers out: the graph is only read, as by
+        searches)."""
+        ids = self._ids()
+        live = np.flatnonzero(~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))))
+        selector = self._tombstone_selector() if self._tombstones else None
+        return calibrate(self._faiss_index, live, ids[live].copy(), self._vectors_at, target, selector)
 
     # --- reads
     def _ids(self) -> np.ndarray:
@@ -340,7 +372,7 @@ class FilterableFaissStore(FaissMapVectorStore):
                     outside = faiss.IDSelectorNot(self._bitmap_selector(excluded))
                     sel = outside if sel is None else faiss.IDSelectorAnd(sel, outside)
             if hnsw:
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or self._ef_search, k))
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or self.ef_search, k))
             else:
                 params = faiss.SearchParameters(sel=sel) if sel is not None else None
             found_scores, found_ids = self._faiss_index.search(vector[np.newaxis, :], k, params=params)
@@ -587,6 +619,8 @@ class DenseIndex:
         """The FAISS snapshot in `persist_dir` over `kvstore`, the docstore committed with it."""
         store = FilterableFaissStore.from_persist_dir(str(persist_dir))
         store._ef_search = spec.ef_search
+        if not spec.target_recall:
+            store.calibration = None
         storage = StorageContext.from_defaults(
             vector_store=store, persist_dir=str(persist_dir),
             docstore=PlainRefDocStore(kvstore),
@@ -670,13 +704,15 @@ class DenseIndex:
 
     def maybe_rebuild(self) -> None:
         """Build a fresh HNSW graph when an "auto" flat index reaches AUTO_HNSW_MIN_CHUNKS, or when tombstones
-        fill COMPACT_AT of a graph. The build runs outside the lock, so searches go on against the old index
-        meanwhile; only the writer that triggered it waits (~7k vectors/s on 2 cores)."""
+        fill COMPACT_AT of a graph; then calibrate efSearch if the recall target asks (maybe_calibrate). The build
+        runs outside the lock, so searches go on against the old index meanwhile; only the writer that
+        triggered it waits (~7k vectors/s on 2 cores)."""
         store = self.store
         big = store.live_count >= AUTO_HNSW_MIN_CHUNKS
         grow = self.spec.kind == "auto" and not store.is_hnsw and big
         quantize = self.spec.quantization == "sq8" and store.is_hnsw and not store.is_quantized and big
         if not (grow or quantize or (store.is_hnsw and store.needs_compaction())):
+            self.maybe_calibrate()
             return
         started = time.perf_counter()
         with self._lock:
@@ -685,14 +721,31 @@ class DenseIndex:
         # An SQ8 graph learns its per-dimension ranges from these vectors (decoded ones, when compacting).
         index = self.spec.new_hnsw(store.dimension, training=vectors if self.spec.quantization == "sq8" and big else None)
         index.add_with_ids(vectors, ids)
+        calibration = None
+        if self.spec.target_recall and len(ids) >= CALIBRATE_FROM:  # on the new graph, before any search sees it
+            calibration = calibrate(index, np.arange(len(ids)), ids, vectors.__getitem__, self.spec.target_recall)
         del vectors
         with self._lock:
-            store.replace_index(index, built_from)
+            store.replace_index(index, built_from, calibration)
         log.info(
             "dense index: %s %s graph of %d vectors (M=%d, efConstruction=%d) in %.1f s",
             "built an" if grow or quantize else "compacted the", self.kind, len(ids), self.spec.m, self.spec.ef_construction,
             time.perf_counter() - started,
         )
+
+    def maybe_calibrate(self) -> None:
+        """With a recall target: calibrate the graph's efSearch when it was never calibrated (or for another target),
+        and whenever the collection has doubled since (HNSW's recall at a given efSearch falls as the graph grows).
+        Called by the writer (writers are serialized): no insert runs meanwhile, and searches only read too, so
+        the lock is not held. The writer waits: ~1 s at 100k vectors on 2 cores, log2(n) times in a collection's
+        life."""
+        target, store = self.spec.target_recall, self.store
+        if not target or not store.is_hnsw or store.live_count < CALIBRATE_FROM:
+            return
+        done = store.calibration
+        if done is not None and done.target == target and store.live_count < 2 * done.vectors:
+            return
+        store.calibration = store.calibrated(target)
 
     # --- reads
     @property

@@ -530,6 +530,14 @@ class QdrantCollection:
         return "qdrant"
 
     @property
+    def dense_ef_search(self) -> int:
+        return 0  # the cluster's own HNSW settings
+
+    @property
+    def dense_recall(self) -> float:
+        return 0.0
+
+    @property
     def read_only_reason(self) -> str:
         return ""  # Qdrant reports its own faults per call (UNAVAILABLE, RESOURCE_EXHAUSTED)
 
