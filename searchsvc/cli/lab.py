@@ -120,6 +120,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         run_documents(settings, Path(args.documents), queries_limit=args.queries)
         return 0
+    if args.recall:
+        from searchsvc.lab.bench.recall import run_recall
+
+        run_recall(args.recall, args.target_recall)
+        return 0
+    if args.memory:
+        from searchsvc.lab.bench.memory import run_memory
+
+        run_memory(settings)
+        return 0
     if args.scale:
         from searchsvc.lab.bench.scale import run_scale
 
@@ -249,6 +259,13 @@ def add_lab_commands(sub) -> None:
                    "docs/s as it grows, RSS, restart to SERVING, search p50/p99, recall@10, checkpoint times)")
     p.add_argument("--quantization", choices=["none", "sq8"], default="none",
                    help="with --scale: the collection's dense_index.quantization")
+    p.add_argument("--recall", type=int, metavar="VECTORS",
+                   help="instead of the parts: dense_index.target_recall on clustered, Gaussian and SciFact vectors "
+                   "(calibrated efSearch, recall@10 of unseen queries at it and at the default 256, search p50)")
+    p.add_argument("--target-recall", type=float, default=0.95, help="with --recall: the target (default 0.95)")
+    p.add_argument("--memory", action="store_true",
+                   help="instead of the parts: server RSS idle, with an en and a ko collection, and after a search in "
+                   "each (LLM off), beside what each model added")
     p.add_argument("--soak", type=int, metavar="MINUTES",
                    help="instead of the parts: a mixed workload at ~80%% of measured capacity; per minute RSS, search p50/p99, errors")
     p.add_argument("--filters", type=int, metavar="CHUNKS",

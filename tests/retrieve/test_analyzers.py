@@ -121,3 +121,9 @@ def test_a_collection_holding_korean_is_detected_from_a_sample_of_its_chunks():
     assert not dense.sample_has_hangul()
     dense.add([Chunk("b#0", "b", 0, "금리가 올랐다", "", {}, 0, 7)], np.array([[0, 1]], np.float32))
     assert dense.sample_has_hangul() and not dense.sample_has_hangul(rows=1)  # "a#0" comes first
+
+
+def test_korean_multi_word_names_index_as_their_words():
+    # kiwi's multi-word dictionary (not loaded) would make "자연어 처리" one proper noun, unmatched by "자연어" alone
+    terms = KoreanAnalyzer().analyze("자연어 처리 기술과 네이버 쇼핑")
+    assert {"자연어", "처리", "네이버", "쇼핑"} <= set(terms) and not any(" " in t for t in terms)

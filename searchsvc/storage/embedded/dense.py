@@ -48,6 +48,8 @@ from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 log = logging.getLogger(__name__)
 NODE_IDS_FILE = "node_ids.json"  # FilterableFaissStore.persist
 CALIBRATE_FROM = 1000  # vectors: a smaller graph keeps the configured efSearch (its beam covers most of it anyway)
+# Calibrated again once the graph has grown by this factor: recall at a fixed efSearch falls as a graph grows.
+RECALIBRATE_GROWTH = 1.25
 COMPACT_AT = 0.2  # tombstone share of an HNSW graph that triggers a rebuild (searches walk dead nodes too)
 # FAISS inserts run here while the writer goes on with the same batch's other writes (add_vectors' `meanwhile`).
 # Writers are serialized per collection; two workers let two collections' writers insert at once. FAISS keeps its
@@ -735,15 +737,15 @@ class DenseIndex:
 
     def maybe_calibrate(self) -> None:
         """With a recall target: calibrate the graph's efSearch when it was never calibrated (or for another target),
-        and whenever the collection has doubled since (HNSW's recall at a given efSearch falls as the graph grows).
-        Called by the writer (writers are serialized): no insert runs meanwhile, and searches only read too, so
-        the lock is not held. The writer waits: ~1 s at 100k vectors on 2 cores, log2(n) times in a collection's
-        life."""
+        and whenever the collection has grown by RECALIBRATE_GROWTH since (HNSW's recall at a given efSearch falls
+        as the graph grows). Called by the writer (writers are serialized): no insert runs meanwhile, and searches
+        only read too, so the lock is not held. The writer waits for it (printed by `searchsvc bench --recall`),
+        ~log1.25(n / 1,000) times in a collection's life."""
         target, store = self.spec.target_recall, self.store
         if not target or not store.is_hnsw or store.live_count < CALIBRATE_FROM:
             return
         done = store.calibration
-        if done is not None and done.target == target and store.live_count < 2 * done.vectors:
+        if done is not None and done.target == target and store.live_count < RECALIBRATE_GROWTH * done.vectors:
             return
         store.calibration = store.calibrated(target)
 
