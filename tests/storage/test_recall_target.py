@@ -41,12 +41,12 @@ def build(target: float, data: np.ndarray) -> DenseIndex:
 
 
 def test_the_calibrated_beam_reaches_the_target_on_queries_it_never_saw(tmp_path):
-    data, queries = clustered(8750, seed=1), clustered(300, seed=2)  # calibrated last at 8,750 = 7,000 x 1.25
+    data, queries = clustered(8750, seed=1), clustered(300, seed=2)
     high, low = build(0.97, data), build(0.6, data)
     assert high.store.calibration.ef_search > low.store.calibration.ef_search  # different data needs, different beams
     for dense, target in ((high, 0.97), (low, 0.6)):
         calibration = dense.store.calibration
-        assert calibration.vectors == 8750 and calibration.recall >= target and calibration.ef_search in EF_LADDER
+        assert calibration.vectors == 8000 and calibration.recall >= target and calibration.ef_search in EF_LADDER
         assert held_out_recall(dense, data, queries) >= target - 0.02
     # the rung below the calibrated one misses the target: the calibration took the least beam that reaches it
     below = EF_LADDER[EF_LADDER.index(high.store.calibration.ef_search) - 1]
@@ -67,16 +67,18 @@ def held_out_recall_at(dense: DenseIndex, data: np.ndarray, queries: np.ndarray,
 
 def test_the_collection_recalibrates_as_it_grows_and_ignores_tombstones():
     data = clustered(4000, seed=3)
-    dense = build(0.9, data[:1100])  # batches of 1,000: calibrated at the first (CALIBRATE_FROM)
+    # batches of 1,000: the second batch's vectors are the queries of the first calibration, over 1,000 (CALIBRATE_FROM)
+    dense = build(0.9, data[:1100])
     assert dense.store.calibration.vectors == 1000
     dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1100, 1249)], data[1100:1249])
-    assert dense.store.calibration.vectors == 1000  # grown by less than RECALIBRATE_GROWTH
-    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1249, 3000)], data[1249:3000])
-    assert dense.store.calibration.vectors == 3000
-    # a deleted vector is neither a query nor an answer: calibrate() sees only live ids
+    assert dense.store.calibration.vectors == 1000  # 1,249 would not pass RECALIBRATE_GROWTH x 1,000
+    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1249, 1299)], data[1249:1299])
+    assert dense.store.calibration.vectors == 1000  # 50 vectors: too few queries (MIN_QUERIES), a larger write calibrates
+    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1299, 3000)], data[1299:3000])
+    assert dense.store.calibration.vectors == 1299  # measured on the graph as it stood, with the write's vectors
+    # a deleted vector is not an answer: calibrated() sees only live ids
     dense.remove([f"{i}#0" for i in range(100)], rebuild=False)
-    store = dense.store
-    again = store.calibrated(0.9)
+    again = dense.store.calibrated(0.9, clustered(200, seed=6))
     assert again.vectors == 2900
 
 

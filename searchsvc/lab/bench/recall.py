@@ -91,7 +91,7 @@ def _measure(name: str, data: np.ndarray, queries: np.ndarray, target: float) ->
 
     class Timer(logging.Handler):  # the calibrations' own time, from their log lines
         def emit(self, record: logging.LogRecord) -> None:
-            if "sample queries" in record.getMessage():
+            if "unseen queries" in record.getMessage():
                 calibrating[0] += float(record.getMessage().rsplit(", ", 1)[1].rstrip(" s"))
 
     logger = logging.getLogger("searchsvc.storage.embedded.recall")

@@ -42,7 +42,7 @@ from searchsvc.domain import filters
 from searchsvc.domain.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.storage.embedded import graph_files
-from searchsvc.storage.embedded.recall import Calibration, calibrate
+from searchsvc.storage.embedded.recall import MIN_QUERIES, SAMPLE_QUERIES, Calibration, calibrate
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 
 log = logging.getLogger(__name__)
@@ -299,13 +299,13 @@ class FilterableFaissStore(FaissMapVectorStore):
         self._skip_tombstones = None
         self.calibration = calibration
 
-    def calibrated(self, target: float) -> Calibration:
-        """Calibrate this store's graph to `target` (the caller keeps writers out: the graph is only read, as by
-        searches)."""
+    def calibrated(self, target: float, queries: np.ndarray) -> Calibration:
+        """Calibrate this store's graph to `target` with `queries`, vectors it does not hold (the caller keeps
+        writers out: the graph is only read, as by searches)."""
         ids = self._ids()
         live = np.flatnonzero(~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))))
         selector = self._tombstone_selector() if self._tombstones else None
-        return calibrate(self._faiss_index, live, ids[live].copy(), self._vectors_at, target, selector)
+        return calibrate(self._faiss_index, queries, live, ids[live].copy(), self._vectors_at, target, selector)
 
     # --- reads
     def _ids(self) -> np.ndarray:
@@ -680,6 +680,7 @@ class DenseIndex:
             if meanwhile is not None:
                 meanwhile()
 
+        self.maybe_calibrate(embeddings)  # the batch's vectors, not in the graph yet, are the queries
         with self._lock:
             self.store.add_vectors([c.id for c in chunks], embeddings, meanwhile=to_docstore)
         if rebuild:
@@ -714,7 +715,6 @@ class DenseIndex:
         grow = self.spec.kind == "auto" and not store.is_hnsw and big
         quantize = self.spec.quantization == "sq8" and store.is_hnsw and not store.is_quantized and big
         if not (grow or quantize or (store.is_hnsw and store.needs_compaction())):
-            self.maybe_calibrate()
             return
         started = time.perf_counter()
         with self._lock:
@@ -722,10 +722,16 @@ class DenseIndex:
             built_from = store._next_id
         # An SQ8 graph learns its per-dimension ranges from these vectors (decoded ones, when compacting).
         index = self.spec.new_hnsw(store.dimension, training=vectors if self.spec.quantization == "sq8" and big else None)
-        index.add_with_ids(vectors, ids)
         calibration = None
-        if self.spec.target_recall and len(ids) >= CALIBRATE_FROM:  # on the new graph, before any search sees it
-            calibration = calibrate(index, np.arange(len(ids)), ids, vectors.__getitem__, self.spec.target_recall)
+        if self.spec.target_recall and len(ids) >= CALIBRATE_FROM:
+            # The newest vectors go in last, after they served as the calibration's unseen queries (ids stay
+            # ascending in the graph, as _positions needs).
+            held = len(ids) - SAMPLE_QUERIES
+            index.add_with_ids(vectors[:held], ids[:held])
+            calibration = calibrate(index, vectors[held:], np.arange(held), ids[:held], vectors.__getitem__, self.spec.target_recall)
+            index.add_with_ids(vectors[held:], ids[held:])
+        else:
+            index.add_with_ids(vectors, ids)
         del vectors
         with self._lock:
             store.replace_index(index, built_from, calibration)
@@ -735,19 +741,20 @@ class DenseIndex:
             time.perf_counter() - started,
         )
 
-    def maybe_calibrate(self) -> None:
+    def maybe_calibrate(self, unseen: np.ndarray) -> None:
         """With a recall target: calibrate the graph's efSearch when it was never calibrated (or for another target),
-        and whenever the collection has grown by RECALIBRATE_GROWTH since (HNSW's recall at a given efSearch falls
-        as the graph grows). Called by the writer (writers are serialized): no insert runs meanwhile, and searches
-        only read too, so the lock is not held. The writer waits for it (printed by `searchsvc bench --recall`),
-        ~log1.25(n / 1,000) times in a collection's life."""
+        and whenever it would grow past RECALIBRATE_GROWTH times its size at the last calibration (HNSW's recall at a
+        given efSearch falls as the graph grows). `unseen`: a write's vectors, before they are inserted: the
+        queries (fewer than MIN_QUERIES: a later, larger write calibrates). Called by the writer (writers are
+        serialized): no insert runs meanwhile, and searches only read too, so the lock is not held. The writer
+        waits for it (printed by `searchsvc bench --recall`), ~log1.25(n / 1,000) times in a collection's life."""
         target, store = self.spec.target_recall, self.store
-        if not target or not store.is_hnsw or store.live_count < CALIBRATE_FROM:
+        if not target or not store.is_hnsw or len(unseen) < MIN_QUERIES or store.live_count < CALIBRATE_FROM:
             return
         done = store.calibration
-        if done is not None and done.target == target and store.live_count < RECALIBRATE_GROWTH * done.vectors:
+        if done is not None and done.target == target and store.live_count + len(unseen) < RECALIBRATE_GROWTH * done.vectors:
             return
-        store.calibration = store.calibrated(target)
+        store.calibration = store.calibrated(target, unseen)
 
     # --- reads
     @property
