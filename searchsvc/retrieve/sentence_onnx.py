@@ -143,6 +143,10 @@ class OnnxSentenceEmbedding(BaseEmbedding):
     def class_name(cls) -> str:
         return "OnnxSentenceEmbedding"
 
+    def close(self) -> None:
+        """Stop the query batcher's thread (ModelRegistry.release_unused), which would keep this model alive."""
+        self._batcher.close()
+
     @property
     def dimension(self) -> int:
         return self._dimension

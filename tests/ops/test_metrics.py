@@ -78,12 +78,13 @@ def test_rpcs_stages_ingest_and_collections_are_counted(measured):
 def test_models_are_reported_while_used_and_dropped_with_their_last_collection(measured):
     stub, url = measured
     minilm = (("model", "sentence-transformers/all-MiniLM-L6-v2"),)
-    stub.CreateCollection(pb.CreateCollectionRequest(name="held", config=pb.CollectionConfig(language="en")))
+    for name in ("held", "kept"):
+        stub.CreateCollection(pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(language="en")))
     loaded = scrape(url)
     assert loaded[("searchsvc_model_resident_bytes", minilm)] > 0
     assert loaded[("searchsvc_resident_bytes", ())] > loaded[("searchsvc_model_resident_bytes", minilm)]
     stub.DeleteCollection(pb.DeleteCollectionRequest(name="held"))
-    still = scrape(url)  # collection "m" of the test above uses the same model
-    assert ("searchsvc_model_resident_bytes", minilm) in still
-    stub.DeleteCollection(pb.DeleteCollectionRequest(name="m"))
-    assert ("searchsvc_model_resident_bytes", minilm) not in scrape(url)
+    assert ("searchsvc_model_resident_bytes", minilm) in scrape(url)  # "kept" uses it
+    for collection in stub.ListCollections(pb.ListCollectionsRequest()).collections:  # "kept", and "m" if made
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name=collection.name))
+    assert ("searchsvc_model_resident_bytes", minilm) not in scrape(url)  # nothing left uses it

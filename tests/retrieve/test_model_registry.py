@@ -66,3 +66,17 @@ def test_an_idle_server_loads_no_model_until_a_collection_needs_one(tmp_path):
         assert mapped(server.proc.pid) == set()
         server.stub().CreateCollection(pb.CreateCollectionRequest(name="en", config=pb.CollectionConfig(language="en")), timeout=300)
         assert mapped(server.proc.pid) == {"libonnxruntime"}  # MiniLM on ONNX Runtime; still no torch
+
+
+def test_a_dropped_e5_gives_its_engine_back():
+    import gc
+
+    from searchsvc.retrieve import e5
+
+    # threads=3: options no other test's engine has, so nothing else keeps this engine alive
+    registry = ModelRegistry(cache_dir=MODELS_DIR, threads=3, e5_engine="onnx", encoder_int8=True)
+    registry.embedder("multilingual-e5-small").get_query_embedding("비타민 D")
+    key = next(k for k in e5._ENGINES.keys() if dict(k[1]).get("threads") == 3)
+    assert registry.release_unused(set()) == ["multilingual-e5-small"]
+    gc.collect()
+    assert key not in e5._ENGINES

@@ -229,6 +229,32 @@ def test_an_encoder_error_reaches_every_caller_and_the_batcher_lives_on():
     assert batcher("good").tolist() == [1.0, 1.0, 1.0]
 
 
+def test_a_closed_batcher_ends_its_thread_and_still_answers():
+    import threading
+
+    from searchsvc.retrieve.batching import QueryBatcher
+
+    started = threading.Event()
+    release = threading.Event()
+
+    def embed(texts):
+        started.set()
+        release.wait(10)
+        return np.full((len(texts), 2), float(len(texts)))
+
+    batcher = QueryBatcher(embed, name="closing-batcher")
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(batcher("queued before close").tolist()))
+    caller.start()
+    started.wait(10)
+    worker = next(t for t in threading.enumerate() if t.name == "closing-batcher")
+    threading.Timer(0.2, release.set).start()
+    batcher.close()  # while a batch runs: it is answered, then the worker ends (close waits for it)
+    caller.join(10)
+    assert answers == [[1.0, 1.0]] and not worker.is_alive()
+    assert batcher("after close").tolist() == [1.0, 1.0]  # on the caller's thread
+
+
 def test_cross_encoder_on_onnx_runtime_scores_as_torch(tmp_path, cache_dir, monkeypatch):
     import sentence_transformers
     import torch

@@ -140,17 +140,18 @@ def test_passages_and_queries_on_two_engines_share_one_lock(cache_dir, reference
 
     split = E5Embedding(engine="openvino", query_engine="onnx", int8=True, precision="float32",
                         onnx_cache_dir=str(cache_dir), query_cache_size=0)
-    assert split._engine is not split._query_engine and split._query_engine.precision.startswith("int8")
+    assert split._engine is None and split._query_engine.precision.startswith("int8")  # passages load it
     query = np.asarray(split.get_query_embedding(TEXTS[1]))
     passages = split.embed_passages(TEXTS)
+    assert split._engine is not None and split._engine is not split._query_engine
     assert float(query @ reference.embed([TEXTS[1]], True)[0]) >= 0.995  # int8 ORT
     assert (passages * reference.embed(TEXTS, False)).sum(1).min() >= 0.9999  # OpenVINO fp32
 
-    seen = []  # whether the passage engine's lock is held while the query engine runs
-    query_engine = split._query_engine
-    forward = query_engine.forward_pooled
-    monkeypatch.setattr(query_engine, "forward_pooled", lambda batch: seen.append(split._engine.lock.locked()) or forward(batch))
-    split.embed_queries(["vitamin d"])
+    seen = []  # whether the one lock is held while the passage engine runs
+    passage_engine = split._engine
+    forward = passage_engine.forward_pooled
+    monkeypatch.setattr(passage_engine, "forward_pooled", lambda batch: seen.append(split._query_engine.lock.locked()) or forward(batch))
+    split.embed_passages(["vitamin d"])
     assert seen == [True]
 
 

@@ -155,9 +155,9 @@ def run(passages: list[str], runs: int = 50, engines: Sequence[str] = ("torch", 
         if engine not in engines:
             continue
         e5 = E5Embedding(engine=engine, precision=precision, int8=label == "int8", query_cache_size=0, onnx_cache_dir=str(cache_dir))
-        tokenizer = e5._engine.tokenizer
+        tokenizer = e5._query_engine.tokenizer
 
-        def e5_tokens(texts, engine=e5._engine):  # per window: long passages run as several
+        def e5_tokens(texts, engine=e5._query_engine):  # per window: long passages run as several
             return [len(ids) for _, ids, _ in engine.windows(tokenizer.content_ids([f"passage: {t}" for t in texts]))]
 
         row = bench_engine(f"{engine} {label}", e5.get_query_embedding,

@@ -1,7 +1,7 @@
 """`searchsvc bench --memory`: the server's resident memory at rest (issue 41), LLM off, on a fresh index dir.
 
 Steps: idle (no collection), one "en" collection, one "ko" collection, one search in each (the first Korean text
-loads kiwi). After each, the server's RSS, and beside it what each loaded model added to it as the server itself
+loads kiwi), then the "ko" collection deleted (its model is dropped; kiwi stays). After each, the server's RSS, and beside it what each loaded model added to it as the server itself
 measured while loading (the `searchsvc_model_resident_bytes` gauge of /metrics).
 """
 
@@ -61,4 +61,6 @@ def run_memory(settings: Settings) -> None:
         for language, query in (("en", "vitamin D and bone health"), ("ko", "비타민 D와 뼈 건강")):
             stub.Search(pb.SearchRequest(collection=language, query=query), timeout=120)
             report(f"+ a search in {language!r}")
+        stub.DeleteCollection(pb.DeleteCollectionRequest(name="ko"), timeout=120)
+        report("- collection 'ko' deleted")
         print(f"peak RSS {server.peak_rss_mb():.0f} MB", flush=True)
