@@ -307,6 +307,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Models a request may name beyond the packaged ones and <index_dir>/models: ids, "
         "paths, or directories whose models may all be loaded.")
     max_loaded_rerankers: int = Field(4, ge=1, description="Cross-encoders kept loaded (least recently used dropped).")
+    unused_model_grace_s: float = Field(
+        300.0, ge=0, description="How long a model no open collection uses stays loaded (a collection made again soon "
+        "skips reloading it); 0: dropped at once.")
     max_inflight_searches: int = Field(64, ge=1)
     max_inflight_answers: int = Field(4, ge=1)
     max_inflight_ingest: int = Field(8, ge=1, description="Concurrent BulkIndex streams.")

@@ -98,6 +98,7 @@ async def serve(
         encoder_precision=settings.encoder_precision, sentence_engine=settings.sentence_engine, threads=threads,
         encoder_int8=settings.encoder_int8, rerank_engine=settings.rerank_engine,
         allowed=settings.model_allow_list, max_cross_encoders=settings.max_loaded_rerankers, build_in_child=True,
+        unused_grace_s=settings.unused_model_grace_s,
     )
     catalog = Catalog(settings, models)
     # Opening a collection loads its embedder; nothing else loads a model. A server with no collection yet makes

@@ -413,10 +413,14 @@ class Catalog:
         self.release_unused_models()
 
     def release_unused_models(self) -> None:
-        """Drop the models no open collection uses (a deleted or re-embedded collection's)."""
+        """Drop the models no open collection uses (a deleted or re-embedded collection's), after the registry's
+        grace (a collection made again soon would reload them)."""
+        self.models.release_unused(self.models_in_use)
+
+    def models_in_use(self) -> set[str]:
         with self._lock:
             configs = [c.config for c in self._collections.values()]
-        self.models.release_unused({m for c in configs for m in (c.embedding_model, c.reranker_model) if m})
+        return {m for c in configs for m in (c.embedding_model, c.reranker_model) if m}
 
     def open_embedded(self, name: str) -> Collection:
         """Open one embedded collection of the index dir (for offline tools; raises what opening it raises)."""

@@ -89,12 +89,14 @@ class ModelRegistry:
         allowed: Sequence[str] | None = None,
         max_cross_encoders: int = 4,
         build_in_child: bool = False,
+        unused_grace_s: float = 0.0,
     ) -> None:
         """`allowed`: what else than the packaged models and those under `models_dir` may be loaded (ids, paths,
         or directories whose contents may); None: anything (the CLI's own commands, where the operator names
         the model). `cache_dir`: where ONNX/OpenVINO exports go; unset: `models_dir`. `max_cross_encoders`: loaded rerankers kept (least recently used dropped first).
         `build_in_child` (a server): exports and conversions a model lacks are made by a child process
-        (`python -m searchsvc.retrieve.build_models`), so the server never imports torch to make them."""
+        (`python -m searchsvc.retrieve.build_models`), so the server never imports torch to make them.
+        `unused_grace_s`: how long release_unused keeps a model nothing uses before dropping it."""
         # What a child process needs to load the same models the same way.
         self._child_options = dict(
             embed_batch_size=embed_batch_size, rerank_max_length=rerank_max_length, rerank_int8=rerank_int8,
@@ -103,6 +105,7 @@ class ModelRegistry:
             encoder_int8=encoder_int8, rerank_engine=rerank_engine,
         )
         self.build_in_child = build_in_child
+        self.unused_grace_s = unused_grace_s
         self.resident_bytes: dict[str, int] = {}  # per loaded model: how much the process grew while it loaded
         self._making: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)  # per model: one child at a time
         self.allowed = None if allowed is None else tuple(allowed)
@@ -227,17 +230,34 @@ class ModelRegistry:
         key = json.dumps([kind, name, options, versions, EXPORT_VERSION], sort_keys=True)
         return self.onnx_cache_dir / ".made" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
-    def release_unused(self, in_use: set[str]) -> list[str]:
-        """Drop the loaded models that no name in `in_use` (the open collections' embedders and rerankers) needs;
-        their memory goes when the last search holding one ends. Returns the dropped names."""
+    def release_unused(self, in_use: Callable[[], set[str]] | set[str]) -> list[str]:
+        """Drop the loaded models that nothing in `in_use` (the open collections' embedders and rerankers, or a
+        function giving them now) needs, once they have gone unused for `unused_grace_s` (checked again when the
+        grace is over). Their memory goes when the last search holding one ends. Returns the names
+        dropped now."""
+        names = in_use if callable(in_use) else (lambda: in_use)
+        used = names()  # not under the registry's lock: the catalog's is taken before it elsewhere
         with self._lock:
-            dropped = [n for n in self._embedders if n not in in_use]
-            dropped += [n for n in self._cross_encoders if n not in in_use]
+            unused = [n for n in (*self._embedders, *self._cross_encoders) if n not in used]
+        if not unused:
+            return []
+        if self.unused_grace_s > 0:
+            timer = threading.Timer(self.unused_grace_s, self._drop, args=(unused, names))
+            timer.daemon = True
+            timer.start()
+            return []
+        return self._drop(unused, names)
+
+    def _drop(self, candidates: list[str], in_use: Callable[[], set[str]]) -> list[str]:
+        still = in_use()
+        with self._lock:
+            dropped = [n for n in candidates if n not in still and (n in self._embedders or n in self._cross_encoders)]
+            models = [self._embedders.pop(name, None) or self._cross_encoders.pop(name, None) for name in dropped]
             for name in dropped:
-                model = self._embedders.pop(name, None) or self._cross_encoders.pop(name, None)
                 self.resident_bytes.pop(name, None)
-                if hasattr(model, "close"):  # a query batcher's thread would keep it alive
-                    model.close()
+        for model in models:
+            if hasattr(model, "close"):  # a query batcher's thread would keep it alive
+                model.close()
         if dropped:
             gc.collect()  # the models' reference cycles (their query caches) go now, not at the next collection
             _return_freed_memory()

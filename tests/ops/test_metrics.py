@@ -27,7 +27,7 @@ def measured(tmp_path_factory):
     from searchsvc.api.server import BackgroundServer
 
     port = free_port()
-    settings = server_settings(tmp_path_factory.mktemp("idx"), metrics_port=port)
+    settings = server_settings(tmp_path_factory.mktemp("idx"), metrics_port=port, unused_model_grace_s=0)
     with BackgroundServer(settings) as server, grpc.insecure_channel(server.target) as channel:
         yield pb_grpc.SearchServiceStub(channel), f"http://127.0.0.1:{port}/metrics"
 

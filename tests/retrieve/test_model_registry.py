@@ -54,6 +54,22 @@ def test_unused_models_are_dropped():
     assert registry.embedder(DEFAULT_EMBEDDING_MODEL) is not kept  # loaded again when needed
 
 
+def test_an_unused_model_stays_for_the_grace_and_goes_if_still_unused():
+    import time
+
+    registry = ModelRegistry(cache_dir=MODELS_DIR, threads=1, sentence_engine="onnx", unused_grace_s=0.3)
+    registry.embedder(DEFAULT_EMBEDDING_MODEL)
+    in_use: set[str] = set()
+    assert registry.release_unused(lambda: in_use) == []
+    in_use.add(DEFAULT_EMBEDDING_MODEL)  # a collection uses it again before the grace is over: kept
+    time.sleep(0.6)
+    assert DEFAULT_EMBEDDING_MODEL in registry.resident_bytes
+    in_use.clear()
+    registry.release_unused(lambda: in_use)
+    time.sleep(0.6)
+    assert DEFAULT_EMBEDDING_MODEL not in registry.resident_bytes
+
+
 def test_an_idle_server_loads_no_model_until_a_collection_needs_one(tmp_path):
     from conftest import ServerProcess
     from searchsvc.v1 import searchsvc_pb2 as pb

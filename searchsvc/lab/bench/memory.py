@@ -1,7 +1,7 @@
 """`searchsvc bench --memory`: the server's resident memory at rest (issue 41), LLM off, on a fresh index dir.
 
 Steps: idle (no collection), one "en" collection, one "ko" collection, one search in each (the first Korean text
-loads kiwi), then the "ko" collection deleted (its model is dropped; kiwi stays). After each, the server's RSS, and beside it what each loaded model added to it as the server itself
+loads kiwi), then the "ko" collection deleted (its model is dropped at once: unused_model_grace_s 0; kiwi stays). After each, the server's RSS, and beside it what each loaded model added to it as the server itself
 measured while loading (the `searchsvc_model_resident_bytes` gauge of /metrics).
 """
 
@@ -37,7 +37,7 @@ def _gauges(url: str) -> dict[tuple[str, str], float]:
 
 def run_memory(settings: Settings) -> None:
     port = _free_port()
-    env = {"SEARCHSVC_LLM__BACKEND": "none", "SEARCHSVC_METRICS_PORT": str(port)}
+    env = {"SEARCHSVC_LLM__BACKEND": "none", "SEARCHSVC_METRICS_PORT": str(port), "SEARCHSVC_UNUSED_MODEL_GRACE_S": "0"}
     if settings.model_cache_dir:
         env["SEARCHSVC_MODEL_CACHE_DIR"] = str(settings.model_cache_dir)
     print(f"server RSS, LLM off; {hardware.describe()}", flush=True)
