@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from searchsvc.ops import metrics
+from searchsvc.retrieve import analyzers
 from searchsvc.retrieve.models import resident_bytes
 
 if TYPE_CHECKING:
@@ -61,9 +62,11 @@ class ServerCollector:
         yield disk
         models = GaugeMetricFamily(
             "searchsvc_model_resident_bytes",
-            "Loaded embedders and rerankers: how much the server's resident memory grew while each loaded.", labels=["model"])
+            "Loaded embedders, rerankers and kiwi: how much the server's resident memory grew while each loaded.", labels=["model"])
         for name, size in sorted(service.catalog.models.resident_bytes.items()):
             models.add_metric([name], size)
+        if analyzers.KIWI_RESIDENT_BYTES:  # the Korean analyzer's model, loaded once per process
+            models.add_metric(["kiwi"], analyzers.KIWI_RESIDENT_BYTES)
         yield models
         resident = GaugeMetricFamily("searchsvc_resident_bytes", "The server process's resident memory (RSS).")
         resident.add_metric([], resident_bytes())

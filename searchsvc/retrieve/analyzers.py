@@ -101,18 +101,23 @@ def _kiwi():
     list fans out to its own worker threads (one per core)."""
     from kiwipiepy import Kiwi
 
-    global _KIWI
+    global _KIWI, KIWI_RESIDENT_BYTES
     with _kiwi_lock:
         if _KIWI is None:
+            from searchsvc.retrieve.models import resident_bytes
+
+            before = resident_bytes()
             # -1: one worker per core for batches. No multi-word dictionary: it tags runs such as "자연어 처리" or
             # "네이버 쇼핑" as one proper noun (one term, which a query of either word misses) and holds ~190 MB.
             # Without it: keyword nDCG@10 0.9762 = 0.9762 on autorag-ko dev, 0.8935 vs 0.8926 on msmarco-kor dev;
             # hybrid unchanged (0.9881, 0.9533).
             _KIWI = Kiwi(num_workers=-1, load_multi_dict=False)
+            KIWI_RESIDENT_BYTES = max(0, resident_bytes() - before)
         return _KIWI
 
 
 _KIWI = None
+KIWI_RESIDENT_BYTES = 0  # how much the process grew while kiwi loaded (0: not loaded); reported on /metrics
 _kiwi_lock = threading.Lock()
 
 

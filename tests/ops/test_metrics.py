@@ -85,6 +85,9 @@ def test_models_are_reported_while_used_and_dropped_with_their_last_collection(m
     assert loaded[("searchsvc_resident_bytes", ())] > loaded[("searchsvc_model_resident_bytes", minilm)]
     stub.DeleteCollection(pb.DeleteCollectionRequest(name="held"))
     assert ("searchsvc_model_resident_bytes", minilm) in scrape(url)  # "kept" uses it
-    for collection in stub.ListCollections(pb.ListCollectionsRequest()).collections:  # "kept", and "m" if made
+    stub.CreateCollection(pb.CreateCollectionRequest(name="ko", config=pb.CollectionConfig(language="ko", refresh_interval_ms=-1)))
+    index(stub, "ko", [pb.Document(id="a", text="서울은 한국의 수도이다")])
+    assert scrape(url)[("searchsvc_model_resident_bytes", (("model", "kiwi"),))] > 0  # Korean text loaded it
+    for collection in stub.ListCollections(pb.ListCollectionsRequest()).collections:  # "kept", "ko", and "m" if made
         stub.DeleteCollection(pb.DeleteCollectionRequest(name=collection.name))
     assert ("searchsvc_model_resident_bytes", minilm) not in scrape(url)  # nothing left uses it
