@@ -7,7 +7,6 @@ rank of its first chunk.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
 from searchsvc.ingest.loaders import load_jsonl
 from searchsvc.lab.relevance import load_qrels, load_queries, mrr_at_k, ndcg_at_k, paired_bootstrap, recall_at_k
+from searchsvc.platform.files import user_cache_dir
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -36,7 +36,7 @@ def scratch_settings(settings: Settings, tmp: str) -> Settings:
     export and quantize the encoders again (they would otherwise go under the scratch index dir)."""
     if settings.index_dir != Path("indexes"):
         return settings
-    cache = settings.model_cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc"
+    cache = settings.model_cache_dir or user_cache_dir()
     return settings.model_copy(update={"index_dir": Path(tmp), "model_cache_dir": cache})
 
 

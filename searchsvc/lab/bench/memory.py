@@ -7,7 +7,6 @@ measured while loading (the `searchsvc_model_resident_bytes` gauge of /metrics).
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 import urllib.request
@@ -17,16 +16,11 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from searchsvc.config import Settings
+from searchsvc.lab.bench.workload import free_port
 from searchsvc.lab.process import ServerProcess
 from searchsvc.platform import hardware
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gauges(url: str) -> dict[tuple[str, str], float]:
@@ -36,7 +30,7 @@ def _gauges(url: str) -> dict[tuple[str, str], float]:
 
 
 def run_memory(settings: Settings) -> None:
-    port = _free_port()
+    port = free_port()
     env = {"SEARCHSVC_LLM__BACKEND": "none", "SEARCHSVC_METRICS_PORT": str(port), "SEARCHSVC_UNUSED_MODEL_GRACE_S": "0"}
     if settings.model_cache_dir:
         env["SEARCHSVC_MODEL_CACHE_DIR"] = str(settings.model_cache_dir)

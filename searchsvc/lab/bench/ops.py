@@ -26,7 +26,7 @@ import numpy as np
 
 from searchsvc.client.channel import bulk_index, to_pb
 from searchsvc.config import Settings
-from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus
+from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus, free_port
 from searchsvc.lab.process import ServerProcess
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
@@ -168,7 +168,7 @@ def run_observability_overhead(settings: Settings, chunks: int, queries: int, ro
                      "on, every trace": TracerProvider()}
         for provider in providers.values():
             provider.add_span_processor(BatchSpanProcessor(exporter))
-        port = _free_port()
+        port = free_port()
         on_settings = base.model_copy(update={"index_dir": Path(tmp) / "copy", "metrics_port": port})
         with BackgroundServer(base) as plain, BackgroundServer(on_settings) as observed, \
                 grpc.insecure_channel(plain.target) as plain_channel, grpc.insecure_channel(observed.target) as observed_channel:
@@ -208,10 +208,3 @@ def run_observability_overhead(settings: Settings, chunks: int, queries: int, ro
                   + (f"; overhead on p50 {100 * (p50 - off) / off:+.1f}% (median paired difference {paired * 1000:+.0f} us)"
                      if which != "off" else ""))
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -19,10 +19,13 @@ import re
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
-from searchsvc.domain.types import Chunk, CollectionConfig
+from searchsvc.domain.types import Chunk
 from searchsvc.lab.bench.workload import ClusteredVectors
+from searchsvc.lab.relevance import load_queries
+from searchsvc.platform.files import user_cache_dir
 from searchsvc.platform import hardware
 from searchsvc.retrieve.external import ExternalEmbedding
 from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
@@ -42,7 +45,7 @@ def gaussian(n: int, seed: int, dimension: int = 384) -> np.ndarray:
 def scifact(n: int, dataset: Path) -> tuple[np.ndarray, np.ndarray]:
     """(passages, queries): MiniLM vectors of up to `n` SciFact sentences and two-sentence windows, and of the dev
     claims."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc" / "bench" / f"scifact-minilm-{n}.npz"
+    cache = user_cache_dir() / "bench" / f"scifact-minilm-{n}.npz"
     if cache.exists():
         stored = np.load(cache)
         return stored["passages"], stored["queries"]
@@ -53,7 +56,7 @@ def scifact(n: int, dataset: Path) -> tuple[np.ndarray, np.ndarray]:
         for line in f:
             sentences = [s for s in re.split(r"(?<=[.!?])\s+", json.loads(line)["text"]) if len(s) > 20]
             texts += sentences + [" ".join(pair) for pair in zip(sentences, sentences[1:])]
-    claims = [json.loads(line)["text"] for line in open(dataset / "queries.jsonl", encoding="utf-8")]
+    claims = list(load_queries(dataset / "queries.jsonl").values())
     texts = texts[:n]
     model = ModelRegistry(threads=os.cpu_count() or 1, sentence_engine="onnx").embedder(DEFAULT_EMBEDDING_MODEL)
     started = time.perf_counter()
@@ -82,35 +85,26 @@ def run_recall(n: int, target: float = 0.95, scifact_dir: Path = Path("../shared
 
 
 def _measure(name: str, data: np.ndarray, queries: np.ndarray, target: float) -> None:
-    import logging
-
-    defaults = CollectionConfig("", "", 0, 0)
-    spec = DenseIndexSpec("hnsw", defaults.hnsw_m, defaults.hnsw_ef_construction, defaults.hnsw_ef_search, "none", target)
+    spec = DenseIndexSpec(kind="hnsw", quantization="none", target_recall=target)
     dense = DenseIndex.create(ExternalEmbedding(dimension=data.shape[1]), data.shape[1], spec)
-    calibrating = [0.0]
+    calibrating = [0.0]  # what the writer waited for: each add's maybe_calibrate, timed
+    maybe_calibrate = dense.maybe_calibrate
 
-    class Timer(logging.Handler):  # the calibrations' own time, from their log lines
-        def emit(self, record: logging.LogRecord) -> None:
-            if "unseen queries" in record.getMessage():
-                calibrating[0] += float(record.getMessage().rsplit(", ", 1)[1].rstrip(" s"))
+    def timed(unseen: np.ndarray) -> None:
+        started = time.perf_counter()
+        maybe_calibrate(unseen)
+        calibrating[0] += time.perf_counter() - started
 
-    logger = logging.getLogger("searchsvc.storage.embedded.recall")
-    timer, level = Timer(), logger.level
-    logger.addHandler(timer)
-    logger.setLevel(logging.INFO)
+    dense.maybe_calibrate = timed
     started = time.perf_counter()
-    try:
-        for start in range(0, len(data), BATCH):
-            rows = range(start, min(start + BATCH, len(data)))
-            dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in rows], data[start : start + len(rows)])
-    finally:
-        logger.removeHandler(timer)
-        logger.setLevel(level)
+    for start in range(0, len(data), BATCH):
+        rows = range(start, min(start + BATCH, len(data)))
+        dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in rows], data[start : start + len(rows)])
     load_s = time.perf_counter() - started
-    exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    _, exact = faiss.knn(queries, data, 10, metric=faiss.METRIC_INNER_PRODUCT)
     calibration = dense.store.calibration
     rows = []
-    for ef in (calibration.ef_search, 256):
+    for ef in (calibration.ef_search, DenseIndexSpec.ef_search):
         found, times = [], []
         for q in queries:
             t = time.perf_counter()

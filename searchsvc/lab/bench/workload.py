@@ -70,3 +70,12 @@ def closed_loop_rate(call: Callable[[int, int], object], clients: int, seconds: 
     for t in threads:
         t.join()
     return sum(counts) / (time.perf_counter() - started)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a child server's /metrics)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

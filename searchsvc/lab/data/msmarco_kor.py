@@ -20,10 +20,12 @@ import random
 import urllib.request
 from pathlib import Path
 
+from searchsvc.platform.files import user_cache_dir
+
 SOURCE_URL = "https://raw.githubusercontent.com/baba9811/msmarco_Kor/46784ba476be734f1d54620a5abf7acb590ff31f/data/msmarco_kor.json"
 # The file at that commit: a different file would be a different dataset, with different figures.
 SOURCE_SHA256 = "0b87b8936626ac741a36209fd78fa6043a5a151f"  # git blob id, checked below
-DEFAULT_DIR = Path.home() / ".cache" / "searchsvc" / "datasets" / "msmarco-kor"
+DEFAULT_DIR = user_cache_dir() / "datasets" / "msmarco-kor"
 SPLIT_SEED = 39
 
 

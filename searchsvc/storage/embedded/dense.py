@@ -283,10 +283,16 @@ class FilterableFaissStore(FaissMapVectorStore):
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(faiss ids, vectors) of every live vector, in id order: copies, safe to use after the lock is gone.
         From an SQ8 graph, the decoded vectors: quantizing them again gives the same codes."""
-        ids = self._ids()
-        keep = ~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
-        positions = np.flatnonzero(keep)
-        return ids[keep].copy(), self._vectors_at(positions)
+        positions = self._live_positions()
+        return self._ids()[positions], self._vectors_at(positions)
+
+    def _tombstone_mask(self, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are tombstones."""
+        return np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+
+    def _live_positions(self) -> np.ndarray:
+        """The storage positions of the live vectors, in id order."""
+        return np.flatnonzero(~self._tombstone_mask(self._ids()))
 
     def replace_index(self, index: Any, built_from: int, calibration: Calibration | None = None) -> None:
         """Swap in `index`, built from the live vectors when the store's id counter was `built_from` (the caller
@@ -302,10 +308,9 @@ class FilterableFaissStore(FaissMapVectorStore):
     def calibrated(self, target: float, queries: np.ndarray) -> Calibration:
         """Calibrate this store's graph to `target` with `queries`, vectors it does not hold (the caller keeps
         writers out: the graph is only read, as by searches)."""
-        ids = self._ids()
-        live = np.flatnonzero(~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))))
+        live = self._live_positions()
         selector = self._tombstone_selector() if self._tombstones else None
-        return calibrate(self._faiss_index, queries, live, ids[live].copy(), self._vectors_at, target, selector)
+        return calibrate(self._faiss_index, queries, live, self._ids()[live], self._vectors_at, target, selector)
 
     # --- reads
     def _ids(self) -> np.ndarray:
@@ -410,7 +415,7 @@ class FilterableFaissStore(FaissMapVectorStore):
                     self._vectors_at(np.arange(i, min(i + block, len(ids)))) @ vector for i in range(0, len(ids), block)
                 ])
             if self._tombstones:
-                scores[np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))] = -np.inf
+                scores[self._tombstone_mask(ids)] = -np.inf
             if excluded is not None:
                 scores[np.isin(ids, excluded)] = -np.inf
         else:

@@ -61,7 +61,7 @@ from qdrant_client import QdrantClient, models
 from searchsvc.domain import filters
 from searchsvc.domain.documents import DocumentView, StoredDocument, document_from_chunks
 from searchsvc.domain.filters import Filter, Timestamp
-from searchsvc.domain.types import Chunk, CollectionConfig, Document, ScoredId
+from searchsvc.domain.types import Chunk, CollectionConfig, Document, ScoredId, indexed_text
 from searchsvc.errors import FailedPrecondition
 from searchsvc.ingest.batch import BatchPreparer, DocumentLimits, IndexReport
 from searchsvc.ingest.chunking import Chunker
@@ -88,16 +88,19 @@ class Statistics:
     terms: int  # index terms in the collection's chunks
     chunks: int
     version: int  # writes so far, by every server: the answer cache's key
+    writing: int = 0  # writers whose counter is odd: in the middle of a write (or died in one)
 
     @staticmethod
     def of(metadata: Mapping[str, Any], writer: str = "") -> "Statistics":
         """The sums over every writer's keys (`writer` given: that writer's own keys only, with no legacy totals)."""
         totals = dict.fromkeys(_STATS, 0)
+        writing = 0
         for key, value in metadata.items():
             stat, _, who = key.partition("@")
             if stat in totals and (who == writer if writer else True):
                 totals[stat] += int(value)
-        return Statistics(**totals)
+                writing += stat == "version" and bool(who) and int(value) % 2
+        return Statistics(**totals, writing=writing)
 
 
 def point_id(chunk_id: str) -> str:
@@ -259,14 +262,7 @@ class QdrantCollection:
     def writes_in_progress(self) -> int:
         """Writers whose counter is odd: a write under way, or a server that died in one and has not restarted."""
         with self._calls():
-            metadata = self._metadata()
-        return sum(1 for key, value in metadata.items() if key.startswith("version@") and int(value) % 2)
-
-    def _length(self, payload: Mapping[str, Any]) -> int:
-        """A stored chunk's index terms: recorded since issue 40 (`n_terms`), analyzed again for older points."""
-        if "n_terms" in payload:
-            return int(payload["n_terms"])
-        return len(self.analyzer.analyze(Chunk(payload["chunk_id"], "", 0, payload["text"], payload["title"], {}).indexed_text))
+            return Statistics.of(self._metadata()).writing
 
     # ------------------------------------------------------------------ the seam: reads
     @property
@@ -405,9 +401,8 @@ class QdrantCollection:
         analyzed = self.analyzer.analyze_many([c.indexed_text for c in chunks]) if chunks else []
         with self._write_lock, self._calls():
             points = self._points(chunks, vectors, analyzed, texts or {})
-            existed = self._existing_documents(document_ids)
             # what the documents held before: their chunks are overwritten or deleted below
-            old_terms, old_chunks = self._stored(models.Filter(must=[_match_any("document_id", sorted(existed))])) if existed else (0, 0)
+            existed, old_terms, old_chunks = self._stored_documents(document_ids)
             own = self._begin_write()
             if points:
                 self.client.upsert(self.name, points=points, wait=True, ordering=self._ordering)
@@ -491,10 +486,9 @@ class QdrantCollection:
     def delete_documents(self, document_ids: Iterable[str]) -> tuple[int, int]:
         ids = list(dict.fromkeys(document_ids))
         with self._write_lock, self._calls():
-            existed = self._existing_documents(ids)
+            existed, terms, chunks = self._stored_documents(ids)
             if existed:
                 gone = models.Filter(must=[_match_any("document_id", sorted(existed))])
-                terms, chunks = self._stored(gone)
                 own = self._begin_write()
                 self.client.delete(self.name, points_selector=models.FilterSelector(filter=gone), wait=True,
                                    ordering=self._ordering)
@@ -504,25 +498,38 @@ class QdrantCollection:
     def _stored(self, which: models.Filter) -> tuple[int, int]:
         """The index terms and chunks of the stored points `which` selects."""
         terms = chunks = 0
+        for page in self._pages(which, ["n_terms"]):
+            terms, chunks = terms + self._terms(page), chunks + len(page)
+        return terms, chunks
+
+    def _stored_documents(self, document_ids: Sequence[str]) -> tuple[set[str], int, int]:
+        """The documents among `document_ids` that are stored (their chunk 0 is), and the index terms and chunks
+        they hold, from one scroll of their points."""
+        if not document_ids:
+            return set(), 0, 0
+        which = models.Filter(must=[_match_any("document_id", list(document_ids))])
+        points = [p for page in self._pages(which, ["document_id", "chunk_index", "n_terms"]) for p in page]
+        existed = {p.payload["document_id"] for p in points if p.payload.get("chunk_index") == 0}
+        theirs = [p for p in points if p.payload["document_id"] in existed]
+        return existed, self._terms(theirs), len(theirs)
+
+    def _pages(self, which: models.Filter, fields: list[str]) -> Iterator[list[models.Record]]:
         offset = None
         while True:
             found, offset = self.client.scroll(self.name, scroll_filter=which, limit=1000, offset=offset,
-                                               with_payload=["n_terms"], with_vectors=False)
-            older = [p.id for p in found if "n_terms" not in (p.payload or {})]
-            terms += sum(int(p.payload["n_terms"]) for p in found if "n_terms" in (p.payload or {}))
-            if older:  # written before n_terms was recorded: analyzed again
-                terms += sum(self._length(p.payload) for p in self.client.retrieve(self.name, older, with_payload=True))
-            chunks += len(found)
+                                               with_payload=fields, with_vectors=False)
+            yield found
             if offset is None:
-                return terms, chunks
+                return
 
-    def _existing_documents(self, document_ids: Sequence[str]) -> set[str]:
-        if not document_ids:
-            return set()
-        first_chunks = models.Filter(must=[_match_any("document_id", list(document_ids)), _match("chunk_index", 0)])
-        found, _ = self.client.scroll(self.name, scroll_filter=first_chunks, limit=len(document_ids) + 1,
-                                      with_payload=["document_id"], with_vectors=False)
-        return {p.payload["document_id"] for p in found}
+    def _terms(self, points: Sequence[models.Record]) -> int:
+        """The points' index terms: recorded since issue 40 (`n_terms`), analyzed again for older points."""
+        older = [p.id for p in points if "n_terms" not in (p.payload or {})]
+        terms = sum(int(p.payload["n_terms"]) for p in points if "n_terms" in (p.payload or {}))
+        if older:
+            terms += sum(len(self.analyzer.analyze(indexed_text(p.payload["title"], p.payload["text"])))
+                         for p in self.client.retrieve(self.name, older, with_payload=["title", "text"]))
+        return terms
 
     # ------------------------------------------------------------------ state (what the service reports)
     @property
