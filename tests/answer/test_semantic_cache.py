@@ -144,3 +144,7 @@ def test_the_question_is_embedded_once_per_answer(tmp_path):
         first, second = answer(stub, "once", QUESTION), answer(stub, "once", PARAPHRASE)
         assert not first.usage.cached and second.usage.cached  # the lookup ran, on both
         assert embedded == [QUESTION, PARAPHRASE]  # once each: by the search
+        # A caller's own query vector (here: not the question's) is not taken for the question's embedding
+        elsewhere = np.ones(collection.dimension, dtype=np.float32).tolist()
+        stub.Answer(pb.AnswerRequest(search=pb.SearchRequest(collection="once", query=QUESTION, query_vector=elsewhere)), timeout=60)
+        assert embedded == [QUESTION, PARAPHRASE, QUESTION]
