@@ -30,6 +30,15 @@ SYNC_REFRESH = -1  # keyword leg refreshes before each ack: deterministic tests
 MODELS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "searchsvc" / "test-models"
 
 
+@pytest.fixture
+def no_background_builds(monkeypatch):
+    """HNSW vectors stay pending until the test moves them into the graph itself (DenseIndex.build_step,
+    build_all): for tests that assert what the graph holds at a given moment."""
+    from searchsvc.storage.embedded import graph_builder
+
+    monkeypatch.setattr(graph_builder.BUILDER, "wake", lambda index: None)
+
+
 def server_settings(index_dir: Path, **overrides):
     """A test server's settings: a free loopback port, one torch thread, English defaults, the shared model cache
     and, unless `llm` says otherwise, no LLM (answers are extractive; the session `server` has the real one)."""

@@ -490,6 +490,7 @@ def collection_to_pb(c: CollectionStorage) -> pb.Collection:
         writes_in_progress=c.writes_in_progress,
         dense_ef_search=c.dense_ef_search,
         dense_recall=c.dense_recall,
+        dense_backlog=c.dense_backlog,
     )
 
 

@@ -74,6 +74,11 @@ class CollectionStorage(Protocol):
         ...
 
     @property
+    def dense_backlog(self) -> int:
+        """Vectors acked but not in the ANN graph yet (searched exactly meanwhile); 0 where none is this server's."""
+        ...
+
+    @property
     def version(self) -> int:
         """Changes with every committed write (answers are cached per collection version)."""
         ...

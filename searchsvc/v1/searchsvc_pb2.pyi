@@ -131,7 +131,7 @@ class ReembedCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., embedding_model: _Optional[str] = ...) -> None: ...
 
 class Collection(_message.Message):
-    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use", "version", "writes_in_progress", "dense_ef_search", "dense_recall")
+    __slots__ = ("name", "config", "document_count", "chunk_count", "dimension", "state", "state_reason", "dense_index_in_use", "version", "writes_in_progress", "dense_ef_search", "dense_recall", "dense_backlog")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +144,7 @@ class Collection(_message.Message):
     WRITES_IN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     DENSE_EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     DENSE_RECALL_FIELD_NUMBER: _ClassVar[int]
+    DENSE_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: CollectionConfig
     document_count: int
@@ -156,7 +157,8 @@ class Collection(_message.Message):
     writes_in_progress: int
     dense_ef_search: int
     dense_recall: float
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ..., version: _Optional[int] = ..., writes_in_progress: _Optional[int] = ..., dense_ef_search: _Optional[int] = ..., dense_recall: _Optional[float] = ...) -> None: ...
+    dense_backlog: int
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[CollectionConfig, _Mapping]] = ..., document_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., dimension: _Optional[int] = ..., state: _Optional[_Union[CollectionState, str]] = ..., state_reason: _Optional[str] = ..., dense_index_in_use: _Optional[str] = ..., version: _Optional[int] = ..., writes_in_progress: _Optional[int] = ..., dense_ef_search: _Optional[int] = ..., dense_recall: _Optional[float] = ..., dense_backlog: _Optional[int] = ...) -> None: ...
 
 class ReopenCollectionRequest(_message.Message):
     __slots__ = ("name",)

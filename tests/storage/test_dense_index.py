@@ -252,7 +252,7 @@ def test_a_failed_batch_leaves_the_id_list_parallel_to_faiss_rows():
     with pytest.raises(OSError, match="disk full"):
         dense.add(chunks("a"), vectors[:1], meanwhile=lambda: (_ for _ in ()).throw(OSError("disk full")))
     assert dense.faiss_ids(["a#0"]) == {"a#0": 0} and dense.store._faiss_index.ntotal == 1
-    with pytest.raises(AssertionError):  # FAISS's wrapper refuses vectors of another dimension
+    with pytest.raises(ValueError, match="dimension"):  # vectors of another dimension
         dense.store.add_vectors(["b#0"], np.ones((1, DIM + 1), np.float32), meanwhile=lambda: None)
     assert dense.faiss_ids(["b#0"]) == {} and dense.store._faiss_index.ntotal == 1 and dense.store._next_id == 1
     dense.add(chunks("c"), vectors[2:3])

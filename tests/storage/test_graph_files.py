@@ -1,6 +1,7 @@
 """An HNSW graph's snapshot writes the graph and only the rows added since the live snapshot (graph_files.py):
-each snapshot loads back exactly what it held, also after later ones appended to the rows file it shares, after a
-compaction, after a failed attempt, and inside a snapshot archive. Real FAISS graphs and files on disk."""
+each snapshot loads back exactly what it held (rows in the graph and rows still pending for the graph builder),
+also after later ones appended to the rows file it shares, after the builder moved pending rows into the graph,
+after a compaction, after a failed attempt, and inside a snapshot archive. Real FAISS graphs and files on disk."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def snapshot_of(dense: DenseIndex) -> dict:
     store = dense.store
     queries = unit(5, 999)
     return {
-        "ids": store._ids().tolist(), "nodes": list(store._node_at),
-        "vectors": store._vectors_at(np.arange(store._faiss_index.ntotal)),
+        "ids": store._row_ids().tolist(), "nodes": list(store._node_at),
+        "vectors": store._vectors_at(np.arange(store.rows)),
         "hits": [[h.chunk_id for h in dense.search(q, 5)] for q in queries],
     }
 
@@ -60,12 +61,21 @@ def load(directory: Path, spec: DenseIndexSpec, kvstore) -> DenseIndex:
 def test_a_snapshot_appends_to_the_rows_of_the_last_and_each_loads_what_it_held(tmp_path, monkeypatch, spec):
     monkeypatch.setattr("searchsvc.storage.embedded.dense.AUTO_HNSW_MIN_CHUNKS", 100)  # SQ8 trains at 100 chunks
     dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM, spec)
+    dense.close()  # no background builder: this test moves rows into the graph itself
     add(dense, 0, 300)
     assert dense.kind == ("hnsw+sq8" if spec is SQ8 else "hnsw")
+    for _ in range(5):
+        dense._closed = False
+        dense.build_step(seconds=1e-9)  # a few rows in the graph (a batch of 1 after the first), the rest pending
+        dense._closed = True
+    assert 0 < dense.store._faiss_index.ntotal < 300 and dense.backlog == 300 - dense.store._faiss_index.ntotal
     dense.persist(tmp_path / "s1")
     first = snapshot_of(dense)
     add(dense, 300, 200)
     dense.remove(["7#0", "301#0"])  # tombstones: the rows stay, their nodes go
+    dense._closed = False
+    dense.build_all()  # the pending rows move into the graph: their bytes in the shared file stay where they are
+    assert dense.backlog == 0 and dense.store._faiss_index.ntotal == 500
     dense.persist(tmp_path / "s2", previous=tmp_path / "s1")
     second = snapshot_of(dense)
 
@@ -79,9 +89,10 @@ def test_a_snapshot_appends_to_the_rows_of_the_last_and_each_loads_what_it_held(
     assert_same(snapshot_of(load(tmp_path / "s2", spec, dense.kvstore)), second)
     # The first snapshot's file grew under it; it still loads its own 300 rows (its node list still names them all).
     old = load(tmp_path / "s1", spec, dense.kvstore)
-    assert old.store._faiss_index.ntotal == 300 and old.kind == dense.kind
+    old.close()
+    assert old.store.rows == 300 and old.backlog == len(first["ids"]) - old.store._faiss_index.ntotal and old.kind == dense.kind
     np.testing.assert_array_equal(old.store._vectors_at(np.arange(300)), first["vectors"])
-    assert old.store._ids().tolist() == first["ids"]
+    assert old.store._row_ids().tolist() == first["ids"]
 
 
 def test_compaction_starts_a_new_rows_file_and_leaves_the_old_one_whole(tmp_path):
@@ -90,7 +101,7 @@ def test_compaction_starts_a_new_rows_file_and_leaves_the_old_one_whole(tmp_path
     dense.persist(tmp_path / "s1")
     before = (tmp_path / "s1" / graph_files.ROWS_FILE).read_bytes()
     dense.remove([f"{i}#0" for i in range(60)])  # past COMPACT_AT: a new graph of the 140 live rows
-    assert dense.store._faiss_index.ntotal == 140
+    assert dense.store.rows == 140 and dense.backlog == 0
     dense.persist(tmp_path / "s2", previous=tmp_path / "s1")
     assert (tmp_path / "s2" / graph_files.ROWS_FILE).stat().st_ino != (tmp_path / "s1" / graph_files.ROWS_FILE).stat().st_ino
     assert (tmp_path / "s1" / graph_files.ROWS_FILE).read_bytes() == before
@@ -121,7 +132,7 @@ def test_a_snapshot_after_a_failed_one_overwrites_what_that_one_appended(tmp_pat
     add(dense, 150, 30)
     dense.persist(tmp_path / "s2", previous=tmp_path / "s1")
     assert_same(snapshot_of(load(tmp_path / "s2", HNSW, dense.kvstore)), snapshot_of(dense))
-    assert load(tmp_path / "s1", HNSW, dense.kvstore).store._faiss_index.ntotal == 100
+    assert load(tmp_path / "s1", HNSW, dense.kvstore).store.rows == 100
 
 
 def test_a_short_rows_file_is_data_loss_not_a_smaller_graph(tmp_path):
@@ -130,7 +141,7 @@ def test_a_short_rows_file_is_data_loss_not_a_smaller_graph(tmp_path):
     dense.persist(tmp_path / "s1")
     rows = tmp_path / "s1" / graph_files.ROWS_FILE
     rows.write_bytes(rows.read_bytes()[: 49 * 4 * DIM])
-    with pytest.raises(DataLoss, match="holds 3136 bytes of the 3200"):
+    with pytest.raises(DataLoss, match="holds fewer rows than its graph.json names"):
         load(tmp_path / "s1", HNSW, dense.kvstore)
 
 

@@ -4,6 +4,8 @@ the calibration must find different beam widths, and the recall it promises must
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -11,8 +13,9 @@ import pytest
 from conftest import field_violation, index
 from searchsvc.domain.types import Chunk
 from searchsvc.retrieve.external import ExternalEmbedding
-from searchsvc.storage.embedded.dense import DenseIndex, DenseIndexSpec
-from searchsvc.storage.embedded.recall import EF_LADDER
+from searchsvc.storage.embedded.dense import CALIBRATE_FROM, RECALIBRATE_GROWTH, DenseIndex, DenseIndexSpec, FilterableFaissStore
+from searchsvc.storage.embedded.graph_builder import MAX_BATCH
+from searchsvc.storage.embedded.recall import EF_LADDER, SAMPLE_QUERIES
 from searchsvc.v1 import searchsvc_pb2 as pb
 
 DIM = 32
@@ -40,13 +43,17 @@ def build(target: float, data: np.ndarray) -> DenseIndex:
     return dense
 
 
-def test_the_calibrated_beam_reaches_the_target_on_queries_it_never_saw(tmp_path):
+def test_the_calibrated_beam_reaches_the_target_on_queries_it_never_saw(tmp_path, no_background_builds):
     data, queries = clustered(8750, seed=1), clustered(300, seed=2)
     high, low = build(0.97, data), build(0.6, data)
+    high.build_all()
+    low.build_all()
     assert high.store.calibration.ef_search > low.store.calibration.ef_search  # different data needs, different beams
     for dense, target in ((high, 0.97), (low, 0.6)):
         calibration = dense.store.calibration
-        assert calibration.vectors == 8000 and calibration.recall >= target and calibration.ef_search in EF_LADDER
+        # the last calibration: on the graph the drain left, with its last SAMPLE_QUERIES vectors as the queries
+        assert calibration.vectors == 8750 - SAMPLE_QUERIES
+        assert calibration.recall >= target and calibration.ef_search in EF_LADDER
         assert held_out_recall(dense, data, queries) >= target - 0.02
     # the rung below the calibrated one misses the target: the calibration took the least beam that reaches it
     below = EF_LADDER[EF_LADDER.index(high.store.calibration.ef_search) - 1]
@@ -65,21 +72,37 @@ def held_out_recall_at(dense: DenseIndex, data: np.ndarray, queries: np.ndarray,
     return float(np.mean([len(f & set(e.tolist())) / k for f, e in zip(found, exact)]))
 
 
-def test_the_collection_recalibrates_as_it_grows_and_ignores_tombstones():
+def test_the_graph_builder_recalibrates_as_the_graph_grows_and_ignores_tombstones(monkeypatch, no_background_builds):
     data = clustered(4000, seed=3)
-    # batches of 1,000: the second batch's vectors are the queries of the first calibration, over 1,000 (CALIBRATE_FROM)
-    dense = build(0.9, data[:1100])
-    assert dense.store.calibration.vectors == 1000
-    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1100, 1249)], data[1100:1249])
-    assert dense.store.calibration.vectors == 1000  # 1,249 would not pass RECALIBRATE_GROWTH x 1,000
-    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1249, 1299)], data[1249:1299])
-    assert dense.store.calibration.vectors == 1000  # 50 vectors: too few queries (MIN_QUERIES), a larger write calibrates
-    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(1299, 3000)], data[1299:3000])
-    assert dense.store.calibration.vectors == 1299  # measured on the graph as it stood, with the write's vectors
+    dense = build(0.9, data[:1050])
+    seen: list = []
+    calibrated = FilterableFaissStore.calibrated
+
+    def recording(store, target, queries, lock):
+        # the queries are pending vectors, never the graph's own (those would flatter it: decision 0028)
+        graph = {tuple(v) for v in store._vectors_at(np.arange(store._faiss_index.ntotal)).round(5).tolist()}
+        assert not graph & {tuple(v) for v in queries.round(5).tolist()}
+        seen.append(calibrated(store, target, queries, lock))
+        return seen[-1]
+
+    monkeypatch.setattr(FilterableFaissStore, "calibrated", recording)
+    dense.build_all()
+    assert not seen  # the graph reached CALIBRATE_FROM with fewer than MIN_QUERIES pending: a later backlog calibrates
+    add(dense, data, 1050, 3000)
+    dense.build_all()
+    sizes = [c.vectors for c in seen]
+    # as the graph grows by RECALIBRATE_GROWTH (less a step's batch), and once more on what the drain leaves
+    assert sizes[0] >= CALIBRATE_FROM and sizes == sorted(sizes) and len(sizes) <= 7  # ~log1.25(3000 / 1,000) + 1
+    assert all(b + MAX_BATCH >= RECALIBRATE_GROWTH * a for a, b in zip(sizes, sizes[1:-1]))
+    assert sizes[-1] == 3000 - SAMPLE_QUERIES and dense.store.calibration == seen[-1]
     # a deleted vector is not an answer: calibrated() sees only live ids
     dense.remove([f"{i}#0" for i in range(100)], rebuild=False)
-    again = dense.store.calibrated(0.9, clustered(200, seed=6))
+    again = calibrated(dense.store, 0.9, clustered(200, seed=6), dense._lock)
     assert again.vectors == 2900
+
+
+def add(dense: DenseIndex, data: np.ndarray, start: int, end: int) -> None:
+    dense.add([Chunk(f"{i}#0", str(i), 0, "", "", {}, 0, 0) for i in range(start, end)], data[start:end])
 
 
 @pytest.mark.parametrize("dense_index, field", [
@@ -105,6 +128,12 @@ def test_get_collection_reports_the_calibrated_beam(stub):
         index(stub, "calibrated", [pb.Document(id=str(i), text=f"doc {i}", vector=v.tolist()) for i, v in enumerate(data)],
               batch_size=500)
         after = stub.GetCollection(pb.GetCollectionRequest(name="calibrated"))
+        for _ in range(200):  # the graph builder inserts in the background; searches meanwhile scan its backlog
+            if not after.dense_backlog:
+                break
+            time.sleep(0.05)
+            after = stub.GetCollection(pb.GetCollectionRequest(name="calibrated"))
+        assert after.dense_backlog == 0
         assert after.dense_ef_search in EF_LADDER and after.dense_recall >= 0.95
     finally:
         stub.DeleteCollection(pb.DeleteCollectionRequest(name="calibrated"))

@@ -267,8 +267,10 @@ class Collection:
             return
         self.closed = True
         self.keyword.stop_refresher()
-        if checkpoint and (self.wal.size() > 0 or self._dense_changes) and not self.read_only_reason:
-            # With a FAISS snapshot: a stop can take a few seconds, and the next start then replays no dense log.
+        self.dense.close()  # the graph builder's last step ends first
+        if checkpoint and (self.wal.size() > 0 or self._dense_changes or self.dense.graph_grew) and not self.read_only_reason:
+            # With a FAISS snapshot: a stop can take a few seconds, and the next start then replays no dense log
+            # (nor inserts again what the graph builder inserted since the last snapshot).
             self._try_checkpoint_locked(faiss_snapshot=True)
         self.keyword.close()
         self.wal.close()
@@ -296,6 +298,9 @@ class Collection:
             if late:
                 vectors = dense.embed_passages([c.indexed_text for c in late])
                 done.update({c.id: (c.indexed_text, v) for c, v in zip(late, vectors)})
+            # A staging copy: its snapshot keeps the vectors pending, and the collection opened from it builds the
+            # graph in the background (the write lock is not held for a graph build).
+            dense.background = False
             if chunks:
                 dense.add(chunks, np.stack([done[c.id][1] for c in chunks]))
             texts = self.dense.kvstore.all_document_texts()
@@ -308,6 +313,7 @@ class Collection:
             fsync_tree(target)
             dense.kvstore.commit(snapshot=name, seq=self._seq + 1)
             dense.kvstore.close()  # before the directory is renamed under it
+            dense.close()
             write_text_atomic(target / "CURRENT", name)  # last: a staging dir with CURRENT is complete
             yield self
 
@@ -602,7 +608,8 @@ class Collection:
         kvstore = self.dense.kvstore
         name = kvstore.committed.get("snapshot", "")
         kind = f"a dense-log commit, {int(self._dense_changes)} vectors added after the last FAISS snapshot"
-        if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and self._dense_changes):
+        graph_grew = faiss_snapshot and self.dense.graph_grew
+        if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and self._dense_changes) and not graph_grew:
             kind = "committed before"  # a retry after emptying the WAL failed
         elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
             # A small change: commit the docstore with its dense log and keep the FAISS snapshot, so the cost
@@ -610,6 +617,8 @@ class Collection:
             kvstore.commit(snapshot=name, seq=self._seq, **{CHUNK_METADATA_COMPLETE: 1})
         else:
             live, name = name, f"snap-{self._seq:012d}"
+            if name == live:  # the same writes, a larger graph (the graph builder's work): a new directory still
+                name = f"{name}-g{self.dense.store._faiss_index.ntotal}"
             tmp, final = self.path / f".tmp-{name}", self.path / name
             try:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -676,6 +685,10 @@ class Collection:
     @property
     def dense_ef_search(self) -> int:
         return self.dense.store.ef_search if self.dense.store.is_hnsw else 0
+
+    @property
+    def dense_backlog(self) -> int:
+        return self.dense.backlog
 
     @property
     def dense_recall(self) -> float:

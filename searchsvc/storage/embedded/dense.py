@@ -41,7 +41,8 @@ from llama_index.vector_stores.faiss import FaissMapVectorStore, FaissVectorStor
 from searchsvc.domain import filters
 from searchsvc.domain.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 from searchsvc.retrieve.embedding import embed_passages, embed_query
-from searchsvc.storage.embedded import graph_files
+from searchsvc.storage.embedded import graph_builder, graph_files
+from searchsvc.storage.embedded.pending import PendingRows
 from searchsvc.storage.embedded.recall import MIN_QUERIES, SAMPLE_QUERIES, Calibration, calibrate
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
 
@@ -50,6 +51,9 @@ NODE_IDS_FILE = "node_ids.json"  # FilterableFaissStore.persist
 CALIBRATE_FROM = 1000  # vectors: a smaller graph keeps the configured efSearch (its beam covers most of it anyway)
 # Calibrated again once the graph has grown by this factor: recall at a fixed efSearch falls as a graph grows.
 RECALIBRATE_GROWTH = 1.25
+# ...and when a backlog drains, on the graph it leaves, once that graph has grown this much since: the last vectors
+# of a bulk load are the queries (a calibration up to RECALIBRATE_GROWTH old lost 0.02-0.03 recall@10 on a cheap graph).
+SETTLE_GROWTH = 1.05
 COMPACT_AT = 0.2  # tombstone share of an HNSW graph that triggers a rebuild (searches walk dead nodes too)
 # FAISS inserts run here while the writer goes on with the same batch's other writes (add_vectors' `meanwhile`).
 # Writers are serialized per collection; two workers let two collections' writers insert at once. FAISS keeps its
@@ -110,6 +114,9 @@ class FilterableFaissStore(FaissMapVectorStore):
       id leaves the node maps at once, searches skip it through an IDSelector, and `compacted()` rebuilds the
       graph without tombstones once they are COMPACT_AT of it.
     - `vectors(node_ids)` reads stored vectors back.
+    - An HNSW store acks a write without inserting it into the graph: its vectors wait in `pending`, the
+      appendable flat tail a background worker moves into the graph (graph_builder.py), and a search scans them
+      exactly beside its graph search. Rows are the graph's rows then the pending ones, all in id order.
     - FAISS id -> node id is a list parallel to FAISS's rows (`_node_at`, None for a tombstone) instead of
       upstream's dict (~50 B less per chunk; a hit's row is a binary search of the sorted ids away), and the
       IDMap is an IndexIDMap, without IndexIDMap2's hash map.
@@ -126,6 +133,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         self._rows_file: graph_files.RowsFile | None = None  # what the last graph snapshot read or written holds
         self._previous_snapshot: Path | None = None  # see linking_rows_from
         self._calibration: Calibration | None = None
+        self._pending = PendingRows(self._faiss_index.d)  # HNSW only: acked rows the graph does not hold yet
 
     @classmethod
     def new(cls, dimension: int, spec: DenseIndexSpec = DenseIndexSpec()) -> "FilterableFaissStore":
@@ -150,7 +158,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         id string twice."""
         if graph_files.appendable(self._faiss_index):
             directory = Path(persist_path).parent
-            self._rows_file = graph_files.write(self._faiss_index, directory, self._previous_snapshot, self._rows_file)
+            self._rows_file = graph_files.write(self._faiss_index, directory, self._previous_snapshot, self._rows_file, self.pending)
         else:
             FaissVectorStore.persist(self, persist_path, fs)
         names = self._node_at
@@ -164,8 +172,10 @@ class FilterableFaissStore(FaissMapVectorStore):
         directory = Path(persist_path).parent
         node_ids_path, rows_file, names = directory / NODE_IDS_FILE, None, None
         if graph_files.is_graph_snapshot(directory):
-            index, rows_file = graph_files.read(directory)
+            pending = PendingRows(graph_files.dimension(directory))
+            index, rows_file = graph_files.read(directory, pending)
             store = cls(index)
+            store.pending = pending
         elif not node_ids_path.exists():  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
             upstream = super().from_persist_path(persist_path, fs)
             store = cls(upstream._faiss_index)
@@ -176,7 +186,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         if names is None:
             with open(node_ids_path, encoding="utf-8") as f:
                 names = json.load(f)
-        stored_ids = store._ids().tolist()
+        stored_ids = store._row_ids().tolist()
         store._rows_file = rows_file
         store._node_at = names
         store._node_id_to_faiss_id_map = {n: i for n, i in zip(names, stored_ids) if n is not None}
@@ -215,6 +225,34 @@ class FilterableFaissStore(FaissMapVectorStore):
         return self.calibration.ef_search if self.calibration is not None else self._ef_search
 
     @property
+    def pending(self) -> PendingRows:
+        """Acked rows the graph does not hold yet (pending.py), searched exactly."""
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: PendingRows) -> None:
+        self._pending = value
+
+    @property
+    def rows(self) -> int:
+        """Stored rows: the graph's (tombstones included) and the pending ones."""
+        return self._faiss_index.ntotal + len(self.pending)
+
+    @property
+    def backlog(self) -> int:
+        """Vectors acked but not in the graph yet (searched exactly meanwhile)."""
+        return len(self.pending)
+
+    def insert_pending(self, n: int) -> int:
+        """Move up to `n` of the oldest pending rows into the graph (the caller holds the index's lock: FAISS
+        cannot insert while it searches). Returns how many moved."""
+        ids, vectors = self.pending.head(n)
+        if len(ids):
+            self._faiss_index.add_with_ids(vectors, ids)  # copies them
+            self.pending.drop(len(ids))
+        return len(ids)
+
+    @property
     def live_count(self) -> int:  # not __len__: LlamaIndex tests stores for truth ("store or a default one")
         return len(self._node_id_to_faiss_id_map)
 
@@ -234,12 +272,21 @@ class FilterableFaissStore(FaissMapVectorStore):
             self.delete_nodes(stale)  # a re-added id replaces its vector instead of leaving two behind one id
         ids = np.arange(self._next_id, self._next_id + len(node_ids), dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(node_ids), self.dimension):
+            raise ValueError(f"{len(node_ids)} node ids with vectors of shape {vectors.shape} for dimension {self.dimension}")
         self._next_id += len(node_ids)
         self._node_id_to_faiss_id_map.update(zip(node_ids, ids.tolist()))
         self._node_at.extend(node_ids)
         failed: BaseException | None = None
         try:
-            if meanwhile is None:
+            if self.is_hnsw:  # acked now, in the graph later (graph_builder.py)
+                self.pending.append(ids, self._as_stored(vectors))
+                if meanwhile is not None:
+                    try:
+                        meanwhile()
+                    except BaseException as exc:  # noqa: BLE001 - raised below: the rows are stored
+                        failed = exc
+            elif meanwhile is None:
                 self._faiss_index.add_with_ids(vectors, ids)
             else:
                 inserting = _INSERTS.submit(self._faiss_index.add_with_ids, vectors, ids)
@@ -278,25 +325,27 @@ class FilterableFaissStore(FaissMapVectorStore):
         self.delete_nodes([ref_doc_id])
 
     def needs_compaction(self) -> bool:
-        return bool(self._tombstones) and len(self._tombstones) >= COMPACT_AT * self._faiss_index.ntotal
+        return bool(self._tombstones) and len(self._tombstones) >= COMPACT_AT * self.rows
 
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(faiss ids, vectors) of every live vector, in id order: copies, safe to use after the lock is gone.
         From an SQ8 graph, the decoded vectors: quantizing them again gives the same codes."""
-        positions = self._live_positions()
-        return self._ids()[positions], self._vectors_at(positions)
+        positions = self._live_positions(self._row_ids())
+        return self._row_ids()[positions], self._vectors_at(positions)
 
     def _tombstone_mask(self, ids: np.ndarray) -> np.ndarray:
         """Which of `ids` are tombstones."""
         return np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
 
-    def _live_positions(self) -> np.ndarray:
-        """The storage positions of the live vectors, in id order."""
-        return np.flatnonzero(~self._tombstone_mask(self._ids()))
+    def _live_positions(self, ids: np.ndarray) -> np.ndarray:
+        """The positions of the live vectors among `ids` (the graph's, or every row's), in id order."""
+        return np.flatnonzero(~self._tombstone_mask(ids))
 
-    def replace_index(self, index: Any, built_from: int, calibration: Calibration | None = None) -> None:
+    def replace_index(self, index: Any, built_from: int, calibration: Calibration | None = None,
+                      pending: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Swap in `index`, built from the live vectors when the store's id counter was `built_from` (the caller
-        serializes writers, so nothing was added or deleted since), with its efSearch calibration if any."""
+        serializes writers, so nothing was added or deleted since), with its efSearch calibration if any;
+        `pending`: (ids, vectors) of the live vectors it left for the graph builder (all the others it holds)."""
         assert built_from == self._next_id, "the store changed while its replacement was built"
         self._faiss_index = index
         self._rows_file = None  # a new graph: its snapshot starts a new rows file
@@ -304,20 +353,39 @@ class FilterableFaissStore(FaissMapVectorStore):
         self._tombstones = set()
         self._skip_tombstones = None
         self.calibration = calibration
+        self.pending = PendingRows(index.d)
+        if pending is not None:
+            self.pending.append(pending[0], self._as_stored(pending[1]))
 
-    def calibrated(self, target: float, queries: np.ndarray) -> Calibration:
-        """Calibrate this store's graph to `target` with `queries`, vectors it does not hold (the caller keeps
-        writers out: the graph is only read, as by searches)."""
-        live = self._live_positions()
-        selector = self._tombstone_selector() if self._tombstones else None
-        return calibrate(self._faiss_index, queries, live, self._ids()[live], self._vectors_at, target, selector)
+    def _as_stored(self, vectors: np.ndarray) -> np.ndarray:
+        """`vectors` as the graph's storage will hold them: an SQ8 graph's decoded codes, so that a pending row
+        reads, scores and snapshots the same before and after it moves into the graph."""
+        storage = self._storage()
+        if isinstance(storage, faiss.IndexScalarQuantizer) and len(vectors):
+            return storage.sa_decode(storage.sa_encode(vectors))
+        return vectors
+
+    def calibrated(self, target: float, queries: np.ndarray, lock: Any) -> Calibration:
+        """Calibrate this store's graph to `target` with `queries`, vectors it does not hold. The caller keeps the
+        graph's writers out (the graph is only read, as by searches); `lock` (the index's) is held while the live
+        rows and the tombstones are read, which writers change."""
+        with lock:
+            live = self._live_positions(self._ids())
+            ids = self._ids()[live]
+            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+        selector = faiss.IDSelectorNot(batch)  # only points to the batch, which this frame keeps alive
+        return calibrate(self._faiss_index, queries, live, ids, self._graph_vectors_at, target, selector)
 
     # --- reads
     def _ids(self) -> np.ndarray:
-        """A view of every stored faiss id (tombstones included), in storage order = ascending; valid until the
+        """A view of the graph's faiss ids (tombstones included), in storage order = ascending; valid until the
         next write."""
         n = self._faiss_index.ntotal
         return faiss.rev_swig_ptr(self._faiss_index.id_map.data(), n) if n else np.empty(0, dtype=np.int64)
+
+    def _row_ids(self) -> np.ndarray:
+        """Every row's faiss id: the graph's, then the pending ones (a view when nothing is pending)."""
+        return np.concatenate([self._ids(), self.pending.ids()]) if len(self.pending) else self._ids()
 
     def _storage(self) -> Any:
         inner = faiss.downcast_index(self._faiss_index.index)
@@ -331,7 +399,18 @@ class FilterableFaissStore(FaissMapVectorStore):
         return faiss.rev_swig_ptr(storage.get_xb(), n * d).reshape(n, d) if n else np.empty((0, d), dtype=np.float32)
 
     def _vectors_at(self, positions: np.ndarray) -> np.ndarray:
-        """The vectors at these storage positions (decoded from SQ8 codes where quantized), as a new array."""
+        """The vectors at these row positions (decoded from SQ8 codes where quantized), as a new array."""
+        graph_rows = self._faiss_index.ntotal
+        if len(self.pending) and len(positions) and np.max(positions) >= graph_rows:
+            positions = np.asarray(positions, dtype=np.int64)
+            out = np.empty((len(positions), self.dimension), dtype=np.float32)
+            waiting = positions >= graph_rows
+            out[waiting] = self.pending.vectors_at(positions[waiting] - graph_rows)
+            out[~waiting] = self._graph_vectors_at(positions[~waiting])
+            return out
+        return self._graph_vectors_at(positions)
+
+    def _graph_vectors_at(self, positions: np.ndarray) -> np.ndarray:
         floats = self._float_vectors()
         if floats is not None:
             return floats[positions]
@@ -340,7 +419,15 @@ class FilterableFaissStore(FaissMapVectorStore):
         return self._storage().reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64))
 
     def _positions(self, faiss_ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self._ids(), faiss_ids)
+        """The row of each stored id: a binary search of the graph's ids, or of the pending ones (all above)."""
+        if not len(self.pending):
+            return np.searchsorted(self._ids(), faiss_ids)
+        faiss_ids = np.asarray(faiss_ids, dtype=np.int64)
+        waiting = faiss_ids >= self.pending.ids()[0]
+        rows = np.empty(len(faiss_ids), dtype=np.int64)
+        rows[~waiting] = np.searchsorted(self._ids(), faiss_ids[~waiting])
+        rows[waiting] = self._faiss_index.ntotal + self.pending.rows_of(faiss_ids[waiting])
+        return rows
 
     def query(self, query: VectorStoreQuery, ef_search: int | None = None, exact: bool = False,
               allowed_ids: np.ndarray | None = None, excluded_ids: np.ndarray | None = None, **kwargs: Any) -> VectorStoreQueryResult:
@@ -382,8 +469,16 @@ class FilterableFaissStore(FaissMapVectorStore):
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(ef_search or self.ef_search, k))
             else:
                 params = faiss.SearchParameters(sel=sel) if sel is not None else None
-            found_scores, found_ids = self._faiss_index.search(vector[np.newaxis, :], k, params=params)
-            scores, ids = found_scores[0], found_ids[0]
+            if self._faiss_index.ntotal:
+                found_scores, found_ids = self._faiss_index.search(vector[np.newaxis, :], k, params=params)
+                scores, ids = found_scores[0], found_ids[0]
+            else:
+                scores, ids = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+            if len(self.pending):  # the graph's hits and the pending rows' exact ones, merged by score
+                waiting_scores, waiting_ids = self._pending_top(vector, k, allowed, excluded)
+                scores, ids = np.concatenate([scores, waiting_scores]), np.concatenate([ids, waiting_ids])
+                best = np.argsort(-scores, kind="stable")[:k]
+                scores, ids = scores[best], ids[best]
         found = ids >= 0
         node_at = self._node_at  # one lookup: each attribute read goes through pydantic
         rows = self._positions(ids[found]).tolist()
@@ -403,17 +498,36 @@ class FilterableFaissStore(FaissMapVectorStore):
             self._skip_tombstones = (faiss.IDSelectorNot(batch), batch)  # the Not only points to the batch: keep both
         return self._skip_tombstones[0]
 
+    def _pending_top(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray | None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The top `k` pending rows by an exact scan, with what the graph search skips skipped (ids -1 pad)."""
+        ids, scores = self.pending.ids(), self.pending.scores(vector)
+        skip = self._tombstone_mask(ids) if self._tombstones else np.zeros(len(ids), dtype=bool)
+        if allowed is not None:
+            skip |= ~np.isin(ids, allowed)
+        if excluded is not None:
+            skip |= np.isin(ids, excluded)
+        scores[skip] = -np.inf
+        k = min(k, len(ids))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.isfinite(scores[top])]
+        return scores[top], ids[top]
+
     def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is None:
-            ids = self._ids()
+            graph_ids = self._ids()
             if (floats := self._float_vectors()) is not None:
                 scores = floats @ vector
             else:  # decoded a block at a time: an SQ8 graph holds no float copy, and 1M of them would be 1.5 GB
                 block = 65536
                 scores = np.concatenate([
-                    self._vectors_at(np.arange(i, min(i + block, len(ids)))) @ vector for i in range(0, len(ids), block)
-                ])
+                    self._graph_vectors_at(np.arange(i, min(i + block, len(graph_ids)))) @ vector
+                    for i in range(0, len(graph_ids), block)
+                ] or [np.empty(0, dtype=np.float32)])
+            if len(self.pending):
+                scores = np.concatenate([scores, self.pending.scores(vector)])
+            ids = self._row_ids()
             if self._tombstones:
                 scores[self._tombstone_mask(ids)] = -np.inf
             if excluded is not None:
@@ -608,6 +722,13 @@ class DenseIndex:
         self.spec = spec
         # FAISS indexes are not safe for concurrent add/remove and search; LlamaIndex's dict stores neither.
         self._lock = threading.RLock()
+        # Held by whatever changes or reads the graph outside `_lock`: the graph builder's step, a snapshot, a
+        # rebuild. Taken before `_lock`, never inside it.
+        self._graph_lock = threading.Lock()
+        self._closed = False
+        self.background = True  # False: pending vectors wait for build_step / build_all on the caller's thread
+        self._batch = 16  # rows per graph-builder step, adapted to its time budget
+        self._snapshot_graph_rows = store._faiss_index.ntotal  # the graph's rows in the last snapshot written or read
 
     @classmethod
     def create(
@@ -637,6 +758,7 @@ class DenseIndex:
         index.index_struct.nodes_dict = StoreNodeIds(store)  # persisted empty (see _flush)
         dense = cls(index, store, embed_model, spec)
         dense.maybe_rebuild()  # an "auto" collection that grew past the threshold before HNSW existed
+        dense._wake_builder()  # the snapshot's pending vectors
         return dense
 
     @property
@@ -654,8 +776,12 @@ class DenseIndex:
         it by the caller. Holding the lock here stalled every search for the whole checkpoint (~400 ms at 100k
         chunks)."""
         try:
-            with self.store.linking_rows_from(previous):
+            with self._graph_lock, self.store.linking_rows_from(previous):
+                if self.store.backlog and not graph_files.appendable(self.store._faiss_index):
+                    with self._lock:  # a whole-index FAISS file has no room for pending rows: into the graph first
+                        self.store.insert_pending(self.store.backlog)
                 self.index.storage_context.persist(persist_dir=str(persist_dir))
+                self._snapshot_graph_rows = self.store._faiss_index.ntotal
         except RuntimeError as exc:
             if (error := _as_os_error(exc)) is None:
                 raise
@@ -685,11 +811,11 @@ class DenseIndex:
             if meanwhile is not None:
                 meanwhile()
 
-        self.maybe_calibrate(embeddings)  # the batch's vectors, not in the graph yet, are the queries
         with self._lock:
             self.store.add_vectors([c.id for c in chunks], embeddings, meanwhile=to_docstore)
         if rebuild:
             self.maybe_rebuild()
+        self._wake_builder()
 
     def replay(self, removed: Sequence[str], added: Sequence[str], vectors: np.ndarray) -> None:
         """Redo one write's effect on the vectors alone (the docstore already holds it): start-up applying the
@@ -700,6 +826,7 @@ class DenseIndex:
             if added:
                 self.store.add_vectors(list(added), vectors)
         self.maybe_rebuild()
+        self._wake_builder()
 
     def remove(self, chunk_ids: Sequence[str], *, rebuild: bool = True) -> None:
         """`rebuild` False: the caller calls maybe_rebuild itself, outside any lock it holds (a rebuild runs
@@ -711,10 +838,12 @@ class DenseIndex:
                 self.maybe_rebuild()
 
     def maybe_rebuild(self) -> None:
-        """Build a fresh HNSW graph when an "auto" flat index reaches AUTO_HNSW_MIN_CHUNKS, or when tombstones
-        fill COMPACT_AT of a graph; then calibrate efSearch if the recall target asks (maybe_calibrate). The build
-        runs outside the lock, so searches go on against the old index meanwhile; only the writer that
-        triggered it waits (~7k vectors/s on 2 cores)."""
+        """A new HNSW graph when an "auto" flat index reaches AUTO_HNSW_MIN_CHUNKS, or when an SQ8 collection's
+        float graph reaches it (the quantizer learns its ranges from those vectors): an empty graph, with every
+        live vector pending for the graph builder, so the writer does not wait for the build. When tombstones fill
+        COMPACT_AT of a graph: a compacted graph built here of the live vectors (searches meanwhile go on against
+        the old one; the writer that triggered it waits, ~7k vectors/s on 2 cores), its efSearch calibrated if the
+        recall target asks."""
         store = self.store
         big = store.live_count >= AUTO_HNSW_MIN_CHUNKS
         grow = self.spec.kind == "auto" and not store.is_hnsw and big
@@ -722,44 +851,108 @@ class DenseIndex:
         if not (grow or quantize or (store.is_hnsw and store.needs_compaction())):
             return
         started = time.perf_counter()
-        with self._lock:
-            ids, vectors = store.live_vectors()
-            built_from = store._next_id
-        # An SQ8 graph learns its per-dimension ranges from these vectors (decoded ones, when compacting).
-        index = self.spec.new_hnsw(store.dimension, training=vectors if self.spec.quantization == "sq8" and big else None)
-        calibration = None
-        if self.spec.target_recall and len(ids) >= CALIBRATE_FROM:
-            # The newest vectors go in last, after they served as the calibration's unseen queries (ids stay
-            # ascending in the graph, as _positions needs).
-            held = len(ids) - SAMPLE_QUERIES
-            index.add_with_ids(vectors[:held], ids[:held])
-            calibration = calibrate(index, vectors[held:], np.arange(held), ids[:held], vectors.__getitem__, self.spec.target_recall)
-            index.add_with_ids(vectors[held:], ids[held:])
-        else:
-            index.add_with_ids(vectors, ids)
-        del vectors
-        with self._lock:
-            store.replace_index(index, built_from, calibration)
-        log.info(
-            "dense index: %s %s graph of %d vectors (M=%d, efConstruction=%d) in %.1f s",
-            "built an" if grow or quantize else "compacted the", self.kind, len(ids), self.spec.m, self.spec.ef_construction,
-            time.perf_counter() - started,
-        )
+        with self._graph_lock:  # the builder's steps wait: this replaces their graph
+            with self._lock:
+                ids, vectors = store.live_vectors()
+                built_from = store._next_id
+            # An SQ8 graph learns its per-dimension ranges from these vectors (decoded ones, when compacting).
+            index = self.spec.new_hnsw(store.dimension, training=vectors if self.spec.quantization == "sq8" and big else None)
+            if grow or quantize:
+                with self._lock:
+                    store.replace_index(index, built_from, pending=(ids, vectors))
+                log.info("dense index: a new %s graph; its %d vectors wait for the graph builder", self.kind, len(ids))
+                self._wake_builder()
+                return
+            calibration = None
+            if self.spec.target_recall and len(ids) >= CALIBRATE_FROM:
+                # The newest vectors go in last, after they served as the calibration's unseen queries (ids stay
+                # ascending in the graph, as _positions needs).
+                held = len(ids) - SAMPLE_QUERIES
+                index.add_with_ids(vectors[:held], ids[:held])
+                calibration = calibrate(index, vectors[held:], np.arange(held), ids[:held], vectors.__getitem__, self.spec.target_recall)
+                index.add_with_ids(vectors[held:], ids[held:])
+            else:
+                index.add_with_ids(vectors, ids)
+            del vectors
+            with self._lock:
+                store.replace_index(index, built_from, calibration)
+        log.info("dense index: compacted the %s graph of %d vectors (M=%d, efConstruction=%d) in %.1f s",
+                 self.kind, len(ids), self.spec.m, self.spec.ef_construction, time.perf_counter() - started)
 
-    def maybe_calibrate(self, unseen: np.ndarray) -> None:
+    # --- the graph builder's side (graph_builder.py)
+    @property
+    def backlog(self) -> int:
+        """Vectors acked but not in the graph yet."""
+        return self.store.backlog
+
+    def _wake_builder(self) -> None:
+        if self.store.backlog and not self._closed and self.background:
+            graph_builder.BUILDER.wake(self)
+
+    def build_step(self, seconds: float = graph_builder.STEP_S) -> int:
+        """Move a batch of pending vectors into the graph, sized to hold the index's lock (which searches wait
+        for) about `seconds`; calibrate efSearch first when it is due (maybe_calibrate). Returns how many moved."""
+        with self._graph_lock:
+            store = self.store
+            if self._closed or not store.backlog:
+                return 0
+            self.maybe_calibrate()
+            batch = self._batch
+            if store.backlog > SAMPLE_QUERIES and self._settling_due(adding=min(batch, store.backlog)):
+                batch = min(batch, store.backlog - SAMPLE_QUERIES)  # the last SAMPLE_QUERIES wait to be the queries
+            started = time.perf_counter()
+            with self._lock:
+                moved = store.insert_pending(batch)
+            per_row = (time.perf_counter() - started) / max(moved, 1)
+            self._batch = max(1, min(graph_builder.MAX_BATCH, int(seconds / max(per_row, 1e-6))))
+            return moved
+
+    def build_all(self) -> None:
+        """Insert every pending vector now, on this thread (tests, benches, `searchsvc` tools)."""
+        while self.build_step(seconds=1.0):
+            pass
+
+    def close(self) -> None:
+        """No graph-builder step runs on this index after this returns (a running one is waited for)."""
+        with self._graph_lock:
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def graph_grew(self) -> bool:
+        """Whether the graph holds rows the last snapshot has only as pending ones (the builder's work since)."""
+        return self.store._faiss_index.ntotal != self._snapshot_graph_rows
+
+    def _settling_due(self, adding: int = 0) -> bool:
+        """Whether the graph, with `adding` more rows, has grown SETTLE_GROWTH since its last calibration (a
+        draining backlog's last vectors then calibrate it)."""
+        done = self.store.calibration
+        return bool(self.spec.target_recall) and done is not None and self.store._faiss_index.ntotal + adding >= SETTLE_GROWTH * done.vectors
+
+    def maybe_calibrate(self) -> None:
         """With a recall target: calibrate the graph's efSearch when it was never calibrated (or for another target),
         and whenever it would grow past RECALIBRATE_GROWTH times its size at the last calibration (HNSW's recall at a
-        given efSearch falls as the graph grows). `unseen`: a write's vectors, before they are inserted: the
-        queries (fewer than MIN_QUERIES: a later, larger write calibrates). Called by the writer (writers are
-        serialized): no insert runs meanwhile, and searches only read too, so the lock is not held. The writer
-        waits for it (printed by `searchsvc bench --recall`), ~log1.25(n / 1,000) times in a collection's life."""
+        given efSearch falls as the graph grows), and when a backlog is down to its last SAMPLE_QUERIES vectors once
+        the graph grew SETTLE_GROWTH since (build_step holds those back for it). The queries: the oldest pending vectors, which the graph does not
+        hold yet (fewer than MIN_QUERIES: a later, larger backlog calibrates). Run by the graph builder, the graph's
+        only writer, under the graph lock; searches only read, so the index's lock is not held. ~log1.25(n / 1,000)
+        times in a collection's life (printed by `searchsvc bench --recall`)."""
         target, store = self.spec.target_recall, self.store
-        if not target or not store.is_hnsw or len(unseen) < MIN_QUERIES or store.live_count < CALIBRATE_FROM:
+        graph_rows = store._faiss_index.ntotal
+        if not target or not store.is_hnsw or store.backlog < MIN_QUERIES or graph_rows < CALIBRATE_FROM:
             return
         done = store.calibration
-        if done is not None and done.target == target and store.live_count + len(unseen) < RECALIBRATE_GROWTH * done.vectors:
+        growing = graph_rows + min(store.backlog, self._batch) >= RECALIBRATE_GROWTH * done.vectors if done else True
+        settling = store.backlog <= SAMPLE_QUERIES and self._settling_due()
+        if done is not None and done.target == target and not growing and not settling:
             return
-        store.calibration = store.calibrated(target, unseen)
+        with self._lock:  # a copy: a writer may append meanwhile (never into these rows, but into their block)
+            _, unseen = store.pending.head(SAMPLE_QUERIES)
+            unseen = unseen.copy()
+        store.calibration = store.calibrated(target, unseen, self._lock)
 
     # --- reads
     @property

@@ -6,9 +6,16 @@ only grow. A snapshot directory therefore holds, for an HNSW graph over flat or 
 
     graph.faiss    the graph without its storage (faiss.IO_FLAG_SKIP_STORAGE): ~270 B per vector at M=32
     storage.faiss  the storage's header: an empty copy of it (for SQ8, the quantizer's trained ranges)
-    ids.i64        the IndexIDMap's ids, one int64 per row
-    rows.codes     the storage's codes row after row (float32 vectors or SQ8 codes): append-only
-    graph.json     {"rows": n, "code_size": bytes per row, "lineage": id of the rows file}
+    ids.i64        the ids of every row: the IndexIDMap's, then the pending rows' (pending.py)
+    rows.codes     the storage's codes row after row (float32 vectors or SQ8 codes), then the pending rows
+                   encoded the same way: append-only
+    graph.json     {"rows": n, "graph_rows": rows the graph holds, "code_size": bytes per row,
+                    "lineage": id of the rows file}
+
+The pending rows (acked, not in the graph yet) follow the graph's in the same file and order: when the graph
+builder moves them into the graph, their bytes and place in the file stay, so the next snapshot still appends
+only rows that are new. (An SQ8 graph's pending rows are written as the codes the graph will give them, and read
+back decoded: quantizing those again gives the same codes.)
 
 rows.codes is hard-linked from the previous snapshot when that snapshot's file holds this graph's first rows,
 and only the rows added since are written after them. Linked files share one inode, so the previous snapshot's
@@ -35,6 +42,7 @@ import faiss
 import numpy as np
 
 from searchsvc.errors import DataLoss
+from searchsvc.storage.embedded.pending import BLOCK_ROWS, PendingRows
 
 GRAPH_FILE = "graph.faiss"
 STORAGE_FILE = "storage.faiss"
@@ -64,61 +72,83 @@ def is_graph_snapshot(directory: Path) -> bool:
     return (directory / LAYOUT_FILE).exists()
 
 
-def write(index: Any, directory: Path, previous: Path | None, known: RowsFile | None) -> RowsFile:
-    """Write `index` (appendable) into `directory`; `previous`: the snapshot directory to link the rows file from,
-    `known`: what the caller learnt of its rows file by the last read or write. Returns what it knows now. The
-    caller fsyncs the directory and makes it live (the collection's docstore commit)."""
+def write(index: Any, directory: Path, previous: Path | None, known: RowsFile | None, pending: PendingRows | None = None) -> RowsFile:
+    """Write `index` (appendable) and the `pending` rows after its own into `directory`; `previous`: the snapshot
+    directory to link the rows file from, `known`: what the caller learnt of its rows file by the last read or
+    write. Returns what it knows now. The caller fsyncs the directory and makes it live (the collection's
+    docstore commit)."""
     inner = faiss.downcast_index(index.index)
     storage = faiss.downcast_index(inner.storage)
-    n, size = index.ntotal, storage.code_size
+    g, size = index.ntotal, storage.code_size
+    waiting = len(pending) if pending is not None else 0
+    n = g + waiting
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / ROWS_FILE
     target.unlink(missing_ok=True)  # a leftover link: opening it "wb" would truncate the file it shares
     lineage, start = _link_previous(previous, target, known, size)
-    codes = faiss.rev_swig_ptr(storage.codes.data(), n * size) if n else np.empty(0, dtype=np.uint8)
+    codes = faiss.rev_swig_ptr(storage.codes.data(), g * size) if g else np.empty(0, dtype=np.uint8)
     with open(target, "r+b" if start else "wb") as f:
         f.seek(start * size)
-        f.write(memoryview(codes[start * size:]))
+        f.write(memoryview(codes[min(start, g) * size:]))
+        if waiting:
+            skip = max(start - g, 0)  # pending rows the file already holds
+            for block_ids, block in pending.blocks():
+                if skip >= len(block_ids):
+                    skip -= len(block_ids)
+                    continue
+                f.write(memoryview(storage.sa_encode(np.ascontiguousarray(block[skip:]))))
+                skip = 0
         f.truncate(n * size)  # rows past n: a failed attempt's, which no graph.json names
         f.flush()
         os.fsync(f.fileno())
     faiss.write_index(inner, str(directory / GRAPH_FILE), faiss.IO_FLAG_SKIP_STORAGE)
     faiss.write_index(_empty_like(storage), str(directory / STORAGE_FILE))
-    ids = faiss.rev_swig_ptr(index.id_map.data(), n) if n else np.empty(0, dtype=np.int64)
+    ids = faiss.rev_swig_ptr(index.id_map.data(), g) if g else np.empty(0, dtype=np.int64)
+    if waiting:
+        ids = np.concatenate([ids, pending.ids()])
     ids.tofile(directory / IDS_FILE)
-    (directory / LAYOUT_FILE).write_text(json.dumps({"rows": n, "code_size": size, "lineage": lineage}), encoding="utf-8")
+    layout = {"rows": n, "graph_rows": g, "code_size": size, "lineage": lineage}
+    (directory / LAYOUT_FILE).write_text(json.dumps(layout), encoding="utf-8")
     return RowsFile(lineage, n)
 
 
-def read(directory: Path) -> tuple[Any, RowsFile]:
-    """The IndexIDMap over the HNSW graph that `directory` holds, and what is known of its rows file. DataLoss
-    when a file holds less than graph.json names."""
+def read(directory: Path, pending: PendingRows) -> tuple[Any, RowsFile]:
+    """The IndexIDMap over the HNSW graph that `directory` holds, and what is known of its rows file; its
+    pending rows are appended to `pending`. DataLoss when a file holds less than graph.json names."""
     layout = _layout(directory)
     rows, size = int(layout["rows"]), int(layout["code_size"])
+    g = int(layout.get("graph_rows", rows))  # snapshots from before pending rows: the graph held every row
     graph = faiss.read_index(str(directory / GRAPH_FILE), faiss.IO_FLAG_SKIP_STORAGE)
     storage = faiss.read_index(str(directory / STORAGE_FILE))
-    if graph.ntotal != rows or storage.code_size != size:
+    if graph.ntotal != g or storage.code_size != size:
         raise DataLoss(f"{directory.name}: its graph holds {graph.ntotal} rows of {storage.code_size} bytes, "
-                       f"its {LAYOUT_FILE} names {rows} of {size}")
-    # Read straight into the storage's own buffer: reading into numpy first would hold the vectors twice.
-    storage.codes.resize(rows * size)
-    if rows:
-        view = faiss.rev_swig_ptr(storage.codes.data(), rows * size)
-        got = 0
-        with open(directory / ROWS_FILE, "rb", buffering=0) as f:
-            while got < len(view) and (n := f.readinto(memoryview(view[got:got + _READ_BLOCK]))):
-                got += n
-        if got < len(view):
-            raise DataLoss(f"{directory.name}/{ROWS_FILE} holds {got} bytes of the {len(view)} its {LAYOUT_FILE} names")
-    storage.ntotal = rows
-    graph.storage, graph.own_fields = storage, True
-    storage.this.disown()  # the graph deletes it now
+                       f"its {LAYOUT_FILE} names {g} of {size}")
     ids = np.fromfile(directory / IDS_FILE, dtype=np.int64)
     if len(ids) != rows:
         raise DataLoss(f"{directory.name}/{IDS_FILE} holds {len(ids)} ids for {rows} rows")
-    index = id_map_over(graph, ids)
+    # Read straight into the storage's own buffer: reading into numpy first would hold the vectors twice.
+    storage.codes.resize(g * size)
+    with open(directory / ROWS_FILE, "rb", buffering=0) as f:
+        if g:
+            _read_exactly(f, faiss.rev_swig_ptr(storage.codes.data(), g * size), directory)
+        for start in range(g, rows, BLOCK_ROWS):  # pending rows a block at a time, decoded into `pending`
+            codes = np.empty((min(BLOCK_ROWS, rows - start), size), dtype=np.uint8)
+            _read_exactly(f, codes.reshape(-1), directory)
+            pending.append(ids[start:start + len(codes)], storage.sa_decode(codes))
+    storage.ntotal = g
+    graph.storage, graph.own_fields = storage, True
+    storage.this.disown()  # the graph deletes it now
+    index = id_map_over(graph, ids[:g])
     graph.this.disown()  # the IDMap deletes it now
     return index, RowsFile(str(layout["lineage"]), rows)
+
+
+def _read_exactly(f: Any, view: np.ndarray, directory: Path) -> None:
+    got = 0
+    while got < len(view) and (n := f.readinto(memoryview(view[got:got + _READ_BLOCK]))):
+        got += n
+    if got < len(view):
+        raise DataLoss(f"{directory.name}/{ROWS_FILE} holds fewer rows than its {LAYOUT_FILE} names")
 
 
 def id_map_over(inner: Any, ids: np.ndarray) -> Any:
@@ -129,6 +159,10 @@ def id_map_over(inner: Any, ids: np.ndarray) -> Any:
     index.index, index.ntotal, index.is_trained, index.own_fields = inner, inner.ntotal, inner.is_trained, True
     faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), index.id_map)
     return index
+
+
+def dimension(directory: Path) -> int:
+    return faiss.read_index(str(directory / STORAGE_FILE)).d
 
 
 def committed_sizes(directory: Path) -> dict[str, int]:

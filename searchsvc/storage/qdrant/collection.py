@@ -545,6 +545,10 @@ class QdrantCollection:
         return 0.0
 
     @property
+    def dense_backlog(self) -> int:
+        return 0  # Qdrant's optimizer indexes on its own
+
+    @property
     def read_only_reason(self) -> str:
         return ""  # Qdrant reports its own faults per call (UNAVAILABLE, RESOURCE_EXHAUSTED)
 
