@@ -27,9 +27,9 @@ from typing import Protocol
 import faiss
 
 log = logging.getLogger(__name__)
-STEP_S = 0.01  # index lock held per step: what a search may wait for the builder
+STEP_S = 0.005  # index lock held per step: what a search or a writer may wait for the builder
 MAX_BATCH = 1024
-NICE = 10  # the builder thread's niceness: below searches and writers, above nothing
+NICE = 19  # the builder thread's niceness: the lowest; searches and writers first
 
 
 class Buildable(Protocol):
