@@ -25,13 +25,18 @@ def _state(c) -> str:
     return "READY" if state == "UNSPECIFIED" else state
 
 
+def _dense_index(c) -> str:
+    """The index serving, with the vectors the graph builder has yet to insert (searched exactly meanwhile)."""
+    return f"{c.dense_index_in_use} ({c.dense_backlog:,} pending)" if c.dense_backlog else c.dense_index_in_use
+
+
 def collections_table(collections) -> Table:
     table = Table()
     for column in ("name", "state", "documents", "chunks", "language", "embedding model", "analyzer", "dense index", "backend"):
         table.add_column(column, justify="right" if column in ("documents", "chunks") else "left", no_wrap=column == "name")
     for c in collections:
         table.add_row(c.name, _state(c), f"{c.document_count:,}", f"{c.chunk_count:,}", c.config.language, c.config.embedding_model,
-                      c.config.analyzer, c.dense_index_in_use, c.config.backend)
+                      c.config.analyzer, _dense_index(c), c.config.backend)
     return table
 
 

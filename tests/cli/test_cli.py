@@ -140,3 +140,10 @@ def test_ctrl_c_during_answer_stops_generation_on_the_server(server, stub):
         while engine.stats.last_cancel_stop_ms is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine.stats.last_cancel_stop_ms is not None and engine.stats.last_cancel_stop_ms < 5000
+
+
+def test_the_collections_table_shows_the_graph_builders_backlog():
+    from searchsvc.cli.collections import _dense_index
+
+    assert _dense_index(pb.Collection(dense_index_in_use="hnsw", dense_backlog=12345)) == "hnsw (12,345 pending)"
+    assert _dense_index(pb.Collection(dense_index_in_use="hnsw")) == "hnsw"

@@ -502,12 +502,12 @@ class FilterableFaissStore(FaissMapVectorStore):
                      ) -> tuple[np.ndarray, np.ndarray]:
         """The top `k` pending rows by an exact scan, with what the graph search skips skipped (ids -1 pad)."""
         ids, scores = self.pending.ids(), self.pending.scores(vector)
-        skip = self._tombstone_mask(ids) if self._tombstones else np.zeros(len(ids), dtype=bool)
+        if self._tombstones:
+            scores[self._tombstone_mask(ids)] = -np.inf
         if allowed is not None:
-            skip |= ~np.isin(ids, allowed)
+            scores[~np.isin(ids, allowed)] = -np.inf
         if excluded is not None:
-            skip |= np.isin(ids, excluded)
-        scores[skip] = -np.inf
+            scores[np.isin(ids, excluded)] = -np.inf
         k = min(k, len(ids))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.isfinite(scores[top])]
