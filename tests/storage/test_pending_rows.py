@@ -84,3 +84,28 @@ def test_a_search_over_graph_and_pending_rows_is_the_exact_ranking(no_background
     assert dense.backlog == 0 and dense.faiss_ids(list(vectors)) == ids_before  # moving rows changes no id
     for query in unit(5, seed=5):
         assert [s.chunk_id for s in dense.search(query, 10)] == exact(query, 10)
+
+
+def test_the_graph_builder_waits_while_a_collection_is_written_and_its_backlog_is_small(monkeypatch):
+    import time
+
+    from searchsvc.storage.embedded import graph_builder
+
+    builder = graph_builder.GraphBuilder()  # its own thread: the test controls when the collection was written
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM, EXACT_GRAPH)
+    dense.background = False
+    dense.add([Chunk(f"d{i}#0", f"d{i}", 0, "", "", {}, 0, 0) for i in range(300)], unit(300, seed=6))
+    dense.last_write = time.monotonic() + 3600  # written "now" for an hour
+    builder.wake(dense)
+    time.sleep(0.3)
+    assert dense.backlog == 300, "the graph waited while the collection was being written"
+    monkeypatch.setattr(graph_builder, "YIELD_TO_WRITES_BELOW", 200)  # a backlog too large to keep scanning
+    deadline = time.monotonic() + 10
+    while dense.backlog >= 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert dense.backlog < 200, "a large backlog is built while the collection is written"
+    dense.last_write = 0.0  # the writes stopped: the rest goes in
+    builder.wake(dense)
+    while dense.backlog and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert dense.backlog == 0 and dense.store._faiss_index.ntotal == 300

@@ -727,6 +727,7 @@ class DenseIndex:
         self._graph_lock = threading.Lock()
         self._closed = False
         self.background = True  # False: pending vectors wait for build_step / build_all on the caller's thread
+        self.last_write = 0.0  # time.monotonic() of the last add: the graph builder yields to a collection being written
         self._batch = 16  # rows per graph-builder step, adapted to its time budget
         self._snapshot_graph_rows = store._faiss_index.ntotal  # the graph's rows in the last snapshot written or read
 
@@ -813,6 +814,7 @@ class DenseIndex:
 
         with self._lock:
             self.store.add_vectors([c.id for c in chunks], embeddings, meanwhile=to_docstore)
+        self.last_write = time.monotonic()
         if rebuild:
             self.maybe_rebuild()
         self._wake_builder()
