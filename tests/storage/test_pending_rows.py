@@ -109,3 +109,26 @@ def test_the_graph_builder_waits_while_a_collection_is_written_and_its_backlog_i
     while dense.backlog and time.monotonic() < deadline:
         time.sleep(0.02)
     assert dense.backlog == 0 and dense.store._faiss_index.ntotal == 300
+
+
+def test_a_search_scans_pending_rows_without_the_lock_and_leaves_out_a_hit_deleted_meanwhile(monkeypatch, no_background_builds):
+    import threading
+
+    from searchsvc.storage.embedded import dense as dense_module
+
+    dense = DenseIndex.create(ExternalEmbedding(dimension=DIM), DIM, EXACT_GRAPH)
+    vectors = unit(200, seed=7)
+    dense.add([Chunk(f"d{i}#0", f"d{i}", 0, "", "", {}, 0, 0) for i in range(200)], vectors)
+    scan = dense_module._pending_top
+
+    def scanning(*args, **kwargs):
+        # a writer deletes the best hit while the pending rows are scanned: it would wait forever for a held lock
+        writer = threading.Thread(target=dense.remove, args=(["d3#0"],))
+        writer.start()
+        writer.join(5)
+        assert not writer.is_alive(), "the scan held the index lock"
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(dense_module, "_pending_top", scanning)
+    hits = [h.chunk_id for h in dense.search(vectors[3], 5)]
+    assert "d3#0" not in hits and len(hits) == 4  # found by the scan, gone by the time it was resolved

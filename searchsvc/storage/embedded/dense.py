@@ -7,6 +7,7 @@ that only the keyword leg found).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -430,11 +431,36 @@ class FilterableFaissStore(FaissMapVectorStore):
         return rows
 
     def query(self, query: VectorStoreQuery, ef_search: int | None = None, exact: bool = False,
-              allowed_ids: np.ndarray | None = None, excluded_ids: np.ndarray | None = None, **kwargs: Any) -> VectorStoreQueryResult:
+              allowed_ids: np.ndarray | None = None, excluded_ids: np.ndarray | None = None, lock: Any = None,
+              **kwargs: Any) -> VectorStoreQueryResult:
         """`allowed_ids` / `excluded_ids`: the FAISS ids a filter allows, or those it excludes (live ones only);
-        `query.node_ids` too names allowed chunks (LlamaIndex's way, by chunk id)."""
+        `query.node_ids` too names allowed chunks (LlamaIndex's way, by chunk id). `lock`: what writers and the
+        graph builder hold, held here except while the pending rows are scanned (a scan of 800k takes ~60 ms: other
+        searches, writers and the builder go on meanwhile)."""
         if query.filters is not None:
             raise ValueError("pass allowed chunk ids as VectorStoreQuery.node_ids")
+        lock = lock if lock is not None else contextlib.nullcontext()
+        with lock:
+            scores, ids, waiting = self._query_locked(query, ef_search, exact, allowed_ids, excluded_ids)
+        if waiting is not None:  # the pending rows as they stood, scanned outside the lock; merged by score
+            vector, k, allowed, excluded, pending, tombstones = waiting
+            waiting_scores, waiting_ids = _pending_top(pending, tombstones, vector, k, allowed, excluded)
+            scores, ids = np.concatenate([scores, waiting_scores]), np.concatenate([ids, waiting_ids])
+            best = np.argsort(-scores, kind="stable")[:k]
+            scores, ids = scores[best], ids[best]
+        with lock:
+            found = ids >= 0
+            node_at, faiss_id_of = self._node_at, self._node_id_to_faiss_id_map  # one lookup each: pydantic
+            rows = self._positions(ids[found]).tolist()
+            # A hit deleted while the pending rows were scanned (and its row compacted away, maybe) is left out.
+            hits = [(s, n) for s, r, i in zip(scores[found].tolist(), rows, ids[found].tolist())
+                    if r < len(node_at) and (n := node_at[r]) is not None and faiss_id_of.get(n) == i]
+        return VectorStoreQueryResult(similarities=[s for s, _ in hits], ids=[n for _, n in hits])
+
+    def _query_locked(self, query: VectorStoreQuery, ef_search: int | None, exact: bool, allowed_ids: np.ndarray | None,
+                      excluded_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """(scores, ids) of the graph's (or the exact path's) hits, and what a scan of the pending rows needs,
+        taken at the same moment, or None."""
         vector = np.asarray(query.query_embedding, dtype=np.float32)
         k = min(query.similarity_top_k, self.live_count)
         allowed = allowed_ids
@@ -446,9 +472,11 @@ class FilterableFaissStore(FaissMapVectorStore):
             k = min(k, len(allowed))
         elif excluded is not None:
             k = min(k, self.live_count - len(excluded))
+        empty = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
         if k <= 0:
-            return VectorStoreQueryResult(similarities=[], ids=[])
+            return *empty, None
         hnsw = self.is_hnsw
+        waiting = None
         if hnsw and (exact or (allowed is not None and len(allowed) <= AUTO_HNSW_MIN_CHUNKS)):
             # A graph walk under a selective filter visits ~1/selectivity nodes per hit and loses recall; an
             # exact scan of the few allowed vectors is both cheaper and exact (Qdrant plans filtered searches
@@ -473,17 +501,11 @@ class FilterableFaissStore(FaissMapVectorStore):
                 found_scores, found_ids = self._faiss_index.search(vector[np.newaxis, :], k, params=params)
                 scores, ids = found_scores[0], found_ids[0]
             else:
-                scores, ids = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
-            if len(self.pending):  # the graph's hits and the pending rows' exact ones, merged by score
-                waiting_scores, waiting_ids = self._pending_top(vector, k, allowed, excluded)
-                scores, ids = np.concatenate([scores, waiting_scores]), np.concatenate([ids, waiting_ids])
-                best = np.argsort(-scores, kind="stable")[:k]
-                scores, ids = scores[best], ids[best]
-        found = ids >= 0
-        node_at = self._node_at  # one lookup: each attribute read goes through pydantic
-        rows = self._positions(ids[found]).tolist()
-        hits = [(s, node_at[r]) for s, r in zip(scores[found].tolist(), rows)]
-        return VectorStoreQueryResult(similarities=[s for s, _ in hits], ids=[n for _, n in hits])
+                scores, ids = empty
+            if len(self.pending):
+                tombstones = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)) if self._tombstones else None
+                waiting = (vector, k, allowed, excluded, self.pending.snapshot(), tombstones)
+        return scores, ids, waiting
 
     def _bitmap_selector(self, ids: np.ndarray) -> Any:
         """FAISS's bitmap id selector: built in ~0.3 ms for 50k of 100k ids, against 6 ms for IDSelectorBatch's
@@ -497,21 +519,6 @@ class FilterableFaissStore(FaissMapVectorStore):
             batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
             self._skip_tombstones = (faiss.IDSelectorNot(batch), batch)  # the Not only points to the batch: keep both
         return self._skip_tombstones[0]
-
-    def _pending_top(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray | None,
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The top `k` pending rows by an exact scan, with what the graph search skips skipped (ids -1 pad)."""
-        ids, scores = self.pending.ids(), self.pending.scores(vector)
-        if self._tombstones:
-            scores[self._tombstone_mask(ids)] = -np.inf
-        if allowed is not None:
-            scores[~np.isin(ids, allowed)] = -np.inf
-        if excluded is not None:
-            scores[np.isin(ids, excluded)] = -np.inf
-        k = min(k, len(ids))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.isfinite(scores[top])]
-        return scores[top], ids[top]
 
     def _exact(self, vector: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -1053,8 +1060,8 @@ class DenseIndex:
             similarity_top_k=k,
             node_ids=None if allowed is None else list(allowed),
         )
-        with self._lock:
-            result = self.store.query(query, ef_search=ef_search, exact=exact, allowed_ids=allowed_ids, excluded_ids=excluded_ids)
+        result = self.store.query(query, ef_search=ef_search, exact=exact, allowed_ids=allowed_ids, excluded_ids=excluded_ids,
+                                  lock=self._lock)
         return [ScoredId(node_id, rank, score) for rank, (node_id, score) in enumerate(zip(result.ids, result.similarities), start=1)]
 
     def stored_vectors(self, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -1071,6 +1078,25 @@ class DenseIndex:
                 return {}
             vectors = self.store.vectors(chunk_ids)
         return dict(zip(chunk_ids, (vectors @ query_vector).tolist()))
+
+
+def _pending_top(pending: list[tuple[np.ndarray, np.ndarray]], tombstones: np.ndarray | None, vector: np.ndarray, k: int,
+                 allowed: np.ndarray | None, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The top `k` of `pending` ((ids, vectors) blocks: PendingRows.snapshot) by an exact scan, skipping what the
+    graph search skips."""
+    parts = [(ids, block @ vector) for ids, block in pending]
+    ids = np.concatenate([i for i, _ in parts])
+    scores = np.concatenate([s for _, s in parts])
+    if tombstones is not None:
+        scores[np.isin(ids, tombstones)] = -np.inf
+    if allowed is not None:
+        scores[~np.isin(ids, allowed)] = -np.inf
+    if excluded is not None:
+        scores[np.isin(ids, excluded)] = -np.inf
+    k = min(k, len(ids))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.isfinite(scores[top])]
+    return scores[top], ids[top]
 
 
 def _node_metadata(chunk: Chunk) -> dict:

@@ -79,6 +79,11 @@ class PendingRows:
             start, end = (self._head if b == 0 else 0), self._block_end(b)
             yield ids[start:end], vectors[start:end]
 
+    def snapshot(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) views of each block's rows as they stand: still valid after later appends (which write
+        past them) and drops (a view keeps its block alive), so a search can scan them without the lock."""
+        return list(self.blocks())
+
     def ids(self) -> np.ndarray:
         """Every pending id, ascending (a view of a cached array: valid until the next append or drop)."""
         if self._all_ids is None:
