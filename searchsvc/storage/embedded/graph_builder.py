@@ -54,7 +54,6 @@ class GraphBuilder:
         self._waiting: weakref.WeakSet = weakref.WeakSet()  # indexes with a backlog; an index dropped goes by itself
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self.failures = 0
 
     def wake(self, index: Buildable) -> None:
         with self._cond:
@@ -90,7 +89,6 @@ class GraphBuilder:
             try:
                 moved = index.build_step(self.step_s)
             except Exception:  # noqa: BLE001 - a failing index must not stop the others' graphs
-                self.failures += 1
                 log.exception("graph builder: a step failed; the vectors stay pending (searched exactly)")
                 moved, failed = 0, True
             moved_any = moved_any or bool(moved)
