@@ -608,8 +608,7 @@ class Collection:
         kvstore = self.dense.kvstore
         name = kvstore.committed.get("snapshot", "")
         kind = f"a dense-log commit, {int(self._dense_changes)} vectors added after the last FAISS snapshot"
-        graph_grew = faiss_snapshot and self.dense.graph_grew
-        if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and self._dense_changes) and not graph_grew:
+        if kvstore.committed.get("seq") == str(self._seq) and not (faiss_snapshot and (self._dense_changes or self.dense.graph_grew)):
             kind = "committed before"  # a retry after emptying the WAL failed
         elif name and self._dense_changes < DENSE_SNAPSHOT_CHANGES and not faiss_snapshot:
             # A small change: commit the docstore with its dense log and keep the FAISS snapshot, so the cost

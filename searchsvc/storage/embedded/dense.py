@@ -43,6 +43,7 @@ from searchsvc.domain import filters
 from searchsvc.domain.types import AUTO_HNSW_MIN_CHUNKS, RESERVED_METADATA, Chunk, CollectionConfig, ScoredId
 from searchsvc.retrieve.embedding import embed_passages, embed_query
 from searchsvc.storage.embedded import graph_builder, graph_files
+from searchsvc.storage.embedded import pending as pending_rows
 from searchsvc.storage.embedded.pending import PendingRows
 from searchsvc.storage.embedded.recall import MIN_QUERIES, SAMPLE_QUERIES, Calibration, calibrate
 from searchsvc.storage.embedded.sqlite_kv import SqliteKVStore
@@ -173,8 +174,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         directory = Path(persist_path).parent
         node_ids_path, rows_file, names = directory / NODE_IDS_FILE, None, None
         if graph_files.is_graph_snapshot(directory):
-            pending = PendingRows(graph_files.dimension(directory))
-            index, rows_file = graph_files.read(directory, pending)
+            index, rows_file, pending = graph_files.read(directory)
             store = cls(index)
             store.pending = pending
         elif not node_ids_path.exists():  # a snapshot written before NODE_IDS_FILE: upstream's id_map.json
@@ -331,12 +331,17 @@ class FilterableFaissStore(FaissMapVectorStore):
     def live_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """(faiss ids, vectors) of every live vector, in id order: copies, safe to use after the lock is gone.
         From an SQ8 graph, the decoded vectors: quantizing them again gives the same codes."""
-        positions = self._live_positions(self._row_ids())
-        return self._row_ids()[positions], self._vectors_at(positions)
+        ids = self._row_ids()
+        positions = self._live_positions(ids)
+        return ids[positions], self._vectors_at(positions)
+
+    def _tombstone_ids(self) -> np.ndarray:
+        """The tombstones' FAISS ids, as a new array."""
+        return np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
 
     def _tombstone_mask(self, ids: np.ndarray) -> np.ndarray:
         """Which of `ids` are tombstones."""
-        return np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+        return np.isin(ids, self._tombstone_ids())
 
     def _live_positions(self, ids: np.ndarray) -> np.ndarray:
         """The positions of the live vectors among `ids` (the graph's, or every row's), in id order."""
@@ -373,7 +378,7 @@ class FilterableFaissStore(FaissMapVectorStore):
         with lock:
             live = self._live_positions(self._ids())
             ids = self._ids()[live]
-            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+            batch = faiss.IDSelectorBatch(self._tombstone_ids())
         selector = faiss.IDSelectorNot(batch)  # only points to the batch, which this frame keeps alive
         return calibrate(self._faiss_index, queries, live, ids, self._graph_vectors_at, target, selector)
 
@@ -503,7 +508,7 @@ class FilterableFaissStore(FaissMapVectorStore):
             else:
                 scores, ids = empty
             if len(self.pending):
-                tombstones = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)) if self._tombstones else None
+                tombstones = self._tombstone_ids() if self._tombstones else None
                 waiting = (vector, k, allowed, excluded, self.pending.snapshot(), tombstones)
         return scores, ids, waiting
 
@@ -516,7 +521,7 @@ class FilterableFaissStore(FaissMapVectorStore):
 
     def _tombstone_selector(self) -> Any:
         if self._skip_tombstones is None:
-            batch = faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones)))
+            batch = faiss.IDSelectorBatch(self._tombstone_ids())
             self._skip_tombstones = (faiss.IDSelectorNot(batch), batch)  # the Not only points to the batch: keep both
         return self._skip_tombstones[0]
 
@@ -942,13 +947,14 @@ class DenseIndex:
         return bool(self.spec.target_recall) and done is not None and self.store._faiss_index.ntotal + adding >= SETTLE_GROWTH * done.vectors
 
     def maybe_calibrate(self) -> None:
-        """With a recall target: calibrate the graph's efSearch when it was never calibrated (or for another target),
-        and whenever it would grow past RECALIBRATE_GROWTH times its size at the last calibration (HNSW's recall at a
-        given efSearch falls as the graph grows), and when a backlog is down to its last SAMPLE_QUERIES vectors once
-        the graph grew SETTLE_GROWTH since (build_step holds those back for it). The queries: the oldest pending vectors, which the graph does not
-        hold yet (fewer than MIN_QUERIES: a later, larger backlog calibrates). Run by the graph builder, the graph's
-        only writer, under the graph lock; searches only read, so the index's lock is not held. ~log1.25(n / 1,000)
-        times in a collection's life (printed by `searchsvc bench --recall`)."""
+        """With a recall target: calibrate the graph's efSearch when it was never calibrated (or for another
+        target), whenever it would grow past RECALIBRATE_GROWTH times its size at the last calibration (HNSW's
+        recall at a given efSearch falls as the graph grows), and when a backlog is down to its last SAMPLE_QUERIES
+        vectors once the graph grew SETTLE_GROWTH since (build_step holds those back for it). The queries: the
+        oldest pending vectors, which the graph does not hold yet (fewer than MIN_QUERIES: a later, larger backlog
+        calibrates). Run by the graph builder, the graph's only writer, under the graph lock; searches only read,
+        so the index's lock is not held. ~log1.25(n / 1,000) times in a collection's life, more when backlogs
+        drain often (printed by `searchsvc bench --recall`)."""
         target, store = self.spec.target_recall, self.store
         graph_rows = store._faiss_index.ntotal
         if not target or not store.is_hnsw or store.backlog < MIN_QUERIES or graph_rows < CALIBRATE_FROM:
@@ -1084,9 +1090,7 @@ def _pending_top(pending: list[tuple[np.ndarray, np.ndarray]], tombstones: np.nd
                  allowed: np.ndarray | None, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The top `k` of `pending` ((ids, vectors) blocks: PendingRows.snapshot) by an exact scan, skipping what the
     graph search skips."""
-    parts = [(ids, block @ vector) for ids, block in pending]
-    ids = np.concatenate([i for i, _ in parts])
-    scores = np.concatenate([s for _, s in parts])
+    ids, scores = pending_rows.scan(pending, vector)
     if tombstones is not None:
         scores[np.isin(ids, tombstones)] = -np.inf
     if allowed is not None:

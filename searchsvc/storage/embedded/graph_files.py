@@ -112,9 +112,9 @@ def write(index: Any, directory: Path, previous: Path | None, known: RowsFile | 
     return RowsFile(lineage, n)
 
 
-def read(directory: Path, pending: PendingRows) -> tuple[Any, RowsFile]:
-    """The IndexIDMap over the HNSW graph that `directory` holds, and what is known of its rows file; its
-    pending rows are appended to `pending`. DataLoss when a file holds less than graph.json names."""
+def read(directory: Path) -> tuple[Any, RowsFile, PendingRows]:
+    """The IndexIDMap over the HNSW graph that `directory` holds, what is known of its rows file, and its pending
+    rows. DataLoss when a file holds less than graph.json names."""
     layout = _layout(directory)
     rows, size = int(layout["rows"]), int(layout["code_size"])
     g = int(layout.get("graph_rows", rows))  # snapshots from before pending rows: the graph held every row
@@ -128,6 +128,7 @@ def read(directory: Path, pending: PendingRows) -> tuple[Any, RowsFile]:
         raise DataLoss(f"{directory.name}/{IDS_FILE} holds {len(ids)} ids for {rows} rows")
     # Read straight into the storage's own buffer: reading into numpy first would hold the vectors twice.
     storage.codes.resize(g * size)
+    pending = PendingRows(storage.d)
     with open(directory / ROWS_FILE, "rb", buffering=0) as f:
         if g:
             _read_exactly(f, faiss.rev_swig_ptr(storage.codes.data(), g * size), directory)
@@ -140,7 +141,7 @@ def read(directory: Path, pending: PendingRows) -> tuple[Any, RowsFile]:
     storage.this.disown()  # the graph deletes it now
     index = id_map_over(graph, ids[:g])
     graph.this.disown()  # the IDMap deletes it now
-    return index, RowsFile(str(layout["lineage"]), rows)
+    return index, RowsFile(str(layout["lineage"]), rows), pending
 
 
 def _read_exactly(f: Any, view: np.ndarray, directory: Path) -> None:
@@ -159,10 +160,6 @@ def id_map_over(inner: Any, ids: np.ndarray) -> Any:
     index.index, index.ntotal, index.is_trained, index.own_fields = inner, inner.ntotal, inner.is_trained, True
     faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), index.id_map)
     return index
-
-
-def dimension(directory: Path) -> int:
-    return faiss.read_index(str(directory / STORAGE_FILE)).d
 
 
 def committed_sizes(directory: Path) -> dict[str, int]:

@@ -12,6 +12,8 @@ FAISS's flat indexes can append, but not drop their oldest rows without copying 
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 
 BLOCK_ROWS = 16384  # 24 MB of 384-d float32 per block: a scan pays one matrix product per block
@@ -107,9 +109,17 @@ class PendingRows:
 
     def scores(self, vector: np.ndarray) -> np.ndarray:
         """The inner product of `vector` with every pending row, in row order."""
-        parts = [block @ vector for _, block in self.blocks()]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+        return scan(self.blocks(), vector)[1]
 
     @property
     def nbytes(self) -> int:
         return sum(v.nbytes + i.nbytes for v, i in zip(self._vectors, self._ids))
+
+
+def scan(blocks: Iterable[tuple[np.ndarray, np.ndarray]], vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, inner products with `vector`) of the rows of `blocks` ((ids, vectors) pairs: PendingRows.blocks or a
+    snapshot of them), in row order: one matrix product per block."""
+    parts = [(ids, vectors @ vector) for ids, vectors in blocks]
+    if not parts:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    return np.concatenate([i for i, _ in parts]), np.concatenate([s for _, s in parts])
