@@ -186,10 +186,7 @@ class AnswerEngine:
         search = await self._run(self.pipeline.search, collection, params)
         timings["retrieve"] = (time.perf_counter() - t) * 1000
         hits = self._drop_untrusted(search.hits, guard)
-        # The caller's own query_vector may come from another model: the question is then embedded as the cache's
-        # and the sentence scorer's other vectors are.
-        own_vector = params.query_vector is not None and len(params.query_vector) > 0
-        embed_question = _question_embedder(collection.embed_query, params.query, None if own_vector else search.query_vector)
+        embed_question = _question_embedder(collection.embed_query, params.query, search.query_vector)
 
         count_tokens = llm.count_tokens if llm else _estimate_tokens
         budget = self.settings.answer.context_tokens

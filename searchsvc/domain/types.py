@@ -220,8 +220,9 @@ class SearchResult:
     cutoff_dropped: int = 0
     fusion: Fusion | None = None  # as applied (hybrid mode only)
     query_language: str = ""
-    # The unit vector the search embedded the query as (or the caller's), None if no stage needed one: the answer
-    # engine's similar-question cache compares it instead of embedding the question a second time.
+    # The unit vector the search embedded the query text as, None if no stage needed one or the caller gave its
+    # own query_vector (maybe another model's): the answer engine's similar-question cache and sentence scorer
+    # use it instead of embedding the question a second time.
     query_vector: Sequence[float] | None = None
 
 

@@ -230,23 +230,21 @@ class ModelRegistry:
         key = json.dumps([kind, name, options, versions, EXPORT_VERSION], sort_keys=True)
         return self.onnx_cache_dir / ".made" / hashlib.sha256(key.encode()).hexdigest()[:24]
 
-    def release_unused(self, in_use: Callable[[], set[str]] | set[str]) -> list[str]:
-        """Drop the loaded models that nothing in `in_use` (the open collections' embedders and rerankers, or a
-        function giving them now) needs, once they have gone unused for `unused_grace_s` (checked again when the
-        grace is over). Their memory goes when the last search holding one ends. Returns the names
-        dropped now."""
-        names = in_use if callable(in_use) else (lambda: in_use)
-        used = names()  # not under the registry's lock: the catalog's is taken before it elsewhere
+    def release_unused(self, in_use: Callable[[], set[str]]) -> list[str]:
+        """Drop the loaded models that `in_use` (a function giving the open collections' embedders and rerankers
+        now) does not name, once they have gone unused for `unused_grace_s` (checked again when the grace is
+        over). Their memory goes when the last search holding one ends. Returns the names dropped now."""
+        used = in_use()  # not under the registry's lock: the catalog's is taken before it elsewhere
         with self._lock:
             unused = [n for n in (*self._embedders, *self._cross_encoders) if n not in used]
         if not unused:
             return []
         if self.unused_grace_s > 0:
-            timer = threading.Timer(self.unused_grace_s, self._drop, args=(unused, names))
+            timer = threading.Timer(self.unused_grace_s, self._drop, args=(unused, in_use))
             timer.daemon = True
             timer.start()
             return []
-        return self._drop(unused, names)
+        return self._drop(unused, in_use)
 
     def _drop(self, candidates: list[str], in_use: Callable[[], set[str]]) -> list[str]:
         still = in_use()

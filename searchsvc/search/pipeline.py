@@ -175,7 +175,7 @@ class SearchPipeline:
         record_stages("search", clock.intervals)
         applied = fusion if p.mode is SearchMode.HYBRID else None
         return SearchResult(hits=hits, timings_ms=clock.ms, rerank=rerank, cutoff_dropped=dropped, fusion=applied,
-                            query_language=language, query_vector=query_vector)
+                            query_language=language, query_vector=query_vector if given is None else None)
 
     def _fusion(self, p: SearchParams, language: str, dense: list[ScoredId], keyword: list[ScoredId],
                 query_terms: int) -> tuple[Fusion, dict[str, float]]:

@@ -1,8 +1,8 @@
-"""The scale bench's bare FAISS graph: the yardstick `searchsvc bench --scale` divides the service's ingest rate by."""
+"""The bare FAISS graph of the HNSW insert bench: the collection's graph, fed outside the service."""
 
 import faiss
 
-from searchsvc.lab.bench.scale import BareGraph
+from searchsvc.lab.bench.faiss_hnsw_insert import BareGraph
 from searchsvc.lab.bench.workload import ClusteredVectors
 from searchsvc.storage.embedded.dense import DenseIndexSpec
 

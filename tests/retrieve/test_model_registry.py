@@ -47,9 +47,9 @@ def test_unused_models_are_dropped():
     registry = ModelRegistry(cache_dir=MODELS_DIR, threads=1, sentence_engine="onnx")
     kept = registry.embedder(DEFAULT_EMBEDDING_MODEL)
     assert registry.resident_bytes[DEFAULT_EMBEDDING_MODEL] > 0
-    assert registry.release_unused({DEFAULT_EMBEDDING_MODEL, "some-reranker"}) == []
+    assert registry.release_unused(lambda: {DEFAULT_EMBEDDING_MODEL, "some-reranker"}) == []
     assert registry.embedder(DEFAULT_EMBEDDING_MODEL) is kept
-    assert registry.release_unused(set()) == [DEFAULT_EMBEDDING_MODEL]
+    assert registry.release_unused(set) == [DEFAULT_EMBEDDING_MODEL]
     assert DEFAULT_EMBEDDING_MODEL not in registry.resident_bytes
     assert registry.embedder(DEFAULT_EMBEDDING_MODEL) is not kept  # loaded again when needed
 
@@ -93,6 +93,6 @@ def test_a_dropped_e5_gives_its_engine_back():
     registry = ModelRegistry(cache_dir=MODELS_DIR, threads=3, e5_engine="onnx", encoder_int8=True)
     registry.embedder("multilingual-e5-small").get_query_embedding("비타민 D")
     key = next(k for k in e5._ENGINES.keys() if dict(k[1]).get("threads") == 3)
-    assert registry.release_unused(set()) == ["multilingual-e5-small"]
+    assert registry.release_unused(set) == ["multilingual-e5-small"]
     gc.collect()
     assert key not in e5._ENGINES

@@ -26,10 +26,9 @@ import numpy as np
 from searchsvc.client.channel import bulk_index
 from searchsvc.config import Settings
 from searchsvc.lab.bench.service import _timed_searches, dense_recall, exact_hits
-from searchsvc.platform import hardware
 from searchsvc.lab.bench.workload import ClusteredVectors, SyntheticCorpus
 from searchsvc.lab.process import ServerProcess
-from searchsvc.storage.embedded.dense import DenseIndexSpec
+from searchsvc.platform import hardware
 from searchsvc.v1 import searchsvc_pb2 as pb
 from searchsvc.v1 import searchsvc_pb2_grpc as pb_grpc
 
@@ -72,33 +71,7 @@ def _describe_checkpoints(server: ServerProcess) -> str:
             + (f" ({', '.join(f'{s:.1f}' for s in full)} s)" if full else ""))
 
 
-class BareGraph:
-    """The graph a collection builds (`DenseIndexSpec.new_hnsw`; the collection defaults unless `spec` says
-    otherwise), fed vectors in this process, outside the service. Its insert rate at a size is the ceiling for
-    BulkIndex into an HNSW collection of that size, so `run_scale` feeds it each step's vectors after the service
-    has them and prints the service's rate as a share of it. (The service holds its first 20k chunks in a flat
-    index; the bare graph is HNSW from the start.)"""
-
-    def __init__(self, spec: DenseIndexSpec | None = None) -> None:
-        self.spec = spec or DenseIndexSpec()
-        self.index = None
-
-    def add(self, vectors: np.ndarray) -> tuple[float, float]:
-        """(inserts/s, CPU ms per vector) for `vectors`, in the service's request-sized batches."""
-        if self.index is None:  # SQ8 learns its ranges from the first vectors, as the service does at its switch
-            self.index = self.spec.new_hnsw(vectors.shape[1], training=vectors)
-        start = self.index.ntotal
-        wall = cpu = 0.0
-        for a in range(0, len(vectors), BATCH):
-            batch = vectors[a : a + BATCH]
-            started, cpu_started = time.perf_counter(), time.process_time()
-            self.index.add_with_ids(batch, np.arange(start + a, start + a + len(batch), dtype=np.int64))
-            wall += time.perf_counter() - started
-            cpu += time.process_time() - cpu_started
-        return len(vectors) / wall, cpu / len(vectors) * 1e3
-
-
-def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> tuple[float, str, np.ndarray]:
+def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVectors, start: int, count: int) -> tuple[float, str]:
     """(docs/s, CPU per document of the server and of this client while loading `count` documents, their
     vectors). Both share this machine's cores: at N cores, R docs/s leaves N / R seconds of CPU per document for
     the two."""
@@ -116,7 +89,7 @@ def _load(server: ServerProcess, corpus: SyntheticCorpus, vectors: ClusteredVect
 
     cpu = (f"CPU per doc: server {per_doc(user + kernel - user0 - kernel0)} ({per_doc(kernel - kernel0)} in the kernel), "
            f"client {per_doc(time.process_time() - client_cpu)}, of {per_doc((os.cpu_count() or 1) * wall)} on {os.cpu_count()} cores")
-    return count / wall, cpu, sampled
+    return count / wall, cpu
 
 
 def _searches(stub, corpus: SyntheticCorpus, vectors: ClusteredVectors, n: int) -> None:
@@ -159,7 +132,7 @@ def _load_flat(index_dir: Path, env: dict, total: int) -> list[float]:
         config = pb.CollectionConfig(embedding_model="external", dimension=DIMENSION, dense_index=pb.DenseIndexConfig(kind="flat"))
         stub.CreateCollection(pb.CreateCollectionRequest(name=NAME, config=config))
         for mark in _marks(total):
-            rate, cpu, _ = _load(server, corpus, vectors, loaded, mark - loaded)
+            rate, cpu = _load(server, corpus, vectors, loaded, mark - loaded)
             print(f"  {mark:>9,} chunks (flat): {rate:7.0f} docs/s for the last {mark - loaded:,}  ({cpu})", flush=True)
             rates.append(rate)
             loaded = mark
@@ -176,7 +149,7 @@ def _drain(stub, server: ServerProcess, vectors: ClusteredVectors, probes: int =
     while True:
         elapsed = time.perf_counter() - started
         passed = [mark for mark in left if backlog <= mark]
-        if passed or elapsed - probed >= 30 or probed < 0:
+        if passed or elapsed - probed >= 30:  # the first pass too: probed starts far back
             left = [mark for mark in left if mark not in passed]
             requests = [pb.SearchRequest(collection=NAME, mode=pb.SEARCH_MODE_DENSE, query_vector=v.tolist())
                         for v in vectors.sample(probes)]
@@ -212,7 +185,7 @@ def run_scale(settings: Settings, total: int, queries: int, quantization: str = 
             print(f"server RSS with the empty collection, after a restart: {baseline:,.0f} MB")
             loaded = 0
             for mark, flat_rate in zip(_marks(total), flat):
-                rate, cpu, _ = _load(server, corpus, vectors, loaded, mark - loaded)
+                rate, cpu = _load(server, corpus, vectors, loaded, mark - loaded)
                 info = stub.GetCollection(pb.GetCollectionRequest(name=NAME))
                 print(f"  {mark:>9,} chunks (hnsw): {rate:7.0f} docs/s for the last {mark - loaded:,}, {rate / flat_rate:.2f} of "
                       f"flat's; backlog {info.dense_backlog:,}  (server RSS {_rss_mb(server):,.0f} MB; {cpu})", flush=True)
